@@ -1,0 +1,1 @@
+/* api_fetch.c: being written */

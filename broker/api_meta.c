@@ -1,0 +1,1 @@
+/* api_meta.c: being written */

@@ -1,0 +1,1 @@
+/* api_produce.c: being written */

@@ -1,0 +1,1 @@
+/* blog.c: being written */

@@ -1,0 +1,1 @@
+/* conn.c: being written */

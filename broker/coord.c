@@ -1,0 +1,1 @@
+/* coord.c: being written */

@@ -1,0 +1,1 @@
+/* partlog.c: being written */

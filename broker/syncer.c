@@ -1,0 +1,1 @@
+/* syncer.c: being written */

@@ -1,0 +1,1 @@
+/* waiters.c: being written */

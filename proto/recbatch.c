@@ -1,0 +1,1 @@
+/* recbatch.c: being written */
