@@ -1,1 +1,365 @@
-/* api_produce.c: being written */
+/*
+ * api_produce.c — Produce v3-8.
+ *
+ * The whole request is parsed and every batch validated (length, magic,
+ * CRC, record framing: recbatch_validate) before anything is appended; a
+ * partition whose data is bad gets its error and nothing of it is written.
+ * Each batch is appended with one write (partlog_append rewrites baseOffset
+ * in place, in the connection's read buffer: no copy).
+ *
+ * acks: 0 → no response; 1 / -1 → answered after the append (pagecache
+ * durability) or after the sync that covers it (fsync durability, any acks
+ * but 0): the request then waits on the partitions' high watermarks
+ * (waiters.h) with the request's timeout.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "blog.h"
+#include "kerr.h"
+#include "recbatch.h"
+#include "syncer.h"
+#include "topics.h"
+
+typedef struct pentry {
+	partition *p;       /* NULL when err is set before the append */
+	int32_t index;
+	int16_t err;
+	int64_t base;       /* first offset appended, -1 if none */
+	int64_t end;        /* offset after the last appended batch */
+	const uint8_t *records; /* in the read buffer: valid during the handler only */
+	int32_t records_len;
+} pentry;
+
+typedef struct ptopic {
+	char name[TOPIC_NAME_MAX + 1];
+	topic *t;           /* referenced, or NULL */
+	int first, n;       /* entries[first..first+n) */
+} ptopic;
+
+typedef struct produce_state {
+	waitset ws;
+	ev_timer timer;
+	req *r;
+	int ntopics, nentries;
+	ptopic *topics;
+	pentry *entries;
+} produce_state;
+
+static void produce_free(req *r)
+{
+	produce_state *ps = r->state;
+
+	for (int i = 0; ps->topics && i < ps->ntopics; i++)
+		if (ps->topics[i].t)
+			topic_unref(ps->topics[i].t);
+	free(ps->ws.nodes);
+	free(ps->topics);
+	free(ps->entries);
+	free(ps);
+}
+
+static int16_t map_recbatch(int e)
+{
+	switch (e) {
+	case RECBATCH_E_COUNT:
+	case RECBATCH_E_RECORD:
+	case RECBATCH_E_CONTROL:
+		return KERR_INVALID_RECORD;
+	case RECBATCH_E_TIMESTAMP:
+		return KERR_INVALID_TIMESTAMP;
+	case RECBATCH_E_COMPRESSION:
+		return KERR_UNSUPPORTED_COMPRESSION_TYPE;
+	default:
+		return KERR_CORRUPT_MESSAGE;
+	}
+}
+
+/* Checks every batch of one partition's records; returns a Kafka error. */
+static int16_t validate_records(const pentry *e, const topic *t)
+{
+	size_t pos = 0, len = (size_t)e->records_len;
+
+	if (!e->records || len == 0)
+		return KERR_CORRUPT_MESSAGE;
+	while (pos < len) {
+		size_t size = recbatch_size(e->records + pos, len - pos);
+		int rc;
+
+		if (size == 0 || size > len - pos) {
+			BLOG_RL(BLOG_WARN, "produce to %s-%d: truncated record batch", t->name, e->index);
+			return KERR_CORRUPT_MESSAGE;
+		}
+		if (size > (size_t)t->conf.max_message_bytes)
+			return KERR_MESSAGE_TOO_LARGE;
+		rc = recbatch_validate(e->records + pos, size, NULL, NULL);
+		if (rc != RECBATCH_OK) {
+			BLOG_RL(BLOG_WARN, "produce to %s-%d: %s", t->name, e->index, recbatch_strerror(rc));
+			return map_recbatch(rc);
+		}
+		pos += size;
+	}
+	return KERR_NONE;
+}
+
+static void append_records(pentry *e, int64_t now)
+{
+	uint8_t *rec = (uint8_t *)e->records; /* the conn's read buffer: ours to rewrite */
+	size_t pos = 0, len = (size_t)e->records_len;
+
+	while (pos < len) {
+		size_t size = recbatch_size(rec + pos, len - pos);
+		int64_t max_ts = 0, base;
+		recbatch_hdr h;
+		int rc;
+
+		recbatch_validate(rec + pos, size, &h, &max_ts);
+		rc = partlog_append(e->p->log, rec + pos, size, max_ts, now, &base);
+		if (rc != 0) {
+			BLOG_RL(BLOG_ERROR, "append to %s-%d failed: %s", e->p->topic->name, e->index,
+				rc < 0 ? strerror(-rc) : "batch larger than a segment");
+			e->err = rc == PARTLOG_E_TOO_LARGE ? KERR_MESSAGE_TOO_LARGE : KERR_KAFKA_STORAGE_ERROR;
+			return; /* batches before this one stay: they are whole */
+		}
+		if (e->base < 0)
+			e->base = base;
+		e->end = base + h.last_offset_delta + 1;
+		pos += size;
+	}
+}
+
+static void build_response(req *r)
+{
+	produce_state *ps = r->state;
+	wire_buf *b = &r->resp;
+
+	wire_w_i32(b, ps->ntopics);
+	for (int i = 0; i < ps->ntopics; i++) {
+		ptopic *pt = &ps->topics[i];
+
+		wire_w_str(b, pt->name);
+		wire_w_i32(b, pt->n);
+		for (int k = pt->first; k < pt->first + pt->n; k++) {
+			pentry *e = &ps->entries[k];
+
+			wire_w_i32(b, e->index);
+			wire_w_i16(b, e->err);
+			wire_w_i64(b, e->err ? -1 : e->base);
+			if (r->api_version >= 2)
+				wire_w_i64(b, -1); /* log_append_time: CreateTime topics */
+			if (r->api_version >= 5)
+				wire_w_i64(b, e->p ? partlog_start_offset(e->p->log) : -1);
+			if (r->api_version >= 8) {
+				wire_w_i32(b, 0);        /* record_errors */
+				wire_w_str(b, NULL);     /* error_message */
+			}
+		}
+	}
+	wire_w_i32(b, 0); /* throttle_time_ms */
+}
+
+static void produce_complete(produce_state *ps)
+{
+	req *r = ps->r;
+
+	ev_timer_stop(r->w->loop, &ps->timer);
+	waitset_clear(&ps->ws);
+	build_response(r);
+	req_finish(r);
+}
+
+/* True if every appended partition's high watermark covers our batches;
+ * otherwise registers on those that do not. */
+static bool synced_or_wait(produce_state *ps)
+{
+	bool all = true;
+
+	for (int pass = 0; pass < 2; pass++) {
+		all = true;
+		for (int i = 0; i < ps->nentries; i++) {
+			pentry *e = &ps->entries[i];
+
+			if (!e->p || e->base < 0 || partlog_hw(e->p->log) >= e->end)
+				continue;
+			all = false;
+			if (pass == 0 && waitset_add(&ps->ws, e->p) < 0)
+				return true; /* no memory to wait: answer now */
+		}
+		if (all)
+			break;
+		/* registered: re-check, an append may have landed in between */
+	}
+	return all;
+}
+
+static void produce_wake(waitset *ws)
+{
+	produce_state *ps = (produce_state *)ws;
+
+	if (synced_or_wait(ps))
+		produce_complete(ps);
+}
+
+static void produce_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	produce_state *ps = t->data;
+
+	for (int i = 0; i < ps->nentries; i++) {
+		pentry *e = &ps->entries[i];
+
+		if (e->p && e->base >= 0 && !e->err && partlog_hw(e->p->log) < e->end)
+			e->err = KERR_REQUEST_TIMED_OUT;
+	}
+	produce_complete(ps);
+}
+
+static void produce_orphaned(waitset *ws)
+{
+	req_unref(((produce_state *)ws)->r);
+}
+
+static void produce_cancel(req *r)
+{
+	produce_state *ps = r->state;
+
+	ev_timer_stop(r->w->loop, &ps->timer);
+	if (!waitset_release(&ps->ws))
+		req_ref(r); /* the pending wake-up task drops it */
+}
+
+/* First pass: framing only, counts topics and partitions. */
+static int count_request(wire_rd *rd, int *ntopics, int *nentries)
+{
+	int32_t nt = wire_rd_array(rd, 6);
+
+	*ntopics = 0;
+	*nentries = 0;
+	for (int32_t i = 0; i < nt && !rd->err; i++) {
+		int32_t np;
+
+		(void)wire_rd_str(rd);
+		np = wire_rd_array(rd, 8);
+		for (int32_t k = 0; k < np && !rd->err; k++) {
+			(void)wire_rd_i32(rd);
+			(void)wire_rd_bytes(rd);
+		}
+		*nentries += np > 0 ? np : 0;
+	}
+	*ntopics = nt > 0 ? nt : 0;
+	return rd->err ? -1 : 0;
+}
+
+static void resolve_entry(server *srv, ptopic *pt, pentry *e)
+{
+	e->base = -1;
+	e->end = -1;
+	if (!pt->t) {
+		e->err = KERR_UNKNOWN_TOPIC_OR_PARTITION;
+		return;
+	}
+	if (e->index < 0 || e->index >= pt->t->nparts) {
+		e->err = KERR_UNKNOWN_TOPIC_OR_PARTITION;
+		return;
+	}
+	e->p = &pt->t->parts[e->index];
+	e->err = validate_records(e, pt->t);
+	if (e->err)
+		e->p = NULL;
+}
+
+static int parse_request(req *r, wire_rd *rd, produce_state *ps)
+{
+	server *srv = r->w->srv;
+	int32_t nt = wire_rd_array(rd, 6);
+	int k = 0;
+
+	for (int32_t i = 0; i < nt; i++) {
+		ptopic *pt = &ps->topics[i];
+		wire_str name = wire_rd_str(rd);
+		int32_t np = wire_rd_array(rd, 8);
+
+		if (!wire_str_copy(name, pt->name, sizeof(pt->name)))
+			pt->name[0] = '\0';
+		else
+			pt->t = topics_get(srv->topics, name.ptr, (size_t)name.len);
+		pt->first = k;
+		pt->n = np;
+		for (int32_t j = 0; j < np; j++, k++) {
+			pentry *e = &ps->entries[k];
+			wire_str rec;
+
+			e->index = wire_rd_i32(rd);
+			rec = wire_rd_bytes(rd);
+			e->records = (const uint8_t *)rec.ptr;
+			e->records_len = rec.len;
+			resolve_entry(srv, pt, e);
+		}
+	}
+	return rd->err ? -1 : 0;
+}
+
+int api_produce(req *r, wire_rd *rd)
+{
+	server *srv = r->w->srv;
+	produce_state *ps;
+	wire_rd counter;
+	int16_t acks;
+	int32_t timeout_ms;
+	bool wait_sync = false;
+	int64_t now = now_ms();
+
+	(void)wire_rd_str(rd); /* transactional_id: Kafka transactions are not supported */
+	acks = wire_rd_i16(rd);
+	timeout_ms = wire_rd_i32(rd);
+	counter = *rd;
+	ps = calloc(1, sizeof(*ps));
+	if (!ps)
+		return API_MALFORMED;
+	r->state = ps;
+	r->free_state = produce_free;
+	ps->r = r;
+	if (count_request(&counter, &ps->ntopics, &ps->nentries) < 0)
+		return API_MALFORMED;
+	ps->topics = calloc((size_t)ps->ntopics + 1, sizeof(*ps->topics));
+	ps->entries = calloc((size_t)ps->nentries + 1, sizeof(*ps->entries));
+	if (!ps->topics || !ps->entries || parse_request(r, rd, ps) < 0)
+		return API_MALFORMED;
+
+	for (int i = 0; i < ps->nentries; i++) {
+		pentry *e = &ps->entries[i];
+
+		if (acks != 0 && acks != 1 && acks != -1) {
+			e->err = KERR_INVALID_REQUIRED_ACKS;
+			e->p = NULL;
+		}
+		if (!e->p)
+			continue;
+		append_records(e, now);
+		if (e->base < 0)
+			continue;
+		if (e->p->topic->conf.log.synced) {
+			syncer_mark_dirty(srv->syncer, e->p);
+			wait_sync = true;
+		} else {
+			partition_wake(e->p);
+		}
+	}
+	if (acks == 0) {
+		r->no_response = true;
+		req_finish(r);
+		return API_OK;
+	}
+	waitset_init(&ps->ws, r->w, produce_wake, produce_orphaned);
+	if (!wait_sync || synced_or_wait(ps)) {
+		build_response(r);
+		req_finish(r);
+		return API_OK;
+	}
+	r->cancel = produce_cancel;
+	ev_timer_init(&ps->timer, produce_timeout, (timeout_ms > 0 ? timeout_ms : 30000) / 1000.0, 0.);
+	ps->timer.data = ps;
+	ev_timer_start(r->w->loop, &ps->timer);
+	return API_OK;
+}

@@ -1,1 +1,523 @@
-/* conn.c: being written */
+/* conn.c — see conn.h. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "blog.h"
+
+#define RBUF_MIN (64 * 1024)
+#define IOV_MAX_PARTS 64
+
+static void on_read(struct ev_loop *loop, ev_io *io, int revents);
+static void on_write(struct ev_loop *loop, ev_io *io, int revents);
+static void conn_process(conn *c);
+static void conn_flush(conn *c);
+
+/* A conn may be closed from deep inside request processing (a failed write
+ * during req_finish).  `busy` counts the frames on the stack that use c; a
+ * close while busy only marks it dead and the outermost frame frees it. */
+struct conn_ext {
+	conn c;
+	int busy;
+	bool dead;
+};
+
+#define EXT(c) ((struct conn_ext *)(c))
+
+static void peer_name(int fd, char *out, size_t cap)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
+		if (ss.ss_family == AF_INET) {
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
+			port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
+			port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+		}
+	}
+	snprintf(out, cap, "%s:%d", host, port);
+}
+
+void conn_accept(worker *w, int fd)
+{
+	struct conn_ext *x = calloc(1, sizeof(*x));
+	conn *c = &x->c;
+	int one = 1;
+
+	if (!x) {
+		close(fd);
+		atomic_fetch_sub(&w->srv->nconns, 1);
+		return;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->w = w;
+	c->fd = fd;
+	peer_name(fd, c->peer, sizeof(c->peer));
+	ev_io_init(&c->rio, on_read, fd, EV_READ);
+	c->rio.data = c;
+	ev_io_init(&c->wio, on_write, fd, EV_WRITE);
+	c->wio.data = c;
+	ev_io_start(w->loop, &c->rio);
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	blog(BLOG_DEBUG, "connection from %s", c->peer);
+}
+
+static void conn_free(conn *c)
+{
+	worker *w = c->w;
+
+	while (c->q_head) {
+		req *r = c->q_head;
+
+		c->q_head = r->next;
+		r->conn = NULL;
+		if (r->cancel)
+			r->cancel(r);
+		req_unref(r);
+	}
+	close(c->fd);
+	free(c->rbuf);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	atomic_fetch_sub(&w->srv->nconns, 1);
+	free(EXT(c));
+}
+
+void conn_close(conn *c, int level, const char *reason)
+{
+	struct conn_ext *x = EXT(c);
+
+	if (x->dead)
+		return;
+	if (level >= BLOG_WARN)
+		BLOG_RL(level, "closing connection from %s: %s", c->peer, reason);
+	else
+		blog(level, "closing connection from %s: %s", c->peer, reason);
+	x->dead = true;
+	ev_io_stop(c->w->loop, &c->rio);
+	ev_io_stop(c->w->loop, &c->wio);
+	if (x->busy == 0)
+		conn_free(c);
+}
+
+static void enter(conn *c)
+{
+	EXT(c)->busy++;
+}
+
+/* Returns false if c was freed. */
+static bool leave(conn *c)
+{
+	struct conn_ext *x = EXT(c);
+
+	if (--x->busy == 0 && x->dead) {
+		conn_free(c);
+		return false;
+	}
+	return !x->dead;
+}
+
+/* ---- requests ---- */
+
+static req *req_new(conn *c, int16_t key, int16_t ver, int32_t corr)
+{
+	req *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	r->conn = c;
+	r->w = c->w;
+	r->refs = 1;
+	r->api_key = key;
+	r->api_version = ver;
+	r->corr_id = corr;
+	wire_buf_init(&r->resp);
+	wire_w_i32(&r->resp, 0); /* frame size, patched by req_finish */
+	wire_w_i32(&r->resp, corr);
+	if (c->q_tail)
+		c->q_tail->next = r;
+	else
+		c->q_head = r;
+	c->q_tail = r;
+	c->nreq++;
+	return r;
+}
+
+void req_ref(req *r)
+{
+	r->refs++;
+}
+
+void req_unref(req *r)
+{
+	if (--r->refs > 0)
+		return;
+	for (int i = 0; i < r->nparts; i++)
+		if (r->parts[i].kind == PART_FILE)
+			partlog_range_release(&r->parts[i].range);
+	free(r->parts);
+	if (r->free_state)
+		r->free_state(r);
+	wire_buf_free(&r->resp);
+	free(r);
+}
+
+static out_part *add_part(req *r)
+{
+	if (r->nparts == r->cap_parts) {
+		int cap = r->cap_parts ? r->cap_parts * 2 : 8;
+		out_part *p = realloc(r->parts, sizeof(*p) * (size_t)cap);
+
+		if (!p)
+			return NULL;
+		r->parts = p;
+		r->cap_parts = cap;
+	}
+	return &r->parts[r->nparts++];
+}
+
+static bool close_mem_part(req *r)
+{
+	out_part *p;
+
+	if (r->resp.len == r->mem_mark)
+		return true;
+	p = add_part(r);
+	if (!p)
+		return false;
+	p->kind = PART_MEM;
+	p->off = r->mem_mark;
+	p->len = r->resp.len - r->mem_mark;
+	r->mem_mark = r->resp.len;
+	return true;
+}
+
+void req_add_file(req *r, partlog_range *range)
+{
+	out_part *p;
+
+	if (!close_mem_part(r) || !(p = add_part(r))) {
+		/* Memory is gone: the response cannot be built; fail it. */
+		r->resp.oom = true;
+		partlog_range_release(range);
+		return;
+	}
+	p->kind = PART_FILE;
+	p->range = *range;
+	p->off = 0;
+	p->len = range->len;
+	r->file_bytes += range->len;
+	range->seg = NULL;
+}
+
+void req_finish(req *r)
+{
+	conn *c = r->conn;
+
+	if (!c) {
+		req_unref(r);
+		return;
+	}
+	if (r->parts)
+		close_mem_part(r);
+	if (r->resp.oom) {
+		r->done = true;
+		conn_close(c, BLOG_ERROR, "out of memory building a response");
+		return;
+	}
+	wire_patch32(&r->resp, 0, (int32_t)(r->resp.len + r->file_bytes - 4));
+	r->done = true;
+	enter(c);
+	conn_flush(c);
+	if (leave(c) && c->paused && c->nreq < c->w->srv->cfg->max_inflight_per_conn) {
+		c->paused = false;
+		ev_io_start(c->w->loop, &c->rio);
+		enter(c);
+		conn_process(c);
+		leave(c);
+	}
+}
+
+/* ---- writing ---- */
+
+static void pop_head(conn *c)
+{
+	req *r = c->q_head;
+
+	c->q_head = r->next;
+	if (!c->q_head)
+		c->q_tail = NULL;
+	c->nreq--;
+	c->part_idx = 0;
+	c->part_off = 0;
+	req_unref(r);
+}
+
+/* Writes as much of r as the socket takes.  1: all written; 0: would
+ * block; -1: error (connection closed). */
+static int write_req(conn *c, req *r)
+{
+	out_part whole = { PART_MEM, 0, r->resp.len, { 0 } };
+	out_part *parts = r->parts ? r->parts : &whole;
+	int nparts = r->parts ? r->nparts : 1;
+
+	while (c->part_idx < nparts) {
+		out_part *p = &parts[c->part_idx];
+		ssize_t n;
+
+		if (p->kind == PART_MEM) {
+			struct iovec iov[IOV_MAX_PARTS];
+			int k = 0;
+
+			for (int i = c->part_idx; i < nparts && k < IOV_MAX_PARTS && parts[i].kind == PART_MEM; i++) {
+				size_t skip = i == c->part_idx ? c->part_off : 0;
+
+				iov[k].iov_base = r->resp.data + parts[i].off + skip;
+				iov[k].iov_len = parts[i].len - skip;
+				k++;
+			}
+			n = writev(c->fd, iov, k);
+		} else {
+			off_t off = p->range.pos + (off_t)c->part_off;
+
+			n = sendfile(c->fd, p->range.fd, &off, p->len - c->part_off);
+			if (n == 0) {
+				/* The file is shorter than the range: it was
+				 * truncated under us; the frame cannot be completed. */
+				conn_close(c, BLOG_ERROR, "segment file shorter than the range being sent");
+				return -1;
+			}
+		}
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				return 0;
+			conn_close(c, BLOG_DEBUG, strerror(errno));
+			return -1;
+		}
+		/* advance the cursor over n bytes */
+		while (n > 0 && c->part_idx < nparts) {
+			size_t left = parts[c->part_idx].len - c->part_off;
+
+			if ((size_t)n < left) {
+				c->part_off += (size_t)n;
+				n = 0;
+			} else {
+				n -= (ssize_t)left;
+				c->part_idx++;
+				c->part_off = 0;
+			}
+		}
+	}
+	return 1;
+}
+
+static void conn_flush(conn *c)
+{
+	while (c->q_head && c->q_head->done) {
+		req *r = c->q_head;
+		int rc;
+
+		if (r->no_response) {
+			pop_head(c);
+			continue;
+		}
+		rc = write_req(c, r);
+		if (rc < 0)
+			return;
+		if (rc == 0) {
+			ev_io_start(c->w->loop, &c->wio);
+			return;
+		}
+		pop_head(c);
+	}
+	ev_io_stop(c->w->loop, &c->wio);
+}
+
+static void on_write(struct ev_loop *loop, ev_io *io, int revents)
+{
+	conn *c = io->data;
+
+	enter(c);
+	conn_flush(c);
+	if (leave(c) && c->paused && c->nreq < c->w->srv->cfg->max_inflight_per_conn) {
+		c->paused = false;
+		ev_io_start(loop, &c->rio);
+		enter(c);
+		conn_process(c);
+		leave(c);
+	}
+}
+
+/* ---- reading ---- */
+
+static void bad_input(conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void bad_input(conn *c, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	conn_close(c, BLOG_WARN, msg);
+}
+
+/* Handles one whole frame (payload without the size field). */
+static void handle_frame(conn *c, uint8_t *payload, size_t len)
+{
+	wire_rd rd;
+	int16_t key, ver;
+	int32_t corr;
+	const api_def *api;
+	req *r;
+
+	wire_rd_init(&rd, payload, len);
+	key = wire_rd_i16(&rd);
+	ver = wire_rd_i16(&rd);
+	corr = wire_rd_i32(&rd);
+	if (rd.err) {
+		bad_input(c, "request of %zu bytes is shorter than a request header", len);
+		return;
+	}
+	api = api_find(key);
+	if (!api) {
+		bad_input(c, "unknown API key %d (version %d, correlation id %d)", key, ver, corr);
+		return;
+	}
+	if (ver < api->min || ver > api->max) {
+		if (key == API_API_VERSIONS) {
+			/* Kafka's answer: error 35 in the v0 layout with our
+			 * ranges; the client retries with a version we have. */
+			r = req_new(c, key, 0, corr);
+			if (r)
+				api_versions_unsupported(r);
+			return;
+		}
+		bad_input(c, "unsupported version %d of %s (we support %d-%d)", ver, api->name, api->min,
+			  api->max);
+		return;
+	}
+	(void)wire_rd_str(&rd); /* client_id */
+	if (rd.err) {
+		bad_input(c, "malformed request header");
+		return;
+	}
+	r = req_new(c, key, ver, corr);
+	if (!r) {
+		conn_close(c, BLOG_ERROR, "out of memory");
+		return;
+	}
+	req_ref(r); /* the handler may finish r; keep it until we check */
+	if (api->fn(r, &rd) == API_MALFORMED) {
+		bad_input(c, "malformed %s v%d request (correlation id %d)", api->name, ver, corr);
+		/* conn_close (now or when the frame unwinds) drops the queue's ref */
+	}
+	req_unref(r);
+}
+
+static void conn_process(conn *c)
+{
+	const config *cfg = c->w->srv->cfg;
+	size_t pos = 0;
+
+	while (!EXT(c)->dead && !c->paused && c->rlen - pos >= 4) {
+		int32_t size = (int32_t)wire_get32(c->rbuf + pos);
+
+		if (size < 8 || size > cfg->socket_request_max_bytes) {
+			bad_input(c, "frame size %d outside [8, socket.request.max.bytes=%d]", size,
+				  cfg->socket_request_max_bytes);
+			return;
+		}
+		if (c->rlen - pos - 4 < (size_t)size)
+			break;
+		handle_frame(c, c->rbuf + pos + 4, (size_t)size);
+		pos += 4 + (size_t)size;
+		if (c->nreq >= cfg->max_inflight_per_conn && !EXT(c)->dead) {
+			c->paused = true;
+			ev_io_stop(c->w->loop, &c->rio);
+		}
+	}
+	if (EXT(c)->dead)
+		return;
+	if (pos) {
+		memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
+		c->rlen -= pos;
+	}
+}
+
+/* Makes room to read: at least the rest of the frame being read. */
+static bool rbuf_room(conn *c)
+{
+	size_t need = RBUF_MIN;
+	uint8_t *b;
+
+	if (c->rlen >= 4) {
+		int32_t size = (int32_t)wire_get32(c->rbuf);
+
+		if (size > 0 && (size_t)size + 4 > need)
+			need = (size_t)size + 4;
+	}
+	if (c->rcap >= need && c->rcap > c->rlen)
+		return true;
+	if (need <= c->rlen)
+		need = c->rlen + RBUF_MIN;
+	b = realloc(c->rbuf, need);
+	if (!b)
+		return false;
+	c->rbuf = b;
+	c->rcap = need;
+	return true;
+}
+
+static void on_read(struct ev_loop *loop, ev_io *io, int revents)
+{
+	conn *c = io->data;
+	ssize_t n;
+
+	if (!rbuf_room(c)) {
+		conn_close(c, BLOG_ERROR, "out of memory for the read buffer");
+		return;
+	}
+	n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+	if (n == 0) {
+		if (c->rlen)
+			conn_close(c, BLOG_WARN, "client closed the connection in the middle of a request");
+		else
+			conn_close(c, BLOG_DEBUG, "client closed the connection");
+		return;
+	}
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			conn_close(c, BLOG_DEBUG, strerror(errno));
+		return;
+	}
+	c->rlen += (size_t)n;
+	enter(c);
+	conn_process(c);
+	leave(c);
+}

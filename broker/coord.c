@@ -1,1 +1,275 @@
-/* coord.c: being written */
+/*
+ * coord.c — see coord.h.
+ *
+ * Schema, version 1 (PRAGMA user_version = 1).  Change it only by adding a
+ * migration step in schema_upgrade() and bumping the version; document the
+ * tables in docs/storage.md.
+ *
+ *   topics(name TEXT PRIMARY KEY, partitions INTEGER, topic_id BLOB,
+ *          created_ms INTEGER)
+ *   topic_configs(topic TEXT, key TEXT, value TEXT, PRIMARY KEY(topic, key))
+ *   meta(key TEXT PRIMARY KEY, value TEXT)
+ */
+#include "coord.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blog.h"
+
+#define SCHEMA_VERSION 1
+
+struct coord {
+	sqlite3 *db;               /* owned; main before start, then the thread */
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t lock;      /* protects head, tail, stop */
+	pthread_cond_t cond;
+	coord_job *head, *tail;
+	bool stop;
+};
+
+static const char schema_v1[] =
+	"CREATE TABLE IF NOT EXISTS topics("
+	"  name TEXT PRIMARY KEY, partitions INTEGER NOT NULL,"
+	"  topic_id BLOB NOT NULL, created_ms INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS topic_configs("
+	"  topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT,"
+	"  PRIMARY KEY(topic, key));"
+	"CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
+
+static int exec(sqlite3 *db, const char *sql)
+{
+	char *msg = NULL;
+	int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+
+	if (rc != SQLITE_OK) {
+		blog(BLOG_ERROR, "sqlite: %s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+		sqlite3_free(msg);
+	}
+	return rc;
+}
+
+static int user_version(sqlite3 *db)
+{
+	sqlite3_stmt *st;
+	int v = -1;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+static int schema_upgrade(sqlite3 *db)
+{
+	int v = user_version(db);
+
+	if (v < 0)
+		return -1;
+	if (v > SCHEMA_VERSION) {
+		blog(BLOG_ERROR, "sluice.db has schema version %d, newer than this sluiced (%d)", v,
+		     SCHEMA_VERSION);
+		return -1;
+	}
+	if (v < 1) {
+		if (exec(db, "BEGIN") || exec(db, schema_v1) || exec(db, "PRAGMA user_version = 1") ||
+		    exec(db, "COMMIT"))
+			return -1;
+	}
+	return 0;
+}
+
+int coord_open(const char *path, coord **out)
+{
+	coord *c = calloc(1, sizeof(*c));
+	int rc;
+
+	if (!c)
+		return -1;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
+	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			     NULL);
+	if (rc != SQLITE_OK) {
+		blog(BLOG_ERROR, "open %s: %s", path, sqlite3_errstr(rc));
+		goto fail;
+	}
+	sqlite3_busy_timeout(c->db, 5000);
+	/* WAL + synchronous=FULL: a commit is durable when it returns, which is
+	 * what "durable before the reply" needs; group commit keeps it cheap. */
+	if (exec(c->db, "PRAGMA journal_mode=WAL") || exec(c->db, "PRAGMA synchronous=FULL") ||
+	    exec(c->db, "PRAGMA foreign_keys=ON") || schema_upgrade(c->db))
+		goto fail;
+	*out = c;
+	return 0;
+fail:
+	sqlite3_close(c->db);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->cond);
+	free(c);
+	return -1;
+}
+
+sqlite3 *coord_db(coord *c)
+{
+	return c->db;
+}
+
+static void run_batch(coord *c, coord_job *jobs)
+{
+	bool in_tx = exec(c->db, "BEGIN IMMEDIATE") == SQLITE_OK;
+	int rc;
+
+	for (coord_job *j = jobs; j; j = j->next) {
+		if (!in_tx) {
+			j->rc = SQLITE_ERROR;
+			continue;
+		}
+		exec(c->db, "SAVEPOINT job");
+		j->rc = j->run(j, c->db);
+		if (j->rc != SQLITE_OK)
+			exec(c->db, "ROLLBACK TO job");
+		exec(c->db, "RELEASE job");
+	}
+	if (in_tx) {
+		rc = exec(c->db, "COMMIT");
+		if (rc != SQLITE_OK) {
+			exec(c->db, "ROLLBACK");
+			for (coord_job *j = jobs; j; j = j->next)
+				if (j->rc == SQLITE_OK)
+					j->rc = rc;
+		}
+	}
+}
+
+static void *coord_main(void *arg)
+{
+	coord *c = arg;
+
+	for (;;) {
+		coord_job *jobs, *next;
+		bool stop;
+
+		pthread_mutex_lock(&c->lock);
+		while (!c->head && !c->stop)
+			pthread_cond_wait(&c->cond, &c->lock);
+		jobs = c->head;
+		c->head = c->tail = NULL;
+		stop = c->stop;
+		pthread_mutex_unlock(&c->lock);
+		if (jobs)
+			run_batch(c, jobs);
+		for (coord_job *j = jobs; j; j = next) {
+			next = j->next; /* j may be freed by its done() */
+			if (j->w)
+				worker_post(j->w, &j->done);
+			else
+				j->done.fn(&j->done);
+		}
+		if (stop && !jobs)
+			break;
+	}
+	return NULL;
+}
+
+int coord_start(coord *c)
+{
+	int rc = pthread_create(&c->thread, NULL, coord_main, c);
+
+	if (rc != 0)
+		return -rc;
+	c->started = true;
+	return 0;
+}
+
+void coord_submit(coord *c, coord_job *job)
+{
+	job->next = NULL;
+	pthread_mutex_lock(&c->lock);
+	if (c->tail)
+		c->tail->next = job;
+	else
+		c->head = job;
+	c->tail = job;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+void coord_close(coord *c)
+{
+	if (!c)
+		return;
+	if (c->started) {
+		pthread_mutex_lock(&c->lock);
+		c->stop = true;
+		pthread_cond_signal(&c->cond);
+		pthread_mutex_unlock(&c->lock);
+		pthread_join(c->thread, NULL);
+	}
+	sqlite3_close(c->db);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->cond);
+	free(c);
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+int coord_topic_insert(sqlite3 *db, const char *name, int32_t nparts, const uint8_t id[16],
+		       const char *const *keys, const char *const *values, int nconf)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = sqlite3_prepare_v2(db,
+				"INSERT INTO topics(name, partitions, topic_id, created_ms) "
+				"VALUES(?, ?, ?, CAST(strftime('%s','now') AS INTEGER) * 1000)",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, nparts);
+	sqlite3_bind_blob(st, 3, id, 16, SQLITE_STATIC);
+	rc = step_done(st);
+	for (int i = 0; rc == SQLITE_OK && i < nconf; i++) {
+		rc = sqlite3_prepare_v2(db, "INSERT INTO topic_configs(topic, key, value) VALUES(?, ?, ?)",
+					-1, &st, NULL);
+		if (rc != SQLITE_OK)
+			break;
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, keys[i], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, values[i], -1, SQLITE_STATIC);
+		rc = step_done(st);
+	}
+	return rc;
+}
+
+int coord_topic_delete(sqlite3 *db, const char *name)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = sqlite3_prepare_v2(db, "DELETE FROM topic_configs WHERE topic = ?", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	rc = step_done(st);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_prepare_v2(db, "DELETE FROM topics WHERE name = ?", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	return step_done(st);
+}

@@ -304,7 +304,7 @@ size_t wire_w_placeholder32(wire_buf *b)
 
 void wire_patch32(wire_buf *b, size_t at, int32_t v)
 {
-	if (!b->oom && at + 4 <= b->len)
+	if (!b->oom && at <= b->len && b->len - at >= 4)
 		wire_put32(b->data + at, (uint32_t)v);
 }
 

@@ -1,0 +1,89 @@
+/*
+ * conn.h — one client connection and its requests.
+ *
+ * A connection reads Kafka frames (int32 size + request), hands each to the
+ * dispatcher (api.h), and writes responses strictly in request order, as
+ * Kafka clients require.  A response is a list of parts: bytes in the
+ * request's own buffer, or a byte range of a segment file sent with
+ * sendfile(2) — Fetch data never passes through user space.
+ *
+ * Connection states: READING (normal), PAUSED (too many requests awaiting
+ * responses: reading stops until the queue drains, which pushes back on the
+ * client through TCP), CLOSING (flushing nothing more; freed at once).
+ *
+ * Threads: a conn and its reqs belong to the worker loop that accepted it.
+ * A req outlives its conn when asynchronous work (a SQLite job, a wake-up
+ * task) still refers to it: such work holds a reference (req_ref) and finds
+ * req->conn == NULL when the connection has gone.
+ */
+#ifndef SLUICE_CONN_H
+#define SLUICE_CONN_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "partlog.h"
+#include "server.h"
+#include "wire.h"
+
+enum { PART_MEM, PART_FILE };
+
+typedef struct out_part {
+	int kind;
+	size_t off, len;       /* PART_MEM: bytes resp.data[off..off+len) */
+	partlog_range range;   /* PART_FILE: a referenced segment range */
+} out_part;
+
+typedef struct req {
+	struct req *next;
+	struct conn *conn;     /* NULL once the connection has gone */
+	worker *w;
+	int refs;              /* loop-owned count: the conn's + async work's */
+	int16_t api_key, api_version;
+	int32_t corr_id;
+	bool done;             /* response complete (or none to send) */
+	bool no_response;      /* acks=0 produce */
+	wire_buf resp;         /* int32 size, int32 correlation id, body */
+	out_part *parts;       /* NULL: the whole of resp is the response */
+	int nparts, cap_parts;
+	size_t file_bytes;     /* bytes of PART_FILE parts */
+	size_t mem_mark;       /* start of the resp bytes not yet in a part */
+	/* Handler state for asynchronous requests: freed by req_unref. */
+	void *state;
+	void (*cancel)(struct req *r); /* conn closing: detach timers/waiters */
+	void (*free_state)(struct req *r);
+} req;
+
+typedef struct conn {
+	struct conn *prev, *next; /* worker's list */
+	worker *w;
+	int fd;
+	ev_io rio, wio;
+	uint8_t *rbuf;           /* owned: bytes read, not yet a whole frame */
+	size_t rlen, rcap;
+	req *q_head, *q_tail;    /* owned: requests in arrival order */
+	int nreq;
+	int part_idx;            /* write cursor in q_head's parts */
+	size_t part_off;
+	bool paused;
+	char peer[64];
+} conn;
+
+/* Accepted socket fd → new conn on w (fd is owned by the conn from now on,
+ * closed on failure). */
+void conn_accept(worker *w, int fd);
+/* Closes and frees (reason is logged at debug level, or warn if bad input). */
+void conn_close(conn *c, int level, const char *reason);
+
+/* Completes r: patches the frame size, marks it done and writes what can be
+ * written.  Safe when r->conn is NULL (then it only drops r's reference).*/
+void req_finish(req *r);
+/* Adds a sendfile part: the bytes written to r->resp so far become a memory
+ * part, then the range (ownership of its reference moves to r). */
+void req_add_file(req *r, partlog_range *range);
+
+void req_ref(req *r);
+void req_unref(req *r);
+
+#endif

@@ -1,0 +1,99 @@
+/*
+ * topics.h — the topic registry: topics, their partitions and partition logs.
+ *
+ * Topics are reference counted: topics_get() returns a referenced topic that
+ * stays valid (and its partitions' logs open) until topic_unref(), even if it
+ * is deleted meanwhile.  A deleted topic leaves the registry at once; its
+ * files are removed by the reaper (the syncer thread) when the last
+ * reference goes, and until then CreateTopics of the same name fails
+ * ("marked for deletion"), as in Kafka.
+ *
+ * Threads: any thread may call topics_get/topic_unref/topics_list.  Create and
+ * delete run on loops and on main at start-up; the registry is protected by
+ * an rwlock (readers: lookups; writers: create/delete).  The partition's
+ * log is thread-safe as partlog.h says.  The configuration of a topic is
+ * written only at creation.
+ */
+#ifndef SLUICE_TOPICS_H
+#define SLUICE_TOPICS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "partlog.h"
+#include "waiters.h"
+
+#define TOPIC_NAME_MAX 249
+
+enum topics_err {
+	TOPICS_OK = 0,
+	TOPICS_E_EXISTS = 1,        /* TOPIC_ALREADY_EXISTS */
+	TOPICS_E_DELETING = 2,      /* TOPIC_ALREADY_EXISTS, "marked for deletion" */
+	TOPICS_E_INVALID_NAME = 3,  /* INVALID_TOPIC_EXCEPTION */
+	TOPICS_E_NOT_FOUND = 4,     /* UNKNOWN_TOPIC_OR_PARTITION */
+};
+
+typedef struct partition {
+	struct topic *topic;
+	int32_t index;
+	partlog *log;                 /* owned */
+	pthread_mutex_t wait_lock;    /* protects waiters */
+	pwaiter *waiters;
+	atomic_int nwaiters;          /* fast check without the lock */
+	atomic_bool sync_queued;      /* on the syncer's dirty list */
+	struct partition *sync_next;  /* syncer's list link (syncer-owned) */
+	bool ckpt_stale;              /* synced since last checkpoint (syncer-owned) */
+} partition;
+
+typedef struct topic {
+	atomic_int refs;
+	char name[TOPIC_NAME_MAX + 1];
+	uint8_t id[16];
+	int32_t nparts;
+	partition *parts;             /* owned array */
+	topic_conf conf;
+	atomic_bool deleted;
+	struct topics *reg;
+} topic;
+
+typedef struct topics topics;
+
+/* reaper(topic) is called when a deleted topic's last reference goes; it
+ * must eventually call topic_destroy(topic). */
+int topics_new(const char *data_dir, const topic_conf *defaults, topics **out);
+void topics_set_reaper(topics *reg, void (*reaper)(topic *t, void *arg), void *arg);
+void topics_free(topics *reg);  /* closes every log (no sync); accepts NULL */
+
+/* Referenced topic by name, or NULL. */
+topic *topics_get(topics *reg, const char *name, size_t len);
+void topic_ref(topic *t);
+void topic_unref(topic *t);
+
+bool topics_valid_name(const char *name, size_t len);
+
+/* Creates the partition directories and logs and adds the topic.  On success
+ * *out is a referenced topic.  Returns TOPICS_OK, a TOPICS_E_* (reason in
+ * err), or -errno. */
+int topics_create(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
+		  topic **out, char *err, size_t errlen);
+/* Re-opens an existing topic at start-up (from the SQLite catalogue). */
+int topics_load(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
+		const uint8_t id[16]);
+/* Removes the topic from the registry; files go when the last ref drops.
+ * Returns TOPICS_OK or TOPICS_E_NOT_FOUND. */
+int topics_delete(topics *reg, const char *name);
+/* Called by the reaper: deletes the files and frees t. */
+void topic_destroy(topic *t);
+
+/* Referenced snapshot of all topics, sorted by name; free with
+ * topics_list_free.  Returns 0 or -ENOMEM. */
+int topics_list(topics *reg, topic ***out, int *n);
+void topics_list_free(topic **list, int n);
+
+const char *topics_data_dir(const topics *reg);
+
+#endif
