@@ -62,13 +62,12 @@ void blog(int level, const char *fmt, ...)
 int blog_rl_allow(blog_rl *rl, unsigned *suppressed)
 {
 	int64_t now = mono_ms();
-	int64_t last = atomic_load_explicit(&rl->last_ms, memory_order_relaxed);
+	int64_t start = atomic_load_explicit(&rl->window_ms, memory_order_relaxed);
 
-	if (last && now - last < 1000) {
-		atomic_fetch_add_explicit(&rl->suppressed, 1, memory_order_relaxed);
-		return 0;
-	}
-	if (!atomic_compare_exchange_strong(&rl->last_ms, &last, now ? now : 1)) {
+	if (now - start >= 1000 &&
+	    atomic_compare_exchange_strong(&rl->window_ms, &start, now))
+		atomic_store(&rl->used, 0);
+	if (atomic_fetch_add(&rl->used, 1) >= BLOG_RL_BURST) {
 		atomic_fetch_add_explicit(&rl->suppressed, 1, memory_order_relaxed);
 		return 0;
 	}

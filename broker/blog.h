@@ -3,8 +3,8 @@
  *
  * Thread-safe: every line is formatted into a local buffer and written with
  * one write(2), so lines from different threads never interleave.
- * BLOG_RL() rate-limits a call site (at most one line per second, then a
- * count of what was suppressed), so a client sending garbage in a loop
+ * BLOG_RL() rate-limits a call site (at most BLOG_RL_BURST lines per second,
+ * then a count of what was suppressed), so a client sending garbage in a loop
  * cannot flood the log: bad input is "logged once".
  */
 #ifndef SLUICE_BLOG_H
@@ -23,8 +23,11 @@ int blog_parse_level(const char *s);
 
 void blog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+#define BLOG_RL_BURST 10
+
 typedef struct blog_rl {
-	_Atomic int64_t last_ms;
+	_Atomic int64_t window_ms; /* start of the current one-second window */
+	atomic_uint used;          /* lines logged in the window */
 	atomic_uint suppressed;
 } blog_rl;
 

@@ -32,7 +32,6 @@ typedef struct config {
 	int listen_port;
 	char advertised_host[256]; /* empty: the listener's host */
 	char data_dir[PATH_MAX];
-	char port_file[PATH_MAX];  /* empty: none (flag only) */
 	int network_threads;       /* 0: one per core */
 	int32_t node_id;
 	char cluster_id[64];
