@@ -1,10 +1,10 @@
 /*
  * partlog.c — see partlog.h.  Segment file formats: segment.c.
  *
- * RECOVERY CHECKPOINT <dir>/recovery.ckpt (version 1), 1024 bytes: two
- * slots, slot i at byte i * 512 so that each lives in its own disk sector
- * and a torn write can damage only the slot being written.  A slot
- * (44 bytes used, big-endian, the rest of the 512 unused):
+ * RECOVERY CHECKPOINT <dir>/recovery.ckpt (version 1): two slots, slot i
+ * at byte i * 512 so that each lives in its own disk sector and a torn
+ * write can damage only the slot being written (the file is 44 or 556
+ * bytes; bytes between the slots are zero).  A slot, big-endian:
  *    0 magic    uint32  0x534c434b ("SLCK")
  *    4 version  uint32  1
  *    8 seq      uint64  incremented by every write; slot = seq % 2
@@ -101,7 +101,10 @@ struct partlog {
 	segment *active;   /* last of segs */
 	segment **pending; /* rolled, not yet synced; each holds a reference */
 	size_t n_pending, cap_pending;
-	int64_t first_ms;  /* wall clock of the active segment's first append, -1 */
+	/* Wall clock of the active segment's first append, -1 before it.  A
+	 * segment reopened after a restart counts from its first append
+	 * after the open (its creation time is not stored). */
+	int64_t first_ms;
 
 	pthread_rwlock_t list_lock;
 	segment **segs;    /* by base offset; each holds a reference */
@@ -265,18 +268,50 @@ static int cmp_i64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Lists segment base offsets (sorted) and deletes stray *.tmp files.
- * `unlink_all` deletes every entry instead (partlog_destroy). */
-static int scan_dir(int dirfd, bool unlink_all, int64_t **bases, size_t *n)
+/* Names to unlink once the listing is over (POSIX leaves readdir()'s view
+ * of a directory changing under it unspecified). */
+struct namelist {
+	char **v;
+	size_t n, cap;
+};
+
+static int namelist_add(struct namelist *l, const char *name)
+{
+	int r = grow((void **)&l->v, &l->cap, l->n + 1, sizeof(*l->v));
+
+	if (r)
+		return r;
+	l->v[l->n] = strdup(name);
+	if (!l->v[l->n])
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+static int namelist_unlink(int dirfd, struct namelist *l)
+{
+	int r = 0;
+
+	for (size_t i = 0; i < l->n; i++) {
+		if (unlinkat(dirfd, l->v[i], 0) < 0 && errno != ENOENT && !r)
+			r = -errno;
+		free(l->v[i]);
+	}
+	free(l->v);
+	return r;
+}
+
+/* Reads the directory: segment base offsets into *bases (sorted), names to
+ * delete (*.tmp, or everything when `all`) into *del. */
+static int list_dir(int dirfd, bool all, int64_t **bases, size_t *n, struct namelist *del)
 {
 	size_t cap = 0;
 	struct dirent *de;
-	int r = 0, fd;
+	/* A new open file description: a dup() would share (and keep) the
+	 * read position of an earlier listing. */
+	int r = 0, fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 
-	*bases = NULL;
-	*n = 0;
-	fd = dup(dirfd);
 	if (fd < 0)
 		return -errno;
 	d = fdopendir(fd);
@@ -284,26 +319,34 @@ static int scan_dir(int dirfd, bool unlink_all, int64_t **bases, size_t *n)
 		close(fd);
 		return -errno;
 	}
-	while ((de = readdir(d))) {
+	while (!r && (de = readdir(d))) {
 		int64_t base;
 
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
-		if (unlink_all || has_suffix(de->d_name, ".tmp")) {
-			if (unlinkat(dirfd, de->d_name, 0) < 0 && errno != ENOENT) {
-				r = -errno;
-				break;
-			}
-			continue;
-		}
-		if (!parse_log_name(de->d_name, &base))
-			continue;
-		r = grow((void **)bases, &cap, *n + 1, sizeof(**bases));
-		if (r)
-			break;
-		(*bases)[(*n)++] = base;
+		if (all || has_suffix(de->d_name, ".tmp"))
+			r = namelist_add(del, de->d_name);
+		else if (parse_log_name(de->d_name, &base) &&
+			 !(r = grow((void **)bases, &cap, *n + 1, sizeof(**bases))))
+			(*bases)[(*n)++] = base;
 	}
 	closedir(d);
+	return r;
+}
+
+/* Lists segment base offsets (sorted) and deletes stray *.tmp files
+ * (`unlink_all`: deletes every entry instead, for partlog_destroy). */
+static int scan_dir(int dirfd, bool unlink_all, int64_t **bases, size_t *n)
+{
+	struct namelist del = { NULL, 0, 0 };
+	int r, r2;
+
+	*bases = NULL;
+	*n = 0;
+	r = list_dir(dirfd, unlink_all, bases, n, &del);
+	r2 = namelist_unlink(dirfd, &del);
+	if (!r)
+		r = r2;
 	if (r) {
 		free(*bases);
 		*bases = NULL;
@@ -394,7 +437,7 @@ static int delete_segment_files(partlog *pl, int64_t base, uint64_t *bytes)
 
 	if (!log_file_size(pl->dirfd, base, &size))
 		*bytes += size;
-	r = segment_open(pl->dir, base, -1, &s);
+	r = segment_open(pl->dir, base, -1, 0, &s);
 	if (r)
 		return r == -ENOENT ? 0 : r;
 	r = segment_unlink(s);
@@ -448,12 +491,12 @@ static int recover(partlog *pl, const int64_t *bases, size_t n, uint64_t *trunca
 		}
 		if (i < k) {
 			/* Trusted: before the checkpoint, not read. */
-			r = segment_open(pl->dir, bases[i], bases[i + 1], &s);
+			r = segment_open(pl->dir, bases[i], bases[i + 1], interval, &s);
 			if (!r && (r = list_push(pl, s)))
 				segment_unref(s);
 			continue;
 		}
-		r = segment_open(pl->dir, bases[i], -1, &s);
+		r = segment_open(pl->dir, bases[i], -1, interval, &s);
 		if (r)
 			break;
 		r = segment_recover(s, i == k ? pos : 0, i == k ? expected : bases[i], interval, &res);
@@ -676,13 +719,13 @@ out:
 static void sync_finish(partlog *pl, struct sync_snap *sn, bool ok)
 {
 	pthread_mutex_lock(&pl->append_lock);
-	if (ok) {
+	if (ok && sn->n_pending) {
 		for (size_t i = 0; i < sn->n_pending; i++)
 			segment_unref(pl->pending[i]);
 		memmove(pl->pending, pl->pending + sn->n_pending,
 			(pl->n_pending - sn->n_pending) * sizeof(*pl->pending));
 		pl->n_pending -= sn->n_pending;
-	} else {
+	} else if (!ok) {
 		if (sn->dirty)
 			atomic_store(&pl->dirty, true);
 		if (sn->dir_dirty)

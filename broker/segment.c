@@ -585,7 +585,8 @@ fail:
 	return r;
 }
 
-int segment_open(const char *dir, int64_t base, int64_t end_offset, segment **out)
+int segment_open(const char *dir, int64_t base, int64_t end_offset, uint32_t interval,
+		 segment **out)
 {
 	segment *s = seg_alloc(dir, base);
 	struct stat st;
@@ -603,6 +604,7 @@ int segment_open(const char *dir, int64_t base, int64_t end_offset, segment **ou
 	atomic_store(&s->size, (uint64_t)st.st_size);
 	atomic_store(&s->visible, (uint64_t)st.st_size);
 	atomic_store(&s->end, end_offset);
+	s->interval = interval;
 	*out = s;
 	return 0;
 

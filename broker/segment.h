@@ -9,9 +9,9 @@
  * valid while sendfile() uses it even after retention unlinked the files.
  *
  * Threads and locks:
- *  - Writers (segment_append, segment_truncate_indexes, segment_recover) run
- *    under the owner's append lock (partlog's), or before the segment is
- *    shared (open/recovery).  One writer at a time.
+ *  - Writers (segment_append, segment_recover) run under the owner's append
+ *    lock (partlog's), or before the segment is shared (open/recovery).
+ *    One writer at a time.
  *  - segment_sync / segment_close_index: partlog's sync thread.
  *  - Readers (segment_find, segment_find_time, segment_lookup*,
  *    segment_max_timestamp, segment_visible): any thread.  They take the
@@ -54,9 +54,11 @@ int segment_create(const char *dir, int64_t base, segment **out);
 /* Opens an existing segment without reading it: opens the .log and stats
  * it; visible = size = file size.  The indexes are loaded on first lookup.
  * end_offset is the offset after its last batch when the caller knows it
- * (the next segment's base), else -1; it bounds index validation.  On
- * failure *out is unchanged and -errno is returned. */
-int segment_open(const char *dir, int64_t base, int64_t end_offset, segment **out);
+ * (the next segment's base), else -1; it bounds index validation.
+ * `interval` is the index interval used to re-derive entries missing from
+ * the files.  On failure *out is unchanged and -errno is returned. */
+int segment_open(const char *dir, int64_t base, int64_t end_offset, uint32_t interval,
+		 segment **out);
 
 void segment_ref(segment *s);
 /* Drops a reference; the last one closes the fds and frees.  Accepts NULL. */
