@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 
+#include "group.h"
 #include "kerr.h"
 
 static const api_def apis[] = {
@@ -16,6 +17,17 @@ static const api_def apis[] = {
 	{ API_API_VERSIONS, 0, 2, api_versions, "ApiVersions" },
 	{ API_CREATE_TOPICS, 0, 4, api_create_topics, "CreateTopics" },
 	{ API_DELETE_TOPICS, 0, 3, api_delete_topics, "DeleteTopics" },
+	{ 8, 0, 7, api_offset_commit, "OffsetCommit" },
+	{ 9, 1, 5, api_offset_fetch, "OffsetFetch" },
+	{ 10, 0, 2, api_find_coordinator, "FindCoordinator" },
+	{ 11, 0, 5, api_join_group, "JoinGroup" },
+	{ 12, 0, 3, api_heartbeat, "Heartbeat" },
+	{ 13, 0, 3, api_leave_group, "LeaveGroup" },
+	{ 14, 0, 3, api_sync_group, "SyncGroup" },
+	{ 15, 0, 4, api_describe_groups, "DescribeGroups" },
+	{ 16, 0, 2, api_list_groups, "ListGroups" },
+	{ 42, 0, 1, api_delete_groups, "DeleteGroups" },
+	{ 47, 0, 0, api_offset_delete, "OffsetDelete" },
 };
 
 #define NAPIS ((int)(sizeof(apis) / sizeof(apis[0])))

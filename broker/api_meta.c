@@ -107,8 +107,10 @@ static void cat_done(loop_task *t)
 		if (cj->insert && ct->act && ct->err)
 			topics_delete(srv_of(cj->r)->topics, ct->name);
 	}
-	cj->reply(cj);
+	if (cj->r->conn)
+		cj->reply(cj);
 	req_finish(cj->r);
+	req_unref(cj->r); /* the job's reference, taken in cat_submit */
 	cat_job_free(cj);
 }
 
@@ -135,8 +137,7 @@ static cat_job *cat_job_new(req *r, int n, bool insert, void (*reply)(cat_job *)
 
 static void cat_submit(cat_job *cj)
 {
-	req_ref(cj->r);
-	/* The job's own reference to r is dropped by req_finish in cat_done. */
+	req_ref(cj->r); /* dropped in cat_done */
 	coord_submit(srv_of(cj->r)->coord, &cj->job);
 }
 

@@ -43,6 +43,10 @@ typedef struct config {
 	int64_t flush_interval_ms;
 	int64_t retention_check_interval_ms;
 	int log_level;
+	int32_t group_min_session_timeout_ms;
+	int32_t group_max_session_timeout_ms;
+	int32_t group_initial_rebalance_delay_ms;
+	int64_t offsets_retention_minutes;
 	topic_conf topic_defaults; /* message.max.bytes, log.segment.bytes, ... */
 } config;
 

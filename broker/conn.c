@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,20 @@ static req *req_new(conn *c, int16_t key, int16_t ver, int32_t corr)
 	return r;
 }
 
+static void post_finish_task(loop_task *t)
+{
+	req *r = (req *)((char *)t - offsetof(req, post));
+
+	req_finish(r);
+	req_unref(r);
+}
+
+void req_post_finish(req *r)
+{
+	r->post.fn = post_finish_task;
+	worker_post(r->w, &r->post);
+}
+
 void req_ref(req *r)
 {
 	r->refs++;
@@ -238,10 +253,8 @@ void req_finish(req *r)
 {
 	conn *c = r->conn;
 
-	if (!c) {
-		req_unref(r);
-		return;
-	}
+	if (!c)
+		return; /* the connection is gone: nobody to answer */
 	if (r->parts)
 		close_mem_part(r);
 	if (r->resp.oom) {
@@ -394,6 +407,7 @@ static void handle_frame(conn *c, uint8_t *payload, size_t len)
 	int16_t key, ver;
 	int32_t corr;
 	const api_def *api;
+	wire_str cid;
 	req *r;
 
 	wire_rd_init(&rd, payload, len);
@@ -422,7 +436,7 @@ static void handle_frame(conn *c, uint8_t *payload, size_t len)
 			  api->max);
 		return;
 	}
-	(void)wire_rd_str(&rd); /* client_id */
+	cid = wire_rd_str(&rd);
 	if (rd.err) {
 		bad_input(c, "malformed request header");
 		return;
@@ -431,6 +445,12 @@ static void handle_frame(conn *c, uint8_t *payload, size_t len)
 	if (!r) {
 		conn_close(c, BLOG_ERROR, "out of memory");
 		return;
+	}
+	if (cid.len > 0) {
+		size_t n = (size_t)cid.len < sizeof(r->client_id) ? (size_t)cid.len : sizeof(r->client_id) - 1;
+
+		memcpy(r->client_id, cid.ptr, n);
+		r->client_id[n] = '\0';
 	}
 	req_ref(r); /* the handler may finish r; keep it until we check */
 	if (api->fn(r, &rd) == API_MALFORMED) {

@@ -49,6 +49,8 @@ typedef struct req {
 	int nparts, cap_parts;
 	size_t file_bytes;     /* bytes of PART_FILE parts */
 	size_t mem_mark;       /* start of the resp bytes not yet in a part */
+	char client_id[128];   /* from the request header (truncated) */
+	loop_task post;        /* req_post_finish */
 	/* Handler state for asynchronous requests: freed by req_unref. */
 	void *state;
 	void (*cancel)(struct req *r); /* conn closing: detach timers/waiters */
@@ -77,11 +79,19 @@ void conn_accept(worker *w, int fd);
 void conn_close(conn *c, int level, const char *reason);
 
 /* Completes r: patches the frame size, marks it done and writes what can be
- * written.  Safe when r->conn is NULL (then it only drops r's reference).*/
+ * written.  Does nothing when r->conn is NULL (the connection has gone).
+ * Never drops a reference: asynchronous work that held one calls
+ * req_unref(r) after req_finish(r). */
 void req_finish(req *r);
 /* Adds a sendfile part: the bytes written to r->resp so far become a memory
  * part, then the range (ownership of its reference moves to r). */
 void req_add_file(req *r, partlog_range *range);
+
+/* Any thread, for a request whose response another thread has written
+ * while the request was parked (its loop does not touch it meanwhile):
+ * hands it back to its loop, which finishes it and drops one reference
+ * (the one the parking took). */
+void req_post_finish(req *r);
 
 void req_ref(req *r);
 void req_unref(req *r);

@@ -1,7 +1,8 @@
 /*
  * coord.c — see coord.h.
  *
- * Schema, version 1 (PRAGMA user_version = 1).  Change it only by adding a
+ * Schema, version 2 (PRAGMA user_version = 2; version 2 added
+ * group_offsets, whose layout is documented in group.c).  Change it only by adding a
  * migration step in schema_upgrade() and bumping the version; document the
  * tables in docs/storage.md.
  *
@@ -20,7 +21,7 @@
 
 #include "blog.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 struct coord {
 	sqlite3 *db;               /* owned; main before start, then the thread */
@@ -40,6 +41,13 @@ static const char schema_v1[] =
 	"  topic TEXT NOT NULL, key TEXT NOT NULL, value TEXT,"
 	"  PRIMARY KEY(topic, key));"
 	"CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);";
+
+static const char schema_v2[] =
+	"CREATE TABLE IF NOT EXISTS group_offsets("
+	"  group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,"
+	"  committed_offset INTEGER NOT NULL, leader_epoch INTEGER NOT NULL,"
+	"  metadata TEXT, commit_ms INTEGER NOT NULL,"
+	"  PRIMARY KEY(group_id, topic, partition)) WITHOUT ROWID;";
 
 static int exec(sqlite3 *db, const char *sql)
 {
@@ -79,6 +87,11 @@ static int schema_upgrade(sqlite3 *db)
 	}
 	if (v < 1) {
 		if (exec(db, "BEGIN") || exec(db, schema_v1) || exec(db, "PRAGMA user_version = 1") ||
+		    exec(db, "COMMIT"))
+			return -1;
+	}
+	if (v < 2) {
+		if (exec(db, "BEGIN") || exec(db, schema_v2) || exec(db, "PRAGMA user_version = 2") ||
 		    exec(db, "COMMIT"))
 			return -1;
 	}

@@ -18,6 +18,7 @@
 #include "blog.h"
 #include "config.h"
 #include "coord.h"
+#include "group.h"
 #include "server.h"
 #include "syncer.h"
 #include "topics.h"
@@ -219,6 +220,7 @@ int main(int argc, char **argv)
 	char path[PATH_MAX + 32];
 	topics *reg = NULL;
 	coord *co = NULL;
+	groups *grp = NULL;
 	sigset_t sigs;
 	int lock_fd = -1, sig = 0, rc;
 
@@ -255,8 +257,9 @@ int main(int argc, char **argv)
 	srv.cfg = &cfg;
 	srv.topics = reg;
 	srv.coord = co;
-	if (server_listen(&srv) < 0)
+	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;
+	groups_start(grp, &srv.workers[0]);
 	if (syncer_start(&srv, &srv.syncer) < 0 || coord_start(co) < 0)
 		goto fail;
 	topics_set_reaper(reg, reaper, srv.syncer);
@@ -275,6 +278,7 @@ int main(int argc, char **argv)
 	coord_close(co);
 	co = NULL;
 	server_free(&srv);
+	groups_free(grp);
 	syncer_stop(srv.syncer);
 	topics_free(reg);
 	blog(BLOG_INFO, "clean shutdown");
