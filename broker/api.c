@@ -27,6 +27,7 @@ static const api_def apis[] = {
 	{ 15, 0, 4, api_describe_groups, "DescribeGroups" },
 	{ 16, 0, 2, api_list_groups, "ListGroups" },
 	{ 42, 0, 1, api_delete_groups, "DeleteGroups" },
+	{ 22, 0, 1, api_init_producer_id, "InitProducerId" },
 	{ 47, 0, 0, api_offset_delete, "OffsetDelete" },
 };
 

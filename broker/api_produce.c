@@ -18,6 +18,7 @@
 
 #include "api.h"
 #include "blog.h"
+#include "coord.h"
 #include "kerr.h"
 #include "recbatch.h"
 #include "syncer.h"
@@ -104,6 +105,47 @@ static int16_t validate_records(const pentry *e, const topic *t)
 	return KERR_NONE;
 }
 
+static const int16_t pid_errors[] = {
+	[PIDSTATE_OUT_OF_ORDER] = KERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+	[PIDSTATE_FENCED] = KERR_INVALID_PRODUCER_EPOCH,
+	[PIDSTATE_UNKNOWN_PID] = KERR_UNKNOWN_PRODUCER_ID,
+};
+
+/* An idempotent batch: deduplicated against the producer's last batches,
+ * appended and recorded under the partition's pid_lock.  Returns what
+ * partlog_append returned (0 for a duplicate, with *base its original
+ * offset); a sequence or epoch problem is returned in *kerr (nothing
+ * appended). */
+static int append_idempotent(pentry *e, uint8_t *batch, size_t size, const recbatch_hdr *h,
+			     int64_t max_ts, int64_t now, int64_t *base, int16_t *kerr)
+{
+	partition *p = e->p;
+	int32_t last_seq = h->base_sequence + h->last_offset_delta;
+	int verdict, rc;
+
+	pthread_mutex_lock(&p->pid_lock);
+	verdict = pidstate_check(p->pids, h->producer_id, h->producer_epoch, h->base_sequence, last_seq,
+				 base);
+	if (verdict == PIDSTATE_DUPLICATE) {
+		pthread_mutex_unlock(&p->pid_lock);
+		BLOG_RL(BLOG_INFO, "produce to %s-%d: duplicate batch of producer %lld (seq %d) answered "
+			"with its offset %lld", p->topic->name, e->index, (long long)h->producer_id,
+			h->base_sequence, (long long)*base);
+		return 0;
+	}
+	if (verdict != PIDSTATE_APPEND) {
+		pthread_mutex_unlock(&p->pid_lock);
+		*kerr = pid_errors[verdict];
+		return 0;
+	}
+	rc = partlog_append(p->log, batch, size, max_ts, now, base);
+	if (rc == 0 && pidstate_record(p->pids, h->producer_id, h->producer_epoch, h->base_sequence,
+				       last_seq, *base, *base + h->last_offset_delta) < 0)
+		BLOG_RL(BLOG_ERROR, "out of memory recording producer state");
+	pthread_mutex_unlock(&p->pid_lock);
+	return rc;
+}
+
 static void append_records(pentry *e, int64_t now)
 {
 	uint8_t *rec = (uint8_t *)e->records; /* the conn's read buffer: ours to rewrite */
@@ -116,7 +158,17 @@ static void append_records(pentry *e, int64_t now)
 		int rc;
 
 		recbatch_validate(rec + pos, size, &h, &max_ts);
-		rc = partlog_append(e->p->log, rec + pos, size, max_ts, now, &base);
+		if (h.producer_id >= 0) {
+			int16_t kerr = KERR_NONE;
+
+			rc = append_idempotent(e, rec + pos, size, &h, max_ts, now, &base, &kerr);
+			if (kerr) {
+				e->err = kerr;
+				return;
+			}
+		} else {
+			rc = partlog_append(e->p->log, rec + pos, size, max_ts, now, &base);
+		}
 		if (rc != 0) {
 			BLOG_RL(BLOG_ERROR, "append to %s-%d failed: %s", e->p->topic->name, e->index,
 				rc < 0 ? strerror(-rc) : "batch larger than a segment");
@@ -361,5 +413,84 @@ int api_produce(req *r, wire_rd *rd)
 	ev_timer_init(&ps->timer, produce_timeout, (timeout_ms > 0 ? timeout_ms : 30000) / 1000.0, 0.);
 	ps->timer.data = ps;
 	ev_timer_start(r->w->loop, &ps->timer);
+	return API_OK;
+}
+
+/* ---- InitProducerId (idempotent producers) ---- */
+
+/* Producer ids come from a counter in sluice.db, so they stay unique across
+ * restarts: a restarted broker never hands out an id whose old batches are
+ * still in the logs. */
+typedef struct pid_job {
+	coord_job job;
+	req *r;        /* referenced */
+	int64_t pid;
+} pid_job;
+
+static int pid_run(coord_job *job, sqlite3 *db)
+{
+	pid_job *pj = (pid_job *)job;
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = sqlite3_prepare_v2(db,
+				"INSERT INTO meta(key, value) VALUES('next_producer_id', '1000') "
+				"ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 "
+				"RETURNING CAST(value AS INTEGER)",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		pj->pid = sqlite3_column_int64(st, 0);
+	rc = sqlite3_finalize(st);
+	return rc;
+}
+
+static void pid_done(loop_task *t)
+{
+	pid_job *pj = (pid_job *)((char *)t - offsetof(pid_job, job.done));
+	req *r = pj->r;
+	int ok = pj->job.rc == SQLITE_OK && pj->pid > 0;
+
+	if (!ok)
+		blog(BLOG_ERROR, "InitProducerId: cannot allocate a producer id: %s",
+		     sqlite3_errstr(pj->job.rc));
+	wire_w_i32(&r->resp, 0); /* throttle */
+	wire_w_i16(&r->resp, ok ? KERR_NONE : KERR_COORDINATOR_NOT_AVAILABLE);
+	wire_w_i64(&r->resp, ok ? pj->pid : -1);
+	wire_w_i16(&r->resp, ok ? 0 : -1);
+	req_finish(r);
+	req_unref(r);
+	free(pj);
+}
+
+int api_init_producer_id(req *r, wire_rd *rd)
+{
+	wire_str txn = wire_rd_str(rd);
+	pid_job *pj;
+
+	(void)wire_rd_i32(rd); /* transaction timeout */
+	if (rd->err)
+		return API_MALFORMED;
+	if (txn.len >= 0) {
+		/* Kafka transactions need a transaction coordinator we do not
+		 * have; Sluice's transactional messages are the extension APIs. */
+		wire_w_i32(&r->resp, 0);
+		wire_w_i16(&r->resp, KERR_COORDINATOR_NOT_AVAILABLE);
+		wire_w_i64(&r->resp, -1);
+		wire_w_i16(&r->resp, -1);
+		req_finish(r);
+		return API_OK;
+	}
+	pj = calloc(1, sizeof(*pj));
+	if (!pj)
+		return API_MALFORMED;
+	pj->r = r;
+	req_ref(r); /* dropped in pid_done */
+	pj->job.run = pid_run;
+	pj->job.w = r->w;
+	pj->job.done.fn = pid_done;
+	coord_submit(r->w->srv->coord, &pj->job);
 	return API_OK;
 }

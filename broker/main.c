@@ -230,12 +230,6 @@ int main(int argc, char **argv)
 		return rc;
 	blog_threshold = cfg.log_level;
 	signal(SIGPIPE, SIG_IGN);
-	/* Every thread inherits this mask; main takes the signals with sigwait. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	rc = mkdir_p(cfg.data_dir);
 	if (rc < 0) {
@@ -260,6 +254,14 @@ int main(int argc, char **argv)
 	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;
 	groups_start(grp, &srv.workers[0]);
+	/* From here on every thread inherits this mask and main takes the
+	 * signals with sigwait; before it, SIGTERM simply ends a start-up
+	 * (recovery, catalogue load) that nothing needs to clean up. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	if (syncer_start(&srv, &srv.syncer) < 0 || coord_start(co) < 0)
 		goto fail;
 	topics_set_reaper(reg, reaper, srv.syncer);

@@ -42,6 +42,7 @@ static void sync_one(partition *p)
 		return;
 	}
 	p->ckpt_stale = true;
+	p->synced_end = end;
 	partition_wake(p);
 }
 
@@ -81,10 +82,14 @@ static void flush_one(partition *p, int64_t now)
 	if (!p->ckpt_stale)
 		return;
 	rc = partlog_checkpoint(p->log);
-	if (rc < 0)
+	if (rc < 0) {
 		BLOG_RL(BLOG_ERROR, "checkpoint %s-%d: %s", p->topic->name, p->index, strerror(-rc));
-	else
-		p->ckpt_stale = false;
+		return;
+	}
+	p->ckpt_stale = false;
+	rc = partition_snapshot_producers(p);
+	if (rc < 0)
+		BLOG_RL(BLOG_WARN, "producer snapshot %s-%d: %s", p->topic->name, p->index, strerror(-rc));
 }
 
 static void retain_one(partition *p, int64_t now)

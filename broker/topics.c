@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "blog.h"
+#include "recbatch.h"
 
 struct topics {
 	pthread_rwlock_t lock;      /* protects list, n, cap, deleting */
@@ -61,7 +62,9 @@ static void topic_free(topic *t)
 		return;
 	for (int i = 0; t->parts && i < t->nparts; i++) {
 		partlog_close(t->parts[i].log);
+		pidstate_free(t->parts[i].pids);
 		pthread_mutex_destroy(&t->parts[i].wait_lock);
+		pthread_mutex_destroy(&t->parts[i].pid_lock);
 	}
 	free(t->parts);
 	free(t);
@@ -154,6 +157,119 @@ static int part_dir(const topics *reg, const char *name, int32_t i, char *out, s
 	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
+#define SNAPSHOT_NAME "producers.snapshot"
+
+/* Replays the idempotent-producer fields of every batch header from
+ * `from` to the end of the log into p->pids. */
+static int replay_producers(partition *p, int64_t from)
+{
+	uint8_t *buf = NULL;
+	size_t cap = 0;
+	int64_t off = from;
+	int rc = 0;
+
+	while (off < partlog_hw(p->log)) {
+		partlog_range r;
+		size_t pos = 0, len;
+
+		rc = partlog_read(p->log, off, 1 << 20, &r);
+		if (rc != 0 || r.len == 0) {
+			if (rc == 0)
+				partlog_range_release(&r);
+			break;
+		}
+		if (r.len > cap) {
+			uint8_t *nb = realloc(buf, r.len);
+
+			if (!nb) {
+				partlog_range_release(&r);
+				rc = -ENOMEM;
+				break;
+			}
+			buf = nb;
+			cap = r.len;
+		}
+		len = r.len;
+		if (pread(r.fd, buf, len, r.pos) != (ssize_t)len) {
+			partlog_range_release(&r);
+			rc = -EIO;
+			break;
+		}
+		partlog_range_release(&r); /* clears r */
+		while (pos < len) {
+			size_t size = recbatch_size(buf + pos, len - pos);
+			recbatch_hdr h;
+
+			if (size == 0 || recbatch_parse_hdr(buf + pos, len - pos, &h) != RECBATCH_OK) {
+				rc = -EIO;
+				goto out;
+			}
+			if (h.producer_id >= 0 && h.base_offset >= from)
+				pidstate_observe(p->pids, h.producer_id, h.producer_epoch, h.base_sequence,
+						 h.base_sequence + h.last_offset_delta, h.base_offset,
+						 h.base_offset + h.last_offset_delta);
+			off = h.base_offset + h.last_offset_delta + 1;
+			pos += size;
+		}
+	}
+out:
+	free(buf);
+	return rc > 0 ? -EIO : rc;
+}
+
+/* Snapshot (if valid and not ahead of the log) + replay of what follows. */
+static int load_producers(partition *p, const char *dir)
+{
+	char path[PATH_MAX];
+	int64_t from = partlog_start_offset(p->log), covered = -1;
+	uint8_t *buf = NULL;
+	struct stat st;
+	int fd;
+
+	if (snprintf(path, sizeof(path), "%s/" SNAPSHOT_NAME, dir) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0 && st.st_size < (64 << 20) &&
+	    (buf = malloc((size_t)st.st_size)) &&
+	    pread(fd, buf, (size_t)st.st_size, 0) == st.st_size &&
+	    pidstate_decode(p->pids, buf, (size_t)st.st_size, &covered) == 0 &&
+	    covered <= partlog_end_offset(p->log) && covered >= from)
+		from = covered;
+	else if (covered >= 0)
+		blog(BLOG_WARN, "%s: producer snapshot ahead of the log or unusable; rescanning", dir);
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return replay_producers(p, from);
+}
+
+int partition_snapshot_producers(partition *p)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	uint8_t *buf = NULL;
+	long len;
+	int fd, rc = 0;
+
+	if (part_dir(p->topic->reg, p->topic->name, p->index, path, sizeof(path) - 32) < 0)
+		return -ENAMETOOLONG;
+	strcat(path, "/" SNAPSHOT_NAME);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	pthread_mutex_lock(&p->pid_lock);
+	len = pidstate_encode(p->pids, p->synced_end, &buf);
+	pthread_mutex_unlock(&p->pid_lock);
+	if (len < 0)
+		return (int)len;
+	/* No fsync: a lost or torn snapshot only costs a full header scan
+	 * at the next start (its CRC fails), never a wrong answer. */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, (size_t)len) != len || rename(tmp, path) < 0)
+		rc = -errno ? -errno : -EIO;
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return rc;
+}
+
 /* Builds a topic with open partition logs (not yet in the registry). */
 static int topic_open(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
 		      const uint8_t id[16], topic **out)
@@ -180,6 +296,12 @@ static int topic_open(topics *reg, const char *name, int32_t nparts, const topic
 		p->topic = t;
 		p->index = i;
 		pthread_mutex_init(&p->wait_lock, NULL);
+		pthread_mutex_init(&p->pid_lock, NULL);
+		p->pids = pidstate_new();
+		if (!p->pids) {
+			rc = -ENOMEM;
+			goto fail;
+		}
 		rc = part_dir(reg, name, i, dir, sizeof(dir));
 		if (rc < 0)
 			goto fail;
@@ -196,6 +318,12 @@ static int topic_open(topics *reg, const char *name, int32_t nparts, const topic
 		if (cut)
 			blog(BLOG_WARN, "recovery: %s: truncated %llu bytes of invalid tail", dir,
 			     (unsigned long long)cut);
+		rc = load_producers(p, dir);
+		if (rc < 0) {
+			blog(BLOG_ERROR, "rebuild producer state of %s: %s", dir, strerror(-rc));
+			goto fail;
+		}
+		p->synced_end = partlog_end_offset(p->log);
 	}
 	*out = t;
 	return 0;

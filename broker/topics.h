@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "partlog.h"
+#include "pidstate.h"
 #include "waiters.h"
 
 #define TOPIC_NAME_MAX 249
@@ -47,6 +48,10 @@ typedef struct partition {
 	atomic_bool sync_queued;      /* on the syncer's dirty list */
 	struct partition *sync_next;  /* syncer's list link (syncer-owned) */
 	bool ckpt_stale;              /* synced since last checkpoint (syncer-owned) */
+	int64_t synced_end;           /* durable end offset (syncer-owned) */
+	pthread_mutex_t pid_lock;     /* protects pids; held across an idempotent
+	                                 batch's check, append and record */
+	pidstate *pids;               /* owned: idempotent producers */
 } partition;
 
 typedef struct topic {
@@ -86,6 +91,10 @@ int topics_load(topics *reg, const char *name, int32_t nparts, const topic_conf 
 /* Removes the topic from the registry; files go when the last ref drops.
  * Returns TOPICS_OK or TOPICS_E_NOT_FOUND. */
 int topics_delete(topics *reg, const char *name);
+/* Syncer: writes <dir>/producers.snapshot for p (idempotent producer state
+ * of every batch below the durable end).  Returns 0 or -errno. */
+int partition_snapshot_producers(partition *p);
+
 /* Called by the reaper: deletes the files and frees t. */
 void topic_destroy(topic *t);
 

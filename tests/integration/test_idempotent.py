@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Idempotent producers: InitProducerId hands out unique producer ids, the
+broker deduplicates a retried batch (same producer id, epoch and sequence
+range) by answering with its original offset, rejects sequence gaps, and
+keeps that state across a clean restart and across kill -9.
+
+Env: SLUICED.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Broker, Conn, ERR_NONE, Writer,  # noqa: E402
+                     build_batch, check, check_eq, fetch_all, run)
+
+API_INIT_PRODUCER_ID = 22
+ERR_COORDINATOR_NOT_AVAILABLE = 15
+ERR_OUT_OF_ORDER_SEQUENCE = 45
+ERR_INVALID_PRODUCER_EPOCH = 47
+ERR_UNKNOWN_PRODUCER_ID = 59
+
+
+def init_producer_id(c, transactional_id=None, version=0):
+    w = Writer().string(transactional_id).i32(60000)
+    r = c.request(API_INIT_PRODUCER_ID, version, w.getvalue())
+    throttle = r.i32()
+    err = r.i16()
+    pid = r.i64()
+    epoch = r.i16()
+    check(throttle == 0, "throttle %d" % throttle)
+    return err, pid, epoch
+
+
+def batch(pid, epoch, seq, n, tag):
+    return build_batch([(b"k%d" % (seq + i), b"%s-%d" % (tag, seq + i))
+                        for i in range(n)],
+                       producer_id=pid, producer_epoch=epoch,
+                       base_sequence=seq)
+
+
+def end_offset(c, topic):
+    res = c.list_offsets([(topic, 0, -1)])
+    err, _, off = res[(topic, 0)]
+    check_eq(err, ERR_NONE, "ListOffsets error")
+    return off
+
+
+def values(addr, topic):
+    return [r.value for r in fetch_all(addr, topic, 0)]
+
+
+def test_init_producer_id():
+    b = Broker(name="idem-init")
+    b.start()
+    with Conn(b.addr) as c:
+        pids = set()
+        for v in (0, 1):
+            err, pid, epoch = init_producer_id(c, version=v)
+            check_eq(err, ERR_NONE, "InitProducerId v%d error" % v)
+            check(pid >= 0, "producer id %d" % pid)
+            check_eq(epoch, 0, "epoch")
+            pids.add(pid)
+        check_eq(len(pids), 2, "distinct producer ids")
+        err, pid, _ = init_producer_id(c, transactional_id="txn-1")
+        check_eq(err, ERR_COORDINATOR_NOT_AVAILABLE,
+                 "InitProducerId with a transactional id")
+    b.restart()
+    with Conn(b.addr) as c:
+        err, pid, _ = init_producer_id(c)
+        check_eq(err, ERR_NONE, "InitProducerId after restart")
+        check(pid not in pids, "producer id %d reused after restart" % pid)
+
+
+def test_dedup_and_sequence_errors():
+    b = Broker(name="idem-dedup")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("idem", 1)
+        _, pid, epoch = init_producer_id(c)
+        first = batch(pid, epoch, 0, 3, b"a")
+        check_eq(c.produce1("idem", 0, first), (ERR_NONE, 0), "first batch")
+        check_eq(c.produce1("idem", 0, first), (ERR_NONE, 0),
+                 "retried batch answered with its original offset")
+        check_eq(end_offset(c, "idem"), 3, "end offset after a duplicate")
+        check_eq(c.produce1("idem", 0, batch(pid, epoch, 3, 2, b"a")),
+                 (ERR_NONE, 3), "next batch")
+        # an older batch still within the last five is a duplicate too
+        check_eq(c.produce1("idem", 0, first), (ERR_NONE, 0),
+                 "older duplicate")
+        err, _ = c.produce1("idem", 0, batch(pid, epoch, 9, 1, b"gap"))
+        check_eq(err, ERR_OUT_OF_ORDER_SEQUENCE, "sequence gap")
+        err, _ = c.produce1("idem", 0, batch(pid + 1000, 0, 5, 1, b"u"))
+        check_eq(err, ERR_UNKNOWN_PRODUCER_ID, "unknown producer not at 0")
+        # a new epoch restarts the sequence; the old epoch is fenced
+        check_eq(c.produce1("idem", 0, batch(pid, epoch + 1, 0, 1, b"e1")),
+                 (ERR_NONE, 5), "new epoch at sequence 0")
+        err, _ = c.produce1("idem", 0, batch(pid, epoch, 5, 1, b"old"))
+        check_eq(err, ERR_INVALID_PRODUCER_EPOCH, "fenced epoch")
+        check_eq(end_offset(c, "idem"), 6, "end offset")
+        check_eq(len(values(b.addr, "idem")), 6, "records in the log")
+
+
+def restart_keeps_state(kill):
+    b = Broker(name="idem-restart", sets={"log.flush.interval.ms": 100})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("idem", 1)
+        _, pid, epoch = init_producer_id(c)
+        sent = []
+        seq = 0
+        for i in range(20):
+            bt = batch(pid, epoch, seq, 5, b"r")
+            check_eq(c.produce1("idem", 0, bt), (ERR_NONE, seq), "batch %d" % i)
+            sent.append((seq, bt))
+            seq += 5
+    if kill:
+        b.kill9()
+        b.start()
+    else:
+        b.restart()
+    with Conn(b.addr) as c:
+        # the last five batches are remembered: each retry is a duplicate
+        for s, bt in sent[-5:]:
+            check_eq(c.produce1("idem", 0, bt), (ERR_NONE, s),
+                     "retry of seq %d after restart" % s)
+        check_eq(end_offset(c, "idem"), 100, "nothing appended twice")
+        check_eq(c.produce1("idem", 0, batch(pid, epoch, seq, 1, b"n")),
+                 (ERR_NONE, 100), "the producer continues in sequence")
+        vals = values(b.addr, "idem")
+        check_eq(len(vals), 101, "records")
+        check_eq(len(set(vals)), 101, "no duplicate record")
+
+
+def test_restart_clean():
+    restart_keeps_state(kill=False)
+
+
+def test_restart_kill9():
+    restart_keeps_state(kill=True)
+
+
+if __name__ == "__main__":
+    run([
+        ("init_producer_id", test_init_producer_id, 60),
+        ("dedup_and_sequence_errors", test_dedup_and_sequence_errors, 60),
+        ("restart_clean_keeps_producer_state", test_restart_clean, 90),
+        ("restart_kill9_keeps_producer_state", test_restart_kill9, 90),
+    ])
