@@ -28,7 +28,7 @@ static server *srv_of(req *r)
 /* One SQLite job on behalf of a request: inserts created topics or deletes
  * deleted ones, then calls `reply` on the request's loop. */
 typedef struct cat_topic {
-	char name[TOPIC_NAME_MAX + 1];
+	char *name;        /* owned: as the client sent it (echoed back) */
 	topic *t;          /* referenced, or NULL */
 	bool act;          /* created/deleted by this request: update the catalogue */
 	int16_t err;
@@ -55,6 +55,7 @@ static void cat_job_free(cat_job *cj)
 
 		if (ct->t)
 			topic_unref(ct->t);
+		free(ct->name);
 		for (int k = 0; k < ct->nconf; k++) {
 			free(ct->keys[k]);
 			free(ct->values[k]);
@@ -112,6 +113,29 @@ static void cat_done(loop_task *t)
 	req_finish(cj->r);
 	req_unref(cj->r); /* the job's reference, taken in cat_submit */
 	cat_job_free(cj);
+}
+
+/* Copies the requested name (any length: it is echoed in the answer).
+ * Returns false for a null name or no memory (name is then ""). */
+static bool set_name(cat_topic *ct, wire_str s)
+{
+	size_t n = s.len > 0 ? (size_t)s.len : 0;
+
+	free(ct->name);
+	ct->name = malloc(n + 1);
+	if (!ct->name) {
+		ct->name = NULL;
+		return false;
+	}
+	if (n)
+		memcpy(ct->name, s.ptr, n);
+	ct->name[n] = '\0';
+	return s.len >= 0 && strlen(ct->name) == n;
+}
+
+static const char *name_of(const cat_topic *ct)
+{
+	return ct->name ? ct->name : "";
 }
 
 static cat_job *cat_job_new(req *r, int n, bool insert, void (*reply)(cat_job *))
@@ -229,7 +253,7 @@ static void metadata_reply(cat_job *cj)
 		for (int i = 0; i < cj->n; i++) {
 			cat_topic *ct = &cj->topics[i];
 
-			write_topic(&r->resp, r->api_version, ct->err, ct->name, ct->err ? NULL : ct->t,
+			write_topic(&r->resp, r->api_version, ct->err, name_of(ct), ct->err ? NULL : ct->t,
 				    node);
 		}
 	}
@@ -268,11 +292,8 @@ int api_metadata(req *r, wire_rd *rd)
 		char err[160];
 		int rc;
 
-		if (!wire_str_copy(s, ct->name, sizeof(ct->name)) ||
-		    !topics_valid_name(ct->name, strlen(ct->name))) {
+		if (!set_name(ct, s) || !topics_valid_name(ct->name, strlen(ct->name))) {
 			ct->err = KERR_INVALID_TOPIC_EXCEPTION;
-			if (!wire_str_copy(s, ct->name, sizeof(ct->name)))
-				ct->name[0] = '\0';
 			continue;
 		}
 		ct->t = topics_get(srv->topics, ct->name, strlen(ct->name));
@@ -283,7 +304,7 @@ int api_metadata(req *r, wire_rd *rd)
 			continue;
 		}
 		rc = topics_create(srv->topics, ct->name, srv->cfg->num_partitions,
-				   &srv->cfg->topic_defaults, &ct->t, err, sizeof(err));
+				   &srv->cfg->topic_defaults, NULL, &ct->t, err, sizeof(err));
 		if (rc == TOPICS_E_EXISTS) {
 			/* created by someone else meanwhile */
 			ct->t = topics_get(srv->topics, ct->name, strlen(ct->name));
@@ -329,7 +350,7 @@ static void create_reply(cat_job *cj)
 	for (int i = 0; i < cj->n; i++) {
 		cat_topic *ct = &cj->topics[i];
 
-		wire_w_str(&r->resp, ct->name);
+		wire_w_str(&r->resp, name_of(ct));
 		wire_w_i16(&r->resp, ct->err);
 		if (r->api_version >= 1)
 			wire_w_str(&r->resp, ct->err ? ct->msg : NULL);
@@ -353,8 +374,8 @@ static void create_parse_topic(req *r, wire_rd *rd, cat_topic *ct, int32_t *npar
 	int32_t nassign = wire_rd_array(rd, 8);
 	int32_t nconf;
 
-	if (!wire_str_copy(name, ct->name, sizeof(ct->name)))
-		fail_topic(ct, KERR_INVALID_TOPIC_EXCEPTION, "%s", "topic name is null or too long");
+	if (!set_name(ct, name))
+		fail_topic(ct, KERR_INVALID_TOPIC_EXCEPTION, "%s", "topic name is null");
 	for (int32_t i = 0; i < nassign; i++) {
 		int32_t nb;
 
@@ -412,7 +433,7 @@ static void create_parse_topic(req *r, wire_rd *rd, cat_topic *ct, int32_t *npar
 			   "replication factor must be 1 (single broker)");
 		return;
 	}
-	if (!topics_valid_name(ct->name, strlen(ct->name)))
+	if (!topics_valid_name(name_of(ct), strlen(name_of(ct))))
 		fail_topic(ct, KERR_INVALID_TOPIC_EXCEPTION, "%s",
 			   "topic name must be 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'");
 	*nparts = np;
@@ -445,11 +466,12 @@ int api_create_topics(req *r, wire_rd *rd)
 	}
 	for (int32_t i = 0; i < n; i++) {
 		cat_topic *ct = &cj->topics[i];
+		topic_overrides ov;
 		char err[160];
 		int rc;
 
 		for (int32_t k = 0; k < i && !ct->err; k++)
-			if (!strcmp(cj->topics[k].name, ct->name))
+			if (!strcmp(name_of(&cj->topics[k]), name_of(ct)))
 				fail_topic(ct, KERR_INVALID_REQUEST, "topic '%s' appears twice in the request",
 					   ct->name);
 		if (ct->err)
@@ -463,7 +485,10 @@ int api_create_topics(req *r, wire_rd *rd)
 			}
 			continue;
 		}
-		rc = topics_create(srv->topics, ct->name, nparts[i], &confs[i], &ct->t, err, sizeof(err));
+		ov.keys = (const char *const *)ct->keys;
+		ov.values = (const char *const *)ct->values;
+		ov.n = ct->nconf;
+		rc = topics_create(srv->topics, ct->name, nparts[i], &confs[i], &ov, &ct->t, err, sizeof(err));
 		if (rc != TOPICS_OK) {
 			ct->err = rc == TOPICS_E_EXISTS || rc == TOPICS_E_DELETING ? KERR_TOPIC_ALREADY_EXISTS
 				: rc == TOPICS_E_INVALID_NAME ? KERR_INVALID_TOPIC_EXCEPTION
@@ -503,7 +528,7 @@ static void delete_reply(cat_job *cj)
 		wire_w_i32(&r->resp, 0); /* throttle */
 	wire_w_i32(&r->resp, cj->n);
 	for (int i = 0; i < cj->n; i++) {
-		wire_w_str(&r->resp, cj->topics[i].name);
+		wire_w_str(&r->resp, name_of(&cj->topics[i]));
 		wire_w_i16(&r->resp, cj->topics[i].err);
 	}
 }
@@ -532,7 +557,7 @@ int api_delete_topics(req *r, wire_rd *rd)
 		cat_topic *ct = &cj->topics[i];
 		wire_str s = wire_rd_str(rd);
 
-		if (!wire_str_copy(s, ct->name, sizeof(ct->name))) {
+		if (!set_name(ct, s)) {
 			ct->err = KERR_UNKNOWN_TOPIC_OR_PARTITION;
 			continue;
 		}

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api.h"
 #include "blog.h"
@@ -30,23 +31,31 @@ typedef struct pentry {
 	int16_t err;
 	int64_t base;       /* first offset appended, -1 if none */
 	int64_t end;        /* offset after the last appended batch */
-	const uint8_t *records; /* in the read buffer: valid during the handler only */
+	const uint8_t *records; /* in the read buffer (valid during the handler),
+				   or in ps->parked_copy once parked */
 	int32_t records_len;
+	int64_t nrecords;   /* records in all its batches */
 } pentry;
 
 typedef struct ptopic {
 	char name[TOPIC_NAME_MAX + 1];
 	topic *t;           /* referenced, or NULL */
 	int first, n;       /* entries[first..first+n) */
+	throttleq_node node;/* parked in t's gate (node.q != NULL while parked) */
+	bool parked;
 } ptopic;
 
 typedef struct produce_state {
 	waitset ws;
-	ev_timer timer;
+	ev_timer timer;     /* sync wait timeout, or release from the gate */
 	req *r;
+	int16_t acks;
+	int32_t timeout_ms;
+	int32_t throttle_ms;
 	int ntopics, nentries;
 	ptopic *topics;
 	pentry *entries;
+	uint8_t *parked_copy; /* owned: the records of a parked request */
 } produce_state;
 
 static void produce_free(req *r)
@@ -57,6 +66,7 @@ static void produce_free(req *r)
 		if (ps->topics[i].t)
 			topic_unref(ps->topics[i].t);
 	free(ps->ws.nodes);
+	free(ps->parked_copy);
 	free(ps->topics);
 	free(ps->entries);
 	free(ps);
@@ -78,13 +88,18 @@ static int16_t map_recbatch(int e)
 	}
 }
 
-/* Checks every batch of one partition's records; returns a Kafka error. */
-static int16_t validate_records(const pentry *e, const topic *t)
+/* Checks every batch of one partition's records and counts them; returns a
+ * Kafka error. */
+static int16_t validate_records(pentry *e, topic *t)
 {
+	topic_conf conf;
+	recbatch_hdr h;
+
 	size_t pos = 0, len = (size_t)e->records_len;
 
 	if (!e->records || len == 0)
 		return KERR_CORRUPT_MESSAGE;
+	topic_get_conf(t, &conf);
 	while (pos < len) {
 		size_t size = recbatch_size(e->records + pos, len - pos);
 		int rc;
@@ -93,9 +108,11 @@ static int16_t validate_records(const pentry *e, const topic *t)
 			BLOG_RL(BLOG_WARN, "produce to %s-%d: truncated record batch", t->name, e->index);
 			return KERR_CORRUPT_MESSAGE;
 		}
-		if (size > (size_t)t->conf.max_message_bytes)
+		if (size > (size_t)conf.max_message_bytes)
 			return KERR_MESSAGE_TOO_LARGE;
-		rc = recbatch_validate(e->records + pos, size, NULL, NULL);
+		rc = recbatch_validate(e->records + pos, size, &h, NULL);
+		if (rc == RECBATCH_OK)
+			e->nrecords += h.record_count;
 		if (rc != RECBATCH_OK) {
 			BLOG_RL(BLOG_WARN, "produce to %s-%d: %s", t->name, e->index, recbatch_strerror(rc));
 			return map_recbatch(rc);
@@ -209,7 +226,7 @@ static void build_response(req *r)
 			}
 		}
 	}
-	wire_w_i32(b, 0); /* throttle_time_ms */
+	wire_w_i32(b, ps->throttle_ms);
 }
 
 static void produce_complete(produce_state *ps)
@@ -272,10 +289,63 @@ static void produce_orphaned(waitset *ws)
 	req_unref(((produce_state *)ws)->r);
 }
 
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Client gone: parked nodes leave their gates and give their tokens back. */
+static void unpark_cancel(produce_state *ps)
+{
+	int64_t now = mono_ns();
+
+	for (int i = 0; i < ps->ntopics; i++) {
+		ptopic *pt = &ps->topics[i];
+
+		if (!pt->parked)
+			continue;
+		pthread_mutex_lock(&pt->t->gate_lock);
+		gate_cancel(&pt->t->gate, &pt->node, now);
+		pthread_mutex_unlock(&pt->t->gate_lock);
+		pt->parked = false;
+	}
+}
+
+/* Timer: pops every due node of our gates (ours or another request's: the
+ * tokens of a due node are spent either way).  Returns 0 when all our nodes
+ * are released, else the nanoseconds until the latest is due (the timer
+ * fired early against the gate's clock). */
+static int64_t unpark_release(produce_state *ps)
+{
+	int64_t now = mono_ns(), left = 0;
+
+	for (int i = 0; i < ps->ntopics; i++) {
+		ptopic *pt = &ps->topics[i];
+
+		if (!pt->parked)
+			continue;
+		pthread_mutex_lock(&pt->t->gate_lock);
+		while (gate_pop_ready(&pt->t->gate, now))
+			;
+		if (pt->node.q) {
+			if (pt->node.release_ns - now > left)
+				left = pt->node.release_ns - now;
+		} else {
+			pt->parked = false;
+		}
+		pthread_mutex_unlock(&pt->t->gate_lock);
+	}
+	return left;
+}
+
 static void produce_cancel(req *r)
 {
 	produce_state *ps = r->state;
 
+	unpark_cancel(ps);
 	ev_timer_stop(r->w->loop, &ps->timer);
 	if (!waitset_release(&ps->ws))
 		req_ref(r); /* the pending wake-up task drops it */
@@ -352,67 +422,175 @@ static int parse_request(req *r, wire_rd *rd, produce_state *ps)
 	return rd->err ? -1 : 0;
 }
 
-int api_produce(req *r, wire_rd *rd)
+/* Appends every admitted entry and answers (now, or after the sync). */
+static void produce_append(produce_state *ps)
 {
+	req *r = ps->r;
 	server *srv = r->w->srv;
-	produce_state *ps;
-	wire_rd counter;
-	int16_t acks;
-	int32_t timeout_ms;
 	bool wait_sync = false;
 	int64_t now = now_ms();
-
-	(void)wire_rd_str(rd); /* transactional_id: Kafka transactions are not supported */
-	acks = wire_rd_i16(rd);
-	timeout_ms = wire_rd_i32(rd);
-	counter = *rd;
-	ps = calloc(1, sizeof(*ps));
-	if (!ps)
-		return API_MALFORMED;
-	r->state = ps;
-	r->free_state = produce_free;
-	ps->r = r;
-	if (count_request(&counter, &ps->ntopics, &ps->nentries) < 0)
-		return API_MALFORMED;
-	ps->topics = calloc((size_t)ps->ntopics + 1, sizeof(*ps->topics));
-	ps->entries = calloc((size_t)ps->nentries + 1, sizeof(*ps->entries));
-	if (!ps->topics || !ps->entries || parse_request(r, rd, ps) < 0)
-		return API_MALFORMED;
 
 	for (int i = 0; i < ps->nentries; i++) {
 		pentry *e = &ps->entries[i];
 
-		if (acks != 0 && acks != 1 && acks != -1) {
-			e->err = KERR_INVALID_REQUIRED_ACKS;
-			e->p = NULL;
-		}
 		if (!e->p)
 			continue;
 		append_records(e, now);
 		if (e->base < 0)
 			continue;
-		if (e->p->topic->conf.log.synced) {
+		if (partition_synced(e->p)) {
 			syncer_mark_dirty(srv->syncer, e->p);
 			wait_sync = true;
 		} else {
 			partition_wake(e->p);
 		}
 	}
-	if (acks == 0) {
+	if (ps->acks == 0) {
 		r->no_response = true;
 		req_finish(r);
-		return API_OK;
+		return;
 	}
-	waitset_init(&ps->ws, r->w, produce_wake, produce_orphaned);
 	if (!wait_sync || synced_or_wait(ps)) {
 		build_response(r);
 		req_finish(r);
-		return API_OK;
+		return;
 	}
 	r->cancel = produce_cancel;
-	ev_timer_init(&ps->timer, produce_timeout, (timeout_ms > 0 ? timeout_ms : 30000) / 1000.0, 0.);
+	ev_timer_init(&ps->timer, produce_timeout, (ps->timeout_ms > 0 ? ps->timeout_ms : 30000) / 1000.0, 0.);
 	ps->timer.data = ps;
 	ev_timer_start(r->w->loop, &ps->timer);
+}
+
+static void produce_released(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	produce_state *ps = t->data;
+	int64_t left = unpark_release(ps);
+
+	if (left > 0) {
+		ev_timer_set(t, (double)left / 1e9, 0.);
+		ev_timer_start(loop, t);
+		return;
+	}
+	ps->r->cancel = NULL;
+	produce_append(ps);
+}
+
+static void fail_topic_entries(produce_state *ps, ptopic *pt, int16_t err)
+{
+	for (int k = pt->first; k < pt->first + pt->n; k++) {
+		ps->entries[k].err = ps->entries[k].err ? ps->entries[k].err : err;
+		ps->entries[k].p = NULL;
+	}
+}
+
+/* The token-bucket gate of each limited topic (flow-control.md): admit,
+ * park (returns the longest park in ns) or reject its entries with
+ * THROTTLING_QUOTA_EXCEEDED and a throttle-time hint. */
+static int64_t apply_gates(produce_state *ps)
+{
+	int64_t now = mono_ns(), park = 0;
+
+	for (int i = 0; i < ps->ntopics; i++) {
+		ptopic *pt = &ps->topics[i];
+		uint64_t msgs = 0, bytes = 0;
+		int64_t wait = 0;
+		int verdict;
+
+		if (!pt->t || !atomic_load(&pt->t->gated))
+			continue;
+		for (int k = pt->first; k < pt->first + pt->n; k++) {
+			if (!ps->entries[k].p)
+				continue;
+			msgs += (uint64_t)ps->entries[k].nrecords;
+			bytes += (uint64_t)ps->entries[k].records_len;
+		}
+		if (!msgs)
+			continue;
+		pthread_mutex_lock(&pt->t->gate_lock);
+		verdict = gate_decide(&pt->t->gate, now, msgs, bytes, ps->acks ? &pt->node : NULL, &wait);
+		pthread_mutex_unlock(&pt->t->gate_lock);
+		if (verdict == GATE_QUEUE) {
+			pt->parked = true;
+			if (wait > park)
+				park = wait;
+		} else if (verdict == GATE_REJECT) {
+			int64_t ms = wait == TOKENBUCKET_NEVER ? INT32_MAX : (wait + 999999) / 1000000;
+
+			fail_topic_entries(ps, pt, KERR_THROTTLING_QUOTA_EXCEEDED);
+			if (ms > ps->throttle_ms)
+				ps->throttle_ms = (int32_t)(ms > INT32_MAX ? INT32_MAX : ms);
+		}
+	}
+	return park;
+}
+
+/* A parked request outlives the read buffer: copy its admitted records. */
+static int copy_parked(produce_state *ps)
+{
+	size_t total = 0, pos = 0;
+
+	for (int i = 0; i < ps->nentries; i++)
+		if (ps->entries[i].p)
+			total += (size_t)ps->entries[i].records_len;
+	ps->parked_copy = malloc(total ? total : 1);
+	if (!ps->parked_copy)
+		return -ENOMEM;
+	for (int i = 0; i < ps->nentries; i++) {
+		pentry *e = &ps->entries[i];
+
+		if (!e->p)
+			continue;
+		memcpy(ps->parked_copy + pos, e->records, (size_t)e->records_len);
+		e->records = ps->parked_copy + pos;
+		pos += (size_t)e->records_len;
+	}
+	return 0;
+}
+
+int api_produce(req *r, wire_rd *rd)
+{
+	produce_state *ps;
+	wire_rd counter;
+	int64_t park;
+
+	ps = calloc(1, sizeof(*ps));
+	if (!ps)
+		return API_MALFORMED;
+	r->state = ps;
+	r->free_state = produce_free;
+	ps->r = r;
+	(void)wire_rd_str(rd); /* transactional_id: Kafka transactions are not supported */
+	ps->acks = wire_rd_i16(rd);
+	ps->timeout_ms = wire_rd_i32(rd);
+	counter = *rd;
+	if (count_request(&counter, &ps->ntopics, &ps->nentries) < 0)
+		return API_MALFORMED;
+	ps->topics = calloc((size_t)ps->ntopics + 1, sizeof(*ps->topics));
+	ps->entries = calloc((size_t)ps->nentries + 1, sizeof(*ps->entries));
+	if (!ps->topics || !ps->entries || parse_request(r, rd, ps) < 0)
+		return API_MALFORMED;
+	waitset_init(&ps->ws, r->w, produce_wake, produce_orphaned);
+	if (ps->acks != 0 && ps->acks != 1 && ps->acks != -1) {
+		for (int i = 0; i < ps->nentries; i++) {
+			ps->entries[i].err = KERR_INVALID_REQUIRED_ACKS;
+			ps->entries[i].p = NULL;
+		}
+	}
+	park = apply_gates(ps);
+	if (park > 0) {
+		if (copy_parked(ps) < 0) {
+			unpark_cancel(ps);
+			for (int i = 0; i < ps->ntopics; i++)
+				fail_topic_entries(ps, &ps->topics[i], KERR_UNKNOWN_SERVER_ERROR);
+		} else {
+			r->cancel = produce_cancel;
+			ev_timer_init(&ps->timer, produce_released, (double)park / 1e9, 0.);
+			ps->timer.data = ps;
+			ev_timer_start(r->w->loop, &ps->timer);
+			return API_OK;
+		}
+	}
+	produce_append(ps);
 	return API_OK;
 }
 

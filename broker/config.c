@@ -12,7 +12,7 @@
 
 #include "blog.h"
 
-enum ktype { K_STR, K_INT32, K_INT64, K_UINT64, K_BOOL, K_LISTEN, K_LEVEL, K_DURABILITY };
+enum ktype { K_STR, K_INT32, K_INT64, K_UINT64, K_BOOL, K_LISTEN, K_LEVEL, K_DURABILITY, K_DOUBLE };
 
 struct key {
 	const char *name;
@@ -75,6 +75,19 @@ static const struct key broker_keys[] = {
 	  "delete oldest segments above this size per partition; -1: no limit (topic key retention.bytes)" },
 	{ "log.index.interval.bytes", K_INT32, TD(log.index_interval_bytes), 0, INT32_MAX, "4096",
 	  "bytes of log between sparse index entries (topic key index.interval.bytes)" },
+	{ "produce.rate.messages", K_DOUBLE, TD(limit.msg_rate), 0, 1000000000000LL, "0",
+	  "produce rate limit in messages/s per topic (0: none; topic key of the same name)" },
+	{ "produce.burst.messages", K_INT64, TD(limit.msg_burst), 0, INT64_MAX, "0",
+	  "messages admitted at once above the rate (0: one second's worth)" },
+	{ "produce.rate.bytes", K_DOUBLE, TD(limit.byte_rate), 0, 1000000000000LL, "0",
+	  "produce rate limit in bytes/s per topic (0: none)" },
+	{ "produce.burst.bytes", K_INT64, TD(limit.byte_burst), 0, INT64_MAX, "0",
+	  "bytes admitted at once above the rate (0: one second's worth)" },
+	{ "produce.queue.max.requests", K_INT32, TD(limit.queue_max), 0, 1000000, "1000",
+	  "produce requests parked per topic while waiting for tokens; more are rejected" },
+	{ "produce.queue.max.wait.ms", K_INT32, TD(limit.queue_max_wait_ms), 0, 3600000, "500",
+	  "longest a produce request is parked for tokens; a longer wait is rejected at once "
+	  "with THROTTLING_QUOTA_EXCEEDED (0: never park)" },
 	{ "log.durability", K_DURABILITY, TD(log.synced), 0, 0, "pagecache",
 	  "pagecache: ack once written to the page cache; fsync: ack (and show to consumers) "
 	  "only after fdatasync, with group commit (topic key durability)" },
@@ -88,6 +101,12 @@ static const struct key topic_keys[] = {
 	{ "retention.bytes", K_INT64, T(log.retention_bytes), -1, INT64_MAX, NULL, NULL },
 	{ "index.interval.bytes", K_INT32, T(log.index_interval_bytes), 0, INT32_MAX, NULL, NULL },
 	{ "durability", K_DURABILITY, T(log.synced), 0, 0, NULL, NULL },
+	{ "produce.rate.messages", K_DOUBLE, T(limit.msg_rate), 0, 1000000000000LL, NULL, NULL },
+	{ "produce.burst.messages", K_INT64, T(limit.msg_burst), 0, INT64_MAX, NULL, NULL },
+	{ "produce.rate.bytes", K_DOUBLE, T(limit.byte_rate), 0, 1000000000000LL, NULL, NULL },
+	{ "produce.burst.bytes", K_INT64, T(limit.byte_burst), 0, INT64_MAX, NULL, NULL },
+	{ "produce.queue.max.requests", K_INT32, T(limit.queue_max), 0, 1000000, NULL, NULL },
+	{ "produce.queue.max.wait.ms", K_INT32, T(limit.queue_max_wait_ms), 0, 3600000, NULL, NULL },
 };
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
@@ -163,6 +182,17 @@ static int set_key(void *base, const struct key *k, const char *v, char *err, si
 			goto bad;
 		*(int *)p = (int)n;
 		return 0;
+	case K_DOUBLE: {
+		char *end;
+		double d;
+
+		errno = 0;
+		d = strtod(v, &end);
+		if (errno || end == v || *end != '\0' || !(d >= (double)k->min) || d > (double)k->max)
+			goto bad;
+		*(double *)p = d;
+		return 0;
+	}
 	case K_DURABILITY:
 		if (!strcmp(v, "pagecache"))
 			*(bool *)p = false;
@@ -173,7 +203,10 @@ static int set_key(void *base, const struct key *k, const char *v, char *err, si
 		return 0;
 	}
 bad:
-	if (k->type == K_INT32 || k->type == K_INT64 || k->type == K_UINT64)
+	if (k->type == K_DOUBLE)
+		snprintf(err, errlen, "%s: '%s' is not a number in [%lld, %lld]", k->name, v,
+			 (long long)k->min, (long long)k->max);
+	else if (k->type == K_INT32 || k->type == K_INT64 || k->type == K_UINT64)
 		snprintf(err, errlen, "%s: '%s' is not an integer in [%lld, %lld]", k->name, v,
 			 (long long)k->min, (long long)k->max);
 	else if (k->type == K_DURABILITY)
@@ -206,6 +239,7 @@ static void get_key(const void *base, const struct key *k, char *out, size_t cap
 		break;
 	}
 	case K_DURABILITY: snprintf(out, cap, "%s", *(const bool *)p ? "fsync" : "pagecache"); break;
+	case K_DOUBLE: snprintf(out, cap, "%.15g", *(const double *)p); break;
 	}
 }
 

@@ -22,9 +22,20 @@
 #define CONFIG_ERRLEN 256
 
 /* Per-topic settings: the broker's log.* keys are their defaults. */
+/* Produce rate limit of a topic (docs/flow-control.md). */
+typedef struct produce_limit {
+	double msg_rate;          /* messages/s; 0: unlimited */
+	int64_t msg_burst;        /* messages; 0: one second's worth */
+	double byte_rate;         /* bytes/s; 0: unlimited */
+	int64_t byte_burst;       /* bytes; 0: one second's worth */
+	int32_t queue_max;        /* parked produce requests at most */
+	int32_t queue_max_wait_ms;/* longest a request waits for tokens; 0: never parks */
+} produce_limit;
+
 typedef struct topic_conf {
 	partlog_conf log;
 	int32_t max_message_bytes;
+	produce_limit limit;
 } topic_conf;
 
 typedef struct config {

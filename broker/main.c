@@ -98,6 +98,8 @@ static int load_topics(coord *co, topics *reg, const config *cfg)
 		uint8_t id[16] = { 0 };
 		topic_conf conf = cfg->topic_defaults;
 		char err[CONFIG_ERRLEN];
+		char *keys[64], *vals[64];
+		topic_overrides ov = { (const char *const *)keys, (const char *const *)vals, 0 };
 
 		if (sqlite3_column_bytes(st, 2) == 16)
 			memcpy(id, sqlite3_column_blob(st, 2), 16);
@@ -107,10 +109,22 @@ static int load_topics(coord *co, topics *reg, const config *cfg)
 			const char *k = (const char *)sqlite3_column_text(cs, 0);
 			const char *v = (const char *)sqlite3_column_text(cs, 1);
 
-			if (k && v && topic_conf_set(&conf, k, v, err, sizeof(err)) < 0)
+			if (!k || !v || ov.n == 64)
+				continue;
+			if (topic_conf_set(&conf, k, v, err, sizeof(err)) < 0) {
 				blog(BLOG_WARN, "topic %s: ignoring stored config: %s", name, err);
+				continue;
+			}
+			keys[ov.n] = strdup(k);
+			vals[ov.n] = strdup(v);
+			if (keys[ov.n] && vals[ov.n])
+				ov.n++;
 		}
-		rc = topics_load(reg, name, nparts, &conf, id);
+		rc = topics_load(reg, name, nparts, &conf, &ov, id);
+		for (int i = 0; i < ov.n; i++) {
+			free(keys[i]);
+			free(vals[i]);
+		}
 		if (rc < 0)
 			blog(BLOG_ERROR, "cannot open topic %s: %s", name, strerror(-rc));
 		n++;

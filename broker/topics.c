@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blog.h"
@@ -56,10 +57,23 @@ const char *topics_data_dir(const topics *reg)
 	return reg->data_dir;
 }
 
+static void free_overrides(char **k, char **v, int n)
+{
+	for (int i = 0; i < n; i++) {
+		free(k[i]);
+		free(v[i]);
+	}
+	free(k);
+	free(v);
+}
+
 static void topic_free(topic *t)
 {
 	if (!t)
 		return;
+	free_overrides(t->ov_keys, t->ov_vals, t->nov);
+	pthread_mutex_destroy(&t->conf_lock);
+	pthread_mutex_destroy(&t->gate_lock);
 	for (int i = 0; t->parts && i < t->nparts; i++) {
 		partlog_close(t->parts[i].log);
 		pidstate_free(t->parts[i].pids);
@@ -271,8 +285,111 @@ int partition_snapshot_producers(partition *p)
 }
 
 /* Builds a topic with open partition logs (not yet in the registry). */
+static int copy_overrides(const topic_overrides *ov, char ***keys, char ***vals)
+{
+	int n = ov ? ov->n : 0;
+	char **k = calloc((size_t)n + 1, sizeof(*k)), **v = calloc((size_t)n + 1, sizeof(*v));
+
+	if (!k || !v)
+		goto fail;
+	for (int i = 0; i < n; i++)
+		if (!(k[i] = strdup(ov->keys[i])) || !(v[i] = strdup(ov->values[i])))
+			goto fail;
+	*keys = k;
+	*vals = v;
+	return 0;
+fail:
+	free_overrides(k, v, k && v ? n : 0);
+	return -ENOMEM;
+}
+
+bool partition_synced(partition *p)
+{
+	bool synced;
+
+	pthread_mutex_lock(&p->topic->conf_lock);
+	synced = p->topic->conf.log.synced;
+	pthread_mutex_unlock(&p->topic->conf_lock);
+	return synced;
+}
+
+void topic_gate_conf(const produce_limit *l, gate_conf *out)
+{
+	out->msg_rate = l->msg_rate;
+	out->msg_burst = l->msg_burst > 0 ? (uint64_t)l->msg_burst
+			 : (uint64_t)(l->msg_rate < 1 ? 1 : l->msg_rate + 0.999999);
+	out->byte_rate = l->byte_rate;
+	out->byte_burst = l->byte_burst > 0 ? (uint64_t)l->byte_burst
+			  : (uint64_t)(l->byte_rate < 1 ? 1 : l->byte_rate + 0.999999);
+	out->max_queued = (uint32_t)l->queue_max;
+	out->max_wait_ns = (int64_t)l->queue_max_wait_ms * 1000000;
+}
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int topic_gate_apply(topic *t, const produce_limit *l, bool first)
+{
+	gate_conf gc;
+	int rc;
+
+	topic_gate_conf(l, &gc);
+	pthread_mutex_lock(&t->gate_lock);
+	rc = first ? gate_init(&t->gate, &gc) : gate_set(&t->gate, &gc, mono_ns());
+	if (rc == 0)
+		atomic_store(&t->gated, l->msg_rate > 0 || l->byte_rate > 0);
+	pthread_mutex_unlock(&t->gate_lock);
+	return rc;
+}
+
+void topic_get_conf(topic *t, topic_conf *out)
+{
+	pthread_mutex_lock(&t->conf_lock);
+	*out = t->conf;
+	pthread_mutex_unlock(&t->conf_lock);
+}
+
+int topic_set_conf(topic *t, const topic_conf *conf, const topic_overrides *ov)
+{
+	char **k, **v, **ok, **ovv;
+	int on;
+
+	if (copy_overrides(ov, &k, &v) < 0)
+		return -ENOMEM;
+	if (topic_gate_apply(t, &conf->limit, false) < 0) {
+		free_overrides(k, v, ov ? ov->n : 0);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&t->conf_lock);
+	ok = t->ov_keys;
+	ovv = t->ov_vals;
+	on = t->nov;
+	t->ov_keys = k;
+	t->ov_vals = v;
+	t->nov = ov ? ov->n : 0;
+	t->conf = *conf;
+	for (int i = 0; i < t->nparts; i++)
+		partlog_set_conf(t->parts[i].log, &conf->log);
+	pthread_mutex_unlock(&t->conf_lock);
+	free_overrides(ok, ovv, on);
+	return 0;
+}
+
+void topic_each_override(topic *t, void (*fn)(const char *key, const char *value, void *arg), void *arg)
+{
+	pthread_mutex_lock(&t->conf_lock);
+	for (int i = 0; i < t->nov; i++)
+		fn(t->ov_keys[i], t->ov_vals[i], arg);
+	pthread_mutex_unlock(&t->conf_lock);
+}
+
 static int topic_open(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
-		      const uint8_t id[16], topic **out)
+		      const topic_overrides *ov, const uint8_t id[16], topic **out)
 {
 	char dir[PATH_MAX];
 	topic *t = calloc(1, sizeof(*t));
@@ -280,6 +397,15 @@ static int topic_open(topics *reg, const char *name, int32_t nparts, const topic
 
 	if (!t)
 		goto fail;
+	pthread_mutex_init(&t->conf_lock, NULL);
+	pthread_mutex_init(&t->gate_lock, NULL);
+	if (copy_overrides(ov, &t->ov_keys, &t->ov_vals) < 0)
+		goto fail;
+	if (topic_gate_apply(t, &conf->limit, true) < 0) {
+		rc = -EINVAL;
+		goto fail;
+	}
+	t->nov = ov ? ov->n : 0;
 	t->parts = calloc((size_t)nparts, sizeof(*t->parts));
 	if (!t->parts)
 		goto fail;
@@ -348,7 +474,7 @@ static int insert_locked(topics *reg, topic *t)
 }
 
 int topics_create(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
-		  topic **out, char *err, size_t errlen)
+		  const topic_overrides *ov, topic **out, char *err, size_t errlen)
 {
 	uint8_t id[16];
 	topic *t = NULL;
@@ -374,7 +500,7 @@ int topics_create(topics *reg, const char *name, int32_t nparts, const topic_con
 		rc = TOPICS_E_DELETING;
 		goto out;
 	}
-	rc = topic_open(reg, name, nparts, conf, id, &t);
+	rc = topic_open(reg, name, nparts, conf, ov, id, &t);
 	if (rc < 0) {
 		snprintf(err, errlen, "cannot create the partition logs: %s", strerror(-rc));
 		goto out;
@@ -392,10 +518,10 @@ out:
 }
 
 int topics_load(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
-		const uint8_t id[16])
+		const topic_overrides *ov, const uint8_t id[16])
 {
 	topic *t;
-	int rc = topic_open(reg, name, nparts, conf, id, &t);
+	int rc = topic_open(reg, name, nparts, conf, ov, id, &t);
 
 	if (rc < 0)
 		return rc;

@@ -26,6 +26,7 @@
 #include "config.h"
 #include "partlog.h"
 #include "pidstate.h"
+#include "gate.h"
 #include "waiters.h"
 
 #define TOPIC_NAME_MAX 249
@@ -60,7 +61,13 @@ typedef struct topic {
 	uint8_t id[16];
 	int32_t nparts;
 	partition *parts;             /* owned array */
-	topic_conf conf;
+	pthread_mutex_t conf_lock;    /* protects conf and the overrides */
+	topic_conf conf;              /* read with topic_get_conf */
+	char **ov_keys, **ov_vals;    /* owned: configs set at creation/AlterConfigs */
+	int nov;
+	pthread_mutex_t gate_lock;    /* protects gate */
+	ratelimit_gate gate;          /* produce rate limit (flow-control.md) */
+	atomic_bool gated;            /* false: no limit, the gate is skipped */
 	atomic_bool deleted;
 	struct topics *reg;
 } topic;
@@ -80,14 +87,34 @@ void topic_unref(topic *t);
 
 bool topics_valid_name(const char *name, size_t len);
 
+/* Topic-level overrides: key/value strings (validated by the caller with
+ * topic_conf_set).  conf is the broker defaults with them applied. */
+typedef struct topic_overrides {
+	const char *const *keys;
+	const char *const *values;
+	int n;
+} topic_overrides;
+
 /* Creates the partition directories and logs and adds the topic.  On success
  * *out is a referenced topic.  Returns TOPICS_OK, a TOPICS_E_* (reason in
  * err), or -errno. */
 int topics_create(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
-		  topic **out, char *err, size_t errlen);
+		  const topic_overrides *ov, topic **out, char *err, size_t errlen);
 /* Re-opens an existing topic at start-up (from the SQLite catalogue). */
 int topics_load(topics *reg, const char *name, int32_t nparts, const topic_conf *conf,
-		const uint8_t id[16]);
+		const topic_overrides *ov, const uint8_t id[16]);
+
+/* True if p's topic is in fsync durability (any thread). */
+bool partition_synced(partition *p);
+/* The gate configuration for a topic's produce limit. */
+void topic_gate_conf(const produce_limit *l, gate_conf *out);
+/* A consistent copy of t's configuration (any thread). */
+void topic_get_conf(topic *t, topic_conf *out);
+/* Replaces t's overrides and configuration (AlterConfigs); the partition
+ * logs take the new values at once.  Returns 0 or -ENOMEM (unchanged). */
+int topic_set_conf(topic *t, const topic_conf *conf, const topic_overrides *ov);
+/* Calls fn for each override of t under its lock. */
+void topic_each_override(topic *t, void (*fn)(const char *key, const char *value, void *arg), void *arg);
 /* Removes the topic from the registry; files go when the last ref drops.
  * Returns TOPICS_OK or TOPICS_E_NOT_FOUND. */
 int topics_delete(topics *reg, const char *name);
