@@ -28,6 +28,8 @@ static const api_def apis[] = {
 	{ 16, 0, 2, api_list_groups, "ListGroups" },
 	{ 42, 0, 1, api_delete_groups, "DeleteGroups" },
 	{ 22, 0, 1, api_init_producer_id, "InitProducerId" },
+	{ 32, 0, 3, api_describe_configs, "DescribeConfigs" },
+	{ 33, 0, 1, api_alter_configs, "AlterConfigs" },
 	{ 47, 0, 0, api_offset_delete, "OffsetDelete" },
 };
 

@@ -50,6 +50,8 @@ int api_produce(req *r, wire_rd *rd);
 int api_fetch(req *r, wire_rd *rd);
 int api_list_offsets(req *r, wire_rd *rd);
 int api_init_producer_id(req *r, wire_rd *rd);
+int api_describe_configs(req *r, wire_rd *rd);
+int api_alter_configs(req *r, wire_rd *rd);
 
 /* Writes ApiVersions error 35 in the v0 layout (for a version we do not
  * support) into r and finishes it. */

@@ -433,6 +433,10 @@ static void create_parse_topic(req *r, wire_rd *rd, cat_topic *ct, int32_t *npar
 			   "replication factor must be 1 (single broker)");
 		return;
 	}
+	if (!topic_conf_check(conf, ct->msg, sizeof(ct->msg))) {
+		ct->err = KERR_INVALID_CONFIG;
+		return;
+	}
 	if (!topics_valid_name(name_of(ct), strlen(name_of(ct))))
 		fail_topic(ct, KERR_INVALID_TOPIC_EXCEPTION, "%s",
 			   "topic name must be 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'");

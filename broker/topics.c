@@ -325,6 +325,19 @@ void topic_gate_conf(const produce_limit *l, gate_conf *out)
 	out->max_wait_ns = (int64_t)l->queue_max_wait_ms * 1000000;
 }
 
+bool topic_conf_check(const topic_conf *c, char *err, size_t errlen)
+{
+	ratelimit_gate g;
+	gate_conf gc;
+
+	topic_gate_conf(&c->limit, &gc);
+	if (gate_init(&g, &gc) < 0) {
+		snprintf(err, errlen, "produce.* rate limit settings out of range");
+		return false;
+	}
+	return true;
+}
+
 static int64_t mono_ns(void)
 {
 	struct timespec ts;

@@ -106,6 +106,9 @@ int topics_load(topics *reg, const char *name, int32_t nparts, const topic_conf 
 
 /* True if p's topic is in fsync durability (any thread). */
 bool partition_synced(partition *p);
+/* Checks what topic_conf_set cannot see alone (the rate-limit keys
+ * together).  Returns false with a sentence in err. */
+bool topic_conf_check(const topic_conf *c, char *err, size_t errlen);
 /* The gate configuration for a topic's produce limit. */
 void topic_gate_conf(const produce_limit *l, gate_conf *out);
 /* A consistent copy of t's configuration (any thread). */
