@@ -115,7 +115,11 @@ static void fetch_respond(fetch_state *fs)
 	int16_t ver = r->api_version;
 
 	ev_timer_stop(r->w->loop, &fs->timer);
-	waitset_clear(&fs->ws);
+	/* A wake-up task may still be queued (a timer answered first): it
+	 * then owns a reference and frees nothing but that. */
+	if (!waitset_release(&fs->ws))
+		req_ref(r);
+	r->cancel = NULL;
 	wire_w_i32(b, 0); /* throttle */
 	if (ver >= 7) {
 		wire_w_i16(b, KERR_NONE);

@@ -234,7 +234,9 @@ static void produce_complete(produce_state *ps)
 	req *r = ps->r;
 
 	ev_timer_stop(r->w->loop, &ps->timer);
-	waitset_clear(&ps->ws);
+	if (!waitset_release(&ps->ws))
+		req_ref(r); /* a queued wake-up task drops it */
+	r->cancel = NULL;
 	build_response(r);
 	req_finish(r);
 }

@@ -451,7 +451,7 @@ static int delete_segment_files(partlog *pl, int64_t base, uint64_t *bytes)
 static void recovery_start(partlog *pl, const int64_t *bases, size_t n, size_t *k,
 			   uint64_t *pos, int64_t *expected)
 {
-	uint64_t size;
+	uint64_t size = 0;
 
 	*k = 0;
 	*pos = 0;

@@ -84,6 +84,8 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 				 * rather than spin on a readable listener. */
 				BLOG_RL(BLOG_WARN, "accept: %s; pausing accepts for 100 ms", strerror(errno));
 				ev_io_stop(loop, &w->accept_w);
+				/* re-arm: a one-shot timer restarted as is fires at once */
+				ev_timer_set(&w->pause_w, 0.1, 0.);
 				ev_timer_start(loop, &w->pause_w);
 			}
 			return;

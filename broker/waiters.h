@@ -48,9 +48,10 @@ void waitset_init(waitset *ws, worker *w, void (*wake)(waitset *), void (*orphan
 int waitset_add(waitset *ws, struct partition *p);
 /* Unlinks every node (the waitset stays usable). */
 void waitset_clear(waitset *ws);
-/* Owner is going away: unlinks, frees the nodes.  Returns true if the owner
- * may be freed now, false if a task is in flight (then orphaned() runs later
- * on the loop and frees it). */
+/* Owner is done waiting (answered, or going away): unlinks, frees the
+ * nodes.  Returns true if the owner may be freed now, false if a wake-up
+ * task is queued (then orphaned() runs later on the loop and releases it:
+ * the caller takes a reference for it).  Call once. */
 bool waitset_release(waitset *ws);
 
 /* Any thread, after publishing a new high watermark for p. */

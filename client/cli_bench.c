@@ -1,0 +1,505 @@
+/*
+ * cli_bench.c — `sluice bench produce|consume|e2e`.
+ *
+ * produce: one producer, --size byte values, as fast as the queue allows;
+ *          latency = produce() to delivery report (served by poll).
+ * consume: reads --count messages (default: all) of the topic from the
+ *          beginning; latency not measured.
+ * e2e:     a producer thread sends --rate msgs/s, each value starting with
+ *          its send time (CLOCK_MONOTONIC ns, same host); the consumer (this
+ *          thread) measures now - that time.
+ * A progress line per second goes to stderr; the summary to stdout.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Log-linear latency histogram in microseconds: 64 powers of two x 32 steps
+ * (relative error < 3%). */
+#define H_SUB 32
+struct hist {
+	uint64_t n[64 * H_SUB];
+	uint64_t count;
+};
+
+static void hist_add(struct hist *h, int64_t us)
+{
+	uint64_t v = us < 0 ? 0 : (uint64_t)us;
+	int e = 0;
+
+	while ((v >> e) >= H_SUB)
+		e++;
+	h->n[e * H_SUB + (int)(v >> e)]++;
+	h->count++;
+}
+
+static double hist_pct(const struct hist *h, double pct)
+{
+	uint64_t want = (uint64_t)ceil(pct / 100.0 * (double)h->count), seen = 0;
+
+	if (!h->count)
+		return 0;
+	for (int i = 0; i < 64 * H_SUB; i++) {
+		seen += h->n[i];
+		if (seen >= want && h->n[i]) {
+			int e = i / H_SUB, m = i % H_SUB;
+
+			return (double)(((uint64_t)m << e) + ((1ull << e) >> 1));
+		}
+	}
+	return 0;
+}
+
+struct bench_opts {
+	const char *mode, *topic;
+	long size;
+	long long count;
+	double duration;
+	const char *acks;
+	int linger;
+	int partitions;
+	long rate;
+	int batch_kb;
+};
+
+static void usage_bench(FILE *f)
+{
+	fprintf(f,
+		"Usage: sluice bench produce|consume|e2e [options]\n"
+		"  -t, --topic NAME       topic (default sluice-bench; created if missing)\n"
+		"  -s, --size BYTES       value size (default 100; e2e: at least 8)\n"
+		"  -n, --count N          messages (produce default 1000000; consume: all)\n"
+		"  -d, --duration SEC     run for SEC seconds instead of --count\n"
+		"  -a, --acks 0|1|all     (default 1)\n"
+		"  -l, --linger MS        linger.ms (default 5; e2e default 0)\n"
+		"  -P, --partitions N     partitions when creating the topic (default 1)\n"
+		"  -r, --rate N           e2e: messages per second (default 10000)\n"
+		"  -B, --batch-kb N       batch.size in KiB (default 1000000 bytes)\n"
+		"  -h, --help\n"
+		"Prints a progress line each second on stderr, then msgs/s, MB/s and\n"
+		"latency p50/p99/p99.9 (produce: produce() to delivery report; e2e:\n"
+		"timestamp in the message to the consumer).\n");
+}
+
+struct bprod {
+	struct hist h;
+	long long delivered, failed;
+	sluice_err_t first_err;
+};
+
+static void bench_dr(sluice_producer_t *p, const sluice_delivery_t *dr, void *ctx)
+{
+	struct bprod *b = ctx;
+
+	if (dr->err) {
+		if (!b->failed)
+			b->first_err = dr->err;
+		b->failed++;
+		return;
+	}
+	b->delivered++;
+	if ((b->delivered & 15) == 0) /* sample: 1 in 16 */
+		hist_add(&b->h, (now_ns() - (int64_t)(intptr_t)dr->opaque) / 1000);
+}
+
+static sluice_producer_t *bench_producer(const struct cli_global *g, const struct bench_opts *o,
+					 struct bprod *b)
+{
+	sluice_conf_t *conf = cli_conf(g);
+	sluice_producer_t *p;
+	char errstr[512], v[32];
+
+	if (!conf)
+		return NULL;
+	snprintf(v, sizeof(v), "%d", o->linger);
+	if (!cli_conf_set(conf, "acks", o->acks) || !cli_conf_set(conf, "linger.ms", v))
+		goto fail;
+	if (o->batch_kb > 0) {
+		snprintf(v, sizeof(v), "%d", o->batch_kb * 1024);
+		if (!cli_conf_set(conf, "message.max.bytes", v) || !cli_conf_set(conf, "batch.size", v))
+			goto fail;
+	}
+	sluice_conf_set_delivery_cb(conf, bench_dr, b);
+	p = sluice_producer_new(conf, errstr, sizeof(errstr));
+	if (!p) {
+		fprintf(stderr, "sluice: %s\n", errstr);
+		goto fail;
+	}
+	return p;
+fail:
+	sluice_conf_destroy(conf);
+	return NULL;
+}
+
+static void summary(const char *what, long long n, long size, double secs, const struct hist *h)
+{
+	printf("%s: %lld msgs of %ld bytes in %.2f s: %.0f msgs/s, %.1f MB/s", what, n, size, secs,
+	       (double)n / secs, (double)n * (double)size / secs / 1e6);
+	if (h && h->count)
+		printf("; latency p50 %.0f us, p99 %.0f us, p99.9 %.0f us (%" PRIu64 " samples)",
+		       hist_pct(h, 50), hist_pct(h, 99), hist_pct(h, 99.9), h->count);
+	printf("\n");
+}
+
+static int bench_produce(const struct cli_global *g, const struct bench_opts *o)
+{
+	struct bprod *b = calloc(1, sizeof(*b));
+	sluice_producer_t *p;
+	char *val = calloc(1, (size_t)o->size + 1);
+	int64_t t0, last, end_ns;
+	long long sent = 0, last_n = 0;
+	int rc = EXIT_OK;
+
+	if (!b || !val)
+		return EXIT_ERR;
+	memset(val, 'x', (size_t)o->size);
+	p = bench_producer(g, o, b);
+	if (!p) {
+		free(b);
+		free(val);
+		return EXIT_ERR;
+	}
+	t0 = last = now_ns();
+	end_ns = o->duration > 0 ? t0 + (int64_t)(o->duration * 1e9) : INT64_MAX;
+	while (o->duration > 0 ? now_ns() < end_ns : sent < o->count) {
+		int64_t t = now_ns();
+		sluice_err_t err = sluice_produce(p, o->topic, SLUICE_PARTITION_ANY, NULL, 0, val,
+						  (size_t)o->size, NULL, 0, (void *)(intptr_t)t);
+
+		if (err == SLUICE_ERR_QUEUE_FULL) {
+			sluice_producer_poll(p, 1);
+			continue;
+		}
+		if (err) {
+			fprintf(stderr, "sluice: produce: %s\n", sluice_err2str(err));
+			rc = EXIT_ERR;
+			break;
+		}
+		sent++;
+		if ((sent & 1023) == 0) {
+			sluice_producer_poll(p, 0);
+			if (t - last >= 1000000000) {
+				fprintf(stderr, "bench produce: %lld sent, %lld delivered, %.0f msgs/s\n",
+					sent, b->delivered,
+					(double)(sent - last_n) * 1e9 / (double)(t - last));
+				last = t;
+				last_n = sent;
+			}
+		}
+	}
+	sluice_producer_flush(p, 60000);
+	{
+		double secs = (double)(now_ns() - t0) / 1e9;
+
+		summary("produce", b->delivered, o->size, secs, &b->h);
+	}
+	if (b->failed) {
+		fprintf(stderr, "sluice: %lld not delivered: %s\n", b->failed,
+			sluice_err2str(b->first_err));
+		rc = EXIT_UNDELIVERED;
+	}
+	sluice_producer_destroy(p);
+	free(b);
+	free(val);
+	return rc;
+}
+
+static int bench_consume(const struct cli_global *g, const struct bench_opts *o)
+{
+	sluice_conf_t *conf = cli_conf(g);
+	sluice_consumer_t *c;
+	char errstr[512];
+	int nparts = cli_partition_count(g, o->topic);
+	long long total = 0, got = 0, last_n = 0;
+	uint64_t bytes = 0;
+	int64_t t0 = 0, last = 0, end_ns = INT64_MAX;
+	int rc = EXIT_OK;
+
+	if (!conf || nparts < 0) {
+		sluice_conf_destroy(conf);
+		return EXIT_ERR;
+	}
+	if (!cli_conf_set(conf, "fetch.max.wait.ms", "100")) {
+		sluice_conf_destroy(conf);
+		return EXIT_ERR;
+	}
+	c = sluice_consumer_new(conf, errstr, sizeof(errstr));
+	if (!c) {
+		fprintf(stderr, "sluice: %s\n", errstr);
+		sluice_conf_destroy(conf);
+		return EXIT_ERR;
+	}
+	for (int32_t p = 0; p < nparts; p++) {
+		int64_t lo, hi;
+
+		if (sluice_consumer_query_watermarks(c, o->topic, p, &lo, &hi, 30000)) {
+			fprintf(stderr, "sluice: watermarks of partition %d failed\n", p);
+			sluice_consumer_destroy(c);
+			return EXIT_ERR;
+		}
+		total += hi - lo;
+		sluice_consumer_assign(c, o->topic, p, SLUICE_OFFSET_BEGINNING);
+	}
+	if (o->count > 0 && o->count < total)
+		total = o->count;
+	if (total == 0) {
+		fprintf(stderr, "sluice: topic %s is empty: run bench produce first\n", o->topic);
+		sluice_consumer_destroy(c);
+		return EXIT_ERR;
+	}
+	while (got < total) {
+		sluice_message_t *m = sluice_consumer_poll(c, 1000);
+		int64_t t;
+
+		if (!m) {
+			if (t0 && now_ns() > end_ns)
+				break;
+			continue;
+		}
+		if (!t0) {
+			t0 = last = now_ns();
+			if (o->duration > 0)
+				end_ns = t0 + (int64_t)(o->duration * 1e9);
+		}
+		if (sluice_message_err(m)) {
+			fprintf(stderr, "sluice: %s\n", sluice_message_errstr(m));
+			sluice_message_destroy(m);
+			rc = EXIT_ERR;
+			break;
+		}
+		bytes += sluice_message_len(m);
+		got++;
+		sluice_message_destroy(m);
+		if ((got & 4095) == 0) {
+			t = now_ns();
+			if (t > end_ns)
+				break;
+			if (t - last >= 1000000000) {
+				fprintf(stderr, "bench consume: %lld of %lld, %.0f msgs/s\n", got, total,
+					(double)(got - last_n) * 1e9 / (double)(t - last));
+				last = t;
+				last_n = got;
+			}
+		}
+	}
+	if (got) {
+		double secs = (double)(now_ns() - t0) / 1e9;
+
+		printf("consume: %lld msgs, %.1f MB in %.2f s: %.0f msgs/s, %.1f MB/s\n", got,
+		       (double)bytes / 1e6, secs, (double)got / secs, (double)bytes / secs / 1e6);
+	}
+	sluice_consumer_destroy(c);
+	return rc;
+}
+
+struct e2e_prod {
+	const struct cli_global *g;
+	const struct bench_opts *o;
+	volatile int done;
+	long long sent;
+	int rc;
+};
+
+static void *e2e_producer(void *arg)
+{
+	struct e2e_prod *ep = arg;
+	struct bprod b = { 0 };
+	sluice_producer_t *p = bench_producer(ep->g, ep->o, &b);
+	char *val = calloc(1, (size_t)ep->o->size);
+	int64_t t0 = now_ns(), interval = (int64_t)(1e9 / (double)ep->o->rate);
+	int64_t end = ep->o->duration > 0 ? t0 + (int64_t)(ep->o->duration * 1e9) : INT64_MAX;
+
+	if (!p || !val) {
+		ep->rc = EXIT_ERR;
+		ep->done = 1;
+		free(val);
+		return NULL;
+	}
+	while (ep->o->duration > 0 ? now_ns() < end : ep->sent < ep->o->count) {
+		int64_t due = t0 + ep->sent * interval, t = now_ns();
+
+		if (t < due) {
+			struct timespec ts = { 0, due - t };
+
+			if (due - t > 50000)
+				ts.tv_nsec = due - t - 20000;
+			else
+				ts.tv_nsec = 0;
+			if (ts.tv_nsec)
+				nanosleep(&ts, NULL);
+			while (now_ns() < due)
+				;
+		}
+		t = now_ns();
+		memcpy(val, &t, sizeof(t));
+		if (sluice_produce(p, ep->o->topic, SLUICE_PARTITION_ANY, NULL, 0, val,
+				   (size_t)ep->o->size, NULL, 0, (void *)(intptr_t)t) == 0)
+			ep->sent++;
+		sluice_producer_poll(p, 0);
+	}
+	sluice_producer_flush(p, 30000);
+	sluice_producer_destroy(p);
+	free(val);
+	ep->done = 1;
+	return NULL;
+}
+
+static int bench_e2e(const struct cli_global *g, const struct bench_opts *o)
+{
+	sluice_conf_t *conf = cli_conf(g);
+	sluice_consumer_t *c;
+	struct hist *h = calloc(1, sizeof(*h));
+	struct e2e_prod ep = { g, o, 0, 0, 0 };
+	char errstr[512];
+	int nparts = cli_partition_count(g, o->topic);
+	long long got = 0, last_n = 0;
+	int64_t t0, last, idle_since = 0;
+	pthread_t thr;
+
+	if (!conf || nparts < 0 || !h || !cli_conf_set(conf, "fetch.max.wait.ms", "100")) {
+		sluice_conf_destroy(conf);
+		free(h);
+		return EXIT_ERR;
+	}
+	c = sluice_consumer_new(conf, errstr, sizeof(errstr));
+	if (!c) {
+		fprintf(stderr, "sluice: %s\n", errstr);
+		sluice_conf_destroy(conf);
+		free(h);
+		return EXIT_ERR;
+	}
+	for (int32_t p = 0; p < nparts; p++) {
+		int64_t lo, hi;
+
+		/* start at the current end (resolved now, before producing) */
+		if (sluice_consumer_query_watermarks(c, o->topic, p, &lo, &hi, 30000)) {
+			fprintf(stderr, "sluice: watermarks failed\n");
+			sluice_consumer_destroy(c);
+			free(h);
+			return EXIT_ERR;
+		}
+		sluice_consumer_assign(c, o->topic, p, hi);
+	}
+	t0 = last = now_ns();
+	pthread_create(&thr, NULL, e2e_producer, &ep);
+	for (;;) {
+		sluice_message_t *m = sluice_consumer_poll(c, 100);
+		int64_t t = now_ns();
+
+		if (m && !sluice_message_err(m) && sluice_message_len(m) >= 8) {
+			int64_t sent_ns;
+
+			memcpy(&sent_ns, sluice_message_value(m), sizeof(sent_ns));
+			hist_add(h, (t - sent_ns) / 1000);
+			got++;
+			idle_since = 0;
+		} else if (m) {
+			fprintf(stderr, "sluice: %s\n", sluice_message_errstr(m));
+		}
+		sluice_message_destroy(m);
+		if (!m && ep.done) {
+			if (got >= ep.sent)
+				break;
+			if (!idle_since)
+				idle_since = t;
+			else if (t - idle_since > 5000000000LL)
+				break;
+		}
+		if (t - last >= 1000000000) {
+			fprintf(stderr, "bench e2e: %lld sent, %lld received, %.0f msgs/s, p99 %.0f us\n",
+				ep.sent, got, (double)(got - last_n) * 1e9 / (double)(t - last),
+				hist_pct(h, 99));
+			last = t;
+			last_n = got;
+		}
+	}
+	pthread_join(thr, NULL);
+	summary("e2e", got, o->size, (double)(now_ns() - t0) / 1e9, h);
+	sluice_consumer_destroy(c);
+	free(h);
+	if (ep.rc)
+		return ep.rc;
+	return got < ep.sent ? EXIT_UNDELIVERED : EXIT_OK;
+}
+
+int cli_bench(const struct cli_global *g, int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "topic", required_argument, NULL, 't' },
+		{ "size", required_argument, NULL, 's' },
+		{ "count", required_argument, NULL, 'n' },
+		{ "duration", required_argument, NULL, 'd' },
+		{ "acks", required_argument, NULL, 'a' },
+		{ "linger", required_argument, NULL, 'l' },
+		{ "partitions", required_argument, NULL, 'P' },
+		{ "rate", required_argument, NULL, 'r' },
+		{ "batch-kb", required_argument, NULL, 'B' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct bench_opts o = { .topic = "sluice-bench", .size = 100, .count = -1, .acks = "1",
+				.linger = -1, .partitions = 1, .rate = 10000 };
+	int opt, rc;
+
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		usage_bench(argc < 2 ? stderr : stdout);
+		return argc < 2 ? EXIT_USAGE : EXIT_OK;
+	}
+	o.mode = argv[1];
+	optind = 2;
+	while ((opt = getopt_long(argc, argv, "t:s:n:d:a:l:P:r:B:h", lo, NULL)) != -1) {
+		switch (opt) {
+		case 't': o.topic = optarg; break;
+		case 's': o.size = atol(optarg); break;
+		case 'n': o.count = atoll(optarg); break;
+		case 'd': o.duration = atof(optarg); break;
+		case 'a': o.acks = optarg; break;
+		case 'l': o.linger = atoi(optarg); break;
+		case 'P': o.partitions = atoi(optarg); break;
+		case 'r': o.rate = atol(optarg); break;
+		case 'B': o.batch_kb = atoi(optarg); break;
+		case 'h': usage_bench(stdout); return EXIT_OK;
+		default: usage_bench(stderr); return EXIT_USAGE;
+		}
+	}
+	if (optind != argc || o.size < 0 || o.partitions <= 0 || o.rate <= 0) {
+		usage_bench(stderr);
+		return EXIT_USAGE;
+	}
+	if (o.linger < 0)
+		o.linger = !strcmp(o.mode, "e2e") ? 0 : 5;
+	if (o.count < 0 && !(o.duration > 0) && strcmp(o.mode, "consume"))
+		o.count = !strcmp(o.mode, "e2e") ? 100000 : 1000000;
+	if (strcmp(o.mode, "consume")) {
+		rc = cli_ensure_topic(g, o.topic, o.partitions);
+		if (rc)
+			return rc;
+	}
+	if (!strcmp(o.mode, "produce"))
+		return bench_produce(g, &o);
+	if (!strcmp(o.mode, "consume"))
+		return bench_consume(g, &o);
+	if (!strcmp(o.mode, "e2e")) {
+		if (o.size < 8)
+			o.size = 8;
+		return bench_e2e(g, &o);
+	}
+	fprintf(stderr, "sluice: unknown bench mode \"%s\"\n", o.mode);
+	usage_bench(stderr);
+	return EXIT_USAGE;
+}

@@ -1,0 +1,442 @@
+/*
+ * sluice.h — libsluice, the C client of the Sluice broker (and of any broker
+ * that speaks the Kafka protocol: Produce v3+, RecordBatch v2).
+ *
+ * If you know librdkafka you know this library: string key/value
+ * configuration with an errstr buffer, asynchronous produce with client-side
+ * batching and delivery callbacks served by a poll call, murmur2 key
+ * partitioning identical to the Java client, one error enum.
+ *
+ * ---------------------------------------------------------------------------
+ * Kafka in five sentences.  A broker stores *topics*; a topic is split into
+ * numbered *partitions* (0..N-1), and each partition is an append-only log in
+ * which every message gets the next *offset* (0, 1, 2, ...).  A message has an
+ * optional *key*, a *value* (the payload), optional *headers* (name/value
+ * pairs) and a *timestamp*.  A *producer* appends messages; messages with the
+ * same key always go to the same partition, so they stay in order.  A
+ * *consumer* reads a partition from an offset of its choice, and the broker
+ * keeps everything until its retention deletes old data.
+ *
+ * Your first message (error handling trimmed; see examples/pubsub/):
+ *
+ *     char errstr[256];
+ *     sluice_conf_t *conf = sluice_conf_new();
+ *     sluice_conf_set(conf, "bootstrap.servers", "127.0.0.1:9092",
+ *                     errstr, sizeof(errstr));
+ *     sluice_producer_t *p = sluice_producer_new(conf, errstr, sizeof(errstr));
+ *     // on success p owns conf; on failure you still own it
+ *     sluice_produce(p, "greetings", SLUICE_PARTITION_ANY,
+ *                    NULL, 0, "hello", 5, NULL, 0, NULL);
+ *     sluice_producer_flush(p, 10000);   // waits until the broker has it
+ *     sluice_producer_destroy(p);
+ *
+ * And reading it back:
+ *
+ *     sluice_consumer_t *c = sluice_consumer_new(conf2, errstr, sizeof(errstr));
+ *     sluice_consumer_assign(c, "greetings", 0, SLUICE_OFFSET_BEGINNING);
+ *     sluice_message_t *m = sluice_consumer_poll(c, 5000);
+ *     if (m && !sluice_message_err(m))
+ *             printf("%.*s\n", (int)sluice_message_len(m),
+ *                    (const char *)sluice_message_value(m));
+ *     sluice_message_destroy(m);
+ *     sluice_consumer_destroy(c);
+ *
+ * ---------------------------------------------------------------------------
+ * Threads.
+ *  - Every producer, consumer and admin handle is independent; handles may be
+ *    used from different threads.
+ *  - A producer or consumer runs one background I/O thread that owns its
+ *    socket to the broker.  No call of this API blocks on the network except
+ *    those documented as blocking (flush, poll with a timeout, the admin
+ *    calls, the offset look-ups).
+ *  - sluice_produce() is thread-safe: many threads may produce through one
+ *    producer at once.  sluice_producer_poll/flush may be called from any
+ *    thread; delivery callbacks run on the thread that calls them, one at a
+ *    time, never on the I/O thread.
+ *  - Consumer calls (assign, seek, poll, offset look-ups) are thread-safe;
+ *    messages returned by poll may be used and destroyed on any thread.
+ *  - A sluice_conf_t is not thread-safe; build it on one thread.
+ *  - Never call *_destroy() from inside a callback of the same handle.
+ *
+ * Ownership rules are stated on each function.  Strings and buffers passed
+ * in are copied before the call returns unless said otherwise.
+ */
+#ifndef SLUICE_H
+#define SLUICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SLUICE_VERSION_MAJOR 0
+#define SLUICE_VERSION_MINOR 1
+#define SLUICE_VERSION_PATCH 0
+/* 0xMMmmpp: compare with sluice_version() to detect a header/library mismatch. */
+#define SLUICE_VERSION 0x000100
+#define SLUICE_VERSION_STR "0.1.0"
+
+/* The library's version as SLUICE_VERSION (of the library actually linked). */
+int sluice_version(void);
+/* The same as a string, e.g. "0.1.0". */
+const char *sluice_version_str(void);
+
+/* ===========================================================================
+ * Errors
+ *
+ * One enum for everything: 0 = no error, negative = detected by the client
+ * ("local"), positive = a Kafka error code returned by the broker (the
+ * numbers of the Kafka protocol; names as in Kafka's ERROR_CODES).
+ * sluice_err2str() gives a sentence, sluice_err2name() the identifier.
+ * =========================================================================== */
+typedef enum sluice_err {
+	SLUICE_ERR_TIMED_OUT = -1,            /* the operation's time limit passed */
+	SLUICE_ERR_QUEUE_FULL = -2,           /* queue.buffering.max.* reached: poll, then retry */
+	SLUICE_ERR_BAD_CONFIG = -3,           /* unknown key or invalid value */
+	SLUICE_ERR_UNKNOWN_TOPIC = -4,        /* topic not known to this client (or to the broker) */
+	SLUICE_ERR_UNKNOWN_PARTITION = -5,    /* partition outside 0..N-1 */
+	SLUICE_ERR_TRANSPORT = -6,            /* connection to the broker failed or was lost */
+	SLUICE_ERR_UNSUPPORTED_COMPRESSION = -7, /* compressed batch (only "none" is supported) */
+	SLUICE_ERR_MSG_SIZE_TOO_LARGE = -8,   /* message larger than message.max.bytes */
+	SLUICE_ERR_INVALID_ARG = -9,          /* bad argument (NULL handle, negative length, ...) */
+	SLUICE_ERR_NO_MEMORY = -10,           /* allocation failed */
+	SLUICE_ERR_UNSUPPORTED_FEATURE = -11, /* the broker does not implement the API (see ApiVersions) */
+	SLUICE_ERR_BAD_MSG = -12,             /* malformed response or batch from the broker */
+	SLUICE_ERR_MSG_TIMED_OUT = -13,       /* message not delivered within message.timeout.ms */
+	SLUICE_ERR_DESTROYED = -14,           /* handle destroyed before the operation completed */
+	SLUICE_ERR_STATE = -15,               /* call not valid now (e.g. partition not assigned) */
+	SLUICE_ERR_PARTITION_EOF = -16,       /* consumer reached the end of a partition (enable.partition.eof) */
+	SLUICE_ERR_FATAL = -17,               /* idempotent producer hit an unrecoverable error */
+	SLUICE_ERR__LOCAL_MIN = -17,
+
+	SLUICE_ERR_NO_ERROR = 0,
+
+	/* Broker errors: the Kafka codes (a selection; any positive code the
+	 * broker sends is passed through and named by sluice_err2name()). */
+	SLUICE_ERR_UNKNOWN_SERVER_ERROR = -100, /* Kafka's -1, moved out of the local range */
+	SLUICE_ERR_OFFSET_OUT_OF_RANGE = 1,
+	SLUICE_ERR_CORRUPT_MESSAGE = 2,
+	SLUICE_ERR_UNKNOWN_TOPIC_OR_PARTITION = 3,
+	SLUICE_ERR_LEADER_NOT_AVAILABLE = 5,
+	SLUICE_ERR_NOT_LEADER_OR_FOLLOWER = 6,
+	SLUICE_ERR_REQUEST_TIMED_OUT = 7,
+	SLUICE_ERR_MESSAGE_TOO_LARGE = 10,
+	SLUICE_ERR_NETWORK_EXCEPTION = 13,
+	SLUICE_ERR_INVALID_TOPIC_EXCEPTION = 17,
+	SLUICE_ERR_RECORD_LIST_TOO_LARGE = 18,
+	SLUICE_ERR_NOT_ENOUGH_REPLICAS = 19,
+	SLUICE_ERR_INVALID_REQUIRED_ACKS = 21,
+	SLUICE_ERR_INVALID_TIMESTAMP = 32,
+	SLUICE_ERR_UNSUPPORTED_VERSION = 35,
+	SLUICE_ERR_TOPIC_ALREADY_EXISTS = 36,
+	SLUICE_ERR_INVALID_PARTITIONS = 37,
+	SLUICE_ERR_INVALID_REPLICATION_FACTOR = 38,
+	SLUICE_ERR_INVALID_CONFIG = 40,
+	SLUICE_ERR_INVALID_REQUEST = 42,
+	SLUICE_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER = 45,
+	SLUICE_ERR_DUPLICATE_SEQUENCE_NUMBER = 46,
+	SLUICE_ERR_INVALID_PRODUCER_EPOCH = 47,
+	SLUICE_ERR_KAFKA_STORAGE_ERROR = 56,
+	SLUICE_ERR_UNKNOWN_PRODUCER_ID = 59,
+	SLUICE_ERR_UNSUPPORTED_COMPRESSION_TYPE = 76,
+	SLUICE_ERR_INVALID_RECORD = 87,
+	SLUICE_ERR_THROTTLING_QUOTA_EXCEEDED = 89,
+} sluice_err_t;
+
+/* A human-readable description ("Local: queue full", "Broker: unknown topic
+ * or partition").  Never NULL; static storage. */
+const char *sluice_err2str(sluice_err_t err);
+/* The identifier without prefix ("QUEUE_FULL", "UNKNOWN_TOPIC_OR_PARTITION").
+ * Never NULL; static storage. */
+const char *sluice_err2name(sluice_err_t err);
+/* Non-zero if a Kafka error (or a local transport/time-out error) may go
+ * away by itself, so retrying the operation makes sense. */
+int sluice_err_is_retriable(sluice_err_t err);
+
+/* ===========================================================================
+ * Configuration
+ *
+ * Keys (defaults in brackets); values are strings, validated by set():
+ *  bootstrap.servers      "host:port[,host:port...]": where the broker is [localhost:9092]
+ *  client.id              sent in every request, shows up in broker logs [sluice]
+ *  request.timeout.ms     time to wait for one response [30000]
+ *  socket.timeout.ms      alias of request.timeout.ms
+ *  retry.backoff.ms       wait before retrying a failed request [100]
+ *  reconnect.backoff.ms   wait before reconnecting after a failure [100]
+ *  enable.partition.eof   consumer: poll returns SLUICE_ERR_PARTITION_EOF when a
+ *                         partition is read to its end [false]
+ * Producer:
+ *  acks                   0 (no answer), 1 (written by the leader), -1 or all [-1]
+ *  linger.ms              how long a partition's batch waits for more messages [5]
+ *  batch.size             largest batch in bytes (a bigger message is sent alone) [1000000]
+ *  batch.num.messages     largest batch in messages [100000]
+ *  compression.type       only "none" (anything else: SLUICE_ERR_BAD_CONFIG, "unsupported") [none]
+ *  message.max.bytes      largest message (key + value + headers + ~20 B framing) [1000000]
+ *  retries                attempts after the first for a retriable error [2147483647]
+ *  message.timeout.ms     give up on a message after this long (0 = never) [300000]
+ *  enable.idempotence     exactly-once per partition via producer id + sequence [false]
+ *  max.in.flight          produce requests on the wire at once [5]
+ *  queue.buffering.max.messages  messages produced but not yet reported [1000000]
+ *  queue.buffering.max.kbytes    KiB of such messages [1048576]
+ *                         produce() returns SLUICE_ERR_QUEUE_FULL when either
+ *                         limit would be exceeded; poll to serve reports.
+ * Consumer:
+ *  fetch.min.bytes        the broker answers once it has this much [1]
+ *  fetch.max.wait.ms      ... or after this long [500]
+ *  fetch.max.bytes        largest fetch response [52428800]
+ *  max.partition.fetch.bytes  largest share of one partition in a response [1048576]
+ *  queued.max.messages.kbytes prefetched data buffered per partition, KiB [65536]
+ *  auto.offset.reset      earliest|smallest|beginning, latest|largest|end, or error [latest]
+ *  check.crcs             verify the CRC of every fetched batch [false]
+ *
+ * A configuration is a plain value owned by whoever holds it.
+ * =========================================================================== */
+typedef struct sluice_conf sluice_conf_t;
+
+/* A configuration with every default.  NULL only when out of memory. */
+sluice_conf_t *sluice_conf_new(void);
+/* Frees conf (NULL is fine).  Do not call it on a conf a handle took over. */
+void sluice_conf_destroy(sluice_conf_t *conf);
+/* A deep copy (callbacks included), or NULL when out of memory. */
+sluice_conf_t *sluice_conf_dup(const sluice_conf_t *conf);
+
+/* Sets key to value.  Returns SLUICE_ERR_NO_ERROR, or SLUICE_ERR_BAD_CONFIG
+ * with a sentence in errstr (unknown key, value out of range, "unsupported"
+ * compression) and conf unchanged.  errstr may be NULL (errstr_size 0). */
+sluice_err_t sluice_conf_set(sluice_conf_t *conf, const char *key, const char *value,
+			     char *errstr, size_t errstr_size);
+/* Copies the current value of key (as a string) into dest.  Returns
+ * SLUICE_ERR_NO_ERROR; SLUICE_ERR_BAD_CONFIG for an unknown key;
+ * SLUICE_ERR_INVALID_ARG if dest_size is too small (*dest_size then holds the
+ * size needed).  On input *dest_size is the capacity of dest. */
+sluice_err_t sluice_conf_get(const sluice_conf_t *conf, const char *key, char *dest,
+			     size_t *dest_size);
+
+/* ===========================================================================
+ * Producer
+ * =========================================================================== */
+typedef struct sluice_producer sluice_producer_t;
+
+#define SLUICE_PARTITION_ANY (-1) /* let the partitioner choose */
+
+/* One header: name (NUL-terminated) and a value of value_len bytes; value
+ * NULL = null value. */
+typedef struct sluice_header {
+	const char *name;
+	const void *value;
+	size_t value_len;
+} sluice_header_t;
+
+/* What a delivery callback is told about one message.  Valid only during the
+ * callback. */
+typedef struct sluice_delivery {
+	const char *topic;
+	int32_t partition;
+	int64_t offset;   /* -1 if unknown (error, or acks=0) */
+	int64_t timestamp; /* CreateTime, ms since the epoch */
+	sluice_err_t err; /* SLUICE_ERR_NO_ERROR: the broker has it */
+	void *opaque;     /* the opaque given to sluice_produce() */
+} sluice_delivery_t;
+
+/* Called once per produced message, from sluice_producer_poll() or
+ * sluice_producer_flush() on the caller's thread (never from the I/O
+ * thread), in produce order within a partition. */
+typedef void sluice_delivery_cb(sluice_producer_t *p, const sluice_delivery_t *dr, void *ctx);
+
+/* Sets the delivery callback and its ctx (not owned) on conf. */
+void sluice_conf_set_delivery_cb(sluice_conf_t *conf, sluice_delivery_cb *cb, void *ctx);
+
+/* Creates a producer and starts its I/O thread.  Does not wait for the
+ * broker: connection problems show up as delivery errors.
+ * On success returns the producer, which takes ownership of conf (do not
+ * use or destroy conf again).  On failure returns NULL with a sentence in
+ * errstr, and the caller still owns conf. */
+sluice_producer_t *sluice_producer_new(sluice_conf_t *conf, char *errstr, size_t errstr_size);
+/* Waits up to request.timeout.ms for outstanding messages to be delivered
+ * (their callbacks run here), fails the rest with SLUICE_ERR_DESTROYED (also
+ * reported), stops the thread and frees everything.  NULL is fine. */
+void sluice_producer_destroy(sluice_producer_t *p);
+
+/* Queues one message; never blocks on the network and never calls a
+ * callback.  topic: NUL-terminated name.  partition: 0..N-1 or
+ * SLUICE_PARTITION_ANY (murmur2 of the key like the Java client; no key:
+ * "sticky", one random partition until its batch is sent).  key may be NULL
+ * (null key: distinct from keylen 0 with a non-NULL key, the empty key);
+ * value likewise.  headers: nheaders entries or NULL.  All bytes are copied
+ * before return.  opaque is handed back in the delivery report.
+ * Returns SLUICE_ERR_NO_ERROR (the delivery callback will report the
+ * outcome), or, with nothing queued and no report to come:
+ * SLUICE_ERR_QUEUE_FULL, SLUICE_ERR_MSG_SIZE_TOO_LARGE,
+ * SLUICE_ERR_UNKNOWN_PARTITION (partition outside what metadata says),
+ * SLUICE_ERR_INVALID_ARG, SLUICE_ERR_FATAL (idempotence failed for good). */
+sluice_err_t sluice_produce(sluice_producer_t *p, const char *topic, int32_t partition,
+			    const void *key, size_t keylen, const void *value, size_t len,
+			    const sluice_header_t *headers, size_t nheaders, void *opaque);
+
+/* Serves delivery reports: runs the delivery callback for every message
+ * whose outcome is known, waiting up to timeout_ms (0: don't wait, -1:
+ * forever) for the first one.  Returns the number of reports served. */
+int sluice_producer_poll(sluice_producer_t *p, int timeout_ms);
+/* Sends everything queued now (ignoring linger.ms) and waits until every
+ * message has been reported, serving callbacks like poll.  Returns
+ * SLUICE_ERR_NO_ERROR or SLUICE_ERR_TIMED_OUT (messages remain). */
+sluice_err_t sluice_producer_flush(sluice_producer_t *p, int timeout_ms);
+/* Messages produced but not yet reported to a callback. */
+int sluice_producer_outq_len(sluice_producer_t *p);
+
+/* ===========================================================================
+ * Consumer (partitions assigned by the caller; consumer groups: later)
+ * =========================================================================== */
+typedef struct sluice_consumer sluice_consumer_t;
+typedef struct sluice_message sluice_message_t;
+
+#define SLUICE_OFFSET_BEGINNING (-2) /* the oldest message still kept */
+#define SLUICE_OFFSET_END (-1)       /* the next message to be produced */
+#define SLUICE_OFFSET_INVALID (-1001) /* use auto.offset.reset */
+
+/* Creates a consumer.  Same ownership rule as sluice_producer_new(): on
+ * success it owns conf, on failure (NULL, errstr filled) the caller does. */
+sluice_consumer_t *sluice_consumer_new(sluice_conf_t *conf, char *errstr, size_t errstr_size);
+/* Stops the I/O thread and frees the consumer.  Messages still held by the
+ * application stay valid until they are destroyed.  NULL is fine. */
+void sluice_consumer_destroy(sluice_consumer_t *c);
+
+/* Starts reading topic/partition at offset (absolute, SLUICE_OFFSET_BEGINNING,
+ * SLUICE_OFFSET_END, or SLUICE_OFFSET_INVALID = auto.offset.reset).
+ * Assigning an already assigned partition behaves like seek.  Does not
+ * block; a partition that does not exist shows up as an error message from
+ * poll.  Returns SLUICE_ERR_NO_ERROR or SLUICE_ERR_INVALID_ARG/NO_MEMORY. */
+sluice_err_t sluice_consumer_assign(sluice_consumer_t *c, const char *topic, int32_t partition,
+				    int64_t offset);
+/* Stops reading a partition; its buffered messages are dropped. */
+sluice_err_t sluice_consumer_unassign(sluice_consumer_t *c, const char *topic, int32_t partition);
+/* Moves an assigned partition to offset (same values as assign): messages
+ * already buffered for it are dropped and poll continues from there.
+ * SLUICE_ERR_STATE if the partition is not assigned. */
+sluice_err_t sluice_consumer_seek(sluice_consumer_t *c, const char *topic, int32_t partition,
+				  int64_t offset);
+
+/* Returns the next message, waiting up to timeout_ms (0: don't wait, -1:
+ * forever), or NULL on time-out.  The caller owns the message and must
+ * sluice_message_destroy() it.  A message may carry an error instead of
+ * data (sluice_message_err() != 0: e.g. SLUICE_ERR_UNSUPPORTED_COMPRESSION
+ * or UNKNOWN_TOPIC_OR_PARTITION for a partition, which then stops until
+ * seek; SLUICE_ERR_PARTITION_EOF).  Messages of one partition come in
+ * offset order. */
+sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms);
+
+/* ListOffsets look-ups; these block for up to timeout_ms.
+ * *offset receives the first offset whose timestamp is >= ts_ms (-1 if
+ * none); it is written only on SLUICE_ERR_NO_ERROR. */
+sluice_err_t sluice_consumer_offsets_for_times(sluice_consumer_t *c, const char *topic,
+					       int32_t partition, int64_t ts_ms, int64_t *offset,
+					       int timeout_ms);
+/* Low and high watermarks: the oldest kept offset and the next offset to be
+ * written.  Written only on success. */
+sluice_err_t sluice_consumer_query_watermarks(sluice_consumer_t *c, const char *topic,
+					      int32_t partition, int64_t *low, int64_t *high,
+					      int timeout_ms);
+
+/* ---- messages ----
+ * A message is a view into the fetched response buffer (no copy); it keeps
+ * that buffer alive until destroyed.  The pointers returned below live as
+ * long as the message.  NULL-safe destroy. */
+void sluice_message_destroy(sluice_message_t *m);
+sluice_err_t sluice_message_err(const sluice_message_t *m);
+/* For an error message: a sentence saying what happened. */
+const char *sluice_message_errstr(const sluice_message_t *m);
+const char *sluice_message_topic(const sluice_message_t *m);
+int32_t sluice_message_partition(const sluice_message_t *m);
+int64_t sluice_message_offset(const sluice_message_t *m);
+/* ms since the epoch; *type (if non-NULL) = 0 CreateTime, 1 LogAppendTime. */
+int64_t sluice_message_timestamp(const sluice_message_t *m, int *type);
+/* NULL for a null key (an empty key gives a non-NULL pointer and 0). */
+const void *sluice_message_key(const sluice_message_t *m, size_t *keylen);
+/* NULL for a null value; length via sluice_message_len(). */
+const void *sluice_message_value(const sluice_message_t *m);
+size_t sluice_message_len(const sluice_message_t *m);
+size_t sluice_message_header_count(const sluice_message_t *m);
+/* Walks the headers: *pos starts at 0.  Returns 1 with the next header in
+ * name, name_len, value and value_len (value NULL = null), 0 at the end.
+ * Header names are not NUL-terminated. */
+int sluice_message_header_next(const sluice_message_t *m, size_t *pos, const char **name,
+			       size_t *name_len, const void **value, size_t *value_len);
+/* The first header named name (value NULL = null header); returns 1 if
+ * found, 0 if not. */
+int sluice_message_header_get(const sluice_message_t *m, const char *name, const void **value,
+			      size_t *value_len);
+
+/* ===========================================================================
+ * Admin (blocking calls; each waits up to timeout_ms)
+ * =========================================================================== */
+typedef struct sluice_admin sluice_admin_t;
+
+/* Same ownership rule as sluice_producer_new(). */
+sluice_admin_t *sluice_admin_new(sluice_conf_t *conf, char *errstr, size_t errstr_size);
+void sluice_admin_destroy(sluice_admin_t *a);
+
+/* One name/value configuration entry (value NULL: not set / sensitive). */
+typedef struct sluice_config_entry {
+	const char *name;
+	const char *value;
+	int is_default;   /* 1 if the broker reports it as a default */
+	int is_read_only;
+} sluice_config_entry_t;
+
+/* Creates a topic with partitions partitions (-1: the broker's
+ * num.partitions) and the given configs (may be NULL when nconfigs is 0;
+ * values must be non-NULL).  On a broker error errstr gets its message. */
+sluice_err_t sluice_admin_create_topic(sluice_admin_t *a, const char *topic, int32_t partitions,
+				       const sluice_config_entry_t *configs, size_t nconfigs,
+				       int timeout_ms, char *errstr, size_t errstr_size);
+sluice_err_t sluice_admin_delete_topic(sluice_admin_t *a, const char *topic, int timeout_ms,
+				       char *errstr, size_t errstr_size);
+
+/* A topic as Metadata describes it. */
+typedef struct sluice_topic_info {
+	const char *name;
+	sluice_err_t err;     /* per-topic error (e.g. UNKNOWN_TOPIC_OR_PARTITION) */
+	int32_t partition_count;
+	int is_internal;
+} sluice_topic_info_t;
+
+typedef struct sluice_topic_list sluice_topic_list_t;
+/* Lists every topic (topic == NULL) or describes one (without creating it).
+ * On success *list receives a list the caller frees with
+ * sluice_topic_list_destroy(); on failure *list is untouched. */
+sluice_err_t sluice_admin_list_topics(sluice_admin_t *a, const char *topic,
+				      sluice_topic_list_t **list, int timeout_ms);
+size_t sluice_topic_list_count(const sluice_topic_list_t *l);
+/* Borrowed pointer, valid until the list is destroyed. */
+const sluice_topic_info_t *sluice_topic_list_get(const sluice_topic_list_t *l, size_t i);
+void sluice_topic_list_destroy(sluice_topic_list_t *l);
+
+/* DescribeConfigs of a topic.  If the broker does not list DescribeConfigs
+ * in ApiVersions, returns SLUICE_ERR_UNSUPPORTED_FEATURE with "not supported
+ * by this broker" in errstr.  On success *configs receives an array of
+ * *nconfigs entries, freed with sluice_config_entries_destroy(). */
+sluice_err_t sluice_admin_describe_topic_configs(sluice_admin_t *a, const char *topic,
+						 sluice_config_entry_t **configs, size_t *nconfigs,
+						 int timeout_ms, char *errstr, size_t errstr_size);
+void sluice_config_entries_destroy(sluice_config_entry_t *configs, size_t nconfigs);
+/* AlterConfigs of a topic (replaces the topic's set of overrides, as Kafka's
+ * AlterConfigs does).  Same rule as describe when the broker lacks it. */
+sluice_err_t sluice_admin_alter_topic_configs(sluice_admin_t *a, const char *topic,
+					      const sluice_config_entry_t *configs, size_t nconfigs,
+					      int timeout_ms, char *errstr, size_t errstr_size);
+
+/* ===========================================================================
+ * Utilities
+ * =========================================================================== */
+/* Kafka's murmur2 (seed 0x9747b28c) as the Java client computes it. */
+int32_t sluice_murmur2(const void *key, size_t len);
+/* The partition the producer picks for a key: toPositive(murmur2(key)) % n,
+ * the Java client's default and librdkafka's "murmur2_random". */
+int32_t sluice_partition_for_key(const void *key, size_t len, int32_t partition_count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,67 @@
+/*
+ * slowsync: LD_PRELOAD shim for the durability tests.  Delays every
+ * fdatasync() and fsync() of the process by SLOWSYNC_MS milliseconds
+ * (default 300) before doing the real call, so that a test can see from
+ * outside whether the broker acknowledges / exposes data before or after
+ * the sync, and whether concurrent appends share one sync (group commit).
+ * The delay applies only to regular files (directory fsyncs stay fast).
+ * SLOWSYNC_LOG=1 also logs each call with the file's path to stderr.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void log_call(const char *what, int fd)
+{
+	const char *l = getenv("SLOWSYNC_LOG");
+	char link[64], path[512];
+	ssize_t n;
+	if (!l || *l != '1')
+		return;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, path, sizeof(path) - 1);
+	path[n > 0 ? n : 0] = '\0';
+	fprintf(stderr, "slowsync: %s(%s)\n", what, path);
+}
+
+static long delay_ms(int fd)
+{
+	struct stat st;
+	const char *e = getenv("SLOWSYNC_MS");
+	if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode))
+		return 0;
+	return e ? atol(e) : 300;
+}
+
+static void pause_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	while (ms > 0 && nanosleep(&ts, &ts) != 0)
+		;
+}
+
+int fdatasync(int fd)
+{
+	static int (*real)(int);
+	if (!real)
+		real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+	log_call("fdatasync", fd);
+	pause_ms(delay_ms(fd));
+	return real(fd);
+}
+
+int fsync(int fd)
+{
+	static int (*real)(int);
+	if (!real)
+		real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+	log_call("fsync", fd);
+	pause_ms(delay_ms(fd));
+	return real(fd);
+}
