@@ -13,10 +13,12 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api.h"
 #include "blog.h"
 #include "kerr.h"
+#include "recbatch.h"
 #include "topics.h"
 
 typedef struct fentry {
@@ -314,6 +316,33 @@ int api_fetch(req *r, wire_rd *rd)
 
 /* ---- ListOffsets ---- */
 
+/* partlog finds the first batch whose max timestamp reaches ts; Kafka
+ * answers with the record: walk an uncompressed batch to it (a compressed
+ * batch is never decompressed, so its answer stays the batch's). */
+static void refine_to_record(partlog *log, int64_t ts, int64_t *off, int64_t *found_ts)
+{
+	partlog_range r;
+	recbatch_iter it;
+	recbatch_record rec;
+	uint8_t *buf;
+
+	if (partlog_read(log, *off, 1, &r) != 0)
+		return;
+	buf = r.len ? malloc(r.len) : NULL;
+	if (buf && pread(r.fd, buf, r.len, r.pos) == (ssize_t)r.len &&
+	    recbatch_iter_init(&it, buf, recbatch_size(buf, r.len)) == RECBATCH_OK) {
+		while (recbatch_iter_next(&it, &rec) == 1) {
+			if (rec.offset >= *off && rec.timestamp >= ts) {
+				*off = rec.offset;
+				*found_ts = rec.timestamp;
+				break;
+			}
+		}
+	}
+	free(buf);
+	partlog_range_release(&r);
+}
+
 static void list_one(wire_buf *b, int16_t ver, topic *t, int32_t index, int64_t ts)
 {
 	int64_t off = -1, found_ts = -1;
@@ -338,6 +367,8 @@ static void list_one(wire_buf *b, int16_t ver, topic *t, int32_t index, int64_t 
 				off = -1;
 			} else if (off >= partlog_hw(log)) {
 				off = found_ts = -1; /* not visible yet */
+			} else if (off >= 0) {
+				refine_to_record(log, ts, &off, &found_ts);
 			}
 		}
 	}

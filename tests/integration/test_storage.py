@@ -281,20 +281,12 @@ def test_list_offsets_by_timestamp():
         check_eq((err, off), (0, 0), "%s: ListOffsets earliest" % phase)
         err, _, off = c.list_offset1(topic, 0, LATEST)
         check_eq((err, off), (0, end), "%s: ListOffsets latest" % phase)
-        # Inside a batch: Kafka answers the exact record; a broker that does
-        # not unpack batches answers the batch's base offset.  Both are
-        # accepted, the latter is noted.
+        # Inside an (uncompressed) batch: the exact record, as Kafka.
         ts = t1 + 3 * 1000 + 150
         err, rts, off = c.list_offset1(topic, 0, ts)
         base = nb * per + 3 * per
-        check(err == 0 and off in (base + 2, base),
-              "%s: ListOffsets ts inside a batch: got offset %d (error %d), "
-              "expected %d (exact) or %d (batch start)"
-              % (phase, off, err, base + 2, base))
-        if off == base:
-            log("  NOTE: ListOffsets by timestamp has batch granularity "
-                "(Kafka returns the exact record offset %d, got %d)"
-                % (base + 2, off))
+        check_eq((err, off, rts), (0, base + 2, t1 + 3 * 1000 + 200),
+                 "%s: ListOffsets ts inside a batch (exact record)" % phase)
         err, _, off = c.list_offsets([(topic, 5, LATEST)])[(topic, 5)]
         check_eq(err, ERR_UNKNOWN_TOPIC_OR_PARTITION,
                  "ListOffsets on partition 5 of a 1-partition topic")
