@@ -97,6 +97,9 @@ const char *sluice_err2str(sluice_err_t err)
 	return buf;
 }
 
+/* THROTTLING_QUOTA_EXCEEDED is deliberately not retriable: the broker's
+ * produce gate rejected the batch to fail fast (docs/flow-control.md); the
+ * application decides (a flash-sale gateway answers "sold out"). */
 int sluice_err_is_retriable(sluice_err_t err)
 {
 	switch ((int)err) {
@@ -123,7 +126,6 @@ int sluice_err_is_retriable(sluice_err_t err)
 	case KERR_UNKNOWN_LEADER_EPOCH:
 	case KERR_OFFSET_NOT_AVAILABLE:
 	case KERR_PREFERRED_LEADER_NOT_AVAILABLE:
-	case KERR_THROTTLING_QUOTA_EXCEEDED:
 	case KERR_CONCURRENT_TRANSACTIONS:
 		return 1;
 	default:

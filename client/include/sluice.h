@@ -139,7 +139,16 @@ typedef enum sluice_err {
 	SLUICE_ERR_DUPLICATE_SEQUENCE_NUMBER = 46,
 	SLUICE_ERR_INVALID_PRODUCER_EPOCH = 47,
 	SLUICE_ERR_KAFKA_STORAGE_ERROR = 56,
+	SLUICE_ERR_COORDINATOR_NOT_AVAILABLE = 15,
+	SLUICE_ERR_NOT_COORDINATOR = 16,
+	SLUICE_ERR_ILLEGAL_GENERATION = 22,
+	SLUICE_ERR_INCONSISTENT_GROUP_PROTOCOL = 23,
+	SLUICE_ERR_UNKNOWN_MEMBER_ID = 25,
+	SLUICE_ERR_REBALANCE_IN_PROGRESS = 27,
 	SLUICE_ERR_UNKNOWN_PRODUCER_ID = 59,
+	SLUICE_ERR_NON_EMPTY_GROUP = 68,
+	SLUICE_ERR_GROUP_ID_NOT_FOUND = 69,
+	SLUICE_ERR_MEMBER_ID_REQUIRED = 79,
 	SLUICE_ERR_UNSUPPORTED_COMPRESSION_TYPE = 76,
 	SLUICE_ERR_INVALID_RECORD = 87,
 	SLUICE_ERR_THROTTLING_QUOTA_EXCEEDED = 89,
@@ -152,7 +161,10 @@ const char *sluice_err2str(sluice_err_t err);
  * Never NULL; static storage. */
 const char *sluice_err2name(sluice_err_t err);
 /* Non-zero if a Kafka error (or a local transport/time-out error) may go
- * away by itself, so retrying the operation makes sense. */
+ * away by itself, so retrying the operation makes sense.
+ * SLUICE_ERR_THROTTLING_QUOTA_EXCEEDED is not: a topic's produce rate limit
+ * rejected the batch on purpose, and the producer reports it in the delivery
+ * callback at once instead of retrying (docs/flow-control.md). */
 int sluice_err_is_retriable(sluice_err_t err);
 
 /* ===========================================================================
@@ -190,6 +202,18 @@ int sluice_err_is_retriable(sluice_err_t err);
  *  queued.max.messages.kbytes prefetched data buffered per partition, KiB [65536]
  *  auto.offset.reset      earliest|smallest|beginning, latest|largest|end, or error [latest]
  *  check.crcs             verify the CRC of every fetched batch [false]
+ * Consumer groups (only with group.id and sluice_consumer_subscribe()):
+ *  group.id               the consumer group to join [""; none]
+ *  partition.assignment.strategy  "range", "roundrobin" or both, in order of
+ *                         preference (librdkafka's default) [range,roundrobin]
+ *  session.timeout.ms     the broker evicts a member silent this long [45000]
+ *  heartbeat.interval.ms  heartbeat period (background thread) [3000]
+ *  max.poll.interval.ms   rebalance timeout sent in JoinGroup [300000]
+ *  enable.auto.commit     commit consumed positions periodically, on revoke
+ *                         and on destroy [true]
+ *  auto.commit.interval.ms  period of the automatic commit [5000]
+ *  topic.metadata.refresh.interval.ms  how often a regex subscription is
+ *                         matched again against the broker's topics [300000]
  *
  * A configuration is a plain value owned by whoever holds it.
  * =========================================================================== */
@@ -287,10 +311,37 @@ sluice_err_t sluice_producer_flush(sluice_producer_t *p, int timeout_ms);
 int sluice_producer_outq_len(sluice_producer_t *p);
 
 /* ===========================================================================
- * Consumer (partitions assigned by the caller; consumer groups: later)
+ * Consumer: partitions assigned by the caller (assign), or by a consumer
+ * group (group.id + subscribe)
  * =========================================================================== */
 typedef struct sluice_consumer sluice_consumer_t;
 typedef struct sluice_message sluice_message_t;
+
+/* A topic partition with an offset (meaning depends on the call) and an
+ * error. */
+typedef struct sluice_topic_partition {
+	const char *topic;
+	int32_t partition;
+	int64_t offset;
+	sluice_err_t err;
+} sluice_topic_partition_t;
+
+typedef enum sluice_rebalance_event {
+	SLUICE_REBALANCE_ASSIGNED = 1, /* parts: the new assignment (offset: -1001) */
+	SLUICE_REBALANCE_REVOKED = 2,  /* parts: the partitions taken away */
+} sluice_rebalance_event_t;
+
+/* Group rebalance notification.  Runs inside sluice_consumer_poll() on the
+ * caller's thread.  The library has already applied the change (there is
+ * no assign() to call, unlike librdkafka): on REVOKED the partitions no
+ * longer deliver messages and, with enable.auto.commit, their positions
+ * were committed before the group was rejoined; on ASSIGNED they are being
+ * fetched from their committed offsets (auto.offset.reset where none).
+ * parts is valid only during the call. */
+typedef void sluice_rebalance_cb(sluice_consumer_t *c, sluice_rebalance_event_t ev,
+				 const sluice_topic_partition_t *parts, size_t nparts, void *ctx);
+/* Sets the rebalance callback and its ctx (not owned) on conf. */
+void sluice_conf_set_rebalance_cb(sluice_conf_t *conf, sluice_rebalance_cb *cb, void *ctx);
 
 #define SLUICE_OFFSET_BEGINNING (-2) /* the oldest message still kept */
 #define SLUICE_OFFSET_END (-1)       /* the next message to be produced */
@@ -326,6 +377,48 @@ sluice_err_t sluice_consumer_seek(sluice_consumer_t *c, const char *topic, int32
  * seek; SLUICE_ERR_PARTITION_EOF).  Messages of one partition come in
  * offset order. */
 sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms);
+
+/* Joins group.id and consumes topics[0..n-1] (copied).  A name starting
+ * with '^' is a POSIX extended regular expression matched against every
+ * topic the broker lists, re-evaluated every
+ * topic.metadata.refresh.interval.ms.  The partitions are assigned by the
+ * group (the range or roundrobin assignor, wire-compatible with the Java
+ * client and librdkafka); rebalances are reported through the rebalance
+ * callback.  Does not block: the group is joined by a background thread.
+ * Calling it again replaces the subscription (and rejoins).
+ * Returns SLUICE_ERR_NO_ERROR; SLUICE_ERR_BAD_CONFIG when group.id is not
+ * set; SLUICE_ERR_INVALID_ARG for an empty list, a bad regex, or when
+ * partitions were assign()ed by hand; SLUICE_ERR_NO_MEMORY. */
+sluice_err_t sluice_consumer_subscribe(sluice_consumer_t *c, const char *const *topics, size_t n);
+
+/* Commits the position (offset of the last message returned by poll + 1)
+ * of every assigned partition that moved since the last commit.
+ * sync != 0: waits (up to request.timeout.ms) and returns the outcome;
+ * sync == 0: queues the commit and returns SLUICE_ERR_NO_ERROR at once.
+ * Returns SLUICE_ERR_STATE when the consumer is not in a group or has no
+ * assignment yet; a broker error (e.g. REBALANCE_IN_PROGRESS,
+ * ILLEGAL_GENERATION: the group moved on, the partitions are about to be
+ * revoked). */
+sluice_err_t sluice_consumer_commit(sluice_consumer_t *c, int sync);
+
+/* Where one assigned partition stands. */
+typedef struct sluice_partition_lag {
+	const char *topic;
+	int32_t partition;
+	int64_t position;  /* next offset poll will return, -1 if not known yet */
+	int64_t committed; /* the group's committed offset, -1 if none */
+	int64_t end;       /* high watermark, -1 if the look-up failed */
+	int64_t lag;       /* end - (committed, else position), -1 if unknown */
+} sluice_partition_lag_t;
+
+/* The current assignment with positions, committed offsets (OffsetFetch,
+ * only in a group) and end offsets (ListOffsets); blocks up to
+ * timeout_ms per look-up.  On success *lags receives an array of *n
+ * entries, freed with sluice_partition_lags_destroy(); on failure both are
+ * untouched. */
+sluice_err_t sluice_consumer_lag(sluice_consumer_t *c, sluice_partition_lag_t **lags, size_t *n,
+				 int timeout_ms);
+void sluice_partition_lags_destroy(sluice_partition_lag_t *lags, size_t n);
 
 /* ListOffsets look-ups; these block for up to timeout_ms.
  * *offset receives the first offset whose timestamp is >= ts_ms (-1 if
@@ -426,6 +519,70 @@ void sluice_config_entries_destroy(sluice_config_entry_t *configs, size_t nconfi
 sluice_err_t sluice_admin_alter_topic_configs(sluice_admin_t *a, const char *topic,
 					      const sluice_config_entry_t *configs, size_t nconfigs,
 					      int timeout_ms, char *errstr, size_t errstr_size);
+
+/* ---- consumer groups ---- */
+
+/* One group as ListGroups shows it. */
+typedef struct sluice_group_info {
+	const char *group_id;
+	const char *protocol_type; /* "consumer" for Kafka consumers */
+} sluice_group_info_t;
+
+/* ListGroups.  On success *groups receives an array of *n entries freed
+ * with sluice_group_infos_destroy(); on failure both are untouched. */
+sluice_err_t sluice_admin_list_groups(sluice_admin_t *a, sluice_group_info_t **groups, size_t *n,
+				      int timeout_ms, char *errstr, size_t errstr_size);
+void sluice_group_infos_destroy(sluice_group_info_t *groups, size_t n);
+
+/* A member of a described group. */
+typedef struct sluice_group_member {
+	const char *member_id;
+	const char *client_id;
+	const char *client_host;
+	/* The member's assignment, decoded when protocol_type is "consumer"
+	 * (offset fields: -1001). */
+	sluice_topic_partition_t *assignment;
+	size_t nassignment;
+} sluice_group_member_t;
+
+typedef struct sluice_group_description {
+	const char *group_id;
+	sluice_err_t err;
+	const char *state;         /* Empty, PreparingRebalance, CompletingRebalance, Stable, Dead */
+	const char *protocol_type;
+	const char *protocol;      /* the chosen assignor */
+	sluice_group_member_t *members;
+	size_t nmembers;
+} sluice_group_description_t;
+
+/* DescribeGroups of one group.  On success *desc receives a description
+ * freed with sluice_group_description_destroy() (check desc->err: Kafka
+ * answers an unknown group with state "Dead" and no members); on failure
+ * *desc is untouched. */
+sluice_err_t sluice_admin_describe_group(sluice_admin_t *a, const char *group,
+					 sluice_group_description_t **desc, int timeout_ms,
+					 char *errstr, size_t errstr_size);
+void sluice_group_description_destroy(sluice_group_description_t *d);
+
+/* OffsetFetch of every committed offset of group.  On success *parts
+ * receives an array of *n entries (offset: the committed offset) freed with
+ * sluice_topic_partitions_destroy(); on failure both are untouched. */
+sluice_err_t sluice_admin_group_offsets(sluice_admin_t *a, const char *group,
+					sluice_topic_partition_t **parts, size_t *n, int timeout_ms,
+					char *errstr, size_t errstr_size);
+/* OffsetCommit outside any generation (the group must have no active
+ * members, as for Kafka's reset-offsets): commits parts[i].offset.  A
+ * per-partition error is written to parts[i].err and the first one is
+ * returned. */
+sluice_err_t sluice_admin_commit_group_offsets(sluice_admin_t *a, const char *group,
+					       sluice_topic_partition_t *parts, size_t n,
+					       int timeout_ms, char *errstr, size_t errstr_size);
+/* DeleteGroups of one group (NON_EMPTY_GROUP while it has members,
+ * GROUP_ID_NOT_FOUND if unknown). */
+sluice_err_t sluice_admin_delete_group(sluice_admin_t *a, const char *group, int timeout_ms,
+				       char *errstr, size_t errstr_size);
+/* Frees an array whose topic strings were allocated by the library. */
+void sluice_topic_partitions_destroy(sluice_topic_partition_t *parts, size_t n);
 
 /* ===========================================================================
  * Utilities

@@ -223,6 +223,7 @@ static void test_client_conf_error_names(void **state)
 	assert_true(sluice_err_is_retriable(SLUICE_ERR_KAFKA_STORAGE_ERROR));
 	assert_true(sluice_err_is_retriable(SLUICE_ERR_NETWORK_EXCEPTION));
 	assert_false(sluice_err_is_retriable(SLUICE_ERR_MESSAGE_TOO_LARGE));
+	assert_false(sluice_err_is_retriable(SLUICE_ERR_THROTTLING_QUOTA_EXCEEDED));
 	assert_false(sluice_err_is_retriable(SLUICE_ERR_BAD_CONFIG));
 	assert_int_equal(sluice_version(), SLUICE_VERSION);
 	assert_string_equal(sluice_version_str(), SLUICE_VERSION_STR);
