@@ -201,6 +201,18 @@ static void fetch_cancel(req *r)
 		req_ref(r);
 }
 
+/* Broker stopping: answer a waiting fetch with what there is. */
+static void fetch_shutdown(req *r)
+{
+	fetch_state *fs = r->state;
+	bool err;
+
+	if (!r->cancel)
+		return;
+	gather(fs, &err);
+	fetch_respond(fs);
+}
+
 static int parse_fetch(req *r, wire_rd *rd, fetch_state *fs, int32_t *max_wait)
 {
 	server *srv = r->w->srv;
@@ -308,6 +320,7 @@ int api_fetch(req *r, wire_rd *rd)
 		return API_OK;
 	}
 	r->cancel = fetch_cancel;
+	r->shutdown = fetch_shutdown;
 	ev_timer_set(&fs->timer, max_wait / 1000.0, 0.);
 	ev_timer_start(r->w->loop, &fs->timer);
 	fetch_wake(&fs->ws); /* registers, re-checks */

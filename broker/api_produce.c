@@ -463,6 +463,34 @@ static void produce_append(produce_state *ps)
 	ev_timer_start(r->w->loop, &ps->timer);
 }
 
+/* Broker stopping: a parked request is answered with a retriable error
+ * (the client retries against the restarted broker); nothing of it was
+ * appended. */
+static void fail_topic_entries(produce_state *ps, ptopic *pt, int16_t err);
+
+static void produce_shutdown(req *r)
+{
+	produce_state *ps = r->state;
+	bool parked = false;
+
+	for (int i = 0; i < ps->ntopics; i++)
+		parked |= ps->topics[i].parked;
+	if (!parked)
+		return; /* a sync wait is answered by the final sync */
+	unpark_cancel(ps);
+	ev_timer_stop(r->w->loop, &ps->timer);
+	r->cancel = NULL;
+	for (int i = 0; i < ps->ntopics; i++)
+		fail_topic_entries(ps, &ps->topics[i], KERR_NOT_LEADER_OR_FOLLOWER);
+	if (ps->acks == 0) {
+		r->no_response = true;
+		req_finish(r);
+		return;
+	}
+	build_response(r);
+	req_finish(r);
+}
+
 static void produce_released(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	produce_state *ps = t->data;
@@ -474,6 +502,7 @@ static void produce_released(struct ev_loop *loop, ev_timer *t, int revents)
 		return;
 	}
 	ps->r->cancel = NULL;
+	ps->r->shutdown = NULL;
 	produce_append(ps);
 }
 
@@ -586,6 +615,7 @@ int api_produce(req *r, wire_rd *rd)
 				fail_topic_entries(ps, &ps->topics[i], KERR_UNKNOWN_SERVER_ERROR);
 		} else {
 			r->cancel = produce_cancel;
+			r->shutdown = produce_shutdown;
 			ev_timer_init(&ps->timer, produce_released, (double)park / 1e9, 0.);
 			ps->timer.data = ps;
 			ev_timer_start(r->w->loop, &ps->timer);

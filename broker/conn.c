@@ -130,6 +130,34 @@ static void enter(conn *c)
 	EXT(c)->busy++;
 }
 
+static bool leave(conn *c);
+
+void conn_shutdown(conn *c)
+{
+	req **waiting = calloc((size_t)c->nreq + 1, sizeof(*waiting));
+	int n = 0;
+
+	enter(c);
+	/* Hooks finish requests and the flush frees them: hold references
+	 * over the whole walk. */
+	for (req *r = c->q_head; waiting && r; r = r->next) {
+		if (!r->done && r->shutdown) {
+			req_ref(r);
+			waiting[n++] = r;
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		if (!EXT(c)->dead && waiting[i]->conn && waiting[i]->shutdown)
+			waiting[i]->shutdown(waiting[i]);
+		req_unref(waiting[i]);
+	}
+	free(waiting);
+	if (!EXT(c)->dead)
+		conn_flush(c);
+	if (leave(c))
+		conn_close(c, BLOG_DEBUG, "broker shutting down");
+}
+
 /* Returns false if c was freed. */
 static bool leave(conn *c)
 {

@@ -54,6 +54,7 @@ typedef struct req {
 	/* Handler state for asynchronous requests: freed by req_unref. */
 	void *state;
 	void (*cancel)(struct req *r); /* conn closing: detach timers/waiters */
+	void (*shutdown)(struct req *r); /* broker stopping: answer now if possible */
 	void (*free_state)(struct req *r);
 } req;
 
@@ -77,6 +78,9 @@ typedef struct conn {
 void conn_accept(worker *w, int fd);
 /* Closes and frees (reason is logged at debug level, or warn if bad input). */
 void conn_close(conn *c, int level, const char *reason);
+/* Broker shutdown: answers what waits (parked produce requests get an
+ * error, long-polls what they have), writes what the socket takes, closes. */
+void conn_shutdown(conn *c);
 
 /* Completes r: patches the frame size, marks it done and writes what can be
  * written.  Does nothing when r->conn is NULL (the connection has gone).

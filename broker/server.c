@@ -125,7 +125,7 @@ static void on_async(struct ev_loop *loop, ev_async *a, int revents)
 	}
 	if (atomic_load(&w->stop)) {
 		while (w->conns)
-			conn_close(w->conns, BLOG_DEBUG, "broker shutting down");
+			conn_shutdown(w->conns);
 		ev_break(loop, EVBREAK_ALL);
 	}
 }

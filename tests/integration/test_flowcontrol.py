@@ -221,6 +221,30 @@ def test_disconnect_while_parked():
     b.stop()
 
 
+def test_shutdown_answers_parked():
+    b = Broker(name="flow-stop")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("stopq", 1, configs={
+            "produce.rate.messages": "1",
+            "produce.burst.messages": "1",
+            "produce.queue.max.wait.ms": "60000"})
+        err, _ = produce_raw(c, "stopq", build_batch([(None, b"first")]))
+        check_eq(err, ERR_NONE, "first message takes the only token")
+        corrs = [c.send_request(API_PRODUCE, 3, produce_body(
+            [("stopq", 0, build_batch([(None, b"parked%d" % i)]))], acks=1))
+            for i in range(3)]
+        time.sleep(0.3)
+        b.proc.terminate()  # SIGTERM: clean shutdown
+        errs = []
+        for corr in corrs:
+            r = c.request_reply(corr)
+            errs.append(parse_produce(r, 3)[("stopq", 0)][0])
+        check_eq(errs, [6, 6, 6], "parked requests answered NOT_LEADER_OR_"
+                 "FOLLOWER (retriable) at shutdown")
+        check_eq(b.proc.wait(10), 0, "clean exit")
+
+
 if __name__ == "__main__":
     run([
         ("bucket_exact_and_fast_rejects", test_bucket_exact_and_fast_rejects,
@@ -228,4 +252,5 @@ if __name__ == "__main__":
         ("queue_releases_in_order_at_rate",
          test_queue_releases_in_order_at_rate, 60),
         ("disconnect_while_parked", test_disconnect_while_parked, 60),
+        ("shutdown_answers_parked", test_shutdown_answers_parked, 60),
     ])
