@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "conf.h"
+#include "grpproto.h"
 #include "kconn.h"
 
 struct sluice_admin {
@@ -510,6 +511,450 @@ sluice_err_t sluice_admin_alter_topic_configs(sluice_admin_t *a, const char *top
 				set_errmsg(msg, e, errstr, errstr_size);
 		}
 	}
+out:
+	kbuf_unref(resp);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+/* ---- consumer groups ---- */
+
+enum {
+	API_OFFSET_COMMIT_ = 8,
+	API_OFFSET_FETCH_ = 9,
+	API_DESCRIBE_GROUPS = 15,
+	API_LIST_GROUPS = 16,
+	API_DELETE_GROUPS = 42,
+};
+
+/* Sends r and returns the response body reader; *resp to unref. */
+static int admin_call(struct sluice_admin *a, struct kreq *r, struct kbuf **resp, wire_rd *rd,
+		      int timeout_ms, const char *what, char *errstr, size_t errstr_size)
+{
+	int rc = kconn_call(&a->conn, r, resp, timeout_ms);
+
+	if (rc) {
+		conf_errf(errstr, errstr_size, "%s: %s", what, sluice_err2str(rc));
+		return rc;
+	}
+	wire_rd_init(rd, (*resp)->data + 4, (*resp)->len - 4);
+	return 0;
+}
+
+sluice_err_t sluice_admin_list_groups(sluice_admin_t *a, sluice_group_info_t **groups, size_t *n,
+				      int timeout_ms, char *errstr, size_t errstr_size)
+{
+	struct kbuf *resp = NULL;
+	sluice_group_info_t *v = NULL;
+	struct kreq *r;
+	sluice_err_t err;
+	int ver;
+	int32_t ng;
+	size_t cnt = 0;
+	wire_rd rd;
+
+	if (!a || !groups || !n)
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	ver = prepare(a, API_LIST_GROUPS, 0, 2, "ListGroups", timeout_ms, errstr, errstr_size);
+	if (ver < 0) {
+		err = ver;
+		goto out;
+	}
+	r = kreq_new(&a->conn, API_LIST_GROUPS, (int16_t)ver);
+	if (!r) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	err = admin_call(a, r, &resp, &rd, timeout_ms, "ListGroups", errstr, errstr_size);
+	if (err)
+		goto out;
+	if (ver >= 1)
+		wire_rd_i32(&rd);
+	err = wire_rd_i16(&rd);
+	ng = wire_rd_array(&rd, 4);
+	if (rd.err) {
+		err = SLUICE_ERR_BAD_MSG;
+		goto out;
+	}
+	if (err) {
+		conf_errf(errstr, errstr_size, "ListGroups: %s", sluice_err2str(err));
+		goto out;
+	}
+	v = calloc((size_t)(ng > 0 ? ng : 1), sizeof(*v));
+	if (!v) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	for (int32_t i = 0; i < ng && !rd.err; i++) {
+		v[i].group_id = dup_str(wire_rd_str(&rd));
+		v[i].protocol_type = dup_str(wire_rd_str(&rd));
+		cnt++;
+		if (!v[i].group_id || !v[i].protocol_type)
+			err = SLUICE_ERR_NO_MEMORY;
+	}
+	if (rd.err)
+		err = SLUICE_ERR_BAD_MSG;
+	if (!err) {
+		*groups = v;
+		*n = cnt;
+		v = NULL;
+	}
+out:
+	sluice_group_infos_destroy(v, cnt);
+	kbuf_unref(resp);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+void sluice_group_infos_destroy(sluice_group_info_t *groups, size_t n)
+{
+	for (size_t i = 0; groups && i < n; i++) {
+		free((char *)groups[i].group_id);
+		free((char *)groups[i].protocol_type);
+	}
+	free(groups);
+}
+
+void sluice_topic_partitions_destroy(sluice_topic_partition_t *parts, size_t n)
+{
+	for (size_t i = 0; parts && i < n; i++)
+		free((char *)parts[i].topic);
+	free(parts);
+}
+
+void sluice_group_description_destroy(sluice_group_description_t *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; i < d->nmembers; i++) {
+		free((char *)d->members[i].member_id);
+		free((char *)d->members[i].client_id);
+		free((char *)d->members[i].client_host);
+		sluice_topic_partitions_destroy(d->members[i].assignment, d->members[i].nassignment);
+	}
+	free(d->members);
+	free((char *)d->group_id);
+	free((char *)d->state);
+	free((char *)d->protocol_type);
+	free((char *)d->protocol);
+	free(d);
+}
+
+/* Flattens a decoded assignment into a sluice_topic_partition_t array. */
+static int tplist_flatten(const struct grpproto_tplist *l, sluice_topic_partition_t **out,
+			  size_t *n)
+{
+	int cnt = grpproto_tplist_count(l), k = 0;
+	sluice_topic_partition_t *v = calloc((size_t)(cnt ? cnt : 1), sizeof(*v));
+
+	if (!v)
+		return -1;
+	for (int i = 0; i < l->n; i++)
+		for (int j = 0; j < l->t[i].nparts; j++, k++) {
+			v[k].topic = strdup(l->t[i].topic);
+			v[k].partition = l->t[i].parts[j];
+			v[k].offset = SLUICE_OFFSET_INVALID;
+			if (!v[k].topic) {
+				sluice_topic_partitions_destroy(v, (size_t)k);
+				return -1;
+			}
+		}
+	*out = v;
+	*n = (size_t)cnt;
+	return 0;
+}
+
+sluice_err_t sluice_admin_describe_group(sluice_admin_t *a, const char *group,
+					 sluice_group_description_t **desc, int timeout_ms,
+					 char *errstr, size_t errstr_size)
+{
+	struct kbuf *resp = NULL;
+	sluice_group_description_t *d = NULL;
+	struct kreq *r;
+	sluice_err_t err;
+	int ver;
+	int32_t nm;
+	wire_rd rd;
+
+	if (!a || !group || !desc)
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	ver = prepare(a, API_DESCRIBE_GROUPS, 0, 4, "DescribeGroups", timeout_ms, errstr,
+		      errstr_size);
+	if (ver < 0) {
+		err = ver;
+		goto out;
+	}
+	r = kreq_new(&a->conn, API_DESCRIBE_GROUPS, (int16_t)ver);
+	if (!r) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	wire_w_i32(&r->wb, 1);
+	wire_w_str(&r->wb, group);
+	if (ver >= 3)
+		wire_w_i8(&r->wb, 0);
+	err = admin_call(a, r, &resp, &rd, timeout_ms, "DescribeGroups", errstr, errstr_size);
+	if (err)
+		goto out;
+	if (ver >= 1)
+		wire_rd_i32(&rd);
+	err = SLUICE_ERR_BAD_MSG;
+	if (wire_rd_array(&rd, 12) != 1)
+		goto out;
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	d->err = wire_rd_i16(&rd);
+	d->group_id = dup_str(wire_rd_str(&rd));
+	d->state = dup_str(wire_rd_str(&rd));
+	d->protocol_type = dup_str(wire_rd_str(&rd));
+	d->protocol = dup_str(wire_rd_str(&rd));
+	nm = wire_rd_array(&rd, 16);
+	if (rd.err)
+		goto out;
+	d->members = calloc((size_t)(nm > 0 ? nm : 1), sizeof(*d->members));
+	if (!d->members) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	for (int32_t i = 0; i < nm && !rd.err; i++) {
+		sluice_group_member_t *m = &d->members[d->nmembers++];
+		wire_str asg;
+		struct grpproto_tplist l = { 0 };
+
+		m->member_id = dup_str(wire_rd_str(&rd));
+		if (ver >= 4)
+			wire_rd_str(&rd);
+		m->client_id = dup_str(wire_rd_str(&rd));
+		m->client_host = dup_str(wire_rd_str(&rd));
+		wire_rd_bytes(&rd);
+		asg = wire_rd_bytes(&rd);
+		if (rd.err)
+			break;
+		if (d->protocol_type && !strcmp(d->protocol_type, "consumer") &&
+		    !grpproto_assignment_decode(asg.ptr, asg.len > 0 ? (size_t)asg.len : 0, &l)) {
+			grpproto_tplist_sort(&l);
+			if (tplist_flatten(&l, &m->assignment, &m->nassignment))
+				m->nassignment = 0;
+			grpproto_tplist_free(&l);
+		}
+	}
+	if (ver >= 3)
+		wire_rd_i32(&rd);
+	if (rd.err)
+		goto out;
+	err = SLUICE_ERR_NO_ERROR;
+	*desc = d;
+	d = NULL;
+out:
+	sluice_group_description_destroy(d);
+	kbuf_unref(resp);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+sluice_err_t sluice_admin_group_offsets(sluice_admin_t *a, const char *group,
+					sluice_topic_partition_t **parts, size_t *n, int timeout_ms,
+					char *errstr, size_t errstr_size)
+{
+	struct kbuf *resp = NULL;
+	sluice_topic_partition_t *v = NULL;
+	size_t cnt = 0, cap = 0;
+	struct kreq *r;
+	sluice_err_t err;
+	int ver;
+	int32_t nt;
+	wire_rd rd;
+
+	if (!a || !group || !parts || !n)
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	ver = prepare(a, API_OFFSET_FETCH_, 2, 5, "OffsetFetch v2+", timeout_ms, errstr, errstr_size);
+	if (ver < 0) {
+		err = ver;
+		goto out;
+	}
+	r = kreq_new(&a->conn, API_OFFSET_FETCH_, (int16_t)ver);
+	if (!r) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	wire_w_str(&r->wb, group);
+	wire_w_i32(&r->wb, -1); /* all topics */
+	err = admin_call(a, r, &resp, &rd, timeout_ms, "OffsetFetch", errstr, errstr_size);
+	if (err)
+		goto out;
+	if (ver >= 3)
+		wire_rd_i32(&rd);
+	nt = wire_rd_array(&rd, 6);
+	for (int32_t t = 0; t < nt && !rd.err; t++) {
+		wire_str name = wire_rd_str(&rd);
+		int32_t np = wire_rd_array(&rd, 16);
+
+		for (int32_t p = 0; p < np && !rd.err; p++) {
+			int32_t idx = wire_rd_i32(&rd);
+			int64_t off = wire_rd_i64(&rd);
+			int16_t e;
+
+			if (ver >= 5)
+				wire_rd_i32(&rd);
+			wire_rd_str(&rd);
+			e = wire_rd_i16(&rd);
+			if (rd.err)
+				break;
+			if (cnt == cap) {
+				size_t nc = cap ? cap * 2 : 16;
+				sluice_topic_partition_t *nv = realloc(v, nc * sizeof(*nv));
+
+				if (!nv) {
+					err = SLUICE_ERR_NO_MEMORY;
+					goto out;
+				}
+				v = nv;
+				cap = nc;
+			}
+			v[cnt].topic = dup_str(name);
+			v[cnt].partition = idx;
+			v[cnt].offset = off;
+			v[cnt].err = e;
+			if (!v[cnt++].topic) {
+				err = SLUICE_ERR_NO_MEMORY;
+				goto out;
+			}
+		}
+	}
+	err = wire_rd_i16(&rd);
+	if (rd.err)
+		err = SLUICE_ERR_BAD_MSG;
+	else if (err)
+		conf_errf(errstr, errstr_size, "OffsetFetch: %s", sluice_err2str(err));
+	if (!err) {
+		*parts = v;
+		*n = cnt;
+		v = NULL;
+	}
+out:
+	sluice_topic_partitions_destroy(v, cnt);
+	kbuf_unref(resp);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+sluice_err_t sluice_admin_commit_group_offsets(sluice_admin_t *a, const char *group,
+					       sluice_topic_partition_t *parts, size_t n,
+					       int timeout_ms, char *errstr, size_t errstr_size)
+{
+	struct kbuf *resp = NULL;
+	struct kreq *r;
+	sluice_err_t err;
+	int ver;
+	int32_t nt;
+	wire_rd rd;
+
+	if (!a || !group || (n && !parts))
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	ver = prepare(a, API_OFFSET_COMMIT_, 2, 7, "OffsetCommit v2+", timeout_ms, errstr,
+		      errstr_size);
+	if (ver < 0) {
+		err = ver;
+		goto out;
+	}
+	r = kreq_new(&a->conn, API_OFFSET_COMMIT_, (int16_t)ver);
+	if (!r) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	wire_w_str(&r->wb, group);
+	wire_w_i32(&r->wb, -1); /* no generation */
+	wire_w_str(&r->wb, "");
+	if (ver >= 7)
+		wire_w_str(&r->wb, NULL);
+	if (ver <= 4)
+		wire_w_i64(&r->wb, -1);
+	wire_w_i32(&r->wb, (int32_t)n); /* one topic entry per partition */
+	for (size_t i = 0; i < n; i++) {
+		wire_w_str(&r->wb, parts[i].topic);
+		wire_w_i32(&r->wb, 1);
+		wire_w_i32(&r->wb, parts[i].partition);
+		wire_w_i64(&r->wb, parts[i].offset);
+		if (ver >= 6)
+			wire_w_i32(&r->wb, -1);
+		wire_w_str(&r->wb, "");
+	}
+	err = admin_call(a, r, &resp, &rd, timeout_ms, "OffsetCommit", errstr, errstr_size);
+	if (err)
+		goto out;
+	if (ver >= 3)
+		wire_rd_i32(&rd);
+	nt = wire_rd_array(&rd, 6);
+	for (int32_t t = 0; t < nt && !rd.err; t++) {
+		wire_str name = wire_rd_str(&rd);
+		int32_t np = wire_rd_array(&rd, 6);
+
+		for (int32_t p = 0; p < np && !rd.err; p++) {
+			int32_t idx = wire_rd_i32(&rd);
+			int16_t e = wire_rd_i16(&rd);
+
+			for (size_t i = 0; !rd.err && i < n; i++)
+				if (parts[i].partition == idx && wire_str_eq(name, parts[i].topic))
+					parts[i].err = e;
+			if (!rd.err && e && !err) {
+				err = e;
+				conf_errf(errstr, errstr_size, "OffsetCommit: %s", sluice_err2str(e));
+			}
+		}
+	}
+	if (rd.err)
+		err = SLUICE_ERR_BAD_MSG;
+out:
+	kbuf_unref(resp);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+sluice_err_t sluice_admin_delete_group(sluice_admin_t *a, const char *group, int timeout_ms,
+				       char *errstr, size_t errstr_size)
+{
+	struct kbuf *resp = NULL;
+	struct kreq *r;
+	sluice_err_t err;
+	int ver;
+	wire_rd rd;
+
+	if (!a || !group)
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	ver = prepare(a, API_DELETE_GROUPS, 0, 1, "DeleteGroups", timeout_ms, errstr, errstr_size);
+	if (ver < 0) {
+		err = ver;
+		goto out;
+	}
+	r = kreq_new(&a->conn, API_DELETE_GROUPS, (int16_t)ver);
+	if (!r) {
+		err = SLUICE_ERR_NO_MEMORY;
+		goto out;
+	}
+	wire_w_i32(&r->wb, 1);
+	wire_w_str(&r->wb, group);
+	err = admin_call(a, r, &resp, &rd, timeout_ms, "DeleteGroups", errstr, errstr_size);
+	if (err)
+		goto out;
+	wire_rd_i32(&rd);
+	if (wire_rd_array(&rd, 4) == 1) {
+		wire_rd_str(&rd);
+		err = wire_rd_i16(&rd);
+	} else {
+		err = SLUICE_ERR_BAD_MSG;
+	}
+	if (rd.err)
+		err = SLUICE_ERR_BAD_MSG;
+	if (err)
+		conf_errf(errstr, errstr_size, "DeleteGroups: %s", sluice_err2str(err));
 out:
 	kbuf_unref(resp);
 	pthread_mutex_unlock(&a->lock);

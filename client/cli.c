@@ -33,7 +33,8 @@ static void usage_main(FILE *f)
 		"Commands:\n"
 		"  topic create|list|describe|delete|config   manage topics\n"
 		"  produce TOPIC        send lines from stdin (or --file) as messages\n"
-		"  consume TOPIC        print messages\n"
+		"  consume TOPIC        print messages (--group G: as a consumer-group member)\n"
+		"  group list|describe|reset-offsets|delete   manage consumer groups\n"
 		"  bench produce|consume|e2e                  measure throughput and latency\n\n"
 		"`sluice COMMAND --help` describes each command.\n"
 		"Exit status: 0 ok, 1 error, 2 usage, 3 messages not delivered,\n"
@@ -513,6 +514,11 @@ static void usage_consume(FILE *f)
 		"                          (escaped) when valid UTF-8, otherwise given base64-encoded\n"
 		"                          under key_b64 / value_b64 / {\"b64\":...}; null stays null.\n"
 		"  -K, --print-key         text format: print key and a TAB before the value\n"
+		"  -g, --group G           join consumer group G and consume the partitions it\n"
+		"                          assigns (TOPIC may be a ^regex; several TOPICs allowed);\n"
+		"                          starts at the committed offsets, else at --from\n"
+		"                          (beginning or end); commits automatically and on exit.\n"
+		"                          Rebalances are reported on stderr.\n"
 		"  -h, --help              this help\n");
 }
 
@@ -635,6 +641,106 @@ static void print_json(const sluice_message_t *m)
 	printf("]}\n");
 }
 
+static void print_message(const sluice_message_t *m, bool json, bool print_key)
+{
+	if (json) {
+		print_json(m);
+	} else {
+		size_t klen;
+		const void *key = sluice_message_key(m, &klen);
+
+		if (print_key) {
+			if (key)
+				fwrite(key, 1, klen, stdout);
+			putchar('\t');
+		}
+		if (sluice_message_value(m))
+			fwrite(sluice_message_value(m), 1, sluice_message_len(m), stdout);
+		putchar('\n');
+	}
+}
+
+static void group_rebalance(sluice_consumer_t *c, sluice_rebalance_event_t ev,
+			    const sluice_topic_partition_t *parts, size_t n, void *ctx)
+{
+	(void)c;
+	(void)ctx;
+	fflush(stdout);
+	fprintf(stderr, "%% %s:", ev == SLUICE_REBALANCE_ASSIGNED ? "assigned" : "revoked");
+	for (size_t i = 0; i < n; i++)
+		fprintf(stderr, " %s[%d]", parts[i].topic, parts[i].partition);
+	fprintf(stderr, "\n");
+}
+
+static int consume_group(const struct cli_global *g, const char *group, const char *const *topics,
+			 int ntopics, const char *from, long long count, int timeout_ms, bool json,
+			 bool print_key)
+{
+	sluice_conf_t *conf;
+	sluice_consumer_t *c;
+	char errstr[512];
+	long long got = 0;
+	int rc = EXIT_OK;
+	int64_t last_msg;
+	struct timespec ts;
+
+	if (strcmp(from, "beginning") && strcmp(from, "end")) {
+		fprintf(stderr, "sluice: with --group, --from must be beginning or end\n");
+		return EXIT_USAGE;
+	}
+	conf = cli_conf(g);
+	if (!conf)
+		return EXIT_USAGE;
+	if (!cli_conf_set(conf, "group.id", group) ||
+	    !cli_conf_set(conf, "auto.offset.reset", !strcmp(from, "beginning") ? "earliest" : "latest")) {
+		sluice_conf_destroy(conf);
+		return EXIT_USAGE;
+	}
+	sluice_conf_set_rebalance_cb(conf, group_rebalance, NULL);
+	c = sluice_consumer_new(conf, errstr, sizeof(errstr));
+	if (!c) {
+		fprintf(stderr, "sluice: %s\n", errstr);
+		sluice_conf_destroy(conf);
+		return EXIT_ERR;
+	}
+	if (sluice_consumer_subscribe(c, topics, (size_t)ntopics)) {
+		fprintf(stderr, "sluice: bad subscription\n");
+		sluice_consumer_destroy(c);
+		return EXIT_USAGE;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	last_msg = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	while (!stop_flag && (count < 0 || got < count)) {
+		sluice_message_t *m = sluice_consumer_poll(c, 100);
+		int64_t now;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+		if (!m) {
+			if (timeout_ms >= 0 && now - last_msg >= timeout_ms) {
+				if (count > 0)
+					rc = EXIT_INCOMPLETE;
+				break;
+			}
+			continue;
+		}
+		last_msg = now;
+		if (sluice_message_err(m)) {
+			if (sluice_message_err(m) != SLUICE_ERR_PARTITION_EOF)
+				fprintf(stderr, "sluice: %s\n", sluice_message_errstr(m));
+			sluice_message_destroy(m);
+			continue;
+		}
+		print_message(m, json, print_key);
+		fflush(stdout); /* printed before it can be committed */
+		got++;
+		sluice_message_destroy(m);
+	}
+	fflush(stdout);
+	sluice_consumer_destroy(c); /* commits and leaves the group */
+	return rc;
+}
+
 static int cmd_consume(const struct cli_global *g, int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -645,9 +751,11 @@ static int cmd_consume(const struct cli_global *g, int argc, char **argv)
 		{ "timeout", required_argument, NULL, 't' },
 		{ "format", required_argument, NULL, 'F' },
 		{ "print-key", no_argument, NULL, 'K' },
+		{ "group", required_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	const char *group = NULL;
 	int32_t only = -1;
 	const char *from = "end", *topic;
 	long long count = -1, got = 0;
@@ -660,8 +768,11 @@ static int cmd_consume(const struct cli_global *g, int argc, char **argv)
 	int64_t last_msg;
 
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "p:o:c:et:F:Kh", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "p:o:c:et:F:Kg:h", lo, NULL)) != -1) {
 		switch (opt) {
+		case 'g':
+			group = optarg;
+			break;
 		case 'p':
 			only = atoi(optarg);
 			if (only < 0) {
@@ -704,6 +815,9 @@ static int cmd_consume(const struct cli_global *g, int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
+	if (group && optind < argc)
+		return consume_group(g, group, (const char *const *)argv + optind, argc - optind, from,
+				     count, timeout_ms, json, print_key);
 	if (optind != argc - 1) {
 		usage_consume(stderr);
 		return EXIT_USAGE;
@@ -871,6 +985,8 @@ int main(int argc, char **argv)
 		return cmd_produce(&g, argc, argv);
 	if (!strcmp(argv[0], "consume"))
 		return cmd_consume(&g, argc, argv);
+	if (!strcmp(argv[0], "group"))
+		return cli_group(&g, argc, argv);
 	if (!strcmp(argv[0], "bench"))
 		return cli_bench(&g, argc, argv);
 	fprintf(stderr, "sluice: unknown command \"%s\"\n", argv[0]);

@@ -37,5 +37,7 @@ int cli_ensure_topic(const struct cli_global *g, const char *topic, int partitio
 int cli_partition_count(const struct cli_global *g, const char *topic);
 
 int cli_bench(const struct cli_global *g, int argc, char **argv);
+/* `sluice group ...` (cli_group.c). */
+int cli_group(const struct cli_global *g, int argc, char **argv);
 
 #endif

@@ -62,6 +62,14 @@ static const struct key keys[] = {
 	{ "queued.max.messages.kbytes", K_INT64, F(queued_max_kbytes), 1, 2097151 },
 	{ "auto.offset.reset", K_RESET, F(auto_offset_reset), 0, 0 },
 	{ "check.crcs", K_BOOL, F(check_crcs), 0, 0 },
+	{ "group.id", K_STR, F(group_id), 0, 0 },
+	{ "partition.assignment.strategy", K_STR, F(assignment_strategy), 0, 0 },
+	{ "session.timeout.ms", K_INT, F(session_timeout_ms), 1, 3600000 },
+	{ "heartbeat.interval.ms", K_INT, F(heartbeat_interval_ms), 1, 3600000 },
+	{ "max.poll.interval.ms", K_INT, F(max_poll_interval_ms), 1, 86400000 },
+	{ "enable.auto.commit", K_BOOL, F(auto_commit), 0, 0 },
+	{ "auto.commit.interval.ms", K_INT, F(auto_commit_interval_ms), 0, 86400000 },
+	{ "topic.metadata.refresh.interval.ms", K_INT, F(metadata_refresh_ms), 10, 3600000 },
 };
 
 void conf_errf(char *errstr, size_t errstr_size, const char *fmt, ...)
@@ -187,6 +195,13 @@ sluice_conf_t *sluice_conf_new(void)
 	c->max_partition_fetch_bytes = 1048576;
 	c->queued_max_kbytes = 65536;
 	c->auto_offset_reset = SLUICE_OFFSET_END;
+	snprintf(c->assignment_strategy, sizeof(c->assignment_strategy), "range,roundrobin");
+	c->session_timeout_ms = 45000;
+	c->heartbeat_interval_ms = 3000;
+	c->max_poll_interval_ms = 300000;
+	c->auto_commit = true;
+	c->auto_commit_interval_ms = 5000;
+	c->metadata_refresh_ms = 300000;
 	return c;
 }
 
@@ -205,6 +220,14 @@ sluice_conf_t *sluice_conf_dup(const sluice_conf_t *conf)
 	if (c)
 		memcpy(c, conf, sizeof(*c));
 	return c;
+}
+
+void sluice_conf_set_rebalance_cb(sluice_conf_t *conf, sluice_rebalance_cb *cb, void *ctx)
+{
+	if (!conf)
+		return;
+	conf->rebalance_cb = cb;
+	conf->rebalance_ctx = ctx;
 }
 
 void sluice_conf_set_delivery_cb(sluice_conf_t *conf, sluice_delivery_cb *cb, void *ctx)

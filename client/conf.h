@@ -52,7 +52,22 @@ struct sluice_conf {
 	int64_t queued_max_kbytes;
 	int64_t auto_offset_reset; /* SLUICE_OFFSET_BEGINNING / _END, or SLUICE_OFFSET_INVALID = error */
 	bool check_crcs;
+	/* consumer groups (cgrp.c); group_id "" = no group */
+	char group_id[256];
+	char assignment_strategy[256]; /* "range,roundrobin": names in preference order */
+	int session_timeout_ms;
+	int heartbeat_interval_ms;
+	int max_poll_interval_ms;
+	bool auto_commit;
+	int auto_commit_interval_ms;
+	int metadata_refresh_ms;
+	sluice_rebalance_cb *rebalance_cb;
+	void *rebalance_ctx;
 };
+
+/* K_STR keys are all copied with sizeof(client_id) as the bound. */
+_Static_assert(sizeof(((struct sluice_conf *)0)->group_id) == 256, "K_STR size");
+_Static_assert(sizeof(((struct sluice_conf *)0)->assignment_strategy) == 256, "K_STR size");
 
 /* Writes a formatted message into errstr (if errstr_size > 0). */
 void conf_errf(char *errstr, size_t errstr_size, const char *fmt, ...)

@@ -29,6 +29,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "cgrp.h"
 #include "conf.h"
 #include "crc32c.h"
 #include "kconn.h"
@@ -50,6 +51,8 @@ struct cpart {
 	bool eof_reported;
 	bool removed;
 	bool err_reported;
+	int64_t consumed;  /* offset of the last message poll returned + 1, or -1 */
+	int64_t committed; /* group: last committed offset known, or -1 */
 };
 
 struct chunk {
@@ -96,6 +99,8 @@ struct sluice_consumer {
 	int fetch_ver, lo_ver;
 	pthread_mutex_t lk_lock;
 	struct kconn lk;
+	struct cgrp *grp;  /* set by subscribe(), then fixed until destroy */
+	bool manual;       /* partitions were assign()ed by the caller */
 };
 
 static void wake_locked(struct sluice_consumer *c)
@@ -618,6 +623,7 @@ void sluice_consumer_destroy(sluice_consumer_t *c)
 {
 	if (!c)
 		return;
+	cgrp_destroy(c->grp); /* commits and leaves while the partitions exist */
 	pthread_mutex_lock(&c->lock);
 	c->terminate = true;
 	wake_locked(c);
@@ -673,30 +679,46 @@ static void cpart_set_offset(struct sluice_consumer *c, struct cpart *cp, int64_
 	wake_locked(c);
 }
 
+static sluice_err_t assign_locked(struct sluice_consumer *c, const char *topic, int32_t partition,
+				  int64_t offset, int64_t committed);
+
 sluice_err_t sluice_consumer_assign(sluice_consumer_t *c, const char *topic, int32_t partition,
 				    int64_t offset)
 {
-	struct cpart *cp;
+	sluice_err_t err;
 
 	if (!c || !topic || !*topic || partition < 0 ||
 	    (offset < 0 && offset != SLUICE_OFFSET_BEGINNING && offset != SLUICE_OFFSET_END &&
 	     offset != SLUICE_OFFSET_INVALID))
 		return SLUICE_ERR_INVALID_ARG;
+	if (c->grp)
+		return SLUICE_ERR_STATE; /* the group assigns */
 	pthread_mutex_lock(&c->lock);
+	c->manual = true;
+	err = assign_locked(c, topic, partition, offset, -1);
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+static sluice_err_t assign_locked(struct sluice_consumer *c, const char *topic, int32_t partition,
+				  int64_t offset, int64_t committed)
+{
+	struct cpart *cp;
+
 	cp = cpart_find(c, topic, partition);
 	if (!cp) {
 		cp = calloc(1, sizeof(*cp));
 		if (!cp || !(cp->topic = strdup(topic))) {
 			free(cp);
-			pthread_mutex_unlock(&c->lock);
 			return SLUICE_ERR_NO_MEMORY;
 		}
 		cp->partition = partition;
 		cp->next = c->parts;
 		c->parts = cp;
 	}
+	cp->consumed = -1;
+	cp->committed = committed;
 	cpart_set_offset(c, cp, offset);
-	pthread_mutex_unlock(&c->lock);
 	return SLUICE_ERR_NO_ERROR;
 }
 
@@ -787,6 +809,13 @@ sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms)
 		recbatch_record rec;
 		int rc;
 
+		if (c->grp && cgrp_pending(c->grp)) {
+			/* rebalance callbacks run here, on the caller's thread */
+			pthread_mutex_unlock(&c->lock);
+			cgrp_serve(c->grp);
+			pthread_mutex_lock(&c->lock);
+			continue;
+		}
 		if (!ch) {
 			if (timeout_ms == 0)
 				break;
@@ -841,6 +870,7 @@ sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms)
 		if (rec.offset < ch->next_offset)
 			continue;
 		ch->next_offset = rec.offset + 1;
+		ch->cp->consumed = rec.offset + 1;
 		m = msg_new(ch);
 		if (!m)
 			break;
@@ -1025,4 +1055,147 @@ sluice_err_t sluice_consumer_query_watermarks(sluice_consumer_t *c, const char *
 		*high = hi;
 	}
 	return err;
+}
+
+/* ---- group hooks (cgrp.h) ---- */
+
+int consumer_grp_positions(sluice_consumer_t *c, bool revoke, struct cgrp_pos **out, int *n)
+{
+	struct cgrp_pos *v = NULL;
+	int cnt = 0, i = 0;
+
+	pthread_mutex_lock(&c->lock);
+	for (struct cpart *cp = c->parts; cp; cp = cp->next)
+		if (!cp->removed)
+			cnt++;
+	if (cnt && !(v = calloc((size_t)cnt, sizeof(*v)))) {
+		pthread_mutex_unlock(&c->lock);
+		return -ENOMEM;
+	}
+	for (struct cpart *cp = c->parts; cp; cp = cp->next) {
+		if (cp->removed)
+			continue;
+		v[i].topic = cp->topic; /* cparts live until destroy */
+		v[i].partition = cp->partition;
+		v[i].consumed = cp->consumed;
+		v[i].committed = cp->committed;
+		v[i].fetch_pos = cp->state == CP_FETCHABLE || cp->state == CP_FETCHING ? cp->fetch_pos : -1;
+		i++;
+		if (revoke) {
+			cp->removed = true;
+			cp->epoch++;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+int consumer_grp_assign(sluice_consumer_t *c, const char *topic, int32_t partition, int64_t offset,
+			int64_t committed)
+{
+	sluice_err_t err;
+
+	pthread_mutex_lock(&c->lock);
+	err = assign_locked(c, topic, partition, offset, committed);
+	pthread_mutex_unlock(&c->lock);
+	return err == SLUICE_ERR_NO_MEMORY ? -ENOMEM : 0;
+}
+
+void consumer_grp_set_committed(sluice_consumer_t *c, const char *topic, int32_t partition,
+				int64_t offset)
+{
+	pthread_mutex_lock(&c->lock);
+	for (struct cpart *cp = c->parts; cp; cp = cp->next)
+		if (cp->partition == partition && !strcmp(cp->topic, topic))
+			cp->committed = offset;
+	pthread_mutex_unlock(&c->lock);
+}
+
+void consumer_grp_wake(sluice_consumer_t *c)
+{
+	pthread_mutex_lock(&c->lock);
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+const struct sluice_conf *consumer_grp_conf(sluice_consumer_t *c) { return c->conf; }
+
+sluice_err_t sluice_consumer_subscribe(sluice_consumer_t *c, const char *const *topics, size_t n)
+{
+	if (!c || !topics || !n)
+		return SLUICE_ERR_INVALID_ARG;
+	if (!c->conf->group_id[0])
+		return SLUICE_ERR_BAD_CONFIG;
+	pthread_mutex_lock(&c->lock);
+	if (c->manual) {
+		pthread_mutex_unlock(&c->lock);
+		return SLUICE_ERR_INVALID_ARG;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!c->grp) {
+		c->grp = cgrp_new(c);
+		if (!c->grp)
+			return SLUICE_ERR_NO_MEMORY;
+	}
+	return cgrp_subscribe(c->grp, topics, n);
+}
+
+sluice_err_t sluice_consumer_commit(sluice_consumer_t *c, int sync)
+{
+	if (!c)
+		return SLUICE_ERR_INVALID_ARG;
+	if (!c->grp)
+		return SLUICE_ERR_STATE;
+	return cgrp_commit(c->grp, sync != 0);
+}
+
+sluice_err_t sluice_consumer_lag(sluice_consumer_t *c, sluice_partition_lag_t **lags, size_t *n,
+				 int timeout_ms)
+{
+	struct cgrp_pos *v = NULL;
+	sluice_partition_lag_t *out = NULL;
+	int cnt = 0;
+
+	if (!c || !lags || !n)
+		return SLUICE_ERR_INVALID_ARG;
+	if (consumer_grp_positions(c, false, &v, &cnt))
+		return SLUICE_ERR_NO_MEMORY;
+	if (cnt && !(out = calloc((size_t)cnt, sizeof(*out)))) {
+		free(v);
+		return SLUICE_ERR_NO_MEMORY;
+	}
+	for (int i = 0; i < cnt; i++) {
+		sluice_partition_lag_t *l = &out[i];
+		int64_t hi = -1, base;
+
+		l->topic = strdup(v[i].topic);
+		if (!l->topic) {
+			sluice_partition_lags_destroy(out, (size_t)i);
+			free(v);
+			return SLUICE_ERR_NO_MEMORY;
+		}
+		l->partition = v[i].partition;
+		l->position = v[i].consumed >= 0 ? v[i].consumed : v[i].fetch_pos;
+		l->committed = v[i].committed;
+		pthread_mutex_lock(&c->lk_lock);
+		if (lookup(c, v[i].topic, v[i].partition, -1, &hi, timeout_ms))
+			hi = -1;
+		pthread_mutex_unlock(&c->lk_lock);
+		l->end = hi;
+		base = l->committed >= 0 ? l->committed : l->position;
+		l->lag = hi >= 0 && base >= 0 ? (hi > base ? hi - base : 0) : -1;
+	}
+	free(v);
+	*lags = out;
+	*n = (size_t)cnt;
+	return SLUICE_ERR_NO_ERROR;
+}
+
+void sluice_partition_lags_destroy(sluice_partition_lag_t *lags, size_t n)
+{
+	for (size_t i = 0; lags && i < n; i++)
+		free((char *)lags[i].topic);
+	free(lags);
 }
