@@ -127,7 +127,7 @@ def send_one(addr, key, ver, body):
     s = socket.create_connection((host, int(port)), timeout=5)
     try:
         s.sendall(frame(request_header(key, ver, 7) + body))
-        s.settimeout(3)
+        s.settimeout(1)
         try:
             s.recv(65536)  # an answer or a close; either is fine
         except socket.timeout:
