@@ -21,6 +21,7 @@
 #include "blog.h"
 #include "coord.h"
 #include "kerr.h"
+#include "quota.h"
 #include "recbatch.h"
 #include "syncer.h"
 #include "topics.h"
@@ -519,7 +520,25 @@ static void fail_topic_entries(produce_state *ps, ptopic *pt, int16_t err)
  * THROTTLING_QUOTA_EXCEEDED and a throttle-time hint. */
 static int64_t apply_gates(produce_state *ps)
 {
-	int64_t now = mono_ns(), park = 0;
+	int64_t now = mono_ns(), park = 0, hint = 0;
+	uint64_t all_msgs = 0, all_bytes = 0;
+
+	/* the client id's own limit first: fail-fast, never parks */
+	for (int k = 0; k < ps->nentries; k++) {
+		if (!ps->entries[k].p)
+			continue;
+		all_msgs += (uint64_t)ps->entries[k].nrecords;
+		all_bytes += (uint64_t)ps->entries[k].records_len;
+	}
+	if (all_msgs && !quota_admit(ps->r->w->srv->quota, ps->r->client_id, all_msgs, all_bytes, now,
+				     &hint)) {
+		int64_t ms = hint == TOKENBUCKET_NEVER ? INT32_MAX : (hint + 999999) / 1000000;
+
+		for (int i = 0; i < ps->ntopics; i++)
+			fail_topic_entries(ps, &ps->topics[i], KERR_THROTTLING_QUOTA_EXCEEDED);
+		ps->throttle_ms = (int32_t)(ms > INT32_MAX ? INT32_MAX : ms);
+		return 0;
+	}
 
 	for (int i = 0; i < ps->ntopics; i++) {
 		ptopic *pt = &ps->topics[i];

@@ -88,6 +88,14 @@ static const struct key broker_keys[] = {
 	{ "produce.queue.max.wait.ms", K_INT32, TD(limit.queue_max_wait_ms), 0, 3600000, "500",
 	  "longest a produce request is parked for tokens; a longer wait is rejected at once "
 	  "with THROTTLING_QUOTA_EXCEEDED (0: never park)" },
+	{ "client.produce.rate.messages", K_DOUBLE, C(client_limit.msg_rate), 0, 1000000000000LL, "0",
+	  "produce limit per client id in messages/s, across topics, fail-fast (0: none)" },
+	{ "client.produce.burst.messages", K_INT64, C(client_limit.msg_burst), 0, INT64_MAX, "0",
+	  "messages a client id may send at once above its rate (0: one second's worth)" },
+	{ "client.produce.rate.bytes", K_DOUBLE, C(client_limit.byte_rate), 0, 1000000000000LL, "0",
+	  "produce limit per client id in bytes/s (0: none)" },
+	{ "client.produce.burst.bytes", K_INT64, C(client_limit.byte_burst), 0, INT64_MAX, "0",
+	  "bytes a client id may send at once above its rate (0: one second's worth)" },
 	{ "log.durability", K_DURABILITY, TD(log.synced), 0, 0, "pagecache",
 	  "pagecache: ack once written to the page cache; fsync: ack (and show to consumers) "
 	  "only after fdatasync, with group commit (topic key durability)" },

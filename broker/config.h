@@ -59,6 +59,7 @@ typedef struct config {
 	int32_t group_initial_rebalance_delay_ms;
 	int64_t offsets_retention_minutes;
 	topic_conf topic_defaults; /* message.max.bytes, log.segment.bytes, ... */
+	produce_limit client_limit; /* per client id (quota.h); rates 0: off */
 } config;
 
 void config_defaults(config *c);

@@ -19,6 +19,7 @@
 #include "config.h"
 #include "coord.h"
 #include "group.h"
+#include "quota.h"
 #include "server.h"
 #include "syncer.h"
 #include "topics.h"
@@ -265,6 +266,10 @@ int main(int argc, char **argv)
 	srv.cfg = &cfg;
 	srv.topics = reg;
 	srv.coord = co;
+	if (quota_new(&cfg.client_limit, &srv.quota) < 0) {
+		blog(BLOG_ERROR, "client.produce.* limits out of range");
+		goto fail;
+	}
 	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;
 	groups_start(grp, &srv.workers[0]);
@@ -296,6 +301,7 @@ int main(int argc, char **argv)
 	server_free(&srv);
 	groups_free(grp);
 	syncer_stop(srv.syncer);
+	quota_free(srv.quota);
 	topics_free(reg);
 	blog(BLOG_INFO, "clean shutdown");
 	close(lock_fd);

@@ -28,6 +28,7 @@ struct conn;
 struct topics;
 struct coord;
 struct syncer;
+struct quota;
 
 /* A unit of work handed to a worker's loop from any thread.  The poster owns
  * the memory until fn runs; fn runs on the worker's thread. */
@@ -56,6 +57,7 @@ typedef struct server {
 	struct topics *topics;
 	struct coord *coord;
 	struct syncer *syncer;
+	struct quota *quota;       /* per-client-id produce limits, or NULL */
 	int port;                  /* bound port (after server_listen) */
 	int nworkers;
 	worker *workers;

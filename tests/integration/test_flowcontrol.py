@@ -245,6 +245,32 @@ def test_shutdown_answers_parked():
         check_eq(b.proc.wait(10), 0, "clean exit")
 
 
+def test_per_client_id_limit():
+    b = Broker(name="flow-client", sets={
+        "client.produce.rate.messages": "5",
+        "client.produce.burst.messages": "10"})
+    b.start()
+    with Conn(b.addr, client_id="alice") as a, \
+            Conn(b.addr, client_id="bob") as bob:
+        a.create_topic("shared", 1)
+        res = {"alice": [], "bob": []}
+        for i in range(20):
+            for name, c in (("alice", a), ("bob", bob)):
+                thr = []
+                err, _ = produce_raw(c, "shared", build_batch(
+                    [(None, b"%s%d" % (name.encode(), i))]), thr)
+                res[name].append((err, thr[0]))
+        for name in ("alice", "bob"):
+            ok = sum(1 for e, _ in res[name] if e == ERR_NONE)
+            check(10 <= ok <= 11, "%s: %d of 20 admitted (burst 10, rate 5/s)"
+                  % (name, ok))
+            check(all(e in (ERR_NONE, ERR_THROTTLING) for e, _ in res[name]),
+                  "%s: only admitted or throttled" % name)
+            check(all(t > 0 for e, t in res[name] if e == ERR_THROTTLING),
+                  "%s: throttle hints" % name)
+        log("  per-client limits: each client id has its own bucket")
+
+
 if __name__ == "__main__":
     run([
         ("bucket_exact_and_fast_rejects", test_bucket_exact_and_fast_rejects,
@@ -253,4 +279,5 @@ if __name__ == "__main__":
          test_queue_releases_in_order_at_rate, 60),
         ("disconnect_while_parked", test_disconnect_while_parked, 60),
         ("shutdown_answers_parked", test_shutdown_answers_parked, 60),
+        ("per_client_id_limit", test_per_client_id_limit, 60),
     ])
