@@ -8,6 +8,7 @@
 
 #include "group.h"
 #include "kerr.h"
+#include "txn_api.h"
 
 static const api_def apis[] = {
 	{ API_PRODUCE, 3, 8, api_produce, "Produce" },
@@ -31,6 +32,9 @@ static const api_def apis[] = {
 	{ 32, 0, 3, api_describe_configs, "DescribeConfigs" },
 	{ 33, 0, 1, api_alter_configs, "AlterConfigs" },
 	{ 47, 0, 0, api_offset_delete, "OffsetDelete" },
+	{ API_TXN_PREPARE, 0, 0, api_txn_prepare, "TxnPrepare" },
+	{ API_TXN_END, 0, 0, api_txn_end, "TxnEnd" },
+	{ API_TXN_LIST, 0, 0, api_txn_list, "TxnList" },
 };
 
 #define NAPIS ((int)(sizeof(apis) / sizeof(apis[0])))

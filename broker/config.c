@@ -60,6 +60,10 @@ static const struct key broker_keys[] = {
 	  "largest session.timeout.ms a consumer group member may ask for" },
 	{ "group.initial.rebalance.delay.ms", K_INT32, C(group_initial_rebalance_delay_ms), 0, INT32_MAX, "3000",
 	  "how long the first rebalance of an empty group waits for more members to join" },
+	{ "transaction.timeout.ms", K_INT64, C(transaction_timeout_ms), 0, INT32_MAX, "6000",
+	  "a half message not ended within this long is checked back with its producer group" },
+	{ "transaction.check.max", K_INT32, C(transaction_check_max), 1, 1000000, "15",
+	  "unanswered checks after which a half message is discarded (and recorded)" },
 	{ "offsets.retention.minutes", K_INT64, C(offsets_retention_minutes), 1, INT32_MAX, "10080",
 	  "committed offsets of a group with no members are deleted this long after its last commit" },
 	/* Defaults of the topic-level keys. */

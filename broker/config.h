@@ -58,6 +58,8 @@ typedef struct config {
 	int32_t group_max_session_timeout_ms;
 	int32_t group_initial_rebalance_delay_ms;
 	int64_t offsets_retention_minutes;
+	int64_t transaction_timeout_ms;
+	int32_t transaction_check_max;
 	topic_conf topic_defaults; /* message.max.bytes, log.segment.bytes, ... */
 	produce_limit client_limit; /* per client id (quota.h); rates 0: off */
 } config;

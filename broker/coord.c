@@ -1,8 +1,9 @@
 /*
  * coord.c — see coord.h.
  *
- * Schema, version 2 (PRAGMA user_version = 2; version 2 added
- * group_offsets, whose layout is documented in group.c).  Change it only by adding a
+ * Schema, version 3 (PRAGMA user_version = 3; version 2 added
+ * group_offsets, documented in group.c; version 3 the transaction tables,
+ * documented in txn/halfstore.c).  Change it only by adding a
  * migration step in schema_upgrade() and bumping the version; document the
  * tables in docs/storage.md.
  *
@@ -20,8 +21,9 @@
 #include <string.h>
 
 #include "blog.h"
+#include "halfstore.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 struct coord {
 	sqlite3 *db;               /* owned; main before start, then the thread */
@@ -93,6 +95,11 @@ static int schema_upgrade(sqlite3 *db)
 	if (v < 2) {
 		if (exec(db, "BEGIN") || exec(db, schema_v2) || exec(db, "PRAGMA user_version = 2") ||
 		    exec(db, "COMMIT"))
+			return -1;
+	}
+	if (v < 3) {
+		if (exec(db, "BEGIN") || exec(db, halfstore_schema_sql) ||
+		    exec(db, "PRAGMA user_version = 3") || exec(db, "COMMIT"))
 			return -1;
 	}
 	return 0;

@@ -23,6 +23,7 @@
 #include "server.h"
 #include "syncer.h"
 #include "topics.h"
+#include "txn_api.h"
 
 #define SLUICE_VERSION "0.1.0"
 
@@ -270,6 +271,9 @@ int main(int argc, char **argv)
 		blog(BLOG_ERROR, "client.produce.* limits out of range");
 		goto fail;
 	}
+	txn_api_init(&cfg);
+	if (txn_api_recover(coord_db(co), reg) < 0)
+		goto fail;
 	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;
 	groups_start(grp, &srv.workers[0]);

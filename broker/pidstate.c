@@ -72,6 +72,16 @@ static int32_t next_seq(int32_t s)
 	return s == INT32_MAX ? 0 : s + 1;
 }
 
+int32_t pidstate_last_seq(const pidstate *ps, int64_t pid, int16_t epoch)
+{
+	bool found;
+	size_t i = find(ps, pid, &found);
+
+	if (!found || ps->e[i].epoch != epoch || ps->e[i].n == 0)
+		return -1;
+	return ps->e[i].b[ps->e[i].n - 1].last_seq;
+}
+
 int pidstate_check(const pidstate *ps, int64_t pid, int16_t epoch, int32_t first_seq,
 		   int32_t last_seq, int64_t *dup_base)
 {

@@ -63,5 +63,8 @@ long pidstate_encode(const pidstate *ps, int64_t covered_end, uint8_t **out);
 int pidstate_decode(pidstate *ps, const uint8_t *buf, size_t len, int64_t *covered_end);
 
 size_t pidstate_count(const pidstate *ps);
+/* Last sequence recorded for pid in epoch, or -1 (unknown pid or other
+ * epoch). */
+int32_t pidstate_last_seq(const pidstate *ps, int64_t pid, int16_t epoch);
 
 #endif

@@ -3,7 +3,13 @@
  * the range and roundrobin assignors against Kafka's documented results,
  * byte-exact ConsumerProtocolSubscription/Assignment encodings (the bytes
  * librdkafka 2.0.2 sends), and decoding of the real librdkafka
- * JoinGroup/SyncGroup frames in tests/captures/d-group.
+ * JoinGroup/SyncGroup frames in tests/captures/d-group; static membership
+ * (KIP-345): member order by group.instance.id, the group.instance.id
+ * setting and FENCED_INSTANCE_ID.
+ *
+ * The order of the rebalance callback (REVOKED before the commit and the
+ * rejoin, ASSIGNED before any message) needs a group coordinator: it is
+ * tested against sluiced in tests/integration/test_client_groups.py.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +22,7 @@
 #include <string.h>
 
 #include "grpproto.h"
+#include "sluice.h"
 
 #ifndef CAPTURES_DIR
 #error "the build defines CAPTURES_DIR (tests/unit/meson.build)"
@@ -156,6 +163,91 @@ static void test_client_group_unknown_assignor_rejected(void **state)
 
 	(void)state;
 	assert_int_equal(grpproto_assign("sticky", &m, 1, NULL, 0), GRPPROTO_E_BAD);
+}
+
+static void run_assign_static(const char *name, const char **ids, const char **insts,
+			      struct grpproto_sub *subs, int nm,
+			      const struct grpproto_topic_meta *meta, int nt, const char **expect)
+{
+	struct grpproto_member m[8];
+	char buf[512];
+
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < nm; i++) {
+		m[i].member_id = ids[i];
+		m[i].instance_id = insts[i];
+		m[i].sub = &subs[i];
+	}
+	assert_int_equal(grpproto_assign(name, m, nm, meta, nt), 0);
+	for (int i = 0; i < nm; i++) {
+		render(&m[i].assigned, buf, sizeof(buf));
+		assert_string_equal(buf, expect[i]);
+		grpproto_tplist_free(&m[i].assigned);
+	}
+}
+
+static void test_client_group_range_orders_static_members_by_instance_id(void **state)
+{
+	/* Java's MemberInfo order: instance ids first (sorted), then member
+	 * ids.  "s1" restarted with a member id that sorts after "s2"'s still
+	 * gets the first range, so a restart keeps its partitions. */
+	const char *t[] = { "t" };
+	const char *ids[] = { "zzz-new", "aaa", "0-dynamic" };
+	const char *insts[] = { "s1", "s2", NULL };
+	struct grpproto_sub s[] = { make_sub(t, 1), make_sub(t, 1), make_sub(t, 1) };
+	const struct grpproto_topic_meta meta[] = { { "t", 6 } };
+	const char *expect[] = { "t:0,1", "t:2,3", "t:4,5" };
+
+	(void)state;
+	run_assign_static("range", ids, insts, s, 3, meta, 1, expect);
+}
+
+static void test_client_group_roundrobin_orders_static_members_by_instance_id(void **state)
+{
+	const char *t[] = { "t" };
+	const char *ids[] = { "b", "a" };
+	const char *insts[] = { "i1", "i2" };
+	struct grpproto_sub s[] = { make_sub(t, 1), make_sub(t, 1) };
+	const struct grpproto_topic_meta meta[] = { { "t", 4 } };
+	const char *expect[] = { "t:0,2", "t:1,3" };
+
+	(void)state;
+	run_assign_static("roundrobin", ids, insts, s, 2, meta, 1, expect);
+}
+
+static void test_client_group_instance_id_setting(void **state)
+{
+	sluice_conf_t *conf = sluice_conf_new();
+	char v[300], longv[300];
+	size_t n = sizeof(v);
+
+	(void)state;
+	assert_non_null(conf);
+	n = sizeof(v);
+	assert_int_equal(sluice_conf_get(conf, "group.instance.id", v, &n), SLUICE_ERR_NO_ERROR);
+	assert_string_equal(v, ""); /* default: dynamic member */
+	assert_int_equal(sluice_conf_set(conf, "group.instance.id", "host-7", NULL, 0),
+			 SLUICE_ERR_NO_ERROR);
+	n = sizeof(v);
+	assert_int_equal(sluice_conf_get(conf, "group.instance.id", v, &n), SLUICE_ERR_NO_ERROR);
+	assert_string_equal(v, "host-7");
+	memset(longv, 'x', sizeof(longv) - 1);
+	longv[sizeof(longv) - 1] = '\0';
+	assert_int_equal(sluice_conf_set(conf, "group.instance.id", longv, NULL, 0),
+			 SLUICE_ERR_BAD_CONFIG);
+	n = sizeof(v);
+	assert_int_equal(sluice_conf_get(conf, "group.instance.id", v, &n), SLUICE_ERR_NO_ERROR);
+	assert_string_equal(v, "host-7"); /* unchanged on failure */
+	sluice_conf_destroy(conf);
+}
+
+static void test_client_group_fenced_instance_id_error(void **state)
+{
+	(void)state;
+	assert_int_equal(SLUICE_ERR_FENCED_INSTANCE_ID, 82);
+	assert_string_equal(sluice_err2name(SLUICE_ERR_FENCED_INSTANCE_ID), "FENCED_INSTANCE_ID");
+	assert_non_null(strstr(sluice_err2str(SLUICE_ERR_FENCED_INSTANCE_ID), "group.instance.id"));
+	assert_false(sluice_err_is_retriable(SLUICE_ERR_FENCED_INSTANCE_ID));
 }
 
 /* The subscription and assignment librdkafka 2.0.2 put on the wire for
@@ -354,6 +446,10 @@ int main(void)
 		cmocka_unit_test(test_client_group_roundrobin_interleaves),
 		cmocka_unit_test(test_client_group_roundrobin_unequal_subscriptions),
 		cmocka_unit_test(test_client_group_unknown_assignor_rejected),
+		cmocka_unit_test(test_client_group_range_orders_static_members_by_instance_id),
+		cmocka_unit_test(test_client_group_roundrobin_orders_static_members_by_instance_id),
+		cmocka_unit_test(test_client_group_instance_id_setting),
+		cmocka_unit_test(test_client_group_fenced_instance_id_error),
 		cmocka_unit_test(test_client_group_subscription_bytes_match_librdkafka),
 		cmocka_unit_test(test_client_group_subscription_v0_and_truncated),
 		cmocka_unit_test(test_client_group_assignment_bytes_match_librdkafka),

@@ -1,0 +1,796 @@
+/*
+ * test_halfstore.c — txn/halfstore on an in-memory SQLite database with a
+ * fake clock: prepare / end / mark_committed and every documented outcome
+ * (idempotent commit that never yields a second append — RocketMQ issue
+ * #5574 —, conflicts, not found, discarded), per-partition commit
+ * sequences, due checks with leases, backoff and discard, resume, list
+ * paging, purge, atomicity of a failing operation, and the query plans:
+ * the due and per-group queries are index lookups, also with 100,000
+ * pending rows.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "halfstore.h"
+
+#define BATCH_LEN 80
+
+static checksched_policy policy;
+
+static sqlite3 *open_db(void)
+{
+	sqlite3 *db = NULL;
+
+	assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, halfstore_schema_sql, NULL, NULL, NULL), SQLITE_OK);
+	/* running it again is harmless (a broker start on an existing db) */
+	assert_int_equal(sqlite3_exec(db, halfstore_schema_sql, NULL, NULL, NULL), SQLITE_OK);
+	checksched_policy_default(&policy);
+	return db;
+}
+
+static void exec_ok(sqlite3 *db, const char *sql)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		fail_msg("%s: %s", sql, msg);
+}
+
+static int64_t query_i64(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st;
+	int64_t v = -1;
+
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
+}
+
+/* A RecordBatch v2 as far as halfstore looks at it (header fields; the
+ * record bytes are filler marked with tag). */
+static void make_batch(uint8_t *b, int32_t records, uint8_t tag)
+{
+	memset(b, tag, BATCH_LEN);
+	memset(b, 0, 61);
+	put32(b + 8, BATCH_LEN - 12);
+	b[16] = 2;
+	put32(b + 23, (uint32_t)(records - 1));
+	put32(b + 57, (uint32_t)records);
+}
+
+static int64_t prepare_n(sqlite3 *db, const char *group, const char *topic, int32_t part,
+			 int32_t records, uint64_t origin, int64_t now)
+{
+	uint8_t b[BATCH_LEN];
+	halfstore_prepare_args a = {
+		.producer_group = group, .topic = topic, .partition = part,
+		.batch = b, .batch_len = sizeof(b), .origin = origin,
+	};
+	int64_t id = -1;
+
+	make_batch(b, records, (uint8_t)(0x40 + (now & 0x1f)));
+	assert_int_equal(halfstore_prepare(db, &a, now, &policy, &id), HALFSTORE_OK);
+	assert_true(id > 0);
+	return id;
+}
+
+static int64_t prepare1(sqlite3 *db, const char *group, int64_t now)
+{
+	return prepare_n(db, group, "orders", 0, 1, 11, now);
+}
+
+static enum halfstore_state state_of(sqlite3 *db, int64_t id)
+{
+	halfstore_txn t;
+	enum halfstore_state s;
+
+	assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+	s = t.state;
+	halfstore_txn_clear(&t);
+	return s;
+}
+
+/* ---- prepare ---- */
+
+static void test_halfstore_prepare_stores_pending(void **state)
+{
+	sqlite3 *db = open_db();
+	uint8_t b[BATCH_LEN];
+	halfstore_txn t;
+	int64_t id = prepare_n(db, "order-svc", "orders", 3, 2, 0xfeedface12345678ULL, 1000);
+
+	(void)state;
+	make_batch(b, 2, 0x40 + (1000 & 0x1f));
+	assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+	assert_int_equal(t.txn_id, id);
+	assert_string_equal(t.producer_group, "order-svc");
+	assert_string_equal(t.topic, "orders");
+	assert_int_equal(t.partition, 3);
+	assert_int_equal(t.state, HALFSTORE_PENDING);
+	assert_int_equal(t.batch_len, BATCH_LEN);
+	assert_non_null(t.batch);
+	assert_memory_equal(t.batch, b, BATCH_LEN); /* exactly as sent */
+	assert_int_equal(t.record_count, 2);
+	assert_int_equal(t.created_ms, 1000);
+	assert_int_equal(t.ended_ms, -1);
+	assert_int_equal(t.next_check_ms, 1000 + 6000);
+	assert_int_equal(t.check_count, 0);
+	assert_int_equal(t.commit_seq, -1);
+	assert_int_equal(t.log_offset, -1);
+	assert_true(t.origin == 0xfeedface12345678ULL);
+	assert_null(t.discard_reason);
+	halfstore_txn_clear(&t);
+	halfstore_txn_clear(&t); /* clearing twice is harmless */
+	assert_int_equal(halfstore_count(db, NULL, HALFSTORE_PENDING), 1);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_prepare_rejects_bad_batch(void **state)
+{
+	sqlite3 *db = open_db();
+	uint8_t b[BATCH_LEN];
+	halfstore_prepare_args a = {
+		.producer_group = "g", .topic = "t", .partition = 0, .batch = b, .batch_len = sizeof(b),
+	};
+	int64_t id = 4242;
+
+	(void)state;
+	make_batch(b, 1, 0);
+	a.batch_len = 60;
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_E_INVALID);
+	a.batch_len = sizeof(b);
+	b[16] = 1; /* magic */
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_E_INVALID);
+	make_batch(b, 1, 0);
+	b[22] = 0x10; /* Kafka-transactional */
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_E_INVALID);
+	make_batch(b, 3, 0);
+	put32(b + 23, 1); /* lastOffsetDelta != count - 1 */
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_E_INVALID);
+	make_batch(b, 1, 0);
+	put32(b + 8, 10); /* batchLength */
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_E_INVALID);
+	make_batch(b, 1, 0);
+	a.producer_group = "";
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_E_INVALID);
+	a.producer_group = "g";
+	a.check_timeout_ms = 500; /* per-message override */
+	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_OK);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_half"), 1);
+	assert_int_equal(query_i64(db, "SELECT next_check_ms FROM txn_half"), 500);
+	sqlite3_close(db);
+}
+
+/* ---- end ---- */
+
+static void test_halfstore_commit_then_mark_committed(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t id = prepare1(db, "g", 0);
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 50, &t), HALFSTORE_OK);
+	assert_int_equal(t.state, HALFSTORE_COMMITTING);
+	assert_int_equal(t.commit_seq, 0);
+	assert_int_equal(t.ended_ms, 50);
+	assert_non_null(t.batch); /* what the broker appends */
+	assert_int_equal(halfstore_commit_epoch(t.commit_seq), 0);
+	assert_int_equal(halfstore_commit_base_seq(t.commit_seq), 0);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_mark_committed(db, id, 42), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+	assert_int_equal(t.state, HALFSTORE_COMMITTED);
+	assert_int_equal(t.log_offset, 42);
+	assert_null(t.batch); /* it is in the log now */
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_mark_committed(db, id, 42), HALFSTORE_OK_ALREADY);
+	assert_int_equal(halfstore_mark_committed(db, id, 43), HALFSTORE_E_CONFLICT);
+	/* a PENDING txn cannot be marked */
+	assert_int_equal(halfstore_mark_committed(db, prepare1(db, "g", 1), 7), HALFSTORE_E_STATE);
+	sqlite3_close(db);
+}
+
+/* RocketMQ #5574: a retried commit must never produce a second append. */
+static void test_halfstore_double_commit_is_ok_already_same_seq(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = prepare_n(db, "g", "orders", 0, 3, 1, 0);
+	int64_t b = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	halfstore_txn t1, t2;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 10, &t1), HALFSTORE_OK);
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 20, &t2), HALFSTORE_OK_ALREADY);
+	assert_int_equal(t2.commit_seq, t1.commit_seq);
+	assert_int_equal(t2.state, HALFSTORE_COMMITTING);
+	assert_int_equal(t2.ended_ms, 10); /* nothing changed */
+	halfstore_txn_clear(&t2);
+	/* the retry took no sequence: the next commit follows directly */
+	assert_int_equal(halfstore_end(db, b, HALFSTORE_COMMIT, 0, 30, &t2), HALFSTORE_OK);
+	assert_int_equal(t2.commit_seq, t1.commit_seq + 3);
+	halfstore_txn_clear(&t2);
+	/* after the append: same answer, now with the offset */
+	assert_int_equal(halfstore_mark_committed(db, a, 100), HALFSTORE_OK);
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 40, &t2), HALFSTORE_OK_ALREADY);
+	assert_int_equal(t2.commit_seq, t1.commit_seq);
+	assert_int_equal(t2.log_offset, 100);
+	halfstore_txn_clear(&t2);
+	halfstore_txn_clear(&t1);
+	/* out may be NULL */
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 50, NULL), HALFSTORE_OK_ALREADY);
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 4);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_opposite_decision_conflicts(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t r = prepare1(db, "g", 0), c = prepare1(db, "g", 0);
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, r, HALFSTORE_ROLLBACK, 0, 5, NULL), HALFSTORE_OK);
+	assert_int_equal(halfstore_end(db, r, HALFSTORE_ROLLBACK, 0, 6, NULL), HALFSTORE_OK_ALREADY);
+	assert_int_equal(halfstore_end(db, r, HALFSTORE_COMMIT, 0, 7, &t), HALFSTORE_E_CONFLICT);
+	assert_int_equal(t.state, HALFSTORE_ROLLED_BACK);
+	assert_int_equal(t.ended_ms, 5);
+	assert_int_equal(t.commit_seq, -1);
+	assert_null(t.batch); /* dropped at rollback */
+	halfstore_txn_clear(&t);
+
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_COMMIT, 0, 8, NULL), HALFSTORE_OK);
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_ROLLBACK, 0, 9, &t), HALFSTORE_E_CONFLICT);
+	assert_int_equal(t.state, HALFSTORE_COMMITTING);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_mark_committed(db, c, 1), HALFSTORE_OK);
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_ROLLBACK, 0, 9, NULL), HALFSTORE_E_CONFLICT);
+	assert_int_equal(state_of(db, c), HALFSTORE_COMMITTED);
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 1);
+	assert_int_equal(halfstore_end(db, c, (enum halfstore_decision)9, 0, 9, NULL),
+			 HALFSTORE_E_INVALID);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_unknown_txn_not_found(void **state)
+{
+	sqlite3 *db = open_db();
+	halfstore_txn t = { .txn_id = 777 };
+	enum halfstore_state s = HALFSTORE_COMMITTED;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, 99, HALFSTORE_COMMIT, 0, 0, &t), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(t.txn_id, 777); /* untouched */
+	assert_int_equal(halfstore_get(db, 99, &t), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(t.txn_id, 777);
+	assert_int_equal(halfstore_mark_committed(db, 99, 0), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(halfstore_check_answer(db, 99, HALFSTORE_ANSWER_UNKNOWN, 0, &policy, &s),
+			 HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(s, HALFSTORE_COMMITTED);
+	assert_int_equal(halfstore_resume(db, 99, 0), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(halfstore_discard(db, 99, "x", 0), HALFSTORE_E_NOT_FOUND);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_commit_seq_per_partition(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t p0a = prepare_n(db, "g", "orders", 0, 3, 1, 0);
+	int64_t p1 = prepare_n(db, "g", "orders", 1, 5, 1, 0);
+	int64_t p0b = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	int64_t other = prepare_n(db, "g", "carts", 0, 2, 1, 0);
+	int64_t p0c = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	int64_t wrap = prepare_n(db, "g", "orders", 2, 3, 1, 0);
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, p0a, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, p1, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, other, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, p0b, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 3); /* advances by record count */
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, p0c, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 4);
+	halfstore_txn_clear(&t);
+	/* a batch that would wrap the int32 sequence starts the next epoch */
+	exec_ok(db, "INSERT INTO txn_seq VALUES('orders', 2, 2147483646)");
+	assert_int_equal(halfstore_end(db, wrap, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, HALFSTORE_SEQ_SPAN);
+	assert_int_equal(halfstore_commit_epoch(t.commit_seq), 1);
+	assert_int_equal(halfstore_commit_base_seq(t.commit_seq), 0);
+	halfstore_txn_clear(&t);
+	sqlite3_close(db);
+}
+
+/* A failing statement in the middle of end() leaves nothing behind: the
+ * sequence taken before the failure is given back. */
+static void test_halfstore_failed_end_changes_nothing(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t id = prepare1(db, "g", 0);
+	halfstore_txn t = { .txn_id = 5 };
+
+	(void)state;
+	exec_ok(db, "CREATE TEMP TRIGGER boom BEFORE UPDATE OF state ON txn_half"
+		    " WHEN new.state = 'COMMITTING' BEGIN SELECT RAISE(ABORT, 'injected'); END");
+	exec_ok(db, "BEGIN");
+	assert_true(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 1, &t) < 0);
+	assert_int_equal(t.txn_id, 5);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_seq"), 0);
+	exec_ok(db, "COMMIT"); /* the caller's transaction is still usable */
+	exec_ok(db, "DROP TRIGGER boom");
+	assert_int_equal(state_of(db, id), HALFSTORE_PENDING);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	sqlite3_close(db);
+}
+
+/* ---- checks ---- */
+
+static void test_halfstore_due_checks_lease(void **state)
+{
+	sqlite3 *db = open_db();
+	halfstore_txn *v = NULL;
+	size_t n = 99;
+	int64_t a = prepare1(db, "g", 0), b = prepare1(db, "g", 10), c = prepare1(db, "g", 5);
+
+	(void)state;
+	assert_int_equal(halfstore_due_checks(db, 5999, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 0);
+	assert_null(v);
+	assert_int_equal(halfstore_due_checks(db, 6005, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 2); /* earliest due first */
+	assert_int_equal(v[0].txn_id, a);
+	assert_int_equal(v[1].txn_id, c);
+	assert_int_equal(v[0].lease_until_ms, 7005);
+	assert_null(v[0].batch);
+	halfstore_txns_free(v, n);
+	/* leased: not returned again, the others still are */
+	assert_int_equal(halfstore_due_checks(db, 7000, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(v[0].txn_id, b);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_due_checks(db, 7004, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 0);
+	/* lease expired without an answer: due again */
+	assert_int_equal(halfstore_due_checks(db, 7005, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(v[0].txn_id, a);
+	assert_int_equal(v[1].txn_id, c);
+	assert_int_equal(v[0].check_count, 0); /* an expiry is not an answer */
+	halfstore_txns_free(v, n);
+	/* limit */
+	assert_int_equal(halfstore_due_checks(db, 100000, 1, 1000, &v, &n), 0);
+	assert_int_equal(n, 1);
+	halfstore_txns_free(v, n);
+	/* an ended txn is never due */
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_ROLLBACK, 0, 0, NULL), 0);
+	assert_int_equal(halfstore_end(db, b, HALFSTORE_ROLLBACK, 0, 0, NULL), 0);
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_COMMIT, 0, 0, NULL), 0);
+	assert_int_equal(halfstore_due_checks(db, INT64_MAX - 1, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 0);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_check_answer_backoff_then_discard(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t id = prepare1(db, "g", 0);
+	enum halfstore_state s;
+	halfstore_txn t, *v;
+	size_t n;
+	int64_t now = 6000;
+
+	(void)state;
+	policy.max_checks = 4;
+	for (int32_t k = 1; k <= 3; k++) {
+		assert_int_equal(halfstore_due_checks(db, now, 10, 1000, &v, &n), 0);
+		assert_int_equal(n, 1);
+		halfstore_txns_free(v, n);
+		assert_int_equal(halfstore_check_answer(db, id, k == 2 ? HALFSTORE_ANSWER_NONE
+								 : HALFSTORE_ANSWER_UNKNOWN,
+							now + 10, &policy, &s), 0);
+		assert_int_equal(s, HALFSTORE_PENDING);
+		assert_int_equal(halfstore_get(db, id, &t), 0);
+		assert_int_equal(t.check_count, k);
+		assert_int_equal(t.next_check_ms, now + 10 + (6000LL << (k - 1)));
+		assert_int_equal(t.lease_until_ms, 0);
+		now = t.next_check_ms;
+		halfstore_txn_clear(&t);
+	}
+	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_UNKNOWN, now, &policy, &s), 0);
+	assert_int_equal(s, HALFSTORE_DISCARDED);
+	assert_int_equal(halfstore_get(db, id, &t), 0);
+	assert_int_equal(t.state, HALFSTORE_DISCARDED);
+	assert_int_equal(t.check_count, 4);
+	assert_int_equal(t.ended_ms, now);
+	assert_non_null(t.discard_reason);
+	assert_non_null(strstr(t.discard_reason, "4 checks"));
+	assert_non_null(t.batch); /* kept for an operator */
+	halfstore_txn_clear(&t);
+	/* not due any more; a late producer end is refused, an operator's is not */
+	assert_int_equal(halfstore_due_checks(db, INT64_MAX - 1, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_UNKNOWN, now, &policy, &s),
+			 HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, now, &t), HALFSTORE_E_DISCARDED);
+	assert_int_equal(t.state, HALFSTORE_DISCARDED);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, now, &t),
+			 HALFSTORE_OK);
+	assert_int_equal(t.state, HALFSTORE_COMMITTING);
+	assert_null(t.discard_reason);
+	halfstore_txn_clear(&t);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_check_answer_after_end_changes_nothing(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t id = prepare1(db, "g", 0);
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_ROLLBACK, 0, 1, NULL), 0);
+	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_NONE, 2, &policy, NULL),
+			 HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_get(db, id, &t), 0);
+	assert_int_equal(t.check_count, 0);
+	assert_int_equal(t.state, HALFSTORE_ROLLED_BACK);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_check_answer(db, id, (enum halfstore_answer)0, 2, &policy, NULL),
+			 HALFSTORE_E_INVALID);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_resume_discarded(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t id = prepare1(db, "g", 0);
+	halfstore_txn t, *v;
+	size_t n;
+
+	(void)state;
+	assert_int_equal(halfstore_resume(db, id, 5), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_discard(db, id, "operator said so", 10), HALFSTORE_OK);
+	assert_int_equal(halfstore_discard(db, id, "again", 10), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_resume(db, id, 20), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, id, &t), 0);
+	assert_int_equal(t.state, HALFSTORE_PENDING);
+	assert_int_equal(t.check_count, 0);
+	assert_int_equal(t.next_check_ms, 20);
+	assert_int_equal(t.ended_ms, -1);
+	assert_null(t.discard_reason);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_due_checks(db, 20, 10, 1000, &v, &n), 0);
+	assert_int_equal(n, 1);
+	halfstore_txns_free(v, n);
+	sqlite3_close(db);
+}
+
+/* A COMMITTING txn discarded (topic deleted) and then committed by an
+ * operator keeps its sequence: a re-append stays deduplicated. */
+static void test_halfstore_operator_commit_keeps_commit_seq(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t id = prepare1(db, "g", 0);
+	halfstore_txn t;
+
+	(void)state;
+	prepare1(db, "g", 0);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 1, NULL), 0);
+	assert_int_equal(halfstore_discard(db, id, "append failed", 2), 0);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 3, &t), 0);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 1);
+	sqlite3_close(db);
+}
+
+/* ---- recovery, listing, housekeeping ---- */
+
+static void test_halfstore_committing_in_seq_order(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t ids[6];
+	halfstore_txn *v;
+	size_t n;
+
+	(void)state;
+	for (int i = 0; i < 6; i++)
+		ids[i] = prepare_n(db, "g", i % 2 ? "b-topic" : "a-topic", i % 3 == 0 ? 1 : 0, 1, 1, i);
+	for (int i = 5; i >= 0; i--)
+		assert_int_equal(halfstore_end(db, ids[i], HALFSTORE_COMMIT, 0, 10, NULL), 0);
+	assert_int_equal(halfstore_mark_committed(db, ids[2], 0), 0);
+	assert_int_equal(halfstore_committing(db, &v, &n), 0);
+	assert_int_equal(n, 5);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(v[i].state, HALFSTORE_COMMITTING);
+		assert_non_null(v[i].batch);
+		if (i > 0) {
+			int c = strcmp(v[i - 1].topic, v[i].topic);
+
+			assert_true(c < 0 || (c == 0 && (v[i - 1].partition < v[i].partition ||
+						(v[i - 1].partition == v[i].partition &&
+						 v[i - 1].commit_seq < v[i].commit_seq))));
+		}
+	}
+	halfstore_txns_free(v, n);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_list_pages_by_group_and_state(void **state)
+{
+	sqlite3 *db = open_db();
+	halfstore_txn *v;
+	size_t n, total = 0;
+	int64_t after = 0, ids[25];
+
+	(void)state;
+	for (int i = 0; i < 25; i++)
+		ids[i] = prepare1(db, i % 2 ? "b" : "a", i);
+	assert_int_equal(halfstore_end(db, ids[0], HALFSTORE_ROLLBACK, 0, 30, NULL), 0);
+	assert_int_equal(halfstore_end(db, ids[2], HALFSTORE_COMMIT, 0, 30, NULL), 0);
+	/* group a, every state, pages of 5 */
+	do {
+		assert_int_equal(halfstore_list(db, "a", HALFSTORE_MASK_ALL, 5, after, &v, &n), 0);
+		for (size_t i = 0; i < n; i++) {
+			assert_string_equal(v[i].producer_group, "a");
+			assert_true(v[i].txn_id > after);
+			assert_null(v[i].batch);
+			after = v[i].txn_id;
+		}
+		total += n;
+		halfstore_txns_free(v, n);
+	} while (n == 5);
+	assert_int_equal(total, 13);
+	/* state filter */
+	assert_int_equal(halfstore_list(db, "a", HALFSTORE_MASK(HALFSTORE_PENDING), 100, 0, &v, &n), 0);
+	assert_int_equal(n, 11);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_list(db, NULL,
+					HALFSTORE_MASK(HALFSTORE_COMMITTING) |
+						HALFSTORE_MASK(HALFSTORE_ROLLED_BACK),
+					100, 0, &v, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(v[0].txn_id, ids[0]);
+	assert_int_equal(v[1].txn_id, ids[2]);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_list(db, NULL, HALFSTORE_MASK_ALL, 100, 0, &v, &n), 0);
+	assert_int_equal(n, 25);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_list(db, "nobody", HALFSTORE_MASK_ALL, 100, 0, &v, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(halfstore_list(db, NULL, 0, 100, 0, &v, &n), HALFSTORE_E_INVALID);
+	assert_int_equal(halfstore_count(db, "b", HALFSTORE_PENDING), 12);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_purge_ended_after_retention(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t c = prepare1(db, "g", 0), r = prepare1(db, "g", 0), p = prepare1(db, "g", 0);
+	int64_t ci = prepare1(db, "g", 0), d = prepare1(db, "g", 0), late = prepare1(db, "g", 0);
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_COMMIT, 0, 100, NULL), 0);
+	assert_int_equal(halfstore_mark_committed(db, c, 0), 0);
+	assert_int_equal(halfstore_end(db, r, HALFSTORE_ROLLBACK, 0, 100, NULL), 0);
+	assert_int_equal(halfstore_end(db, ci, HALFSTORE_COMMIT, 0, 100, NULL), 0); /* in flight */
+	assert_int_equal(halfstore_discard(db, d, "x", 100), 0);
+	assert_int_equal(halfstore_end(db, late, HALFSTORE_ROLLBACK, 0, 5000, NULL), 0);
+	assert_int_equal(halfstore_purge(db, 1000, false, 100), 2);
+	assert_int_equal(halfstore_get(db, c, &(halfstore_txn){ 0 }), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(halfstore_get(db, r, &(halfstore_txn){ 0 }), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(state_of(db, p), HALFSTORE_PENDING);
+	assert_int_equal(state_of(db, ci), HALFSTORE_COMMITTING);
+	assert_int_equal(state_of(db, d), HALFSTORE_DISCARDED);
+	assert_int_equal(state_of(db, late), HALFSTORE_ROLLED_BACK);
+	assert_int_equal(halfstore_purge(db, 1000, true, 100), 1);
+	assert_int_equal(halfstore_count(db, NULL, HALFSTORE_DISCARDED), 0);
+	/* ids are never reused: a late end for a purged txn is NOT_FOUND */
+	assert_true(prepare1(db, "g", 0) > late);
+	assert_int_equal(halfstore_end(db, r, HALFSTORE_ROLLBACK, 0, 1, NULL), HALFSTORE_E_NOT_FOUND);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_drop_topic_discards_pending(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = prepare_n(db, "g", "gone", 0, 1, 1, 0);
+	int64_t b = prepare_n(db, "g", "gone", 0, 1, 1, 0);
+	int64_t k = prepare_n(db, "g", "kept", 0, 1, 1, 0);
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1, NULL), 0);
+	assert_int_equal(halfstore_mark_committed(db, a, 0), 0);
+	assert_int_equal(halfstore_drop_topic(db, "gone", 2), 1);
+	assert_int_equal(halfstore_get(db, b, &t), 0);
+	assert_int_equal(t.state, HALFSTORE_DISCARDED);
+	assert_string_equal(t.discard_reason, "topic deleted");
+	halfstore_txn_clear(&t);
+	assert_int_equal(state_of(db, k), HALFSTORE_PENDING);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_seq WHERE topic = 'gone'"), 0);
+	sqlite3_close(db);
+}
+
+/* ---- query plans ---- */
+
+typedef struct plan_probe {
+	char sql[8][600];
+	int n;
+	int64_t vm_steps, fullscan_steps; /* of the last profiled SELECT */
+} plan_probe;
+
+static int trace_cb(unsigned type, void *ctx, void *p, void *x)
+{
+	plan_probe *pp = ctx;
+	sqlite3_stmt *st = p;
+	const char *sql = sqlite3_sql(st);
+
+	if (!sql || (strncmp(sql, "SELECT", 6) != 0 && strncmp(sql, "DELETE", 6) != 0))
+		return 0;
+	if (type == SQLITE_TRACE_STMT && pp->n < 8)
+		snprintf(pp->sql[pp->n++], sizeof(pp->sql[0]), "%s", sql);
+	if (type == SQLITE_TRACE_PROFILE) {
+		pp->vm_steps = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0);
+		pp->fullscan_steps = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_FULLSCAN_STEP, 0);
+	}
+	(void)x;
+	return 0;
+}
+
+/* The plan of sql (as halfstore ran it, parameters unbound) uses index
+ * and neither scans the table nor sorts. */
+static void assert_plan_uses(sqlite3 *db, const char *sql, const char *index)
+{
+	char q[700], plan[2000] = "";
+	sqlite3_stmt *st;
+
+	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
+	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		size_t l = strlen(plan);
+
+		snprintf(plan + l, sizeof(plan) - l, "%s; ", sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	if (!strstr(plan, index) || strstr(plan, "TEMP B-TREE") ||
+	    (strstr(plan, "SCAN txn_half") && !strstr(plan, "USING")))
+		fail_msg("plan of [%s] does not use %s: %s", sql, index, plan);
+}
+
+static void test_halfstore_queries_use_indexes(void **state)
+{
+	sqlite3 *db = open_db();
+	plan_probe pp = { .n = 0 };
+	halfstore_txn *v;
+	size_t n;
+
+	(void)state;
+	for (int i = 0; i < 50; i++)
+		prepare1(db, i % 2 ? "a" : "b", i);
+	sqlite3_trace_v2(db, SQLITE_TRACE_STMT, trace_cb, &pp);
+	assert_int_equal(halfstore_due_checks(db, 10000, 10, 1000, &v, &n), 0);
+	halfstore_txns_free(v, n);
+	assert_int_equal(pp.n, 1);
+	assert_non_null(strstr(pp.sql[0], "next_check_ms"));
+	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_due");
+	pp.n = 0;
+	assert_int_equal(halfstore_list(db, "a", HALFSTORE_MASK(HALFSTORE_PENDING), 10, 0, &v, &n), 0);
+	halfstore_txns_free(v, n);
+	assert_int_equal(pp.n, 1);
+	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_group");
+	pp.n = 0;
+	assert_int_equal(halfstore_list(db, NULL, HALFSTORE_MASK(HALFSTORE_DISCARDED), 10, 0, &v, &n), 0);
+	halfstore_txns_free(v, n);
+	assert_int_equal(pp.n, 1);
+	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_state");
+	pp.n = 0;
+	assert_int_equal(halfstore_purge(db, 1000, true, 100), 0);
+	assert_int_equal(pp.n, 1);
+	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_ended");
+	sqlite3_trace_v2(db, 0, NULL, NULL);
+	sqlite3_close(db);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* 100,000 pending txns (the backlog after an outage): a due batch of 100
+ * visits about 100 index entries, not the table, and returns the oldest;
+ * the next batch skips the leased ones without scanning them. */
+static void test_halfstore_due_checks_100k_is_index_fast(void **state)
+{
+	enum { N = 100000 };
+	sqlite3 *db = open_db();
+	plan_probe pp = { .n = 0 };
+	halfstore_txn *v;
+	size_t n;
+	double t0, dt;
+
+	(void)state;
+	exec_ok(db, "BEGIN");
+	for (int i = 0; i < N; i++)
+		prepare_n(db, i % 7 ? "busy" : "quiet", "orders", i % 16, 1, (uint64_t)i, i);
+	exec_ok(db, "COMMIT");
+	sqlite3_trace_v2(db, SQLITE_TRACE_PROFILE, trace_cb, &pp);
+	for (int round = 0; round < 2; round++) {
+		t0 = now_s();
+		assert_int_equal(halfstore_due_checks(db, N + 6000, 100, 30000, &v, &n), 0);
+		dt = now_s() - t0;
+		assert_int_equal(n, 100);
+		for (size_t i = 0; i < n; i++)
+			assert_int_equal(v[i].txn_id, round * 100 + (int64_t)i + 1); /* oldest first */
+		halfstore_txns_free(v, n);
+		/* a full scan would step ~N times */
+		assert_int_equal(pp.fullscan_steps, 0);
+		if (pp.vm_steps > 100 * 60)
+			fail_msg("due_checks took %lld VM steps for 100 rows", (long long)pp.vm_steps);
+		if (dt > 0.25)
+			fail_msg("due_checks over 100k rows took %.3f s", dt);
+	}
+	sqlite3_trace_v2(db, 0, NULL, NULL);
+	assert_int_equal(halfstore_count(db, NULL, HALFSTORE_PENDING), N);
+	sqlite3_close(db);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_halfstore_prepare_stores_pending),
+		cmocka_unit_test(test_halfstore_prepare_rejects_bad_batch),
+		cmocka_unit_test(test_halfstore_commit_then_mark_committed),
+		cmocka_unit_test(test_halfstore_double_commit_is_ok_already_same_seq),
+		cmocka_unit_test(test_halfstore_opposite_decision_conflicts),
+		cmocka_unit_test(test_halfstore_unknown_txn_not_found),
+		cmocka_unit_test(test_halfstore_commit_seq_per_partition),
+		cmocka_unit_test(test_halfstore_failed_end_changes_nothing),
+		cmocka_unit_test(test_halfstore_due_checks_lease),
+		cmocka_unit_test(test_halfstore_check_answer_backoff_then_discard),
+		cmocka_unit_test(test_halfstore_check_answer_after_end_changes_nothing),
+		cmocka_unit_test(test_halfstore_resume_discarded),
+		cmocka_unit_test(test_halfstore_operator_commit_keeps_commit_seq),
+		cmocka_unit_test(test_halfstore_committing_in_seq_order),
+		cmocka_unit_test(test_halfstore_list_pages_by_group_and_state),
+		cmocka_unit_test(test_halfstore_purge_ended_after_retention),
+		cmocka_unit_test(test_halfstore_drop_topic_discards_pending),
+		cmocka_unit_test(test_halfstore_queries_use_indexes),
+		cmocka_unit_test(test_halfstore_due_checks_100k_is_index_fast),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,942 @@
+/*
+ * halfstore.c — see halfstore.h.
+ *
+ * Schema, halfstore version 1 (part of sluice.db; docs/transactions.md and
+ * docs/storage.md describe it for operators).  Change it only by adding a
+ * migration step (ALTER TABLE / new index) after halfstore_schema_sql in
+ * coord.c's schema_upgrade, bumping HALFSTORE_SCHEMA_VERSION and the
+ * database's user_version, and updating docs/transactions.md.
+ *
+ *   txn_half: one row per half message.
+ *     txn_id          INTEGER PRIMARY KEY AUTOINCREMENT — never reused, so a
+ *                     late end for a purged txn is NOT_FOUND, not another's
+ *     producer_group  TEXT, topic TEXT, partition INTEGER
+ *     batch           BLOB: the RecordBatch v2 exactly as the producer sent
+ *                     it (the broker rewrites producer id/epoch/sequence and
+ *                     the CRC when it appends).  Kept while PENDING,
+ *                     COMMITTING and DISCARDED; NULL once COMMITTED or
+ *                     ROLLED_BACK.
+ *     batch_len, record_count INTEGER (record_count = lastOffsetDelta + 1)
+ *     state           TEXT: PENDING | COMMITTING | COMMITTED | ROLLED_BACK |
+ *                     DISCARDED (readable in the sqlite3 shell)
+ *     created_ms, ended_ms (NULL while PENDING; decision or discard time)
+ *     check_count     checks that got no decision
+ *     next_check_ms   when the next check is due (PENDING only)
+ *     lease_until_ms  a check is out until then (0 = none)
+ *     commit_seq      per-partition commit sequence (set at end(COMMIT))
+ *     log_offset      where the commit landed (COMMITTED)
+ *     origin          connection id of the preparing producer (uint64 bits)
+ *     discard_reason  TEXT (DISCARDED)
+ *   txn_seq(topic, partition, next_seq): the next commit_seq per partition.
+ *
+ * Invariants:
+ *  - A PENDING row has next_check_ms >= lease_until_ms: leasing moves
+ *    next_check_ms to the lease end, so "due" is one index range
+ *    (txn_half_due on (state, next_check_ms)) and leased rows are never
+ *    scanned.
+ *  - commit_seq is unique per (topic, partition) (txn_half_commit) and
+ *    below that partition's txn_seq.next_seq; a batch's sequences
+ *    [commit_seq, commit_seq + record_count) never cross a multiple of
+ *    HALFSTORE_SEQ_SPAN.
+ *  - commit_seq, once set, is never changed (an operator commit of a
+ *    discarded txn that had one reuses it, so dedup still applies).
+ */
+#include "halfstore.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const char halfstore_schema_sql[] =
+	"CREATE TABLE IF NOT EXISTS txn_half("
+	"  txn_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  producer_group TEXT NOT NULL,"
+	"  topic TEXT NOT NULL,"
+	"  partition INTEGER NOT NULL,"
+	"  batch BLOB,"
+	"  batch_len INTEGER NOT NULL,"
+	"  record_count INTEGER NOT NULL,"
+	"  state TEXT NOT NULL CHECK(state IN"
+	"    ('PENDING','COMMITTING','COMMITTED','ROLLED_BACK','DISCARDED')),"
+	"  created_ms INTEGER NOT NULL,"
+	"  ended_ms INTEGER,"
+	"  check_count INTEGER NOT NULL DEFAULT 0,"
+	"  next_check_ms INTEGER NOT NULL,"
+	"  lease_until_ms INTEGER NOT NULL DEFAULT 0,"
+	"  commit_seq INTEGER,"
+	"  log_offset INTEGER,"
+	"  origin INTEGER NOT NULL,"
+	"  discard_reason TEXT);"
+	/* due checks: one range (state = 'PENDING', next_check_ms <= now), in
+	 * next_check_ms order, rowid breaking ties */
+	"CREATE INDEX IF NOT EXISTS txn_half_due ON txn_half(state, next_check_ms);"
+	/* sluice txn list --group G: one group's txns in txn_id order */
+	"CREATE INDEX IF NOT EXISTS txn_half_group ON txn_half(producer_group, txn_id);"
+	/* list/count by state across groups; the COMMITTING list at recovery */
+	"CREATE INDEX IF NOT EXISTS txn_half_state ON txn_half(state, txn_id);"
+	/* purge by age */
+	"CREATE INDEX IF NOT EXISTS txn_half_ended ON txn_half(ended_ms)"
+	"  WHERE ended_ms IS NOT NULL;"
+	/* one commit_seq per partition */
+	"CREATE UNIQUE INDEX IF NOT EXISTS txn_half_commit ON txn_half(topic, partition, commit_seq)"
+	"  WHERE commit_seq IS NOT NULL;"
+	"CREATE TABLE IF NOT EXISTS txn_seq("
+	"  topic TEXT NOT NULL, partition INTEGER NOT NULL, next_seq INTEGER NOT NULL,"
+	"  PRIMARY KEY(topic, partition)) WITHOUT ROWID;";
+
+static const char *const state_names[HALFSTORE_NSTATES] = {
+	[HALFSTORE_PENDING] = "PENDING",
+	[HALFSTORE_COMMITTING] = "COMMITTING",
+	[HALFSTORE_COMMITTED] = "COMMITTED",
+	[HALFSTORE_ROLLED_BACK] = "ROLLED_BACK",
+	[HALFSTORE_DISCARDED] = "DISCARDED",
+};
+
+/* Columns of a halfstore_txn, in read_row's order; the last is the batch. */
+#define COLS_BASE                                                                       \
+	"txn_id, producer_group, topic, partition, batch_len, record_count, state,"    \
+	" created_ms, ended_ms, check_count, next_check_ms, lease_until_ms,"           \
+	" commit_seq, log_offset, origin, discard_reason"
+#define COLS_BLOB COLS_BASE ", batch"
+#define COLS_NOBLOB COLS_BASE ", NULL"
+
+/* RecordBatch v2 header fields we look at (DESIGN §4). */
+#define RB_HEADER 61
+#define RB_OFF_LENGTH 8
+#define RB_OFF_MAGIC 16
+#define RB_OFF_ATTR 21
+#define RB_OFF_LAST_DELTA 23
+#define RB_OFF_COUNT 57
+#define RB_ATTR_TRANSACTIONAL 0x10
+#define RB_ATTR_CONTROL 0x20
+_Static_assert(RB_OFF_COUNT + 4 == RB_HEADER, "recordCount ends the 61-byte header");
+
+/* ---- the one place SQLite result codes become -errno ---- */
+
+static int sqlerr(int rc)
+{
+	switch (rc & 0xff) {
+	case SQLITE_OK:
+	case SQLITE_ROW:
+	case SQLITE_DONE:
+		return 0;
+	case SQLITE_NOMEM:
+		return -ENOMEM;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return -EBUSY;
+	case SQLITE_FULL:
+		return -ENOSPC;
+	case SQLITE_READONLY:
+		return -EROFS;
+	case SQLITE_CONSTRAINT:
+	case SQLITE_MISUSE:
+	case SQLITE_RANGE:
+		return -EINVAL;
+	default:
+		return -EIO;
+	}
+}
+
+/* ---- names ---- */
+
+const char *halfstore_state_name(enum halfstore_state s)
+{
+	return (unsigned)s < HALFSTORE_NSTATES ? state_names[s] : "?";
+}
+
+int halfstore_state_parse(const char *name, enum halfstore_state *s)
+{
+	for (int i = 0; name && i < HALFSTORE_NSTATES; i++) {
+		if (strcasecmp(name, state_names[i]) == 0) {
+			*s = (enum halfstore_state)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+const char *halfstore_strerror(int rc)
+{
+	switch (rc) {
+	case HALFSTORE_OK: return "ok";
+	case HALFSTORE_OK_ALREADY: return "already decided the same way";
+	case HALFSTORE_E_NOT_FOUND: return "no such transaction";
+	case HALFSTORE_E_CONFLICT: return "the opposite decision was made before";
+	case HALFSTORE_E_DISCARDED: return "transaction discarded after too many checks";
+	case HALFSTORE_E_STATE: return "transaction not in a state for this operation";
+	case HALFSTORE_E_INVALID: return "invalid argument";
+	default: return rc < 0 ? strerror(-rc) : "unknown outcome";
+	}
+}
+
+/* ---- struct helpers ---- */
+
+void halfstore_txn_clear(halfstore_txn *t)
+{
+	if (!t)
+		return;
+	free(t->producer_group);
+	free(t->topic);
+	free(t->batch);
+	free(t->discard_reason);
+	memset(t, 0, sizeof(*t));
+}
+
+void halfstore_txns_free(halfstore_txn *v, size_t n)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; i < n; i++)
+		halfstore_txn_clear(&v[i]);
+	free(v);
+}
+
+/* ---- statement helpers ---- */
+
+static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+	return sqlerr(sqlite3_prepare_v2(db, sql, -1, st, NULL));
+}
+
+/* Steps a statement expected to finish without rows and finalizes it. */
+static int run(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	int frc = sqlite3_finalize(st);
+
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		return sqlerr(rc);
+	return sqlerr(frc);
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+	return sqlerr(sqlite3_exec(db, sql, NULL, NULL, NULL));
+}
+
+/* Every mutating operation runs between sp_begin and sp_end (see header). */
+static int sp_begin(sqlite3 *db)
+{
+	return exec(db, "SAVEPOINT halfstore");
+}
+
+/* Ends the savepoint: rolled back if rc < 0.  Returns rc, or the error of
+ * the release. */
+static int sp_end(sqlite3 *db, int rc)
+{
+	int r;
+
+	if (rc < 0) {
+		exec(db, "ROLLBACK TO halfstore");
+		exec(db, "RELEASE halfstore");
+		return rc;
+	}
+	r = exec(db, "RELEASE halfstore");
+	if (r < 0) {
+		exec(db, "ROLLBACK TO halfstore");
+		exec(db, "RELEASE halfstore");
+		return r;
+	}
+	return rc;
+}
+
+static int64_t col_i64(sqlite3_stmt *st, int i)
+{
+	return sqlite3_column_type(st, i) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, i);
+}
+
+static char *col_str(sqlite3_stmt *st, int i, int *err)
+{
+	const unsigned char *s = sqlite3_column_text(st, i);
+	char *d;
+
+	if (!s)
+		return NULL;
+	d = strdup((const char *)s);
+	if (!d)
+		*err = -ENOMEM;
+	return d;
+}
+
+static enum halfstore_state parse_state_col(sqlite3_stmt *st, int i)
+{
+	enum halfstore_state s = HALFSTORE_PENDING;
+
+	halfstore_state_parse((const char *)sqlite3_column_text(st, i), &s);
+	return s;
+}
+
+/* Reads a row selected with COLS_BLOB or COLS_NOBLOB into *t (zeroed
+ * first).  0, or -ENOMEM with *t cleared. */
+static int read_row(sqlite3_stmt *st, halfstore_txn *t)
+{
+	int err = 0;
+	const void *b;
+	int blen;
+
+	memset(t, 0, sizeof(*t));
+	t->txn_id = sqlite3_column_int64(st, 0);
+	t->producer_group = col_str(st, 1, &err);
+	t->topic = col_str(st, 2, &err);
+	t->partition = sqlite3_column_int(st, 3);
+	t->batch_len = (size_t)sqlite3_column_int64(st, 4);
+	t->record_count = sqlite3_column_int(st, 5);
+	t->state = parse_state_col(st, 6);
+	t->created_ms = sqlite3_column_int64(st, 7);
+	t->ended_ms = col_i64(st, 8);
+	t->check_count = sqlite3_column_int(st, 9);
+	t->next_check_ms = sqlite3_column_int64(st, 10);
+	t->lease_until_ms = sqlite3_column_int64(st, 11);
+	t->commit_seq = col_i64(st, 12);
+	t->log_offset = col_i64(st, 13);
+	t->origin = (uint64_t)sqlite3_column_int64(st, 14);
+	t->discard_reason = col_str(st, 15, &err);
+	b = sqlite3_column_blob(st, 16);
+	blen = sqlite3_column_bytes(st, 16);
+	if (b && blen > 0) {
+		t->batch = malloc((size_t)blen);
+		if (t->batch)
+			memcpy(t->batch, b, (size_t)blen);
+		else
+			err = -ENOMEM;
+	}
+	if (err)
+		halfstore_txn_clear(t);
+	return err;
+}
+
+/* Runs a bound SELECT of COLS_* and collects every row.  Finalizes st.
+ * 0 with *out and *n, or -errno with both untouched. */
+static int collect(sqlite3_stmt *st, halfstore_txn **out, size_t *n)
+{
+	halfstore_txn *v = NULL;
+	size_t cnt = 0, cap = 0;
+	int rc, err = 0;
+
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (cnt == cap) {
+			size_t ncap = cap ? cap * 2 : 16;
+			halfstore_txn *nv = realloc(v, sizeof(*nv) * ncap);
+
+			if (!nv) {
+				err = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = ncap;
+		}
+		err = read_row(st, &v[cnt]);
+		if (err)
+			break;
+		cnt++;
+	}
+	if (!err && rc != SQLITE_DONE)
+		err = sqlerr(rc);
+	rc = sqlite3_finalize(st);
+	if (!err)
+		err = sqlerr(rc);
+	if (err) {
+		halfstore_txns_free(v, cnt);
+		return err;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+/* Reads txn_id into *t.  HALFSTORE_OK, HALFSTORE_E_NOT_FOUND or -errno. */
+static int fetch(sqlite3 *db, int64_t txn_id, bool with_batch, halfstore_txn *t)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = prep(db,
+		  with_batch ? "SELECT " COLS_BLOB " FROM txn_half WHERE txn_id = ?1"
+			     : "SELECT " COLS_NOBLOB " FROM txn_half WHERE txn_id = ?1",
+		  &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, txn_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		rc = read_row(st, t);
+	else if (rc == SQLITE_DONE)
+		rc = HALFSTORE_E_NOT_FOUND;
+	else
+		rc = sqlerr(rc);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int64_t clamp_limit(size_t limit)
+{
+	return limit > (size_t)INT64_MAX ? INT64_MAX : (int64_t)limit;
+}
+
+/* ---- prepare ---- */
+
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* record_count of a plausible RecordBatch v2, or -1. */
+static int32_t batch_records(const uint8_t *b, size_t len)
+{
+	int32_t count, delta;
+	uint16_t attr;
+
+	if (!b || len < RB_HEADER || len > INT32_MAX)
+		return -1;
+	if ((size_t)be32(b + RB_OFF_LENGTH) != len - 12 || b[RB_OFF_MAGIC] != 2)
+		return -1;
+	attr = (uint16_t)(b[RB_OFF_ATTR] << 8 | b[RB_OFF_ATTR + 1]);
+	if (attr & (RB_ATTR_TRANSACTIONAL | RB_ATTR_CONTROL))
+		return -1;
+	count = (int32_t)be32(b + RB_OFF_COUNT);
+	delta = (int32_t)be32(b + RB_OFF_LAST_DELTA);
+	if (count < 1 || delta != count - 1)
+		return -1;
+	return count;
+}
+
+int halfstore_prepare(sqlite3 *db, const halfstore_prepare_args *a, int64_t now_ms,
+		      const checksched_policy *policy, int64_t *txn_id)
+{
+	sqlite3_stmt *st;
+	int32_t count;
+	int rc;
+
+	if (!a || !a->producer_group || !*a->producer_group || !a->topic || !*a->topic ||
+	    a->partition < 0 || !policy)
+		return HALFSTORE_E_INVALID;
+	count = batch_records(a->batch, a->batch_len);
+	if (count < 0)
+		return HALFSTORE_E_INVALID;
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = prep(db,
+		  "INSERT INTO txn_half(producer_group, topic, partition, batch, batch_len,"
+		  " record_count, state, created_ms, next_check_ms, origin)"
+		  " VALUES(?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7, ?8, ?9)",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_text(st, 1, a->producer_group, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, a->topic, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 3, a->partition);
+		sqlite3_bind_blob(st, 4, a->batch, (int)a->batch_len, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 5, (int64_t)a->batch_len);
+		sqlite3_bind_int(st, 6, count);
+		sqlite3_bind_int64(st, 7, now_ms);
+		sqlite3_bind_int64(st, 8, checksched_first_check(policy, now_ms, a->check_timeout_ms));
+		sqlite3_bind_int64(st, 9, (int64_t)a->origin);
+		rc = run(st);
+	}
+	rc = sp_end(db, rc);
+	if (rc == 0)
+		*txn_id = sqlite3_last_insert_rowid(db);
+	return rc;
+}
+
+/* ---- end ---- */
+
+/* Takes record_count sequences from txn_seq for (topic, partition).
+ * 0 with *seq, or -errno. */
+static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t count,
+		    int64_t *seq)
+{
+	sqlite3_stmt *st;
+	int64_t s = 0;
+	int rc;
+
+	rc = prep(db, "SELECT next_seq FROM txn_seq WHERE topic = ?1 AND partition = ?2", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, partition);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		s = sqlite3_column_int64(st, 0);
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
+	sqlite3_finalize(st);
+	if (rc)
+		return rc;
+	/* A batch's sequences stay inside one epoch: skip to the next one. */
+	if (s % HALFSTORE_SEQ_SPAN + count > HALFSTORE_SEQ_SPAN)
+		s = (s / HALFSTORE_SEQ_SPAN + 1) * HALFSTORE_SEQ_SPAN;
+	rc = prep(db,
+		  "INSERT INTO txn_seq(topic, partition, next_seq) VALUES(?1, ?2, ?3)"
+		  " ON CONFLICT(topic, partition) DO UPDATE SET next_seq = excluded.next_seq",
+		  &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, partition);
+	sqlite3_bind_int64(st, 3, s + count);
+	rc = run(st);
+	if (rc == 0)
+		*seq = s;
+	return rc;
+}
+
+static int end_apply(sqlite3 *db, const halfstore_txn *t, enum halfstore_decision decision,
+		     int64_t now_ms)
+{
+	sqlite3_stmt *st;
+	int64_t seq = t->commit_seq;
+	int rc;
+
+	if (decision == HALFSTORE_ROLLBACK) {
+		rc = prep(db,
+			  "UPDATE txn_half SET state = 'ROLLED_BACK', ended_ms = ?2, batch = NULL,"
+			  " lease_until_ms = 0, discard_reason = NULL WHERE txn_id = ?1",
+			  &st);
+		if (rc)
+			return rc;
+		sqlite3_bind_int64(st, 1, t->txn_id);
+		sqlite3_bind_int64(st, 2, now_ms);
+		return run(st);
+	}
+	if (seq < 0) {
+		rc = take_seq(db, t->topic, t->partition, t->record_count, &seq);
+		if (rc)
+			return rc;
+	}
+	rc = prep(db,
+		  "UPDATE txn_half SET state = 'COMMITTING', ended_ms = ?2, commit_seq = ?3,"
+		  " lease_until_ms = 0, discard_reason = NULL WHERE txn_id = ?1",
+		  &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, t->txn_id);
+	sqlite3_bind_int64(st, 2, now_ms);
+	sqlite3_bind_int64(st, 3, seq);
+	return run(st);
+}
+
+int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision, unsigned flags,
+		  int64_t now_ms, halfstore_txn *out)
+{
+	halfstore_txn t;
+	int rc;
+
+	if (decision != HALFSTORE_COMMIT && decision != HALFSTORE_ROLLBACK)
+		return HALFSTORE_E_INVALID;
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = fetch(db, txn_id, false, &t);
+	if (rc != HALFSTORE_OK)
+		return sp_end(db, rc);
+	switch (t.state) {
+	case HALFSTORE_DISCARDED:
+		if (!(flags & HALFSTORE_F_OPERATOR)) {
+			rc = HALFSTORE_E_DISCARDED;
+			break;
+		}
+		/* An operator decides as the producer would have. */
+		__attribute__((fallthrough));
+	case HALFSTORE_PENDING:
+		rc = end_apply(db, &t, decision, now_ms);
+		break;
+	case HALFSTORE_COMMITTING:
+	case HALFSTORE_COMMITTED:
+		rc = decision == HALFSTORE_COMMIT ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
+		break;
+	case HALFSTORE_ROLLED_BACK:
+		rc = decision == HALFSTORE_ROLLBACK ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
+		break;
+	}
+	halfstore_txn_clear(&t);
+	if (rc >= 0 && out) {
+		int r = fetch(db, txn_id, true, &t);
+
+		if (r != HALFSTORE_OK)
+			rc = r < 0 ? r : -EIO; /* it was there a moment ago */
+	}
+	rc = sp_end(db, rc);
+	if (rc >= 0 && out)
+		*out = t;
+	else if (out)
+		halfstore_txn_clear(&t);
+	return rc;
+}
+
+/* ---- mark_committed ---- */
+
+int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
+{
+	halfstore_txn t;
+	sqlite3_stmt *st;
+	int rc;
+
+	if (log_offset < -1) /* -1: appended, offset no longer known */
+		return HALFSTORE_E_INVALID;
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = fetch(db, txn_id, false, &t);
+	if (rc != HALFSTORE_OK)
+		return sp_end(db, rc);
+	if (t.state == HALFSTORE_COMMITTED) {
+		rc = t.log_offset == log_offset ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
+	} else if (t.state != HALFSTORE_COMMITTING) {
+		rc = HALFSTORE_E_STATE;
+	} else {
+		rc = prep(db,
+			  "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2, batch = NULL"
+			  " WHERE txn_id = ?1",
+			  &st);
+		if (rc == 0) {
+			sqlite3_bind_int64(st, 1, txn_id);
+			sqlite3_bind_int64(st, 2, log_offset);
+			rc = run(st);
+		}
+	}
+	halfstore_txn_clear(&t);
+	return sp_end(db, rc);
+}
+
+/* ---- lists ---- */
+
+int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = prep(db,
+		  "SELECT " COLS_BLOB " FROM txn_half WHERE state = 'COMMITTING'"
+		  " ORDER BY topic, partition, commit_seq",
+		  &st);
+	if (rc)
+		return rc;
+	return collect(st, out, n);
+}
+
+int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t lease_ms,
+			 halfstore_txn **out, size_t *n)
+{
+	halfstore_txn *v = NULL;
+	size_t cnt = 0;
+	sqlite3_stmt *st = NULL;
+	int64_t until = lease_ms > INT64_MAX - now_ms ? INT64_MAX : now_ms + (lease_ms > 0 ? lease_ms : 0);
+	int rc;
+
+	if (limit == 0) {
+		*out = NULL;
+		*n = 0;
+		return 0;
+	}
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	/* A range of the index txn_half_due (not txn_half_state, which would
+	 * need a sort); test_halfstore checks the plan. */
+	rc = prep(db,
+		  "SELECT " COLS_NOBLOB " FROM txn_half"
+		  " WHERE state = 'PENDING' AND next_check_ms <= ?1 AND lease_until_ms <= ?1"
+		  " ORDER BY next_check_ms, txn_id LIMIT ?2",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, now_ms);
+		sqlite3_bind_int64(st, 2, clamp_limit(limit));
+		rc = collect(st, &v, &cnt);
+	}
+	/* Lease after the scan is closed (the update moves rows in the index). */
+	if (rc == 0 && cnt > 0)
+		rc = prep(db,
+			  "UPDATE txn_half SET lease_until_ms = ?2, next_check_ms = ?2"
+			  " WHERE txn_id = ?1",
+			  &st);
+	for (size_t i = 0; rc == 0 && i < cnt; i++) {
+		sqlite3_bind_int64(st, 1, v[i].txn_id);
+		sqlite3_bind_int64(st, 2, until);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = sqlerr(sqlite3_errcode(db));
+		sqlite3_reset(st);
+		v[i].lease_until_ms = until;
+		v[i].next_check_ms = until;
+	}
+	if (cnt > 0 && st) {
+		int frc = sqlite3_finalize(st);
+
+		if (rc == 0)
+			rc = sqlerr(frc);
+	}
+	rc = sp_end(db, rc);
+	if (rc < 0) {
+		halfstore_txns_free(v, cnt);
+		return rc;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+/* ---- check answers, resume, discard ---- */
+
+int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer answer,
+			   int64_t now_ms, const checksched_policy *policy,
+			   enum halfstore_state *state)
+{
+	halfstore_txn t;
+	sqlite3_stmt *st;
+	int64_t next;
+	int32_t count;
+	char reason[96];
+	int rc;
+
+	if ((answer != HALFSTORE_ANSWER_UNKNOWN && answer != HALFSTORE_ANSWER_NONE) || !policy)
+		return HALFSTORE_E_INVALID;
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = fetch(db, txn_id, false, &t);
+	if (rc != HALFSTORE_OK)
+		return sp_end(db, rc);
+	if (t.state != HALFSTORE_PENDING) {
+		halfstore_txn_clear(&t);
+		return sp_end(db, HALFSTORE_E_STATE);
+	}
+	count = t.check_count + 1;
+	halfstore_txn_clear(&t);
+	next = checksched_next_check(policy, count, now_ms);
+	if (next < 0) {
+		snprintf(reason, sizeof(reason), "no decision after %d checks (last: %s)", (int)count,
+			 answer == HALFSTORE_ANSWER_UNKNOWN ? "unknown" : "no answer");
+		rc = prep(db,
+			  "UPDATE txn_half SET state = 'DISCARDED', check_count = ?2, ended_ms = ?3,"
+			  " lease_until_ms = 0, discard_reason = ?4 WHERE txn_id = ?1",
+			  &st);
+		if (rc == 0) {
+			sqlite3_bind_int64(st, 1, txn_id);
+			sqlite3_bind_int(st, 2, count);
+			sqlite3_bind_int64(st, 3, now_ms);
+			sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC);
+			rc = run(st);
+		}
+	} else {
+		rc = prep(db,
+			  "UPDATE txn_half SET check_count = ?2, next_check_ms = ?3, lease_until_ms = 0"
+			  " WHERE txn_id = ?1",
+			  &st);
+		if (rc == 0) {
+			sqlite3_bind_int64(st, 1, txn_id);
+			sqlite3_bind_int(st, 2, count);
+			sqlite3_bind_int64(st, 3, next);
+			rc = run(st);
+		}
+	}
+	rc = sp_end(db, rc);
+	if (rc == 0 && state)
+		*state = next < 0 ? HALFSTORE_DISCARDED : HALFSTORE_PENDING;
+	return rc;
+}
+
+/* Runs a one-row UPDATE of txn_id (bound as ?1, and extra bound by the
+ * caller-provided binder) guarded by a state condition; tells apart "not
+ * there" and "wrong state" when nothing changed. */
+static int guarded_update(sqlite3 *db, sqlite3_stmt *st, int64_t txn_id)
+{
+	int rc = run(st);
+	halfstore_txn t;
+
+	if (rc)
+		return rc;
+	if (sqlite3_changes(db) > 0)
+		return HALFSTORE_OK;
+	rc = fetch(db, txn_id, false, &t);
+	if (rc != HALFSTORE_OK)
+		return rc;
+	halfstore_txn_clear(&t);
+	return HALFSTORE_E_STATE;
+}
+
+int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = prep(db,
+		  "UPDATE txn_half SET state = 'PENDING', check_count = 0, next_check_ms = ?2,"
+		  " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL"
+		  " WHERE txn_id = ?1 AND state = 'DISCARDED'",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, txn_id);
+		sqlite3_bind_int64(st, 2, now_ms);
+		rc = guarded_update(db, st, txn_id);
+	}
+	return sp_end(db, rc);
+}
+
+int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = prep(db,
+		  "UPDATE txn_half SET state = 'DISCARDED', ended_ms = ?2, discard_reason = ?3,"
+		  " lease_until_ms = 0 WHERE txn_id = ?1 AND state IN ('PENDING', 'COMMITTING')",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, txn_id);
+		sqlite3_bind_int64(st, 2, now_ms);
+		sqlite3_bind_text(st, 3, reason ? reason : "discarded", -1, SQLITE_STATIC);
+		rc = guarded_update(db, st, txn_id);
+	}
+	return sp_end(db, rc);
+}
+
+/* ---- operator views ---- */
+
+int halfstore_get(sqlite3 *db, int64_t txn_id, halfstore_txn *out)
+{
+	halfstore_txn t;
+	int rc = fetch(db, txn_id, true, &t);
+
+	if (rc == HALFSTORE_OK)
+		*out = t;
+	return rc;
+}
+
+int halfstore_list(sqlite3 *db, const char *group, unsigned state_mask, size_t limit,
+		   int64_t after_txn_id, halfstore_txn **out, size_t *n)
+{
+	char sql[512];
+	size_t len;
+	sqlite3_stmt *st;
+	bool first = true;
+	int rc;
+
+	state_mask &= HALFSTORE_MASK_ALL;
+	if (state_mask == 0)
+		return HALFSTORE_E_INVALID;
+	len = (size_t)snprintf(sql, sizeof(sql), "SELECT " COLS_NOBLOB " FROM txn_half WHERE txn_id > ?1%s",
+			       group ? " AND producer_group = ?2" : "");
+	if (state_mask != HALFSTORE_MASK_ALL) {
+		/* Literal names from state_names: no user text in the SQL.  With
+		 * a group, "+state" keeps the planner on txn_half_group (one
+		 * group's rows in txn_id order) rather than txn_half_state (every
+		 * group's rows of that state). */
+		len += (size_t)snprintf(sql + len, sizeof(sql) - len, " AND %sstate IN (",
+					group ? "+" : "");
+		for (int s = 0; s < HALFSTORE_NSTATES; s++) {
+			if (!(state_mask & HALFSTORE_MASK(s)))
+				continue;
+			len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s'%s'", first ? "" : ", ",
+						state_names[s]);
+			first = false;
+		}
+		len += (size_t)snprintf(sql + len, sizeof(sql) - len, ")");
+	}
+	snprintf(sql + len, sizeof(sql) - len, " ORDER BY txn_id LIMIT ?3");
+	rc = prep(db, sql, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, after_txn_id);
+	if (group)
+		sqlite3_bind_text(st, 2, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, clamp_limit(limit));
+	return collect(st, out, n);
+}
+
+int64_t halfstore_count(sqlite3 *db, const char *group, enum halfstore_state state)
+{
+	sqlite3_stmt *st;
+	int64_t cnt = -EIO;
+	int rc;
+
+	if ((unsigned)state >= HALFSTORE_NSTATES)
+		return -EINVAL;
+	rc = prep(db,
+		  group ? "SELECT count(*) FROM txn_half WHERE state = ?1 AND producer_group = ?2"
+			: "SELECT count(*) FROM txn_half WHERE state = ?1",
+		  &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, state_names[state], -1, SQLITE_STATIC);
+	if (group)
+		sqlite3_bind_text(st, 2, group, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		cnt = sqlite3_column_int64(st, 0);
+	else
+		cnt = sqlerr(rc);
+	sqlite3_finalize(st);
+	return cnt;
+}
+
+/* ---- housekeeping ---- */
+
+int64_t halfstore_purge(sqlite3 *db, int64_t before_ms, bool include_discarded, size_t limit)
+{
+	sqlite3_stmt *st;
+	int rc;
+	int64_t n = 0;
+
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	/* "+state": walk txn_half_ended (only rows old enough), not every
+	 * COMMITTED row through txn_half_state. */
+	rc = prep(db,
+		  include_discarded
+			  ? "DELETE FROM txn_half WHERE txn_id IN (SELECT txn_id FROM txn_half"
+			     " WHERE ended_ms < ?1 AND +state IN ('COMMITTED', 'ROLLED_BACK', 'DISCARDED')"
+			    " LIMIT ?2)"
+			  : "DELETE FROM txn_half WHERE txn_id IN (SELECT txn_id FROM txn_half"
+			     " WHERE ended_ms < ?1 AND +state IN ('COMMITTED', 'ROLLED_BACK') LIMIT ?2)",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, before_ms);
+		sqlite3_bind_int64(st, 2, clamp_limit(limit));
+		rc = run(st);
+		if (rc == 0)
+			n = sqlite3_changes(db);
+	}
+	rc = sp_end(db, rc);
+	return rc < 0 ? rc : n;
+}
+
+int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms)
+{
+	sqlite3_stmt *st;
+	int64_t n = 0;
+	int rc;
+
+	if (!topic)
+		return -EINVAL;
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = prep(db,
+		  "UPDATE txn_half SET state = 'DISCARDED', ended_ms = ?2, lease_until_ms = 0,"
+		  " discard_reason = 'topic deleted' WHERE topic = ?1 AND state = 'PENDING'",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, now_ms);
+		rc = run(st);
+		if (rc == 0)
+			n = sqlite3_changes(db);
+	}
+	if (rc == 0)
+		rc = prep(db, "DELETE FROM txn_seq WHERE topic = ?1", &st);
+	if (rc == 0) {
+		sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+		rc = run(st);
+	}
+	rc = sp_end(db, rc);
+	return rc < 0 ? rc : n;
+}

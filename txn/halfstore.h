@@ -1,0 +1,267 @@
+/*
+ * halfstore.h — the half-message store: transactional half messages and
+ * their check state in the coordinator's SQLite database (DESIGN §5-6,
+ * docs/transactions.md).
+ *
+ * What it owns: the tables txn_half and txn_seq (schema below, in
+ * halfstore_schema_sql).  Nothing in memory: every function is given the
+ * connection and keeps no state between calls.
+ *
+ * Threads: the coordinator thread only (broker/coord.h), inside a coord job,
+ * that is inside the batch transaction and the job's SAVEPOINT.  No function
+ * begins or commits a transaction: what a function wrote is durable when
+ * the surrounding COMMIT returns, so many prepares and ends share one
+ * commit (group commit).  Each mutating function is atomic on its own: it
+ * runs in a nested SAVEPOINT ("halfstore") that it rolls back on failure,
+ * so a negative return leaves the database as it was before the call.
+ * (Called outside any transaction, that savepoint is a transaction of its
+ * own — handy in tests.)
+ *
+ * States and transitions (the only ones there are):
+ *
+ *   prepare -> PENDING --end(COMMIT)------> COMMITTING --mark_committed--> COMMITTED
+ *                 |    --end(ROLLBACK)----> ROLLED_BACK
+ *                 |    --check_answer x max_checks--> DISCARDED
+ *   DISCARDED --resume (operator)----------------> PENDING
+ *   DISCARDED --end(.., HALFSTORE_F_OPERATOR)----> COMMITTING | ROLLED_BACK
+ *   COMMITTED, ROLLED_BACK, DISCARDED --purge after retention--> (deleted)
+ *
+ * Exactly-once commit: end(COMMIT) gives the transaction a commit sequence
+ * from txn_seq, per (topic, partition), advancing by the batch's record
+ * count.  The broker appends the stored batch as an idempotent batch of the
+ * reserved producer HALFSTORE_COMMIT_PID with epoch
+ * halfstore_commit_epoch(seq) and base sequence halfstore_commit_base_seq(seq),
+ * in commit_seq order per partition, then calls mark_committed with the
+ * offset.  After a crash it re-appends everything halfstore_committing
+ * lists; the partition's idempotent-producer dedup (broker/pidstate.c)
+ * answers an already appended one with its original offset.
+ *
+ * Errors: positive HALFSTORE_* outcomes below, documented per function;
+ * negative -errno when SQLite failed (mapped in one place, halfstore.c
+ * sqlerr(): -ENOMEM, -EBUSY, -ENOSPC, -EIO, -EINVAL for a constraint
+ * violation), in which case nothing changed and the caller's coord job
+ * should fail (return SQLITE_ERROR) so its savepoint is rolled back as well.
+ *
+ * Times are int64 milliseconds (wall clock, stored and shown to operators).
+ */
+#ifndef SLUICE_HALFSTORE_H
+#define SLUICE_HALFSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "checksched.h"
+
+/* The SQL that creates the tables and indexes (idempotent: IF NOT EXISTS).
+ * The broker runs it as a step of coord.c's schema_upgrade (it is its own
+ * schema version 1, see halfstore.c for the layout and change rules). */
+extern const char halfstore_schema_sql[];
+#define HALFSTORE_SCHEMA_VERSION 1
+
+/* Outcomes (0 and positive). */
+enum {
+	HALFSTORE_OK = 0,
+	HALFSTORE_OK_ALREADY = 1,   /* the same decision was made before: nothing changed */
+	HALFSTORE_E_NOT_FOUND = 2,  /* no such txn_id (never existed or purged) */
+	HALFSTORE_E_CONFLICT = 3,   /* the opposite decision was made before */
+	HALFSTORE_E_DISCARDED = 4,  /* discarded after max checks: operator only */
+	HALFSTORE_E_STATE = 5,      /* not in a state this operation applies to */
+	HALFSTORE_E_INVALID = 6,    /* bad argument (e.g. not a RecordBatch v2) */
+};
+
+enum halfstore_state {
+	HALFSTORE_PENDING = 0,
+	HALFSTORE_COMMITTING = 1,
+	HALFSTORE_COMMITTED = 2,
+	HALFSTORE_ROLLED_BACK = 3,
+	HALFSTORE_DISCARDED = 4,
+};
+#define HALFSTORE_NSTATES 5
+/* State filter bits for halfstore_list. */
+#define HALFSTORE_MASK(state) (1u << (state))
+#define HALFSTORE_MASK_ALL ((1u << HALFSTORE_NSTATES) - 1)
+
+enum halfstore_decision {
+	HALFSTORE_COMMIT = 1,
+	HALFSTORE_ROLLBACK = 2,
+};
+
+enum halfstore_answer {
+	HALFSTORE_ANSWER_UNKNOWN = 1,   /* the producer does not know yet */
+	HALFSTORE_ANSWER_NONE = 2,      /* no answer (lease expired, nobody to ask) */
+};
+
+/* Flags of halfstore_end. */
+#define HALFSTORE_F_OPERATOR 1u /* an operator resolves a DISCARDED txn */
+
+/* Commits are appended as idempotent batches of this producer id, which the
+ * broker never hands out (InitProducerId allocates from 1000). */
+#define HALFSTORE_COMMIT_PID 1
+/* Sequences of one epoch: commit_seq packs (epoch, sequence) so that a
+ * batch never wraps the int32 sequence; txn_seq skips to the next epoch
+ * when a batch would not fit. */
+#define HALFSTORE_SEQ_SPAN ((int64_t)1 << 31)
+
+static inline int16_t halfstore_commit_epoch(int64_t commit_seq)
+{
+	return (int16_t)(commit_seq / HALFSTORE_SEQ_SPAN);
+}
+
+static inline int32_t halfstore_commit_base_seq(int64_t commit_seq)
+{
+	return (int32_t)(commit_seq % HALFSTORE_SEQ_SPAN);
+}
+
+/* One row of txn_half.  Strings and batch are malloc()ed and owned by the
+ * struct (halfstore_txn_clear frees them); absent values are -1 (numbers)
+ * or NULL (strings, batch). */
+typedef struct halfstore_txn {
+	int64_t txn_id;
+	char *producer_group;
+	char *topic;
+	int32_t partition;
+	uint8_t *batch;          /* RecordBatch v2 as prepared; NULL where a
+	                            function says it leaves it out */
+	size_t batch_len;        /* set even when batch is left out */
+	int32_t record_count;
+	enum halfstore_state state;
+	int64_t created_ms;
+	int64_t ended_ms;        /* decision (or discard) time; -1 while PENDING */
+	int32_t check_count;     /* checks that got no decision */
+	int64_t next_check_ms;
+	int64_t lease_until_ms;  /* a check is out until then; 0 = none */
+	int64_t commit_seq;      /* -1 unless COMMITTING/COMMITTED */
+	int64_t log_offset;      /* -1 unless COMMITTED */
+	uint64_t origin;         /* connection that prepared it (opaque) */
+	char *discard_reason;    /* NULL unless DISCARDED */
+} halfstore_txn;
+
+/* What halfstore_prepare stores.  Borrowed for the call only. */
+typedef struct halfstore_prepare_args {
+	const char *producer_group;
+	const char *topic;
+	int32_t partition;
+	const uint8_t *batch;    /* a RecordBatch v2 the broker has checked
+	                            (length, CRC) */
+	size_t batch_len;
+	uint64_t origin;
+	int64_t check_timeout_ms; /* > 0: first check after this instead of the
+	                             policy's timeout */
+} halfstore_prepare_args;
+
+/* ---- names ---- */
+
+const char *halfstore_state_name(enum halfstore_state s); /* "PENDING", ... */
+/* Parses a state name (case-insensitive).  0 with *s, or -EINVAL. */
+int halfstore_state_parse(const char *name, enum halfstore_state *s);
+const char *halfstore_strerror(int rc); /* HALFSTORE_* or -errno */
+
+/* ---- struct helpers ---- */
+
+/* Frees what t owns and sets t to the empty value.  Accepts NULL. */
+void halfstore_txn_clear(halfstore_txn *t);
+/* Clears and frees an array returned by a list function.  Accepts NULL. */
+void halfstore_txns_free(halfstore_txn *v, size_t n);
+
+/* ---- operations ---- */
+
+/* Stores a new half message in PENDING with next_check_ms =
+ * checksched_first_check(policy, now_ms, a->check_timeout_ms).  Checks that
+ * the batch looks like a RecordBatch v2 (size >= 61, batchLength, magic 2,
+ * recordCount >= 1 and lastOffsetDelta == recordCount - 1, neither the
+ * transactional nor the control attribute) and that the strings are
+ * non-empty.  Returns HALFSTORE_OK with *txn_id (durable when the
+ * surrounding commit returns), HALFSTORE_E_INVALID, or -errno; *txn_id is
+ * written only on HALFSTORE_OK. */
+int halfstore_prepare(sqlite3 *db, const halfstore_prepare_args *a, int64_t now_ms,
+		      const checksched_policy *policy, int64_t *txn_id);
+
+/* Ends a transaction with decision at now_ms.
+ *  PENDING + COMMIT    -> COMMITTING, commit_seq assigned: HALFSTORE_OK
+ *  PENDING + ROLLBACK  -> ROLLED_BACK (the batch is dropped): HALFSTORE_OK
+ *  COMMITTING/COMMITTED + COMMIT, ROLLED_BACK + ROLLBACK: HALFSTORE_OK_ALREADY,
+ *      nothing changes (a retried end never appends twice)
+ *  COMMITTING/COMMITTED + ROLLBACK, ROLLED_BACK + COMMIT: HALFSTORE_E_CONFLICT,
+ *      nothing changes
+ *  DISCARDED: HALFSTORE_E_DISCARDED, unless flags has HALFSTORE_F_OPERATOR,
+ *      then as PENDING
+ *  no such txn: HALFSTORE_E_NOT_FOUND
+ * On HALFSTORE_OK, OK_ALREADY, E_CONFLICT and E_DISCARDED, if out is not
+ * NULL, *out receives the row as it is after the call (the batch included
+ * while COMMITTING, for the append); the caller clears it.  On other
+ * returns *out is not written. */
+int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision, unsigned flags,
+		  int64_t now_ms, halfstore_txn *out);
+
+/* The append of a COMMITTING txn landed at log_offset (-1: it was appended
+ * but its offset is no longer known, e.g. found by dedup after a crash): -> COMMITTED (the
+ * batch is dropped).  HALFSTORE_OK; HALFSTORE_OK_ALREADY if already
+ * COMMITTED at that offset; HALFSTORE_E_CONFLICT if COMMITTED at another
+ * offset; HALFSTORE_E_STATE for other states; HALFSTORE_E_NOT_FOUND. */
+int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset);
+
+/* Everything in COMMITTING (crash recovery: re-append them all), batches
+ * included, ordered by topic, partition, commit_seq.  HALFSTORE_OK with
+ * *out (malloc()ed, NULL if *n == 0) and *n, or -errno with both untouched. */
+int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n);
+
+/* Leases up to limit PENDING txns due at now_ms (next_check_ms <= now_ms
+ * and lease expired), earliest next_check_ms first (ties: oldest txn_id),
+ * by setting lease_until_ms and next_check_ms to now_ms + lease_ms: they are
+ * not returned again until then (a check not answered by then is due
+ * again).  An index range scan, whatever the number of pending rows.
+ * Rows come without batch.  HALFSTORE_OK with *out and *n (as above), or -errno
+ * with both untouched (and nothing leased). */
+int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t lease_ms,
+			 halfstore_txn **out, size_t *n);
+
+/* A check of a PENDING txn got no decision: check_count + 1, lease
+ * released; next_check_ms = checksched_next_check(policy, check_count,
+ * now_ms), or, at policy->max_checks, -> DISCARDED with a reason.
+ * HALFSTORE_OK with *state (PENDING or DISCARDED; state may be NULL),
+ * HALFSTORE_E_STATE (it has ended meanwhile; nothing changes),
+ * HALFSTORE_E_NOT_FOUND, HALFSTORE_E_INVALID (answer), or -errno. */
+int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer answer,
+			   int64_t now_ms, const checksched_policy *policy,
+			   enum halfstore_state *state);
+
+/* Operator: DISCARDED -> PENDING with check_count 0, due at now_ms, reason
+ * and ended_ms cleared.  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND
+ * or -errno. */
+int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms);
+
+/* One txn with its batch.  HALFSTORE_OK with *out (caller clears),
+ * HALFSTORE_E_NOT_FOUND or -errno (*out not written). */
+int halfstore_get(sqlite3 *db, int64_t txn_id, halfstore_txn *out);
+
+/* Up to limit txns of group (NULL: all groups) whose state is in
+ * state_mask (HALFSTORE_MASK bits), with txn_id > after_txn_id, by txn_id:
+ * page on with the last txn_id returned.  Rows come without batch.
+ * HALFSTORE_OK with *out and *n, HALFSTORE_E_INVALID (mask 0) or -errno. */
+int halfstore_list(sqlite3 *db, const char *group, unsigned state_mask, size_t limit,
+		   int64_t after_txn_id, halfstore_txn **out, size_t *n);
+
+/* Count of txns in state (of group; NULL = all).  >= 0, or -errno. */
+int64_t halfstore_count(sqlite3 *db, const char *group, enum halfstore_state state);
+
+/* Deletes up to limit ended txns (COMMITTED, ROLLED_BACK, and DISCARDED if
+ * include_discarded) whose ended_ms < before_ms.  Returns how many
+ * (>= 0), or -errno. */
+int64_t halfstore_purge(sqlite3 *db, int64_t before_ms, bool include_discarded, size_t limit);
+
+/* A topic was deleted: its PENDING txns -> DISCARDED ("topic deleted") and
+ * its txn_seq rows are removed (a re-created topic starts at sequence 0).
+ * Txns already COMMITTING keep their state (their append will fail and the
+ * broker marks them with halfstore_discard).  Returns how many were
+ * discarded, or -errno. */
+int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms);
+
+/* Operator / broker: PENDING or COMMITTING -> DISCARDED with reason
+ * (copied).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND, or
+ * -errno. */
+int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms);
+
+#endif
