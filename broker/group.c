@@ -1161,10 +1161,24 @@ int api_join_group(req *r, wire_rd *rd)
 	return API_OK;
 }
 
+/* A request naming a static instance that now belongs to another member
+ * id comes from a fenced (replaced) member: FENCED_INSTANCE_ID, as Kafka. */
+static bool fenced(group *g, wire_str inst, wire_str mid)
+{
+	char i[MAX_ID + 1];
+	member *m;
+
+	if (!g || inst.len <= 0 || !wire_str_copy(inst, i, sizeof(i)))
+		return false;
+	m = member_by_instance(g, i);
+	return m && !(mid.len >= 0 && strlen(m->id) == (size_t)mid.len &&
+		      !memcmp(m->id, mid.ptr, (size_t)mid.len));
+}
+
 /* ---- SyncGroup ---- */
 
 typedef struct sync_args {
-	wire_str group_id, member_id;
+	wire_str group_id, member_id, instance_id;
 	int32_t generation;
 	int32_t nassign;
 	const uint8_t *assign_at;
@@ -1215,6 +1229,8 @@ static int16_t sync_locked(groups *gs, req *r, const sync_args *a, int64_t now, 
 	member *m = g && a->member_id.len > 0 ? member_find(g, a->member_id.ptr, (size_t)a->member_id.len) : NULL;
 	int16_t err;
 
+	if (fenced(g, a->instance_id, a->member_id))
+		return KERR_FENCED_INSTANCE_ID;
 	if (!m)
 		return KERR_UNKNOWN_MEMBER_ID;
 	if (a->generation != g->generation)
@@ -1250,8 +1266,9 @@ int api_sync_group(req *r, wire_rd *rd)
 	a.group_id = wire_rd_str(rd);
 	a.generation = wire_rd_i32(rd);
 	a.member_id = wire_rd_str(rd);
+	a.instance_id = (wire_str){ NULL, -1 };
 	if (r->api_version >= 3)
-		(void)wire_rd_str(rd); /* group instance id */
+		a.instance_id = wire_rd_str(rd);
 	a.nassign = wire_rd_array(rd, 6);
 	a.assign_at = rd->p;
 	for (int32_t i = 0; i < a.nassign; i++) {
@@ -1280,20 +1297,22 @@ int api_heartbeat(req *r, wire_rd *rd)
 	groups *gs = G;
 	wire_str gid = wire_rd_str(rd);
 	int32_t gen = wire_rd_i32(rd);
-	wire_str mid = wire_rd_str(rd);
+	wire_str mid = wire_rd_str(rd), inst = { NULL, -1 };
 	int16_t err = KERR_NONE;
 	group *g;
 	member *m = NULL;
 
 	if (r->api_version >= 3)
-		(void)wire_rd_str(rd);
+		inst = wire_rd_str(rd);
 	if (rd->err)
 		return API_MALFORMED;
 	pthread_mutex_lock(&gs->lock);
 	g = gid.len > 0 ? group_find(gs, gid.ptr, (size_t)gid.len) : NULL;
 	if (g && mid.len > 0)
 		m = member_find(g, mid.ptr, (size_t)mid.len);
-	if (!m)
+	if (fenced(g, inst, mid))
+		err = KERR_FENCED_INSTANCE_ID, m = NULL;
+	else if (!m)
 		err = KERR_UNKNOWN_MEMBER_ID;
 	else if (gen != g->generation)
 		err = KERR_ILLEGAL_GENERATION;
@@ -1452,7 +1471,7 @@ int api_offset_commit(req *r, wire_rd *rd)
 {
 	groups *gs = G;
 	int16_t ver = r->api_version;
-	wire_str gid = wire_rd_str(rd), mid = { NULL, -1 };
+	wire_str gid = wire_rd_str(rd), mid = { NULL, -1 }, inst = { NULL, -1 };
 	int32_t gen = -1, nt;
 	const uint8_t *topics_at;
 	wire_rd scan;
@@ -1467,7 +1486,7 @@ int api_offset_commit(req *r, wire_rd *rd)
 		mid = wire_rd_str(rd);
 	}
 	if (ver >= 7)
-		(void)wire_rd_str(rd);
+		inst = wire_rd_str(rd);
 	if (ver >= 2 && ver <= 4)
 		(void)wire_rd_i64(rd); /* retention time: broker setting wins */
 	topics_at = rd->p;
@@ -1536,7 +1555,9 @@ int api_offset_commit(req *r, wire_rd *rd)
 	{
 		group *g = group_find(gs, g_id, strlen(g_id));
 
-		oj->top_err = g_id[0] ? check_commit(g, gen, mid) : KERR_INVALID_GROUP_ID;
+		oj->top_err = !g_id[0] ? KERR_INVALID_GROUP_ID
+			    : fenced(g, inst, mid) ? KERR_FENCED_INSTANCE_ID
+						   : check_commit(g, gen, mid);
 		if (!oj->top_err && !g && !group_get_or_create(gs, g_id))
 			oj->top_err = KERR_UNKNOWN_SERVER_ERROR;
 	}

@@ -277,6 +277,8 @@ int main(int argc, char **argv)
 	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;
 	groups_start(grp, &srv.workers[0]);
+	if (txn_check_start(&srv, &srv.workers[0]) < 0)
+		goto fail;
 	/* From here on every thread inherits this mask and main takes the
 	 * signals with sigwait; before it, SIGTERM simply ends a start-up
 	 * (recovery, catalogue load) that nothing needs to clean up. */
@@ -304,6 +306,7 @@ int main(int argc, char **argv)
 	co = NULL;
 	server_free(&srv);
 	groups_free(grp);
+	txn_check_stop();
 	syncer_stop(srv.syncer);
 	quota_free(srv.quota);
 	topics_free(reg);

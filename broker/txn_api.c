@@ -4,7 +4,7 @@
  *   1000 TxnPrepare v0   store a half message (a RecordBatch v2) in SQLite
  *   1001 TxnEnd v0       commit (append to the log, exactly once) / rollback
  *   1003 TxnList v0      list transactions of a producer group (operators)
- * Check-back (1002) is not wired yet: see the issue note.
+ *   1002 TxnCheckPoll v0 check-back long-poll (txn_check.c)
  *
  * Exactly once: a commit first moves the txn to COMMITTING in SQLite with a
  * per-partition commit sequence (txn/halfstore.c), then appends the batch as
@@ -35,6 +35,11 @@
 
 static checksched_policy policy;
 static atomic_uint rr_partition;
+
+const checksched_policy *txn_api_policy(void)
+{
+	return &policy;
+}
 
 void txn_api_init(const config *cfg)
 {
@@ -396,6 +401,7 @@ int api_txn_end(req *r, wire_rd *rd)
 	j->offset = -1;
 	j->txn.log_offset = -1;
 	j->txn.state = (enum halfstore_state)-1;
+	txn_check_answered(txn_id);
 	req_ref(r);
 	submit(j, end_done);
 	return API_OK;

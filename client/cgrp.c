@@ -2,15 +2,29 @@
  * cgrp.c — consumer-group membership (contract in cgrp.h).
  *
  * The group thread loop: find the coordinator; if a (re)join is needed,
- * revoke (commit when enable.auto.commit, unassign, queue REVOKED), then
- * JoinGroup (MEMBER_ID_REQUIRED: retry with the id given), the leader
- * computes every member's assignment, SyncGroup, OffsetFetch, assign, queue
- * ASSIGNED; otherwise heartbeat every heartbeat.interval.ms, commit every
- * auto.commit.interval.ms or when asked, re-match the subscription every
- * topic.metadata.refresh.interval.ms.  Errors: REBALANCE_IN_PROGRESS ->
- * rejoin; UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION -> rejoin with an empty
- * member id; NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, a lost connection
- * -> find the coordinator again.
+ * revoke (the hook below), then JoinGroup (MEMBER_ID_REQUIRED: retry with
+ * the id given), the leader computes every member's assignment, SyncGroup,
+ * OffsetFetch, assign, queue ASSIGNED; otherwise heartbeat every
+ * heartbeat.interval.ms, commit every auto.commit.interval.ms or when
+ * asked, re-match the subscription every topic.metadata.refresh.interval.ms.
+ * Errors: REBALANCE_IN_PROGRESS -> rejoin; UNKNOWN_MEMBER_ID /
+ * ILLEGAL_GENERATION -> rejoin with an empty member id (a static member
+ * first rejoins with its old id, so that a newer instance with the same
+ * group.instance.id fences it); NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE,
+ * a lost connection -> find the coordinator again; FENCED_INSTANCE_ID ->
+ * fatal: unassign, queue REVOKED and the error for poll, stop.
+ *
+ * The revocation hook (revoke()), in this order:
+ *   1. hold: poll stops returning messages (it still serves events);
+ *   2. with a rebalance callback: REVOKED (every assigned partition) is
+ *      queued and the thread waits until a poll (or cgrp_destroy) has run
+ *      the callback, at most max.poll.interval.ms; meanwhile it serves
+ *      commit requests (a sync commit from inside the callback) and
+ *      heartbeats;
+ *   3. enable.auto.commit: commit the positions;
+ *   4. unassign (buffered messages are dropped), then JoinGroup.
+ * The hold lasts until poll has served the next ASSIGNED with nothing else
+ * queued, so ASSIGNED comes before any message of the new assignment.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -35,9 +49,13 @@ enum {
 	API_SYNC_GROUP = 14,
 };
 
+/* ev 0: the fatal error g->fatal_err (no callback; poll returns it). */
+#define CGRP_EV_FATAL 0
+
 struct cgrp_event {
 	struct cgrp_event *next;
-	sluice_rebalance_event_t ev;
+	int ev; /* sluice_rebalance_event_t or CGRP_EV_FATAL */
+	uint64_t seq; /* REVOKED: g->rev_served is set to it once served */
 	struct grpproto_tplist parts;
 };
 
@@ -50,7 +68,7 @@ struct cgrp {
 	pthread_t thr;
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t cond;
-	bool terminate, started;
+	bool terminate, started, exited;
 	/* subscription */
 	char **subs;
 	int nsubs;
@@ -59,8 +77,12 @@ struct cgrp {
 	uint64_t sub_version, joined_sub_version;
 	/* membership (group thread only, read under lock by commit) */
 	char member_id[256];
+	const char *instance_id; /* group.instance.id, NULL: dynamic member */
 	int32_t generation;
 	bool have_coord, need_join, in_group;
+	/* FENCED_INSTANCE_ID (group thread sets it; fatal_posted once handled) */
+	int16_t fatal_err;
+	bool fatal_posted;
 	int64_t next_hb, next_commit, next_meta, backoff_until;
 	/* commit requests */
 	uint64_t commit_req, commit_done;
@@ -68,6 +90,10 @@ struct cgrp {
 	/* events for poll */
 	struct cgrp_event *ev_head, *ev_tail;
 	atomic_bool pending;
+	/* revocation hook: see the file comment */
+	atomic_bool hold;     /* poll must not return messages */
+	bool revoking;        /* between revoke() start and unassign */
+	uint64_t ev_seq, rev_served; /* events queued; last REVOKED served */
 	pthread_mutex_t serve_lock;
 };
 
@@ -75,34 +101,44 @@ static int timeout_ms(const struct cgrp *g) { return g->conf->request_timeout_ms
 
 /* ---- events ---- */
 
-static void post_event(struct cgrp *g, sluice_rebalance_event_t ev, struct grpproto_tplist *parts)
+/* Queues an event (takes *parts, left empty).  Returns its sequence
+ * number (> 0), or 0 when out of memory (the event is lost). */
+static uint64_t post_event(struct cgrp *g, int ev, struct grpproto_tplist *parts)
 {
 	struct cgrp_event *e = calloc(1, sizeof(*e));
+	uint64_t seq;
 
 	if (!e) {
 		grpproto_tplist_free(parts);
-		return;
+		return 0;
 	}
 	e->ev = ev;
 	e->parts = *parts; /* ownership moves to the event */
 	memset(parts, 0, sizeof(*parts));
 	pthread_mutex_lock(&g->lock);
+	seq = e->seq = ++g->ev_seq;
 	if (g->ev_tail)
 		g->ev_tail->next = e;
 	else
 		g->ev_head = e;
 	g->ev_tail = e;
 	atomic_store(&g->pending, true);
+	pthread_cond_broadcast(&g->cond); /* cgrp_destroy serves events too */
 	pthread_mutex_unlock(&g->lock);
 	consumer_grp_wake(g->c);
+	return seq;
 }
 
 bool cgrp_pending(struct cgrp *g) { return atomic_load(&g->pending); }
 
-void cgrp_serve(struct cgrp *g)
+bool cgrp_holding(struct cgrp *g) { return atomic_load(&g->hold); }
+
+sluice_err_t cgrp_serve(struct cgrp *g, char *errstr, size_t errstr_size)
 {
+	sluice_err_t fatal = SLUICE_ERR_NO_ERROR;
+
 	pthread_mutex_lock(&g->serve_lock);
-	for (;;) {
+	while (!fatal) {
 		struct cgrp_event *e;
 		sluice_topic_partition_t *v;
 		int n, k = 0;
@@ -118,6 +154,20 @@ void cgrp_serve(struct cgrp *g)
 		pthread_mutex_unlock(&g->lock);
 		if (!e)
 			break;
+		if (e->ev == CGRP_EV_FATAL) {
+			if (errstr) {
+				fatal = g->fatal_err;
+				if (errstr_size)
+					snprintf(errstr, errstr_size,
+						 "group %s: group.instance.id \"%s\" was fenced: another "
+						 "consumer joined with the same group.instance.id "
+						 "(FENCED_INSTANCE_ID); this consumer has left the group "
+						 "for good",
+						 g->conf->group_id, g->instance_id ? g->instance_id : "");
+			}
+			free(e);
+			continue;
+		}
 		n = grpproto_tplist_count(&e->parts);
 		v = calloc((size_t)(n ? n : 1), sizeof(*v));
 		if (v && g->conf->rebalance_cb) {
@@ -127,13 +177,24 @@ void cgrp_serve(struct cgrp *g)
 					v[k].partition = e->parts.t[i].parts[j];
 					v[k++].offset = SLUICE_OFFSET_INVALID;
 				}
-			g->conf->rebalance_cb(g->c, e->ev, v, (size_t)k, g->conf->rebalance_ctx);
+			g->conf->rebalance_cb(g->c, (sluice_rebalance_event_t)e->ev, v, (size_t)k,
+					      g->conf->rebalance_ctx);
 		}
 		free(v);
+		pthread_mutex_lock(&g->lock);
+		if (e->ev == SLUICE_REBALANCE_REVOKED && e->seq > g->rev_served) {
+			g->rev_served = e->seq; /* revoke() may go on */
+			pthread_cond_broadcast(&g->cond);
+		} else if (e->ev == SLUICE_REBALANCE_ASSIGNED && !g->ev_head && !g->revoking &&
+			   !g->fatal_err) {
+			atomic_store(&g->hold, false); /* messages may flow again */
+		}
+		pthread_mutex_unlock(&g->lock);
 		grpproto_tplist_free(&e->parts);
 		free(e);
 	}
 	pthread_mutex_unlock(&g->serve_lock);
+	return fatal;
 }
 
 /* ---- requests ---- */
@@ -163,8 +224,15 @@ static void member_error(struct cgrp *g, int16_t err)
 {
 	if (coord_error(g, err))
 		return;
-	if (err == SLUICE_ERR_UNKNOWN_MEMBER_ID || err == SLUICE_ERR_ILLEGAL_GENERATION) {
-		g->member_id[0] = '\0';
+	if (err == SLUICE_ERR_FENCED_INSTANCE_ID) {
+		g->fatal_err = err;
+		g->need_join = false;
+	} else if (err == SLUICE_ERR_UNKNOWN_MEMBER_ID || err == SLUICE_ERR_ILLEGAL_GENERATION) {
+		/* a static member keeps its id for one JoinGroup: if a newer
+		 * instance took over, the broker answers FENCED_INSTANCE_ID;
+		 * otherwise UNKNOWN_MEMBER_ID and join_group() clears it */
+		if (!g->instance_id)
+			g->member_id[0] = '\0';
 		g->generation = -1;
 		g->need_join = true;
 	} else if (err == SLUICE_ERR_REBALANCE_IN_PROGRESS) {
@@ -380,7 +448,7 @@ static int commit_positions(struct cgrp *g, const struct cgrp_pos *v, int n)
 	wire_w_i32(&r->wb, g->generation);
 	wire_w_str(&r->wb, g->member_id);
 	if (ver >= 7)
-		wire_w_str(&r->wb, NULL);
+		wire_w_str(&r->wb, g->instance_id);
 	if (ver <= 4)
 		wire_w_i64(&r->wb, -1);
 	/* one topic entry per partition run of the same topic */
@@ -463,26 +531,121 @@ static int commit_now(struct cgrp *g)
 	return rc;
 }
 
-/* Unassigns everything (committing first with enable.auto.commit) and
- * queues REVOKED. */
-static void revoke(struct cgrp *g)
+static void heartbeat(struct cgrp *g);
+
+/* Waits on g->cond (lock held) until the absolute kclock time `until` or a
+ * broadcast, whichever comes first. */
+static void cond_wait_until(struct cgrp *g, int64_t until)
+{
+	int64_t now = kclock_ms();
+	struct timespec ts;
+
+	if (until <= now)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (until - now) / 1000;
+	ts.tv_nsec += (long)((until - now) % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&g->cond, &g->lock, &ts);
+}
+
+/* Answers the commit requests made so far (lock held on entry and exit). */
+static void serve_commit_locked(struct cgrp *g)
+{
+	uint64_t want = g->commit_req;
+	int rc;
+
+	pthread_mutex_unlock(&g->lock);
+	rc = commit_now(g);
+	pthread_mutex_lock(&g->lock);
+	g->commit_err = rc;
+	g->commit_done = want;
+	pthread_cond_broadcast(&g->cond);
+}
+
+/* Step 2 of the hook: waits until REVOKED number seq has been served (its
+ * callback returned), max.poll.interval.ms at most, serving commit
+ * requests and heartbeats meanwhile.  Also during cgrp_destroy (terminate
+ * set): cgrp_destroy serves the event. */
+static void revoke_wait(struct cgrp *g, uint64_t seq)
+{
+	int64_t deadline = kclock_ms() + g->conf->max_poll_interval_ms;
+
+	pthread_mutex_lock(&g->lock);
+	while (g->rev_served < seq && kclock_ms() < deadline) {
+		int64_t until = deadline;
+
+		if (g->commit_req != g->commit_done) {
+			serve_commit_locked(g);
+			continue;
+		}
+		if (g->have_coord && !g->fatal_err && g->generation >= 0) {
+			if (kclock_ms() >= g->next_hb) {
+				pthread_mutex_unlock(&g->lock);
+				heartbeat(g);
+				g->next_hb = kclock_ms() + g->conf->heartbeat_interval_ms;
+				pthread_mutex_lock(&g->lock);
+				continue;
+			}
+			if (g->next_hb < until)
+				until = g->next_hb;
+		}
+		cond_wait_until(g, until);
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+/* The revocation hook (file comment): hold, REVOKED + wait for the
+ * callback, commit (enable.auto.commit), unassign.  fenced: the partitions
+ * already belong to another member: REVOKED is only a notification (no
+ * wait, no commit). */
+static void revoke(struct cgrp *g, bool fenced)
 {
 	struct cgrp_pos *v = NULL;
 	struct grpproto_tplist l = { 0 };
 	int n = 0;
+	uint64_t seq = 0;
 
 	if (!g->in_group)
 		return;
+	pthread_mutex_lock(&g->lock);
+	g->revoking = true;
+	atomic_store(&g->hold, true); /* 1 */
+	pthread_mutex_unlock(&g->lock);
+	if (g->conf->rebalance_cb && !consumer_grp_positions(g->c, false, &v, &n)) { /* 2 */
+		for (int i = 0; i < n; i++)
+			grpproto_tplist_add(&l, v[i].topic, strlen(v[i].topic), v[i].partition);
+		free(v);
+		v = NULL;
+		grpproto_tplist_sort(&l);
+		seq = post_event(g, SLUICE_REBALANCE_REVOKED, &l);
+		if (seq && !fenced)
+			revoke_wait(g, seq);
+	}
+	if (g->conf->auto_commit && !fenced) /* 3 */
+		commit_now(g);
+	g->in_group = false; /* 4 */
+	if (!consumer_grp_positions(g->c, true, &v, &n))
+		free(v);
+	pthread_mutex_lock(&g->lock);
+	g->revoking = false;
+	pthread_mutex_unlock(&g->lock);
+}
+
+/* FENCED_INSTANCE_ID: unassigns (REVOKED as a notification), queues the
+ * error for poll; the thread then only answers commits with the error. */
+static void enter_fatal(struct cgrp *g)
+{
+	struct grpproto_tplist none = { 0 };
+
+	revoke(g, true);
 	g->in_group = false;
-	if (consumer_grp_positions(g->c, true, &v, &n))
-		return;
-	if (g->conf->auto_commit)
-		commit_positions(g, v, n);
-	for (int i = 0; i < n; i++)
-		grpproto_tplist_add(&l, v[i].topic, strlen(v[i].topic), v[i].partition);
-	free(v);
-	grpproto_tplist_sort(&l);
-	post_event(g, SLUICE_REBALANCE_REVOKED, &l);
+	g->need_join = false;
+	post_event(g, CGRP_EV_FATAL, &none);
+	g->fatal_posted = true;
 }
 
 /* Leader: computes the SyncGroup assignments into r. */
@@ -492,19 +655,21 @@ static int leader_assign(struct cgrp *g, struct kreq *r, const char *protocol, w
 	struct grpproto_member *m = calloc((size_t)(nmem ? nmem : 1), sizeof(*m));
 	struct grpproto_sub *subs = calloc((size_t)(nmem ? nmem : 1), sizeof(*subs));
 	char **ids = calloc((size_t)(nmem ? nmem : 1), sizeof(char *));
+	char **insts = calloc((size_t)(nmem ? nmem : 1), sizeof(char *));
 	struct grpproto_topic_meta *meta = NULL;
 	int nm = 0, rc = SLUICE_ERR_NO_MEMORY;
 	wire_buf ab;
 
 	wire_buf_init(&ab);
-	if (!m || !subs || !ids)
+	if (!m || !subs || !ids || !insts)
 		goto out;
 	for (int32_t i = 0; i < nmem; i++) {
 		wire_str id = wire_rd_str(members);
+		wire_str inst = { NULL, -1 };
 		wire_str md;
 
 		if (join_ver >= 5)
-			wire_rd_str(members);
+			inst = wire_rd_str(members);
 		md = wire_rd_bytes(members);
 		if (members->err || id.len < 0 || md.len < 0) {
 			rc = SLUICE_ERR_BAD_MSG;
@@ -513,6 +678,9 @@ static int leader_assign(struct cgrp *g, struct kreq *r, const char *protocol, w
 		ids[i] = strndup(id.ptr, (size_t)id.len);
 		if (!ids[i])
 			goto out;
+		if (inst.len >= 0 && !(insts[i] = strndup(inst.ptr, (size_t)inst.len)))
+			goto out;
+		m[i].instance_id = insts[i];
 		if (grpproto_sub_decode(md.ptr, (size_t)md.len, &subs[i])) {
 			rc = SLUICE_ERR_BAD_MSG;
 			goto out;
@@ -538,14 +706,16 @@ static int leader_assign(struct cgrp *g, struct kreq *r, const char *protocol, w
 	}
 	rc = ab.oom ? SLUICE_ERR_NO_MEMORY : 0;
 out:
-	for (int32_t i = 0; m && subs && ids && i < nmem; i++) {
+	for (int32_t i = 0; m && subs && ids && insts && i < nmem; i++) {
 		grpproto_tplist_free(&m[i].assigned);
 		grpproto_sub_free(&subs[i]);
 		free(ids[i]);
+		free(insts[i]);
 	}
 	free(m);
 	free(subs);
 	free(ids);
+	free(insts);
 	free_meta(meta, nm);
 	wire_buf_free(&ab);
 	return rc;
@@ -647,7 +817,7 @@ static int join_group(struct cgrp *g)
 		wire_w_i32(&r->wb, g->conf->max_poll_interval_ms);
 	wire_w_str(&r->wb, g->member_id);
 	if (ver >= 5)
-		wire_w_str(&r->wb, NULL);
+		wire_w_str(&r->wb, g->instance_id);
 	wire_w_str(&r->wb, "consumer");
 	pthread_mutex_lock(&g->lock);
 	ntopics = g->ntopics;
@@ -705,6 +875,8 @@ static int join_group(struct cgrp *g)
 			g->need_join = true;
 		} else if (err == SLUICE_ERR_REBALANCE_IN_PROGRESS) {
 			g->need_join = true;
+		} else if (err == SLUICE_ERR_FENCED_INSTANCE_ID) {
+			g->fatal_err = err;
 		} else {
 			coord_error(g, err);
 		}
@@ -726,7 +898,7 @@ static int join_group(struct cgrp *g)
 	wire_w_i32(&r->wb, g->generation);
 	wire_w_str(&r->wb, g->member_id);
 	if (sver >= 3)
-		wire_w_str(&r->wb, NULL);
+		wire_w_str(&r->wb, g->instance_id);
 	if (is_leader) {
 		rc = leader_assign(g, r, protocol, &rd, nmem, ver);
 		if (rc) {
@@ -779,6 +951,7 @@ static int join_group(struct cgrp *g)
 		g->need_join = true;
 		return rc;
 	}
+	atomic_store(&g->hold, true); /* until ASSIGNED has been served */
 	for (int i = 0, k = 0; i < l.n; i++)
 		for (int j = 0; j < l.t[i].nparts; j++, k++)
 			consumer_grp_assign(g->c, l.t[i].topic, l.t[i].parts[j],
@@ -807,7 +980,7 @@ static void heartbeat(struct cgrp *g)
 	wire_w_i32(&r->wb, g->generation);
 	wire_w_str(&r->wb, g->member_id);
 	if (ver >= 3)
-		wire_w_str(&r->wb, NULL);
+		wire_w_str(&r->wb, g->instance_id);
 	if (coord_call(g, r, &resp, timeout_ms(g)))
 		return;
 	wire_rd_init(&rd, resp->data + 4, resp->len - 4);
@@ -819,6 +992,8 @@ static void heartbeat(struct cgrp *g)
 		member_error(g, err);
 }
 
+/* LeaveGroup (v3: a one-member batch).  Dynamic members only: a static
+ * member never leaves on close (Kafka semantics). */
 static void leave_group(struct cgrp *g)
 {
 	struct kreq *r;
@@ -827,33 +1002,29 @@ static void leave_group(struct cgrp *g)
 
 	if (!g->have_coord || !kconn_up(&g->coord) || !g->member_id[0])
 		return;
-	ver = kconn_version(&g->coord, API_LEAVE_GROUP, 0, 2);
+	ver = kconn_version(&g->coord, API_LEAVE_GROUP, 0, 3);
 	if (ver < 0)
 		return;
 	r = kreq_new(&g->coord, API_LEAVE_GROUP, (int16_t)ver);
 	if (!r)
 		return;
 	wire_w_str(&r->wb, g->conf->group_id);
-	wire_w_str(&r->wb, g->member_id);
+	if (ver >= 3) { /* KIP-345: a batch of members */
+		wire_w_i32(&r->wb, 1);
+		wire_w_str(&r->wb, g->member_id);
+		wire_w_str(&r->wb, g->instance_id);
+	} else {
+		wire_w_str(&r->wb, g->member_id);
+	}
 	if (!coord_call(g, r, &resp, timeout_ms(g) < 5000 ? timeout_ms(g) : 5000))
 		kbuf_unref(resp);
 }
 
 static void wait_until(struct cgrp *g, int64_t until)
 {
-	int64_t now = kclock_ms();
-	struct timespec ts;
-
-	if (g->terminate || until <= now || g->commit_req != g->commit_done)
+	if (g->terminate || g->commit_req != g->commit_done)
 		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (until - now) / 1000;
-	ts.tv_nsec += (long)((until - now) % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(&g->cond, &g->lock, &ts);
+	cond_wait_until(g, until);
 }
 
 static void *cgrp_main(void *arg)
@@ -866,6 +1037,22 @@ static void *cgrp_main(void *arg)
 		uint64_t want;
 		int rc;
 
+		if (g->fatal_err) {
+			/* fenced: no more group I/O until destroy */
+			if (!g->fatal_posted) {
+				pthread_mutex_unlock(&g->lock);
+				enter_fatal(g);
+				pthread_mutex_lock(&g->lock);
+			}
+			if (g->commit_req != g->commit_done) {
+				g->commit_err = g->fatal_err;
+				g->commit_done = g->commit_req;
+				pthread_cond_broadcast(&g->cond);
+			}
+			if (!g->terminate)
+				pthread_cond_wait(&g->cond, &g->lock);
+			continue;
+		}
 		if (!g->nsubs || now < g->backoff_until) {
 			wait_until(g, g->nsubs ? g->backoff_until : now + 1000);
 			if (!g->nsubs && g->commit_req != g->commit_done) {
@@ -890,7 +1077,11 @@ static void *cgrp_main(void *arg)
 			g->need_join = true;
 		pthread_mutex_unlock(&g->lock);
 		if (g->need_join) {
-			revoke(g);
+			revoke(g, false);
+			if (g->fatal_err) {
+				pthread_mutex_lock(&g->lock);
+				continue;
+			}
 			g->need_join = false;
 			rc = join_group(g);
 			pthread_mutex_lock(&g->lock);
@@ -934,14 +1125,19 @@ static void *cgrp_main(void *arg)
 		wait_until(g, next);
 	}
 	pthread_mutex_unlock(&g->lock);
-	/* close: commit (auto), revoke, leave */
-	if (g->in_group && g->have_coord) {
-		revoke(g);
-		leave_group(g);
+	/* close: the revocation hook (cgrp_destroy runs the callback), then
+	 * LeaveGroup, except for a static member: like Kafka's, it keeps its
+	 * partitions until session.timeout.ms so that a restart with the same
+	 * group.instance.id gets them back without a rebalance of the others */
+	if (g->in_group && !g->fatal_err) {
+		revoke(g, false);
+		if (!g->instance_id)
+			leave_group(g);
 	}
 	pthread_mutex_lock(&g->lock);
 	g->commit_err = SLUICE_ERR_DESTROYED;
 	g->commit_done = g->commit_req;
+	g->exited = true;
 	pthread_cond_broadcast(&g->cond);
 	pthread_mutex_unlock(&g->lock);
 	return NULL;
@@ -961,6 +1157,8 @@ struct cgrp *cgrp_new(sluice_consumer_t *c)
 	g->coord_conf = *g->conf;
 	g->generation = -1;
 	g->need_join = true;
+	g->instance_id = g->conf->group_instance_id[0] ? g->conf->group_instance_id : NULL;
+	atomic_store(&g->hold, true); /* nothing to hand out before ASSIGNED */
 	ac = sluice_conf_dup(g->conf);
 	if (!ac || !(g->admin = sluice_admin_new(ac, NULL, 0))) {
 		sluice_conf_destroy(ac);
@@ -991,6 +1189,17 @@ void cgrp_destroy(struct cgrp *g)
 	pthread_mutex_lock(&g->lock);
 	g->terminate = true;
 	pthread_cond_broadcast(&g->cond);
+	/* the thread's last revoke waits for its REVOKED callback: run it
+	 * here, on the caller's thread */
+	while (!g->exited) {
+		if (atomic_load(&g->pending)) {
+			pthread_mutex_unlock(&g->lock);
+			cgrp_serve(g, NULL, 0);
+			pthread_mutex_lock(&g->lock);
+			continue;
+		}
+		pthread_cond_wait(&g->cond, &g->lock);
+	}
 	pthread_mutex_unlock(&g->lock);
 	pthread_join(g->thr, NULL);
 	kconn_close(&g->boot, SLUICE_ERR_DESTROYED, NULL);

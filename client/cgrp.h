@@ -10,11 +10,16 @@
  * generation, and the queue of rebalance events.
  *
  * Threads: the group thread does all group I/O.  cgrp_subscribe/commit may
- * be called from any thread; cgrp_serve from the poll caller (it runs the
- * rebalance callback); cgrp_destroy once, from sluice_consumer_destroy.
+ * be called from any thread, also from inside the rebalance callback;
+ * cgrp_serve from the poll caller (it runs the rebalance callback);
+ * cgrp_destroy once, from sluice_consumer_destroy (it runs the last
+ * REVOKED callback).
  * Invariants: the consumer's partitions are changed only by the group
- * thread (consumer_grp_*): revoke (commit, then unassign) before every
- * JoinGroup, assign after SyncGroup + OffsetFetch.
+ * thread (consumer_grp_*): the revocation hook (hold, REVOKED callback,
+ * commit, unassign; cgrp.c) before every JoinGroup, assign after
+ * SyncGroup + OffsetFetch.  While cgrp_holding() poll hands out no
+ * message: from the start of a revocation until poll has served the next
+ * ASSIGNED.
  */
 #ifndef SLUICE_CLIENT_CGRP_H
 #define SLUICE_CLIENT_CGRP_H
@@ -30,8 +35,9 @@ struct sluice_conf;
 /* Creates the group state and starts its thread (idle until subscribe).
  * NULL when out of memory. */
 struct cgrp *cgrp_new(sluice_consumer_t *c);
-/* Commits (enable.auto.commit), revokes, sends LeaveGroup, stops the
- * thread and frees.  NULL-safe. */
+/* Runs the revocation hook (the REVOKED callback runs on the caller's
+ * thread, then the commit with enable.auto.commit), sends LeaveGroup
+ * (dynamic members only), stops the thread and frees.  NULL-safe. */
 void cgrp_destroy(struct cgrp *g);
 /* Replaces the subscription (copied) and triggers a (re)join. */
 sluice_err_t cgrp_subscribe(struct cgrp *g, const char *const *topics, size_t n);
@@ -39,8 +45,13 @@ sluice_err_t cgrp_subscribe(struct cgrp *g, const char *const *topics, size_t n)
 sluice_err_t cgrp_commit(struct cgrp *g, bool sync);
 /* True when rebalance events wait for cgrp_serve (lock-free check). */
 bool cgrp_pending(struct cgrp *g);
-/* Runs the rebalance callback for every queued event. */
-void cgrp_serve(struct cgrp *g);
+/* True while poll must not return messages (lock-free check). */
+bool cgrp_holding(struct cgrp *g);
+/* Runs the rebalance callback for every queued event, in order.  When the
+ * group fenced this member (FENCED_INSTANCE_ID) it stops at that event and
+ * returns SLUICE_ERR_FENCED_INSTANCE_ID with a sentence in errstr, once;
+ * otherwise (and always with errstr NULL) SLUICE_ERR_NO_ERROR. */
+sluice_err_t cgrp_serve(struct cgrp *g, char *errstr, size_t errstr_size);
 
 /* ---- implemented by consumer.c for the group thread ---- */
 

@@ -726,9 +726,15 @@ static int consume_group(const struct cli_global *g, const char *group, const ch
 		}
 		last_msg = now;
 		if (sluice_message_err(m)) {
-			if (sluice_message_err(m) != SLUICE_ERR_PARTITION_EOF)
+			sluice_err_t err = sluice_message_err(m);
+
+			if (err != SLUICE_ERR_PARTITION_EOF)
 				fprintf(stderr, "sluice: %s\n", sluice_message_errstr(m));
 			sluice_message_destroy(m);
+			if (err == SLUICE_ERR_FENCED_INSTANCE_ID) {
+				rc = EXIT_ERR; /* fatal: out of the group for good */
+				break;
+			}
 			continue;
 		}
 		print_message(m, json, print_key);

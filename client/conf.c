@@ -63,6 +63,7 @@ static const struct key keys[] = {
 	{ "auto.offset.reset", K_RESET, F(auto_offset_reset), 0, 0 },
 	{ "check.crcs", K_BOOL, F(check_crcs), 0, 0 },
 	{ "group.id", K_STR, F(group_id), 0, 0 },
+	{ "group.instance.id", K_STR, F(group_instance_id), 0, 0 },
 	{ "partition.assignment.strategy", K_STR, F(assignment_strategy), 0, 0 },
 	{ "session.timeout.ms", K_INT, F(session_timeout_ms), 1, 3600000 },
 	{ "heartbeat.interval.ms", K_INT, F(heartbeat_interval_ms), 1, 3600000 },

@@ -54,6 +54,7 @@ struct sluice_conf {
 	bool check_crcs;
 	/* consumer groups (cgrp.c); group_id "" = no group */
 	char group_id[256];
+	char group_instance_id[256]; /* "" = dynamic member; else static (KIP-345) */
 	char assignment_strategy[256]; /* "range,roundrobin": names in preference order */
 	int session_timeout_ms;
 	int heartbeat_interval_ms;
@@ -68,6 +69,7 @@ struct sluice_conf {
 /* K_STR keys are all copied with sizeof(client_id) as the bound. */
 _Static_assert(sizeof(((struct sluice_conf *)0)->group_id) == 256, "K_STR size");
 _Static_assert(sizeof(((struct sluice_conf *)0)->assignment_strategy) == 256, "K_STR size");
+_Static_assert(sizeof(((struct sluice_conf *)0)->group_instance_id) == 256, "K_STR size");
 
 /* Writes a formatted message into errstr (if errstr_size > 0). */
 void conf_errf(char *errstr, size_t errstr_size, const char *fmt, ...)

@@ -771,6 +771,23 @@ static sluice_message_t *msg_new(const struct chunk *ch)
 	return m;
 }
 
+/* A message carrying only an error of the consumer itself (no partition):
+ * topic "", partition -1, offset -1.  NULL when out of memory. */
+static sluice_message_t *msg_err_new(sluice_err_t err, const char *errstr)
+{
+	struct sluice_message *m = calloc(1, sizeof(*m) + 1);
+
+	if (!m)
+		return NULL;
+	m->err = err;
+	m->errstr = strdup(errstr);
+	m->partition = -1;
+	m->offset = -1;
+	m->keylen = m->vlen = -1;
+	m->ts = -1;
+	return m;
+}
+
 /* Pops the head chunk (lock held) and lets the I/O thread refill. */
 static void pop_chunk_locked(struct sluice_consumer *c)
 {
@@ -811,19 +828,26 @@ sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms)
 
 		if (c->grp && cgrp_pending(c->grp)) {
 			/* rebalance callbacks run here, on the caller's thread */
+			char errstr[512];
+			sluice_err_t fatal;
+
 			pthread_mutex_unlock(&c->lock);
-			cgrp_serve(c->grp);
+			fatal = cgrp_serve(c->grp, errstr, sizeof(errstr));
 			pthread_mutex_lock(&c->lock);
+			if (fatal) {
+				m = msg_err_new(fatal, errstr);
+				break;
+			}
 			continue;
 		}
-		if (!ch) {
+		/* during a rebalance (cgrp.h: hold) buffered messages wait */
+		if (!ch || (c->grp && cgrp_holding(c->grp))) {
 			if (timeout_ms == 0)
 				break;
 			if (timeout_ms < 0)
 				pthread_cond_wait(&c->cond, &c->lock);
-			else if (pthread_cond_timedwait(&c->cond, &c->lock, &deadline) == ETIMEDOUT &&
-				 !c->q_head)
-				break;
+			else if (pthread_cond_timedwait(&c->cond, &c->lock, &deadline) == ETIMEDOUT)
+				timeout_ms = 0; /* one last look, without waiting */
 			continue;
 		}
 		if (ch->epoch != ch->cp->epoch || ch->cp->removed) {

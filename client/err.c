@@ -62,6 +62,7 @@ static const struct desc broker[] = {
 	{ 56, NULL, "Broker: storage error (disk)" },
 	{ 59, NULL, "Broker: unknown producer id" },
 	{ 76, NULL, "Broker: unsupported compression type" },
+	{ 82, NULL, "Broker: fenced instance id (another consumer joined with this group.instance.id)" },
 	{ 87, NULL, "Broker: invalid record" },
 	{ 89, NULL, "Broker: throttling quota exceeded" },
 };

@@ -256,6 +256,13 @@ static int cmp_member_ptr(const void *a, const void *b)
 	const struct grpproto_member *x = *(struct grpproto_member *const *)a;
 	const struct grpproto_member *y = *(struct grpproto_member *const *)b;
 
+	/* Java's AbstractPartitionAssignor.MemberInfo order (KIP-345): static
+	 * members by group.instance.id, before dynamic ones by member id, so a
+	 * restarted static member (new member id) gets the same partitions */
+	if (x->instance_id && y->instance_id)
+		return strcmp(x->instance_id, y->instance_id);
+	if (x->instance_id || y->instance_id)
+		return x->instance_id ? -1 : 1;
 	return strcmp(x->member_id, y->member_id);
 }
 

@@ -69,6 +69,7 @@ int grpproto_assignment_decode(const void *p, size_t len, struct grpproto_tplist
 /* Assignor input/output: one group member. */
 struct grpproto_member {
 	const char *member_id;          /* borrowed */
+	const char *instance_id;        /* borrowed; NULL: dynamic member */
 	const struct grpproto_sub *sub; /* borrowed: the topics it wants */
 	struct grpproto_tplist assigned; /* output, freed by the caller */
 };
@@ -82,10 +83,12 @@ struct grpproto_topic_meta {
 int grpproto_assignor_known(const char *name);
 /* Runs assignor `name` ("range" or "roundrobin") over members[0..nm) and
  * topics[0..nt), filling members[i].assigned (sorted).  Kafka's results:
- * range: per topic, the subscribed members sorted by member id get
+ * range: per topic, the subscribed members in member order get
  * consecutive ranges, the first (partitions % members) one extra;
  * roundrobin: every partition of every topic, topics sorted by name, dealt
- * in turn to the members (sorted by member id) subscribed to its topic.
+ * in turn to the members (in member order) subscribed to its topic.
+ * Member order is Java's (KIP-345): members with an instance_id first,
+ * sorted by it, then the others sorted by member id.
  * Returns 0, -ENOMEM (assignments freed), or GRPPROTO_E_BAD for an
  * unknown name. */
 int grpproto_assign(const char *name, struct grpproto_member *members, int nm,

@@ -637,7 +637,7 @@ int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t leas
 	/* A range of the index txn_half_due (not txn_half_state, which would
 	 * need a sort); test_halfstore checks the plan. */
 	rc = prep(db,
-		  "SELECT " COLS_NOBLOB " FROM txn_half"
+		  "SELECT " COLS_BLOB " FROM txn_half"
 		  " WHERE state = 'PENDING' AND next_check_ms <= ?1 AND lease_until_ms <= ?1"
 		  " ORDER BY next_check_ms, txn_id LIMIT ?2",
 		  &st);

@@ -213,7 +213,7 @@ int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n);
  * by setting lease_until_ms and next_check_ms to now_ms + lease_ms: they are
  * not returned again until then (a check not answered by then is due
  * again).  An index range scan, whatever the number of pending rows.
- * Rows come without batch.  HALFSTORE_OK with *out and *n (as above), or -errno
+ * Rows come with their batch (the producer checks against it).  HALFSTORE_OK with *out and *n (as above), or -errno
  * with both untouched (and nothing leased). */
 int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t lease_ms,
 			 halfstore_txn **out, size_t *n);

@@ -149,6 +149,7 @@ typedef enum sluice_err {
 	SLUICE_ERR_NON_EMPTY_GROUP = 68,
 	SLUICE_ERR_GROUP_ID_NOT_FOUND = 69,
 	SLUICE_ERR_MEMBER_ID_REQUIRED = 79,
+	SLUICE_ERR_FENCED_INSTANCE_ID = 82, /* group.instance.id taken over by a newer consumer: fatal */
 	SLUICE_ERR_UNSUPPORTED_COMPRESSION_TYPE = 76,
 	SLUICE_ERR_INVALID_RECORD = 87,
 	SLUICE_ERR_THROTTLING_QUOTA_EXCEEDED = 89,
@@ -204,11 +205,22 @@ int sluice_err_is_retriable(sluice_err_t err);
  *  check.crcs             verify the CRC of every fetched batch [false]
  * Consumer groups (only with group.id and sluice_consumer_subscribe()):
  *  group.id               the consumer group to join [""; none]
+ *  group.instance.id      static membership (KIP-345): a stable name of this
+ *                         member, unique in the group.  A consumer that closes
+ *                         does NOT send LeaveGroup: its partitions stay
+ *                         assigned (and unread) until session.timeout.ms,
+ *                         and a restart with the same id within that time
+ *                         gets the same partitions back without waiting.  A
+ *                         second consumer joining with the same id fences
+ *                         the first: poll returns SLUICE_ERR_FENCED_INSTANCE_ID
+ *                         (fatal, see sluice_consumer_poll) [""; dynamic]
  *  partition.assignment.strategy  "range", "roundrobin" or both, in order of
  *                         preference (librdkafka's default) [range,roundrobin]
  *  session.timeout.ms     the broker evicts a member silent this long [45000]
  *  heartbeat.interval.ms  heartbeat period (background thread) [3000]
- *  max.poll.interval.ms   rebalance timeout sent in JoinGroup [300000]
+ *  max.poll.interval.ms   rebalance timeout sent in JoinGroup, and the
+ *                         longest a rebalance waits for the application to
+ *                         poll and run its REVOKED callback [300000]
  *  enable.auto.commit     commit consumed positions periodically, on revoke
  *                         and on destroy [true]
  *  auto.commit.interval.ms  period of the automatic commit [5000]
@@ -310,6 +322,29 @@ sluice_err_t sluice_producer_flush(sluice_producer_t *p, int timeout_ms);
 /* Messages produced but not yet reported to a callback. */
 int sluice_producer_outq_len(sluice_producer_t *p);
 
+/* Flags for sluice_produce_ex(). */
+/* Zero-copy value: the producer keeps a pointer to the value instead of
+ * copying it, and writes it to the socket straight from the caller's memory
+ * (the CRC is computed over it in place).  Only values of 16 KiB and more
+ * are kept by reference (smaller ones, and messages produced before the
+ * topic's metadata is known, are copied as usual); key and headers are
+ * always copied.
+ * Ownership rule: the caller keeps owning the value and must not change or
+ * free it until the message's delivery report has been served (its delivery
+ * callback has returned, whatever the outcome), or, without a delivery
+ * callback, until sluice_producer_flush() returned SLUICE_ERR_NO_ERROR or
+ * sluice_producer_destroy() returned.  The same buffer may be passed for
+ * many messages.  The value still counts against
+ * queue.buffering.max.kbytes like a copied one. */
+#define SLUICE_MSG_F_NOCOPY 0x1u
+
+/* sluice_produce() with flags (0 or SLUICE_MSG_F_NOCOPY; other bits:
+ * SLUICE_ERR_INVALID_ARG).  sluice_produce() is sluice_produce_ex(..., 0). */
+sluice_err_t sluice_produce_ex(sluice_producer_t *p, const char *topic, int32_t partition,
+			       const void *key, size_t keylen, const void *value, size_t len,
+			       const sluice_header_t *headers, size_t nheaders, void *opaque,
+			       unsigned flags);
+
 /* ===========================================================================
  * Consumer: partitions assigned by the caller (assign), or by a consumer
  * group (group.id + subscribe)
@@ -331,13 +366,33 @@ typedef enum sluice_rebalance_event {
 	SLUICE_REBALANCE_REVOKED = 2,  /* parts: the partitions taken away */
 } sluice_rebalance_event_t;
 
-/* Group rebalance notification.  Runs inside sluice_consumer_poll() on the
- * caller's thread.  The library has already applied the change (there is
- * no assign() to call, unlike librdkafka): on REVOKED the partitions no
- * longer deliver messages and, with enable.auto.commit, their positions
- * were committed before the group was rejoined; on ASSIGNED they are being
- * fetched from their committed offsets (auto.offset.reset where none).
- * parts is valid only during the call. */
+/* Group rebalance hook.  Runs inside sluice_consumer_poll() (and, for the
+ * last REVOKED, inside sluice_consumer_destroy()) on the caller's thread.
+ * There is no assign() to call, unlike librdkafka: the library applies the
+ * change itself.  A rebalance (eager: every partition is revoked) goes in
+ * this order:
+ *  1. the group must rebalance (a member joined or left, the subscription
+ *     changed, destroy): poll stops returning messages;
+ *  2. the next poll runs the callback with REVOKED and every assigned
+ *     partition.  The partitions are still assigned and nothing has been
+ *     committed or left yet: commit what you processed here, e.g.
+ *     sluice_consumer_commit(c, 1) (allowed inside the callback; it
+ *     returns the broker's answer);
+ *  3. after the callback returns: with enable.auto.commit, the positions
+ *     are committed; the partitions are unassigned (buffered messages are
+ *     dropped) and the group is rejoined;
+ *  4. a later poll runs the callback with ASSIGNED (the new assignment,
+ *     fetched from the committed offsets, auto.offset.reset where none)
+ *     before it returns any message of it.
+ * If the application does not poll within max.poll.interval.ms after
+ * step 1, the library does step 3 without it (as the broker would evict it
+ * anyway); the REVOKED callback then runs late, on the next poll, as a
+ * mere notification (a commit in it no longer covers those partitions).
+ * Without a callback step 2 is skipped (no waiting for poll).
+ * When the group fences this member (SLUICE_ERR_FENCED_INSTANCE_ID) the
+ * partitions already belong to someone else: REVOKED is only a notification
+ * (nothing is committed) and poll then returns the error.
+ * parts is valid only during the call; offset is SLUICE_OFFSET_INVALID. */
 typedef void sluice_rebalance_cb(sluice_consumer_t *c, sluice_rebalance_event_t ev,
 				 const sluice_topic_partition_t *parts, size_t nparts, void *ctx);
 /* Sets the rebalance callback and its ctx (not owned) on conf. */
@@ -350,8 +405,12 @@ void sluice_conf_set_rebalance_cb(sluice_conf_t *conf, sluice_rebalance_cb *cb, 
 /* Creates a consumer.  Same ownership rule as sluice_producer_new(): on
  * success it owns conf, on failure (NULL, errstr filled) the caller does. */
 sluice_consumer_t *sluice_consumer_new(sluice_conf_t *conf, char *errstr, size_t errstr_size);
-/* Stops the I/O thread and frees the consumer.  Messages still held by the
- * application stay valid until they are destroyed.  NULL is fine. */
+/* In a group: runs the revocation (the REVOKED callback on this thread,
+ * then the commit with enable.auto.commit) and sends LeaveGroup, except
+ * with group.instance.id (a static member keeps its partitions until
+ * session.timeout.ms).  Then stops the I/O thread and frees the consumer.
+ * Messages still held by the application stay valid until they are
+ * destroyed.  NULL is fine. */
 void sluice_consumer_destroy(sluice_consumer_t *c);
 
 /* Starts reading topic/partition at offset (absolute, SLUICE_OFFSET_BEGINNING,
@@ -375,7 +434,13 @@ sluice_err_t sluice_consumer_seek(sluice_consumer_t *c, const char *topic, int32
  * data (sluice_message_err() != 0: e.g. SLUICE_ERR_UNSUPPORTED_COMPRESSION
  * or UNKNOWN_TOPIC_OR_PARTITION for a partition, which then stops until
  * seek; SLUICE_ERR_PARTITION_EOF).  Messages of one partition come in
- * offset order. */
+ * offset order.
+ * In a group poll also runs the rebalance callback (see
+ * sluice_rebalance_cb for the order), and returns no message while a
+ * rebalance is in progress.  SLUICE_ERR_FENCED_INSTANCE_ID (topic "",
+ * partition -1) is fatal, returned once: another consumer joined with
+ * this group.instance.id; this one has no partitions any more and never
+ * rejoins (commit returns the same error): destroy it. */
 sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms);
 
 /* Joins group.id and consumes topics[0..n-1] (copied).  A name starting
@@ -395,10 +460,12 @@ sluice_err_t sluice_consumer_subscribe(sluice_consumer_t *c, const char *const *
  * of every assigned partition that moved since the last commit.
  * sync != 0: waits (up to request.timeout.ms) and returns the outcome;
  * sync == 0: queues the commit and returns SLUICE_ERR_NO_ERROR at once.
+ * May be called from inside the rebalance callback (REVOKED: this is how
+ * the application commits before its partitions go).
  * Returns SLUICE_ERR_STATE when the consumer is not in a group or has no
  * assignment yet; a broker error (e.g. REBALANCE_IN_PROGRESS,
  * ILLEGAL_GENERATION: the group moved on, the partitions are about to be
- * revoked). */
+ * revoked); SLUICE_ERR_FENCED_INSTANCE_ID once fenced. */
 sluice_err_t sluice_consumer_commit(sluice_consumer_t *c, int sync);
 
 /* Where one assigned partition stands. */

@@ -8,10 +8,20 @@
   after the session timeout, nothing is lost;
 * all members stop (commit, leave), the broker restarts, a new member
   resumes from the committed offsets (nothing consumed twice);
-* `sluice group list / describe / reset-offsets / delete` end to end.
+* `sluice group list / describe / reset-offsets / delete` end to end;
+* the revocation hook (client_rebalance.c logs MSG / REVOKE / COMMIT /
+  ASSIGN in order): no message of a partition after its REVOKE or before
+  its ASSIGN, and the offsets a member commits inside its REVOKED callback
+  (auto commit off) are where the next owner starts and what
+  `sluice group describe` shows;
+* static membership (group.instance.id): a member killed with SIGKILL and
+  restarted with the same id gets its partitions back well within the
+  session timeout (broker: "static member ... rejoined"); a second
+  consumer with the same id fences the first (FENCED_INSTANCE_ID, fatal);
+  static members send no LeaveGroup on close.
 
-Env: SLUICED, SLUICE_CLI, RDK_GROUP (skips the librdkafka member when
-empty).  Exit 77 = skipped.
+Env: SLUICED, SLUICE_CLI, CLIENT_REBALANCE, RDK_GROUP (skips the
+librdkafka member when empty).  Exit 77 = skipped.
 """
 import os
 import signal
@@ -21,8 +31,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Broker, check, check_eq, log, need_program,  # noqa: E402
-                     run, run_cmd, wait_for)
+from harness import (Broker, TestFailure, check, check_eq, log,  # noqa: E402
+                     need_program, run, run_cmd, wait_for)
 
 SESSION_MS = 3000
 _tmp = tempfile.mkdtemp(prefix="sluice-it-cgroups-")
@@ -216,6 +226,170 @@ def test_client_group_members_share_and_survive():
     b.stop()
 
 
+class Logger:
+    """A client_rebalance process and its event log."""
+    seq = 0
+
+    def __init__(self, b, group, topic, delay_ms, *sets):
+        Logger.seq += 1
+        self.path = os.path.join(_tmp, "r%d.log" % Logger.seq)
+        self.err_path = self.path + ".err"
+        open(self.path, "wb").close()
+        self.proc = subprocess.Popen(
+            [need_program("CLIENT_REBALANCE"), b.addr, group, topic,
+             self.path, str(delay_ms)] + list(sets),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.err_path, "wb"))
+
+    def events(self):
+        with open(self.path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").split("\n")
+        return [ln.split(" ") for ln in lines if ln]
+
+    def assigns(self):
+        return [sorted(int(x) for x in e[1:]) for e in self.events()
+                if e[0] == "ASSIGN"]
+
+    def msgs(self):
+        return [(int(e[1]), int(e[2])) for e in self.events() if e[0] == "MSG"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def check_order(self, name):
+        """Every MSG is of a partition assigned by the last ASSIGN with no
+        REVOKE since; a COMMIT comes right after each REVOKE."""
+        owned = set()
+        prev = None
+        for e in self.events():
+            if e[0] == "ASSIGN":
+                owned = {int(x) for x in e[1:]}
+            elif e[0] == "REVOKE":
+                check({int(x) for x in e[1:]} == owned,
+                      "%s: REVOKE %s of assignment %s" % (name, e[1:], owned))
+                owned = set()
+            elif e[0] == "COMMIT":
+                check(prev is not None and prev[0] == "REVOKE",
+                      "%s: COMMIT outside the REVOKE callback" % name)
+            elif e[0] == "MSG":
+                check(int(e[1]) in owned,
+                      "%s: message %s/%s of a partition not assigned (%s)"
+                      % (name, e[1], e[2], sorted(owned)))
+            prev = e
+
+
+def test_client_group_revoke_hook_commits_before_rebalance():
+    b = Broker(name="cgrevoke", sets={"group.initial.rebalance.delay.ms": "0"})
+    b.start()
+    rc, _, err = sluice(b, "topic", "create", "rb4", "--partitions", "4")
+    check_eq(rc, 0, "topic create (%s)" % err)
+    produce(b, "rb4", 0, 400)
+    a = Logger(b, "rb", "rb4", 10)  # a slow member: ~10 ms per message
+    wait_for(lambda: len(a.msgs()) >= 40, 20, 0.05, "member A consuming")
+    check_eq(a.assigns()[0], [0, 1, 2, 3], "A alone gets every partition")
+    bb = Logger(b, "rb", "rb4", 0)
+    wait_for(lambda: len(set(a.msgs()) | set(bb.msgs())) >= 400, 30, 0.1,
+             "all 400 messages consumed by A and B")
+    check(len(a.assigns()) >= 2 and bb.assigns(),
+          "rebalance seen: A %s, B %s" % (a.assigns(), bb.assigns()))
+    check_eq(a.stop(), 0, "A exit")
+    check_eq(bb.stop(), 0, "B exit")
+    a.check_order("A")
+    bb.check_order("B")
+    # the commit inside A's REVOKE is where B starts
+    first_commit = next(e for e in a.events() if e[0] == "COMMIT")
+    check_eq(first_commit[1], "NO_ERROR", "commit inside the REVOKE callback")
+    committed = {int(kv.split("=")[0]): int(kv.split("=")[1])
+                 for kv in first_commit[2:]}
+    moved = set(bb.assigns()[0])
+    check(moved, "B got partitions")
+    for p in moved:
+        first = min((o for q, o in bb.msgs() if q == p), default=None)
+        check_eq(first, committed.get(p, 0),
+                 "B's first offset of partition %d (A committed %s)"
+                 % (p, committed))
+    allm = a.msgs() + bb.msgs()
+    check_eq(len(allm), 400, "messages delivered (no duplicate)")
+    check_eq(len(set(allm)), 400, "distinct messages")
+    # the close-time REVOKE commits are visible too
+    rc, out, err = sluice(b, "group", "describe", "rb")
+    check_eq(rc, 0, "group describe (%s)" % err)
+    rows = [ln.split("\t") for ln in out.split("\n") if ln.startswith("  rb4\t")]
+    check_eq(len(rows), 4, "describe partitions (%r)" % out)
+    for r in rows:
+        check_eq(r[2], r[3], "committed == end offset of rb4[%s] (%r)"
+                 % (r[1], out))
+    b.stop()
+
+
+def test_client_group_static_member_restart_and_fence():
+    b = Broker(name="cgstatic", sets={"group.initial.rebalance.delay.ms": "0"})
+    b.start()
+    rc, _, err = sluice(b, "topic", "create", "st4", "--partitions", "4")
+    check_eq(rc, 0, "topic create (%s)" % err)
+    session = "session.timeout.ms=30000"
+    s1 = Logger(b, "sg", "st4", 0, "group.instance.id=s1", session)
+    wait_for(lambda: s1.assigns(), 15, 0.05, "s1 assigned")
+    s2 = Logger(b, "sg", "st4", 0, "group.instance.id=s2", session)
+
+    def settled(m):
+        return m.assigns() and len(m.assigns()[-1]) == 2
+    wait_for(lambda: settled(s1) and settled(s2), 20, 0.05, "s1 and s2 share st4")
+    p1, p2 = s1.assigns()[-1], s2.assigns()[-1]
+    check_eq(p1, [0, 1], "s1's partitions (instance ids sort before member ids)")
+    # SIGKILL and restart within the session timeout: same partitions, fast
+    s1.proc.kill()
+    s1.proc.wait()
+    t0 = time.monotonic()
+    s1b = Logger(b, "sg", "st4", 0, "group.instance.id=s1", session)
+    wait_for(lambda: s1b.assigns(), 15, 0.05, "restarted s1 assigned")
+    took = time.monotonic() - t0
+    log("static member back after %.1f s (session timeout 30 s)" % took)
+    check(took < 15, "restarted static member waited %.1f s" % took)
+    check_eq(s1b.assigns()[-1], p1, "restarted s1 gets its partitions back")
+    wait_for(lambda: s2.assigns()[-1] == p2 and len(s2.assigns()) >= 2, 10, 0.05,
+             "s2 keeps %s" % p2)
+    with open(b.logs[-1], "rb") as f:
+        blog = f.read().decode("utf-8", "replace")
+    check("static member s1 rejoined" in blog, "broker log: static rejoin")
+    # a second consumer with the same instance id fences the first
+    s1c = Logger(b, "sg", "st4", 0, "group.instance.id=s1", session)
+    try:
+        s1b.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        raise TestFailure("fenced member still running")
+    check_eq(s1b.proc.returncode, 1, "fenced member exit")
+    check(["FATAL", "FENCED_INSTANCE_ID"] in s1b.events(),
+          "fenced member logged FATAL: %s" % s1b.events()[-3:])
+    with open(s1b.err_path, "rb") as f:
+        check(b"fenced" in f.read(), "fenced member's error message")
+    wait_for(lambda: s1c.assigns() and s1c.assigns()[-1] == p1, 15, 0.05,
+             "the new s1 owns %s" % p1)
+    # static members send no LeaveGroup on close
+    check_eq(s1c.stop(), 0, "s1 exit")
+    check_eq(s2.stop(), 0, "s2 exit")
+    time.sleep(0.3)
+    with open(b.logs[-1], "rb") as f:
+        blog = f.read().decode("utf-8", "replace")
+    check(" left" not in blog, "a static member sent LeaveGroup")
+    rc, out, err = sluice(b, "group", "describe", "sg")
+    check_eq(rc, 0, "describe (%s)" % err)
+    check(out.count("  member ") == 2,
+          "static members still in the group after close: %r" % out)
+    b.stop()
+
+
 if __name__ == "__main__":
     run([("client_group_members_share_and_survive",
-          test_client_group_members_share_and_survive, 150)])
+          test_client_group_members_share_and_survive, 150),
+         ("client_group_revoke_hook_commits_before_rebalance",
+          test_client_group_revoke_hook_commits_before_rebalance, 90),
+         ("client_group_static_member_restart_and_fence",
+          test_client_group_static_member_restart_and_fence, 90)])

@@ -155,8 +155,60 @@ def test_crash_between_commit_steps():
     check_eq(len(values(b.addr, "orders")), 2, "nothing more")
 
 
+API_TXN_CHECK_POLL = 1002
+
+
+def check_poll(c, group, max_wait_ms, max_txns=100):
+    w = Writer().string(group).i32(max_wait_ms).i32(max_txns)
+    r = c.request(API_TXN_CHECK_POLL, 0, w.getvalue())
+    check_eq(r.i16(), ERR_NONE, "TxnCheckPoll error")
+    out = []
+    for _ in range(r.i32()):
+        txn = r.i64()
+        topic = r.string()
+        part = r.i32()
+        checks = r.i32()
+        records = r.bytes_()
+        out.append((txn, topic, part, checks, records))
+    return out
+
+
+def test_check_back():
+    b = Broker(name="txn-check", sets={"transaction.timeout.ms": 300})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+    # the producer prepares and dies before ending anything
+    with Conn(b.addr) as dead:
+        t_commit = prepare(dead, "shop", "orders", 0, [(b"k", b"to-commit")])
+        t_rollback = prepare(dead, "shop", "orders", 0, [(b"k", b"to-rollback")])
+        t_unknown = prepare(dead, "shop", "orders", 0, [(b"k", b"unknown")])
+    with Conn(b.addr) as other:
+        got = {}
+        deadline = 20
+        while len(got) < 3 and deadline > 0:
+            for txn, topic, part, checks, rec in check_poll(other, "shop", 1000):
+                got[txn] = (topic, part, checks, len(rec) > 0)
+            deadline -= 1
+        check_eq(sorted(got), sorted([t_commit, t_rollback, t_unknown]),
+                 "every pending transaction offered to the group's producer")
+        check(all(v[3] for v in got.values()), "the half message comes along")
+        check_eq(end(other, "shop", t_commit, COMMIT)[0], ERR_NONE, "commit")
+        check_eq(end(other, "shop", t_rollback, ROLLBACK)[0], ERR_NONE,
+                 "rollback")
+        check_eq(end(other, "shop", t_unknown, UNKNOWN)[1], ST_PENDING,
+                 "unknown: still pending")
+        # nothing else is due now (the unknown one waits for its backoff)
+        check_eq(check_poll(other, "shop", 300), [], "no check twice at once")
+        check_eq(values(b.addr, "orders"), [b"to-commit"],
+                 "check-back outcome: committed once, rolled back never")
+        ls = listing(other, "shop")
+        check_eq(ls[t_unknown][3:5], (ST_PENDING, 1), "unknown counted")
+
+
 if __name__ == "__main__":
     run([
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
+        ("check_back", test_check_back, 60),
     ])
