@@ -31,8 +31,22 @@ void batch_free(struct batch *b)
 		return;
 	free(b->buf);
 	free(b->opaques);
+	free(b->ext);
 	b->buf = NULL;
 	b->opaques = NULL;
+	b->ext = NULL;
+	b->n_ext = b->ext_cap = 0;
+	b->ext_bytes = 0;
+}
+
+void batch_reset(struct batch *b)
+{
+	b->len = RECBATCH_HEADER_SIZE;
+	b->count = 0;
+	b->n_ext = 0;
+	b->ext_bytes = 0;
+	if (b->opaques)
+		memset(b->opaques, 0, b->opaques_cap * sizeof(void *));
 }
 
 static inline size_t uvarint_size(uint64_t v)
@@ -101,9 +115,9 @@ size_t batch_record_size(int64_t ts_delta, int32_t offset_delta, int32_t keylen,
 	return zz32_size((int32_t)body) + body;
 }
 
-int batch_append(struct batch *b, size_t max_bytes, int64_t ts, const void *key, int32_t keylen,
-		 const void *value, int32_t vlen, const sluice_header_t *hdrs, size_t nhdrs,
-		 void *opaque)
+static int append(struct batch *b, size_t max_bytes, int64_t ts, const void *key, int32_t keylen,
+		  const void *value, int32_t vlen, const sluice_header_t *hdrs, size_t nhdrs,
+		  void *opaque, bool by_ref)
 {
 	int64_t ts_delta;
 	size_t body, need;
@@ -116,10 +130,24 @@ int batch_append(struct batch *b, size_t max_bytes, int64_t ts, const void *key,
 	if (b->count == 0)
 		b->base_ts = b->max_ts = ts;
 	ts_delta = ts - b->base_ts;
+	if (vlen <= 0)
+		by_ref = false;
 	body = body_size(ts_delta, b->count, keylen, vlen, hdrs, nhdrs);
 	need = zz32_size((int32_t)body) + body;
-	if (b->count > 0 && b->len + need > max_bytes)
+	if (b->count > 0 && batch_wire_len(b) + need > max_bytes)
 		return 1;
+	if (by_ref) {
+		need -= (size_t)vlen; /* what goes into buf */
+		if (b->n_ext == b->ext_cap) {
+			int ncap = b->ext_cap ? b->ext_cap * 2 : 16;
+			struct batch_ext *ne = realloc(b->ext, (size_t)ncap * sizeof(*ne));
+
+			if (!ne)
+				return -ENOMEM;
+			b->ext = ne;
+			b->ext_cap = ncap;
+		}
+	}
 	if (b->len + need > b->cap) {
 		size_t ncap = b->cap * 2;
 		uint8_t *nb;
@@ -161,7 +189,13 @@ int batch_append(struct batch *b, size_t max_bytes, int64_t ts, const void *key,
 		p += keylen;
 	}
 	p = put_zz32(p, vlen);
-	if (vlen > 0) {
+	if (by_ref) {
+		b->ext[b->n_ext].at = (size_t)(p - b->buf);
+		b->ext[b->n_ext].p = value;
+		b->ext[b->n_ext].len = (size_t)vlen;
+		b->n_ext++;
+		b->ext_bytes += (size_t)vlen;
+	} else if (vlen > 0) {
 		memcpy(p, value, (size_t)vlen);
 		p += vlen;
 	}
@@ -186,12 +220,26 @@ int batch_append(struct batch *b, size_t max_bytes, int64_t ts, const void *key,
 	return 0;
 }
 
+int batch_append(struct batch *b, size_t max_bytes, int64_t ts, const void *key, int32_t keylen,
+		 const void *value, int32_t vlen, const sluice_header_t *hdrs, size_t nhdrs,
+		 void *opaque)
+{
+	return append(b, max_bytes, ts, key, keylen, value, vlen, hdrs, nhdrs, opaque, false);
+}
+
+int batch_append_ref(struct batch *b, size_t max_bytes, int64_t ts, const void *key,
+		     int32_t keylen, const void *value, int32_t vlen, const sluice_header_t *hdrs,
+		     size_t nhdrs, void *opaque)
+{
+	return append(b, max_bytes, ts, key, keylen, value, vlen, hdrs, nhdrs, opaque, true);
+}
+
 void batch_seal(struct batch *b, int64_t producer_id, int16_t producer_epoch, int32_t base_seq)
 {
 	uint8_t *h = b->buf;
 
 	wire_put64(h, 0);
-	wire_put32(h + RECBATCH_OFF_LENGTH, (uint32_t)(b->len - RECBATCH_LOG_OVERHEAD));
+	wire_put32(h + RECBATCH_OFF_LENGTH, (uint32_t)(batch_wire_len(b) - RECBATCH_LOG_OVERHEAD));
 	wire_put32(h + 12, (uint32_t)-1); /* partitionLeaderEpoch */
 	h[RECBATCH_OFF_MAGIC] = 2;
 	wire_put16(h + RECBATCH_OFF_ATTR, 0);
@@ -202,8 +250,19 @@ void batch_seal(struct batch *b, int64_t producer_id, int16_t producer_epoch, in
 	wire_put16(h + RECBATCH_OFF_PRODUCER_EPOCH, (uint16_t)producer_epoch);
 	wire_put32(h + RECBATCH_OFF_BASE_SEQ, (uint32_t)base_seq);
 	wire_put32(h + RECBATCH_OFF_COUNT, (uint32_t)b->count);
-	wire_put32(h + RECBATCH_OFF_CRC,
-		   crc32c(0, h + RECBATCH_OFF_ATTR, b->len - RECBATCH_OFF_ATTR));
+	{
+		/* CRC over buf and the by-reference values, in wire order. */
+		size_t pos = RECBATCH_OFF_ATTR;
+		uint32_t crc = 0;
+
+		for (int i = 0; i < b->n_ext; i++) {
+			crc = crc32c(crc, h + pos, b->ext[i].at - pos);
+			crc = crc32c(crc, b->ext[i].p, b->ext[i].len);
+			pos = b->ext[i].at;
+		}
+		crc = crc32c(crc, h + pos, b->len - pos);
+		wire_put32(h + RECBATCH_OFF_CRC, crc);
+	}
 	b->base_seq = base_seq;
 	b->sealed = true;
 }

@@ -23,11 +23,22 @@
 
 struct ptopic;
 
+/* A value kept by reference (batch_append_ref): its len bytes belong on the
+ * wire between buf[at - 1] and buf[at].  Segments are in order. */
+struct batch_ext {
+	size_t at;
+	const uint8_t *p;
+	size_t len;
+};
+
 struct batch {
 	struct batch *next;   /* link in a partition queue, request or report list */
 	uint8_t *buf;         /* header + records; owned */
-	size_t len;           /* bytes used, header included */
+	size_t len;           /* bytes used in buf, header included */
 	size_t cap;
+	struct batch_ext *ext; /* values kept by reference, in wire order */
+	int n_ext, ext_cap;
+	size_t ext_bytes;     /* sum of ext[].len: wire size = len + ext_bytes */
 	int32_t count;        /* records */
 	int64_t base_ts;
 	int64_t max_ts;
@@ -67,10 +78,25 @@ int batch_append(struct batch *b, size_t max_bytes, int64_t ts, const void *key,
 		 const void *value, int32_t vlen, const sluice_header_t *hdrs, size_t nhdrs,
 		 void *opaque);
 
+/* Like batch_append, but the value's bytes are not copied: the batch keeps
+ * the pointer (a struct batch_ext) and the caller guarantees they stay valid
+ * and unchanged until the batch is freed or reset.  max_bytes applies to the
+ * wire size.  Returns 0, 1 or -ENOMEM like batch_append. */
+int batch_append_ref(struct batch *b, size_t max_bytes, int64_t ts, const void *key,
+		     int32_t keylen, const void *value, int32_t vlen, const sluice_header_t *hdrs,
+		     size_t nhdrs, void *opaque);
+
+/* Bytes of the batch on the wire (buf plus the values kept by reference). */
+static inline size_t batch_wire_len(const struct batch *b) { return b->len + b->ext_bytes; }
+
+/* Forgets the records (buffer and ext array kept for reuse). */
+void batch_reset(struct batch *b);
+
 /* Writes the 61-byte header (baseOffset 0, leader epoch -1, attributes 0
  * (CreateTime, no compression), producer id/epoch/baseSequence as given:
  * -1/-1/-1 for a plain producer) and the CRC-32C.  Can be called again to
- * change the producer fields (the CRC is recomputed).  count must be > 0. */
+ * change the producer fields (the CRC is recomputed, over buf and the values
+ * kept by reference in wire order).  count must be > 0. */
 void batch_seal(struct batch *b, int64_t producer_id, int16_t producer_epoch, int32_t base_seq);
 
 #endif

@@ -139,6 +139,7 @@ void kconn_close(struct kconn *c, int err, const char *why)
 	c->rbuf = NULL;
 	c->rhdr_got = 0;
 	c->rgot = 0;
+	c->rs_off = c->rs_len = 0;
 	for (int i = 0; i < 2; i++) {
 		struct kreq *r = lists[i];
 
@@ -276,13 +277,13 @@ static void written(struct kconn *c, int64_t now_ms)
 static int do_write(struct kconn *c, int64_t now_ms)
 {
 	while (c->out_head) {
-		struct iovec iov[64];
+		struct iovec iov[256];
 		int n = 0;
 		ssize_t w;
 
 		/* Gather the iovecs of several queued requests into one writev. */
-		for (struct kreq *r = c->out_head; r && n < 64; r = r->next)
-			for (int i = r->iov_i; i < r->iovcnt && n < 64; i++)
+		for (struct kreq *r = c->out_head; r && n < 256; r = r->next)
+			for (int i = r->iov_i; i < r->iovcnt && n < 256; i++)
 				iov[n++] = r->iov[i];
 		w = writev(c->fd, iov, n);
 		if (w < 0) {
@@ -343,30 +344,18 @@ static int dispatch(struct kconn *c, struct kbuf *b)
 	return 0;
 }
 
-static int do_read(struct kconn *c)
+/* Takes what the staging buffer holds for the frame being read (size
+ * prefix, then body).  Returns 0, or negative err. */
+static int take_staged(struct kconn *c)
 {
-	for (int rounds = 0; rounds < 64; rounds++) {
-		ssize_t n;
+	while (c->rs_off < c->rs_len) {
+		size_t avail = c->rs_len - c->rs_off, n;
 
 		if (c->rhdr_got < 4) {
-			n = read(c->fd, c->rhdr + c->rhdr_got, 4 - c->rhdr_got);
-		} else {
-			n = read(c->fd, c->rbuf->data + c->rgot, c->rbuf->len - c->rgot);
-		}
-		if (n == 0) {
-			snprintf(c->errstr, sizeof(c->errstr), "connection closed by the broker");
-			return SLUICE_ERR_TRANSPORT;
-		}
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return 0;
-			snprintf(c->errstr, sizeof(c->errstr), "read: %s", strerror(errno));
-			return SLUICE_ERR_TRANSPORT;
-		}
-		if (c->rhdr_got < 4) {
-			c->rhdr_got += (size_t)n;
+			n = 4 - c->rhdr_got < avail ? 4 - c->rhdr_got : avail;
+			memcpy(c->rhdr + c->rhdr_got, c->rstage + c->rs_off, n);
+			c->rs_off += n;
+			c->rhdr_got += n;
 			if (c->rhdr_got == 4) {
 				int32_t sz = (int32_t)wire_get32(c->rhdr);
 
@@ -381,7 +370,10 @@ static int do_read(struct kconn *c)
 			}
 			continue;
 		}
-		c->rgot += (size_t)n;
+		n = c->rbuf->len - c->rgot < avail ? c->rbuf->len - c->rgot : avail;
+		memcpy(c->rbuf->data + c->rgot, c->rstage + c->rs_off, n);
+		c->rs_off += n;
+		c->rgot += n;
 		if (c->rgot == c->rbuf->len) {
 			struct kbuf *b = c->rbuf;
 			int err;
@@ -393,8 +385,60 @@ static int do_read(struct kconn *c)
 			if (err)
 				return err;
 			if (c->fd < 0)
-				return 0;
+				return 0; /* closed by the callback */
 		}
+	}
+	return 0;
+}
+
+static int do_read(struct kconn *c)
+{
+	for (int rounds = 0; rounds < 64; rounds++) {
+		/* A large body goes straight into its buffer (no staging copy). */
+		bool direct = c->rhdr_got == 4 && c->rbuf->len - c->rgot >= sizeof(c->rstage);
+		size_t want = direct ? c->rbuf->len - c->rgot : sizeof(c->rstage);
+		ssize_t n = read(c->fd, direct ? c->rbuf->data + c->rgot : c->rstage, want);
+		int err;
+
+		if (n == 0) {
+			snprintf(c->errstr, sizeof(c->errstr), "connection closed by the broker");
+			return SLUICE_ERR_TRANSPORT;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			snprintf(c->errstr, sizeof(c->errstr), "read: %s", strerror(errno));
+			return SLUICE_ERR_TRANSPORT;
+		}
+		if (direct) {
+			c->rgot += (size_t)n;
+			if (c->rgot == c->rbuf->len) {
+				struct kbuf *b = c->rbuf;
+
+				c->rbuf = NULL;
+				c->rhdr_got = 0;
+				err = dispatch(c, b);
+				kbuf_unref(b);
+				if (err)
+					return err;
+			}
+		} else {
+			/* Consumes all of it: frames are dispatched, a partial
+			 * body is copied into its buffer. */
+			c->rs_off = 0;
+			c->rs_len = (size_t)n;
+			err = take_staged(c);
+			c->rs_off = c->rs_len = 0;
+			if (err)
+				return err;
+		}
+		if (c->fd < 0)
+			return 0; /* closed by a callback */
+		/* A short read means the socket is drained: no EAGAIN round. */
+		if ((size_t)n < want)
+			return 0;
 	}
 	return 0;
 }

@@ -96,6 +96,11 @@ struct kconn {
 	size_t rhdr_got;
 	struct kbuf *rbuf;
 	size_t rgot;
+	/* Read staging: small responses (produce acks, metadata) arrive with
+	 * their size prefix, and often several at once, in one read(); large
+	 * bodies are read straight into their kbuf. */
+	size_t rs_off, rs_len;
+	uint8_t rstage[4096];
 	char errstr[256]; /* why the last connect/close happened */
 };
 

@@ -37,7 +37,16 @@
 #include "recbatch.h"
 
 #define MAX_INFLIGHT_PER_PART 5
-#define FREE_BATCHES_MAX 32
+/* Spare batch structs and batch buffers kept for reuse.  Buffers are never
+ * given back to malloc while the producer lives, up to what the queue limit
+ * (queue.buffering.max.kbytes / batch.size, see pool_max) can hold at once:
+ * fresh large mallocs are mmap'd, every page faults on first touch and
+ * free() unmaps them again, which cost more than the copy itself. */
+#define FREE_BATCHES_MIN 32
+#define FREE_BATCHES_LIMIT 4096
+/* Values at least this long are kept by reference with SLUICE_MSG_F_NOCOPY
+ * (smaller ones are copied: an iovec and a CRC pass cost more). */
+#define NOCOPY_MIN_BYTES (16u << 10)
 #define PRODUCE_MIN_VER 3
 #define PRODUCE_MAX_VER 8
 
@@ -73,8 +82,9 @@ struct sluice_producer {
 	struct batch *dr_head, *dr_tail;
 	struct batch *free_batches;
 	int nfree;
-	uint8_t *bufpool[FREE_BATCHES_MAX]; /* spare batch buffers of batch_size + 64 bytes */
+	uint8_t **bufpool; /* spare batch buffers of batch_size + 64 bytes */
 	int nbufpool;
+	int pool_max; /* bound of nfree and nbufpool */
 	int flush_req;
 	bool terminate;
 	/* I/O thread */
@@ -111,6 +121,10 @@ static void wake_locked(struct sluice_producer *p)
 	if (p->wake_pending)
 		return;
 	p->wake_pending = true;
+	/* Awake (io_sleep_until 0): it looks at wake_pending, under the lock,
+	 * before it sleeps, and then does not sleep: no syscall needed. */
+	if (!p->io_sleep_until)
+		return;
 	if (write(p->wakefd, &one, sizeof(one)) < 0) {
 		/* eventfd counter overflow cannot happen with wake_pending */
 	}
@@ -163,8 +177,7 @@ static struct batch *batch_get(struct sluice_producer *p, size_t need)
 		if (!b)
 			return NULL;
 	}
-	b->len = RECBATCH_HEADER_SIZE;
-	b->count = 0;
+	batch_reset(b);
 	b->next = NULL;
 	b->sealed = b->in_flight = false;
 	b->attempts = 0;
@@ -173,8 +186,6 @@ static struct batch *batch_get(struct sluice_producer *p, size_t need)
 	b->base_offset = -1;
 	b->err = 0;
 	b->acct_bytes = 0;
-	if (b->opaques)
-		memset(b->opaques, 0, b->opaques_cap * sizeof(void *));
 	/* Whole-size buffers, recycled: fresh large mallocs are mmap'd and
 	 * every page faults on first touch, which costs more than the copy. */
 	if (cap < need)
@@ -202,18 +213,22 @@ static void batch_drop_buf(struct sluice_producer *p, struct batch *b)
 {
 	if (!b->buf)
 		return;
-	if (b->cap == (size_t)p->conf->batch_size + 64 && p->nbufpool < FREE_BATCHES_MAX)
+	if (b->cap == (size_t)p->conf->batch_size + 64 && p->nbufpool < p->pool_max)
 		p->bufpool[p->nbufpool++] = b->buf;
 	else
 		free(b->buf);
 	b->buf = NULL;
 	b->cap = 0;
+	/* The values kept by reference are released with the buffer: the
+	 * report may now tell the caller it can reuse them. */
+	b->n_ext = 0;
+	b->ext_bytes = 0;
 }
 
 static void batch_put(struct sluice_producer *p, struct batch *b)
 {
 	batch_drop_buf(p, b);
-	if (p->nfree < FREE_BATCHES_MAX) {
+	if (p->nfree < p->pool_max) {
 		b->next = p->free_batches;
 		p->free_batches = b;
 		p->nfree++;
@@ -263,7 +278,8 @@ static void finish_locked(struct sluice_producer *p, struct batch *b)
 
 static int append_locked(struct sluice_producer *p, struct ptopic *t, int32_t partition,
 			 int64_t ts, const void *key, int32_t keylen, const void *value, int32_t vlen,
-			 const sluice_header_t *hdrs, size_t nhdrs, void *opaque, size_t rsize)
+			 const sluice_header_t *hdrs, size_t nhdrs, void *opaque, size_t rsize,
+			 bool by_ref)
 {
 	struct ppart *pp;
 	int rc;
@@ -286,17 +302,26 @@ static int append_locked(struct sluice_producer *p, struct ptopic *t, int32_t pa
 			pp->cur->topic = t;
 			pp->cur->partition = partition;
 			pp->cur->created_ms = kclock_ms();
-			if (p->io_sleep_until && pp->cur->created_ms + p->conf->linger_ms < p->io_sleep_until)
+			/* The I/O thread must see the new batch by its linger
+			 * deadline: wake it if it sleeps past that, and also if it
+			 * is awake (io_sleep_until 0): it may already have done
+			 * its housekeeping and be about to sleep (wake_pending
+			 * makes that sleep 0). */
+			if (!p->io_sleep_until ||
+			    pp->cur->created_ms + p->conf->linger_ms < p->io_sleep_until)
 				wake_locked(p);
 		}
 		if (pp->cur->count >= p->conf->batch_num_messages)
 			rc = 1;
+		else if (by_ref)
+			rc = batch_append_ref(pp->cur, (size_t)p->conf->batch_size, ts, key, keylen,
+					      value, vlen, hdrs, nhdrs, opaque);
 		else
 			rc = batch_append(pp->cur, (size_t)p->conf->batch_size, ts, key, keylen, value,
 					  vlen, hdrs, nhdrs, opaque);
 		if (rc == 0) {
 			pp->cur->acct_bytes += rsize;
-			if (pp->cur->len + 64 >= (size_t)p->conf->batch_size ||
+			if (batch_wire_len(pp->cur) + 64 >= (size_t)p->conf->batch_size ||
 			    pp->cur->count >= p->conf->batch_num_messages) {
 				int32_t part = pp->id;
 
@@ -438,7 +463,7 @@ static void pending_replay_locked(struct sluice_producer *p, struct ptopic *t)
 		if (m.partition < t->nparts)
 			rc = append_locked(p, t, m.partition, m.ts, m.key.len < 0 ? NULL : m.key.ptr,
 					   m.key.len, m.value.len < 0 ? NULL : m.value.ptr,
-					   m.value.len, m.hdrs, (size_t)m.nhdrs, m.opaque, rs);
+					   m.value.len, m.hdrs, (size_t)m.nhdrs, m.opaque, rs, false);
 		if (rc) {
 			struct batch *b = batch_get(p, 0);
 
@@ -460,13 +485,22 @@ sluice_err_t sluice_produce(sluice_producer_t *p, const char *topic, int32_t par
 			    const void *key, size_t keylen, const void *value, size_t len,
 			    const sluice_header_t *headers, size_t nheaders, void *opaque)
 {
+	return sluice_produce_ex(p, topic, partition, key, keylen, value, len, headers, nheaders,
+				 opaque, 0);
+}
+
+sluice_err_t sluice_produce_ex(sluice_producer_t *p, const char *topic, int32_t partition,
+			       const void *key, size_t keylen, const void *value, size_t len,
+			       const sluice_header_t *headers, size_t nheaders, void *opaque,
+			       unsigned flags)
+{
 	struct ptopic *t;
 	size_t rsize;
 	int64_t ts;
 	int rc;
 
 	if (!p || !topic || !*topic || partition < SLUICE_PARTITION_ANY || (nheaders && !headers) ||
-	    keylen > INT32_MAX || len > INT32_MAX)
+	    keylen > INT32_MAX || len > INT32_MAX || (flags & ~(unsigned)SLUICE_MSG_F_NOCOPY))
 		return SLUICE_ERR_INVALID_ARG;
 	for (size_t i = 0; i < nheaders; i++)
 		if (!headers[i].name)
@@ -502,7 +536,8 @@ sluice_err_t sluice_produce(sluice_producer_t *p, const char *topic, int32_t par
 		rc = SLUICE_ERR_UNKNOWN_PARTITION;
 	} else {
 		rc = append_locked(p, t, partition, ts, key, (int32_t)keylen, value, (int32_t)len,
-				   headers, nheaders, opaque, rsize);
+				   headers, nheaders, opaque, rsize,
+				   (flags & SLUICE_MSG_F_NOCOPY) && value && len >= NOCOPY_MIN_BYTES);
 	}
 	if (rc == 0) {
 		p->q_msgs++;
@@ -834,9 +869,10 @@ static void produce_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *
 }
 
 /* Collects sendable batches (at most one per partition), marks them in
- * flight.  Called with lock held. */
+ * flight.  *more is set if a partition has another closed batch behind the
+ * one taken (sendable by the next round).  Called with lock held. */
 static int collect_locked(struct sluice_producer *p, struct batch **out, int max, int64_t now,
-			  int64_t *next_ms, size_t max_bytes)
+			  int64_t *next_ms, size_t max_bytes, bool *more)
 {
 	int n = 0;
 	size_t bytes = 0;
@@ -861,13 +897,15 @@ static int collect_locked(struct sluice_producer *p, struct batch **out, int max
 			 * before it are out of flight (resend in order). */
 			if (p->conf->idempotence && b->attempts > 0 && b != pp->q_head)
 				continue;
-			if (n > 0 && bytes + b->len > max_bytes)
+			if (n > 0 && bytes + batch_wire_len(b) > max_bytes)
 				continue;
 			b->in_flight = true;
 			b->attempts++;
 			pp->inflight++;
-			bytes += b->len;
+			bytes += batch_wire_len(b);
 			out[n++] = b;
+			if (b->next)
+				*more = true;
 		}
 	return n;
 }
@@ -927,8 +965,18 @@ static void send_produce(struct sluice_producer *p, struct batch **bs, int n)
 			wire_w_i32(&r->wb, j - i);
 			for (int k = i; k < j; k++) {
 				wire_w_i32(&r->wb, bs[k]->partition);
-				wire_w_i32(&r->wb, (int32_t)bs[k]->len);
-				kreq_splice(r, bs[k]->buf, bs[k]->len);
+				struct batch *b = bs[k];
+				size_t pos = 0;
+
+				wire_w_i32(&r->wb, (int32_t)batch_wire_len(b));
+				/* buf pieces and the values kept by reference, in
+				 * wire order: written with one writev, never copied */
+				for (int e = 0; e < b->n_ext; e++) {
+					kreq_splice(r, b->buf + pos, b->ext[e].at - pos);
+					kreq_splice(r, b->ext[e].p, b->ext[e].len);
+					pos = b->ext[e].at;
+				}
+				kreq_splice(r, b->buf + pos, b->len - pos);
 			}
 			i = j;
 		}
@@ -1014,7 +1062,7 @@ static void *io_main(void *arg)
 		int64_t now = kclock_ms(), next;
 		struct pollfd pfd[2];
 		int nmd = 0, n = 0, timeout;
-		bool stop;
+		bool stop, more = false;
 
 		if (!kconn_up(&p->conn) && now >= p->reconnect_at) {
 			int rc = kconn_connect(&p->conn, p->conf->request_timeout_ms < 10000
@@ -1046,7 +1094,7 @@ static void *io_main(void *arg)
 		    (!p->conf->idempotence || p->pid_ready) &&
 		    p->inflight_reqs < p->conf->max_in_flight)
 			n = collect_locked(p, bs, 256, now, &next,
-					   (size_t)p->conf->message_max_bytes * 4 + (16u << 20));
+					   (size_t)p->conf->message_max_bytes * 4 + (16u << 20), &more);
 		stop = p->terminate && nothing_left_locked(p);
 		pthread_mutex_unlock(&p->lock);
 		if (stop)
@@ -1074,8 +1122,14 @@ static void *io_main(void *arg)
 			if (now + tc < next)
 				next = now + tc;
 		}
-		if (n == 256 || nmd)
-			next = now; /* more may be sendable */
+		/* More may be sendable at once: collect takes one batch per
+		 * partition per request, so a partition's next batch (up to
+		 * MAX_INFLIGHT_PER_PART in flight) needs another round, and with
+		 * acks=0 the request just written has already completed.
+		 * Without this the thread slept until the next response or
+		 * housekeeping deadline (1 s with acks=0) with batches ready. */
+		if (n == 256 || nmd || more)
+			next = now;
 		timeout = next > now ? (int)(next - now) : 0;
 		if (n && p->inflight_reqs >= p->conf->max_in_flight)
 			timeout = next > now ? (int)(next - now) : 0;
@@ -1134,6 +1188,21 @@ sluice_producer_t *sluice_producer_new(sluice_conf_t *conf, char *errstr, size_t
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_mutex_init(&p->poll_lock, NULL);
 	pthread_cond_init(&p->dr_cond, NULL);
+	{
+		/* Enough spare buffers for a full queue of full batches. */
+		int64_t qb = conf->queue_max_kbytes * 1024 / ((int64_t)conf->batch_size + 64) + 8;
+
+		p->pool_max = qb < FREE_BATCHES_MIN	 ? FREE_BATCHES_MIN
+			      : qb > FREE_BATCHES_LIMIT ? FREE_BATCHES_LIMIT
+							: (int)qb;
+	}
+	p->bufpool = calloc((size_t)p->pool_max, sizeof(*p->bufpool));
+	if (!p->bufpool) {
+		conf_errf(errstr, errstr_size, "out of memory");
+		close(p->wakefd);
+		free(p);
+		return NULL;
+	}
 	kconn_init(&p->conn, conf);
 	p->pid = -1;
 	p->epoch = -1;
@@ -1146,6 +1215,7 @@ sluice_producer_t *sluice_producer_new(sluice_conf_t *conf, char *errstr, size_t
 		pthread_mutex_destroy(&p->lock);
 		pthread_mutex_destroy(&p->poll_lock);
 		pthread_cond_destroy(&p->dr_cond);
+		free(p->bufpool);
 		free(p);
 		return NULL;
 	}
@@ -1359,6 +1429,7 @@ void sluice_producer_destroy(sluice_producer_t *p)
 	}
 	while (p->nbufpool)
 		free(p->bufpool[--p->nbufpool]);
+	free(p->bufpool);
 	close(p->wakefd);
 	pthread_mutex_destroy(&p->lock);
 	pthread_mutex_destroy(&p->poll_lock);
