@@ -79,6 +79,23 @@ static int prepare(struct sluice_admin *a, int api, int vmin, int vmax, const ch
 	return v;
 }
 
+/* prepare() plus a new request of the chosen version: the preamble of every
+ * admin call.  0 with *r and *ver, or an error (errstr set). */
+static sluice_err_t begin_request(struct sluice_admin *a, int api, int vmin, int vmax,
+				  const char *what, int timeout_ms, char *errstr, size_t errstr_size,
+				  struct kreq **r, int *ver)
+{
+	int v = prepare(a, api, vmin, vmax, what, timeout_ms, errstr, errstr_size);
+
+	if (v < 0)
+		return (sluice_err_t)v;
+	*r = kreq_new(&a->conn, (int16_t)api, (int16_t)v);
+	if (!*r)
+		return SLUICE_ERR_NO_MEMORY;
+	*ver = v;
+	return SLUICE_ERR_NO_ERROR;
+}
+
 static void set_errmsg(wire_str msg, sluice_err_t err, char *errstr, size_t errstr_size)
 {
 	if (msg.len > 0)
@@ -100,16 +117,10 @@ sluice_err_t sluice_admin_create_topic(sluice_admin_t *a, const char *topic, int
 	if (!a || !topic || (nconfigs && !configs))
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_CREATE_TOPICS, 0, 4, "CreateTopics", timeout_ms, errstr, errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_CREATE_TOPICS, 0, 4, "CreateTopics", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_CREATE_TOPICS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_i32(&r->wb, 1);
 	wire_w_str(&r->wb, topic);
 	wire_w_i32(&r->wb, partitions);
@@ -164,16 +175,10 @@ sluice_err_t sluice_admin_delete_topic(sluice_admin_t *a, const char *topic, int
 	if (!a || !topic)
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_DELETE_TOPICS, 0, 3, "DeleteTopics", timeout_ms, errstr, errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_DELETE_TOPICS, 0, 3, "DeleteTopics", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_DELETE_TOPICS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_i32(&r->wb, 1);
 	wire_w_str(&r->wb, topic);
 	wire_w_i32(&r->wb, timeout_ms);
@@ -370,17 +375,10 @@ sluice_err_t sluice_admin_describe_topic_configs(sluice_admin_t *a, const char *
 	if (!a || !topic || !configs || !nconfigs)
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_DESCRIBE_CONFIGS, 0, 3, "DescribeConfigs", timeout_ms, errstr,
-		      errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_DESCRIBE_CONFIGS, 0, 3, "DescribeConfigs", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_DESCRIBE_CONFIGS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_i32(&r->wb, 1);
 	wire_w_i8(&r->wb, RESOURCE_TOPIC);
 	wire_w_str(&r->wb, topic);
@@ -474,16 +472,10 @@ sluice_err_t sluice_admin_alter_topic_configs(sluice_admin_t *a, const char *top
 	if (!a || !topic || (nconfigs && !configs))
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_ALTER_CONFIGS, 0, 1, "AlterConfigs", timeout_ms, errstr, errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_ALTER_CONFIGS, 0, 1, "AlterConfigs", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_ALTER_CONFIGS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_i32(&r->wb, 1);
 	wire_w_i8(&r->wb, RESOURCE_TOPIC);
 	wire_w_str(&r->wb, topic);
@@ -556,16 +548,10 @@ sluice_err_t sluice_admin_list_groups(sluice_admin_t *a, sluice_group_info_t **g
 	if (!a || !groups || !n)
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_LIST_GROUPS, 0, 2, "ListGroups", timeout_ms, errstr, errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_LIST_GROUPS, 0, 2, "ListGroups", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_LIST_GROUPS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	err = admin_call(a, r, &resp, &rd, timeout_ms, "ListGroups", errstr, errstr_size);
 	if (err)
 		goto out;
@@ -680,17 +666,10 @@ sluice_err_t sluice_admin_describe_group(sluice_admin_t *a, const char *group,
 	if (!a || !group || !desc)
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_DESCRIBE_GROUPS, 0, 4, "DescribeGroups", timeout_ms, errstr,
-		      errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_DESCRIBE_GROUPS, 0, 4, "DescribeGroups", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_DESCRIBE_GROUPS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_i32(&r->wb, 1);
 	wire_w_str(&r->wb, group);
 	if (ver >= 3)
@@ -929,16 +908,10 @@ sluice_err_t sluice_admin_delete_group(sluice_admin_t *a, const char *group, int
 	if (!a || !group)
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_DELETE_GROUPS, 0, 1, "DeleteGroups", timeout_ms, errstr, errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_DELETE_GROUPS, 0, 1, "DeleteGroups", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_DELETE_GROUPS, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_i32(&r->wb, 1);
 	wire_w_str(&r->wb, group);
 	err = admin_call(a, r, &resp, &rd, timeout_ms, "DeleteGroups", errstr, errstr_size);
