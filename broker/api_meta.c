@@ -14,6 +14,7 @@
 #include "coord.h"
 #include "kerr.h"
 #include "topics.h"
+#include "txn_api.h"
 
 #define MAX_PARTITIONS 100000
 #define MAX_TOPIC_CONFIGS 64
@@ -81,6 +82,11 @@ static int cat_run(coord_job *job, sqlite3 *db)
 						(const char *const *)ct->values, ct->nconf);
 		else
 			rc = coord_topic_delete(db, ct->name);
+		/* its half messages can never be appended: discard them in the
+		 * same commit as the catalogue row (a failure is logged; a
+		 * commit of one then finds the topic gone and discards it) */
+		if (!cj->insert && rc == SQLITE_OK)
+			(void)txn_api_drop_topic(db, ct->name);
 		if (rc != SQLITE_OK) {
 			ct->err = KERR_KAFKA_STORAGE_ERROR;
 			snprintf(ct->msg, sizeof(ct->msg), "catalogue update failed: %s", sqlite3_errstr(rc));

@@ -11,16 +11,23 @@
  * durability) or after the sync that covers it (fsync durability, any acks
  * but 0): the request then waits on the partitions' high watermarks
  * (waiters.h) with the request's timeout.
+ *
+ * Rate-limited topics (docs/flow-control.md) pass their gate first: admit,
+ * reject at once (nothing waits: no coordinator, no syncer, no timer), or
+ * park.  A parked request is released by its loop's pacer (pacer.h, a
+ * timerfd with microsecond deadlines), at the release time its gate gave
+ * it, never by an ev_timer: libev rounds those to whole milliseconds and
+ * would release in 1 ms clumps.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "api.h"
 #include "blog.h"
 #include "coord.h"
 #include "kerr.h"
+#include "pacer.h"
 #include "quota.h"
 #include "recbatch.h"
 #include "syncer.h"
@@ -48,7 +55,8 @@ typedef struct ptopic {
 
 typedef struct produce_state {
 	waitset ws;
-	ev_timer timer;     /* sync wait timeout, or release from the gate */
+	ev_timer timer;     /* sync wait timeout */
+	pacer_entry release;/* parked: due when every node of ours is released */
 	req *r;
 	int16_t acks;
 	int32_t timeout_ms;
@@ -292,18 +300,10 @@ static void produce_orphaned(waitset *ws)
 	req_unref(((produce_state *)ws)->r);
 }
 
-static int64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Client gone: parked nodes leave their gates and give their tokens back. */
 static void unpark_cancel(produce_state *ps)
 {
-	int64_t now = mono_ns();
+	int64_t now = pacer_now_ns();
 
 	for (int i = 0; i < ps->ntopics; i++) {
 		ptopic *pt = &ps->topics[i];
@@ -317,13 +317,15 @@ static void unpark_cancel(produce_state *ps)
 	}
 }
 
-/* Timer: pops every due node of our gates (ours or another request's: the
- * tokens of a due node are spent either way).  Returns 0 when all our nodes
- * are released, else the nanoseconds until the latest is due (the timer
- * fired early against the gate's clock). */
-static int64_t unpark_release(produce_state *ps)
+/* Pacer: pops every node of our gates due at now (ours or another
+ * request's: the tokens of a due node are spent either way, and popping in
+ * FIFO order is what keeps the order).  Returns 0 when all our nodes are
+ * released, else the latest release time still ahead (defensive: the pacer
+ * never fires before the deadline we gave it, which is our latest node's
+ * release time). */
+static int64_t unpark_release(produce_state *ps, int64_t now)
 {
-	int64_t now = mono_ns(), left = 0;
+	int64_t left = 0;
 
 	for (int i = 0; i < ps->ntopics; i++) {
 		ptopic *pt = &ps->topics[i];
@@ -334,8 +336,8 @@ static int64_t unpark_release(produce_state *ps)
 		while (gate_pop_ready(&pt->t->gate, now))
 			;
 		if (pt->node.q) {
-			if (pt->node.release_ns - now > left)
-				left = pt->node.release_ns - now;
+			if (pt->node.release_ns > left)
+				left = pt->node.release_ns;
 		} else {
 			pt->parked = false;
 		}
@@ -349,6 +351,7 @@ static void produce_cancel(req *r)
 	produce_state *ps = r->state;
 
 	unpark_cancel(ps);
+	pacer_stop(&r->w->pacer, &ps->release);
 	ev_timer_stop(r->w->loop, &ps->timer);
 	if (!waitset_release(&ps->ws))
 		req_ref(r); /* the pending wake-up task drops it */
@@ -479,8 +482,9 @@ static void produce_shutdown(req *r)
 	if (!parked)
 		return; /* a sync wait is answered by the final sync */
 	unpark_cancel(ps);
-	ev_timer_stop(r->w->loop, &ps->timer);
+	pacer_stop(&r->w->pacer, &ps->release);
 	r->cancel = NULL;
+	r->shutdown = NULL;
 	for (int i = 0; i < ps->ntopics; i++)
 		fail_topic_entries(ps, &ps->topics[i], KERR_NOT_LEADER_OR_FOLLOWER);
 	if (ps->acks == 0) {
@@ -492,16 +496,21 @@ static void produce_shutdown(req *r)
 	req_finish(r);
 }
 
-static void produce_released(struct ev_loop *loop, ev_timer *t, int revents)
-{
-	produce_state *ps = t->data;
-	int64_t left = unpark_release(ps);
+/* Gives up waiting: the entries of topics still parked are answered with
+ * err (their tokens go back); the rest of the request goes on.  Defined
+ * with the gate code. */
+static void unpark_fail(produce_state *ps, int16_t err);
 
-	if (left > 0) {
-		ev_timer_set(t, (double)left / 1e9, 0.);
-		ev_timer_start(loop, t);
+/* The pacer: our release time has come. */
+static void produce_released(pacer_entry *e, int64_t now)
+{
+	produce_state *ps = e->data;
+	int64_t until = unpark_release(ps, now);
+
+	if (until > 0 && pacer_start(&ps->r->w->pacer, &ps->release, until) == 0)
 		return;
-	}
+	if (until > 0)
+		unpark_fail(ps, KERR_UNKNOWN_SERVER_ERROR); /* cannot wait: answer */
 	ps->r->cancel = NULL;
 	ps->r->shutdown = NULL;
 	produce_append(ps);
@@ -515,12 +524,22 @@ static void fail_topic_entries(produce_state *ps, ptopic *pt, int16_t err)
 	}
 }
 
+static void unpark_fail(produce_state *ps, int16_t err)
+{
+	for (int i = 0; i < ps->ntopics; i++)
+		if (ps->topics[i].parked)
+			fail_topic_entries(ps, &ps->topics[i], err);
+	unpark_cancel(ps);
+	pacer_stop(&ps->r->w->pacer, &ps->release);
+}
+
 /* The token-bucket gate of each limited topic (flow-control.md): admit,
- * park (returns the longest park in ns) or reject its entries with
- * THROTTLING_QUOTA_EXCEEDED and a throttle-time hint. */
+ * park (returns the latest release time, CLOCK_MONOTONIC ns, or 0 when
+ * nothing is parked) or reject its entries with THROTTLING_QUOTA_EXCEEDED
+ * and a throttle-time hint. */
 static int64_t apply_gates(produce_state *ps)
 {
-	int64_t now = mono_ns(), park = 0, hint = 0;
+	int64_t now = pacer_now_ns(), park = 0, hint = 0;
 	uint64_t all_msgs = 0, all_bytes = 0;
 
 	/* the client id's own limit first: fail-fast, never parks */
@@ -561,8 +580,8 @@ static int64_t apply_gates(produce_state *ps)
 		pthread_mutex_unlock(&pt->t->gate_lock);
 		if (verdict == GATE_QUEUE) {
 			pt->parked = true;
-			if (wait > park)
-				park = wait;
+			if (now + wait > park)
+				park = now + wait; /* = the node's release time */
 		} else if (verdict == GATE_REJECT) {
 			int64_t ms = wait == TOKENBUCKET_NEVER ? INT32_MAX : (wait + 999999) / 1000000;
 
@@ -626,18 +645,14 @@ int api_produce(req *r, wire_rd *rd)
 			ps->entries[i].p = NULL;
 		}
 	}
+	pacer_entry_init(&ps->release, produce_released, ps);
 	park = apply_gates(ps);
 	if (park > 0) {
-		if (copy_parked(ps) < 0) {
-			unpark_cancel(ps);
-			for (int i = 0; i < ps->ntopics; i++)
-				fail_topic_entries(ps, &ps->topics[i], KERR_UNKNOWN_SERVER_ERROR);
+		if (copy_parked(ps) < 0 || pacer_start(&r->w->pacer, &ps->release, park) < 0) {
+			unpark_fail(ps, KERR_UNKNOWN_SERVER_ERROR);
 		} else {
 			r->cancel = produce_cancel;
 			r->shutdown = produce_shutdown;
-			ev_timer_init(&ps->timer, produce_released, (double)park / 1e9, 0.);
-			ps->timer.data = ps;
-			ev_timer_start(r->w->loop, &ps->timer);
 			return API_OK;
 		}
 	}

@@ -64,6 +64,13 @@ static const struct key broker_keys[] = {
 	  "a half message not ended within this long is checked back with its producer group" },
 	{ "transaction.check.max", K_INT32, C(transaction_check_max), 1, 1000000, "15",
 	  "unanswered checks after which a half message is discarded (and recorded)" },
+	{ "transaction.retention.ms", K_INT64, C(transaction_retention_ms), 1, INT64_MAX, "604800000",
+	  "committed and rolled-back transactions are deleted from sluice.db this long after their end "
+	  "(discarded ones are kept until resolved)" },
+	{ "transaction.check.rate", K_DOUBLE, C(transaction_check_rate), 0, 1000000, "100",
+	  "check-backs handed out per second, over all producer groups (> 0)" },
+	{ "transaction.check.burst", K_INT64, C(transaction_check_burst), 1, 1000000, "200",
+	  "check-backs handed out at once above transaction.check.rate" },
 	{ "offsets.retention.minutes", K_INT64, C(offsets_retention_minutes), 1, INT32_MAX, "10080",
 	  "committed offsets of a group with no members are deleted this long after its last commit" },
 	/* Defaults of the topic-level keys. */
@@ -324,6 +331,11 @@ int config_validate(const config *c, char *err, size_t errlen)
 	if (c->topic_defaults.max_message_bytes > c->socket_request_max_bytes) {
 		snprintf(err, errlen, "message.max.bytes (%d) exceeds socket.request.max.bytes (%d)",
 			 c->topic_defaults.max_message_bytes, c->socket_request_max_bytes);
+		return -1;
+	}
+	/* the check-back token bucket needs a rate it can count in */
+	if (!(c->transaction_check_rate >= 0.001)) {
+		snprintf(err, errlen, "transaction.check.rate must be at least 0.001 checks/s");
 		return -1;
 	}
 	if (c->data_dir[0] == '\0') {

@@ -60,6 +60,9 @@ typedef struct config {
 	int64_t offsets_retention_minutes;
 	int64_t transaction_timeout_ms;
 	int32_t transaction_check_max;
+	int64_t transaction_retention_ms;  /* ended txns are purged after this */
+	double transaction_check_rate;     /* check-backs handed out per second */
+	int64_t transaction_check_burst;   /* ... at once above the rate */
 	topic_conf topic_defaults; /* message.max.bytes, log.segment.bytes, ... */
 	produce_limit client_limit; /* per client id (quota.h); rates 0: off */
 } config;

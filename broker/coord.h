@@ -10,6 +10,12 @@
  * topic_configs(topic, key, value), meta(key, value).  Schema version in
  * PRAGMA user_version.
  *
+ * Durability: SQLite runs with synchronous=NORMAL and the coordinator's
+ * second thread (the WAL syncer) fdatasyncs the WAL after each batch —
+ * while the coordinator already runs the next one — and only then runs
+ * the after_commit hooks and posts the jobs' done: an answer still means
+ * "durable", but batches overlap their syncs.
+ *
  * Threads: coord_open, coord_db and the load functions run on main before
  * coord_start; coord_submit from any thread afterwards.
  */
@@ -27,6 +33,14 @@ typedef struct coord_job {
 	/* Runs on the coordinator thread inside a transaction.  Returns 0 or a
 	 * SQLite error code (the job's savepoint is then rolled back). */
 	int (*run)(struct coord_job *job, sqlite3 *db);
+	/* Optional.  Runs on the WAL-sync thread once the batch holding the
+	 * job has committed and its WAL is synced (so what run() wrote is
+	 * durable), in submission order, before done is posted; not run when
+	 * the job or the batch failed.  The database is not held then: use
+	 * coord_lock_db to touch it.  Lets work that must follow the SQLite order exactly (the
+	 * log appends of transaction commits, in commit-sequence order) happen
+	 * in that order.  Must not block on anything but short locks. */
+	void (*after_commit)(struct coord_job *job);
 	/* Posted to w (or run on the coordinator thread if w is NULL) after the
 	 * commit; job->rc holds the outcome (0 or SQLite error). */
 	worker *w;
@@ -38,6 +52,13 @@ typedef struct coord_job {
  * (logged). */
 int coord_open(const char *path, coord **out);
 sqlite3 *coord_db(coord *c);   /* main thread, before coord_start */
+/* The connection for a one-off statement outside the job flow (after
+ * coord_start; e.g. from an after_commit hook): locks out the coordinator
+ * until coord_unlock_db, which syncs the WAL first (the statements
+ * autocommit under synchronous=NORMAL).  Returns 0 or an SQLite error of
+ * that sync. */
+sqlite3 *coord_lock_db(coord *c);
+int coord_unlock_db(coord *c);
 int coord_start(coord *c);
 void coord_submit(coord *c, coord_job *job);
 /* Drains queued jobs, stops the thread, closes the database.  Accepts NULL. */

@@ -25,6 +25,7 @@
 #include "blog.h"
 #include "coord.h"
 #include "kerr.h"
+#include "stmtcache.h"
 #include "topics.h"
 
 #define MAX_ID 255
@@ -590,7 +591,7 @@ static int offop_run(sqlite3 *db, offop *op)
 		"DELETE FROM group_offsets WHERE group_id = ?",
 	};
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, sql[op->kind], -1, &st, NULL);
+	int rc = stmtcache_prepare(db, sql[op->kind], &st); /* coordinator thread */
 
 	if (rc != SQLITE_OK)
 		return rc;
@@ -606,7 +607,7 @@ static int offop_run(sqlite3 *db, offop *op)
 		sqlite3_bind_int64(st, 7, op->commit_ms);
 	}
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	stmtcache_release(st);
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 

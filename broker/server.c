@@ -164,6 +164,7 @@ int server_listen(server *srv)
 		w->id = i;
 		w->srv = srv;
 		w->listen_fd = -1;
+		w->pacer.tfd = -1; /* pacer_free is a no-op until pacer_init */
 		pthread_mutex_init(&w->q_lock, NULL);
 		w->listen_fd = listen_socket(&ss, len);
 		if (w->listen_fd < 0) {
@@ -192,6 +193,11 @@ int server_listen(server *srv)
 		ev_async_init(&w->async_w, on_async);
 		w->async_w.data = w;
 		ev_async_start(w->loop, &w->async_w);
+		rc = pacer_init(&w->pacer, w->loop);
+		if (rc < 0) {
+			blog(BLOG_ERROR, "cannot create the precise timer of loop %d: %s", i, strerror(-rc));
+			return rc;
+		}
 	}
 	return 0;
 }
@@ -249,6 +255,7 @@ void server_free(server *srv)
 				t->fn(t);
 				t = next;
 			}
+			pacer_free(&w->pacer);
 			ev_loop_destroy(w->loop);
 		}
 		if (w->listen_fd >= 0)

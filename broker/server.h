@@ -10,6 +10,11 @@
  * other threads (appenders on other loops, the syncer, the SQLite coordinator)
  * use to hand work back to the owning loop.
  *
+ * Each worker also has a pacer (pacer.h): a timerfd-driven timer with
+ * microsecond precision, for what must not be rounded to libev's whole
+ * milliseconds (the release of parked produce requests).  Loop-owned like
+ * everything else of the worker.
+ *
  * struct server is created by main() before any thread starts; its pointers
  * are fixed afterwards.  Counters are atomics.
  */
@@ -23,6 +28,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "pacer.h"
 
 struct conn;
 struct topics;
@@ -46,6 +52,7 @@ typedef struct worker {
 	ev_io accept_w;
 	ev_async async_w;
 	ev_timer pause_w;          /* re-enables accept after EMFILE */
+	pacer pacer;               /* precise timers of this loop (pacer.h) */
 	pthread_mutex_t q_lock;    /* protects q_head/q_tail */
 	loop_task *q_head, *q_tail;
 	atomic_bool stop;

@@ -1,10 +1,12 @@
 /*
  * txn_api.h — Sluice extension APIs for transactional half messages
- * (txn_api.c; formats in docs/protocol.md, design in docs/transactions.md).
+ * (txn_api.c and txn_check.c; formats in docs/protocol.md, design in
+ * docs/transactions.md).
  *
  * Threads: txn_api_init and txn_api_recover on main at start-up, before the
  * coordinator thread starts (they use its database directly); the handlers
- * on any loop.
+ * on any loop; txn_api_drop_topic on the coordinator thread inside a job;
+ * txn_check_stop after the loops and the coordinator have stopped.
  */
 #ifndef SLUICE_TXN_API_H
 #define SLUICE_TXN_API_H
@@ -20,19 +22,48 @@ enum {
 	API_TXN_END = 1001,
 	API_TXN_CHECK_POLL = 1002,
 	API_TXN_LIST = 1003,
+	API_TXN_DESCRIBE = 1004,
+};
+
+/* Test hook (docs/transactions.md): with SLUICED_CRASH_AT=<name> in the
+ * environment at start-up the broker calls _exit(137) when it reaches that
+ * point of a transaction, as if killed there. */
+enum txn_crash_point {
+	TXN_CRASH_NONE = 0,
+	TXN_CRASH_PREPARE_STORED,           /* "txn_prepare_stored" */
+	TXN_CRASH_COMMIT_MARKED_COMMITTING, /* "txn_commit_marked_committing" */
+	TXN_CRASH_COMMIT_APPENDED,          /* "txn_commit_appended" */
+	TXN_CRASH_COMMIT_MARKED,            /* "txn_commit_marked" */
 };
 
 struct checksched_policy;
 
+/* Reads the transaction.* keys and SLUICED_CRASH_AT. */
 void txn_api_init(const config *cfg);
-/* Appends (exactly once) every transaction left COMMITTING by a crash and
- * marks it COMMITTED.  Returns 0 or -1. */
+/* Appends (exactly once) every transaction left COMMITTING by a crash, syncs
+ * the fsync-durability partitions it touched, then marks them COMMITTED.
+ * Keeps db for the coordinator thread's own fix-ups (see txn_api.c).
+ * Returns 0 or -1. */
 int txn_api_recover(sqlite3 *db, topics *reg);
+/* DeleteTopics, in its catalogue job: the topic's PENDING half messages
+ * become DISCARDED ("topic deleted").  SQLITE_OK or SQLITE_ERROR (logged). */
+int txn_api_drop_topic(sqlite3 *db, const char *name);
+
+/* The origin id of a producer instance name: 64-bit FNV-1a of its bytes
+ * with the lowest bit set (connection pointers, the other kind of origin,
+ * are 8-aligned, so the two never collide).  0 for a null or empty name. */
+uint64_t txn_api_instance_id(wire_str instance);
 
 int api_txn_prepare(req *r, wire_rd *rd);
 int api_txn_end(req *r, wire_rd *rd);
 int api_txn_list(req *r, wire_rd *rd);
+int api_txn_describe(req *r, wire_rd *rd);
 int api_txn_check_poll(req *r, wire_rd *rd);
+
+/* The check policy from the broker configuration. */
+const struct checksched_policy *txn_api_policy(void);
+/* transaction.retention.ms */
+int64_t txn_api_retention_ms(void);
 
 /* txn_check.c: starts the check-back ticker on w (before the loops run);
  * stop after the loops and the coordinator have stopped. */
@@ -40,7 +71,12 @@ int txn_check_start(server *srv, worker *w);
 void txn_check_stop(void);
 /* A TxnEnd answered txn_id (its check, if out, is done). */
 void txn_check_answered(int64_t txn_id);
-/* The check policy from the broker configuration. */
-const struct checksched_policy *txn_api_policy(void);
+/* Any thread: txn_id's batch is appended to p (of t, whose reference this
+ * takes over) at offset (-1: unknown) and nobody waits for the answer any
+ * more (client gone, or answered "timed out"): the ticker marks it
+ * COMMITTED once p's high watermark reaches need (the append is durable),
+ * or drops it at stop (it stays COMMITTING: start-up recovery finishes
+ * it). */
+void txn_check_mark_later(int64_t txn_id, int64_t offset, topic *t, partition *p, int64_t need);
 
 #endif

@@ -1,24 +1,43 @@
 /*
  * txn_check.c — check-back for transactional half messages: the TxnCheckPoll
  * long-poll (extension API 1002, docs/protocol.md) and the ticker that hands
- * due transactions to polling producers (docs/transactions.md).
+ * due transactions to polling producers (docs/transactions.md), purges old
+ * ended transactions and records commits nobody waits for any more.
  *
  * A producer of a group parks a poll (room for max_txns checks, max_wait_ms).
- * Every 100 ms the ticker (a timer on loop 0) asks the scheduler
- * (txn/checksched: global check rate, who to ask — the preparing connection
- * first, else round-robin over the group) how many checks may go out, leases
- * that many due transactions from the half store on the coordinator thread
- * (indexed rows, so none is skipped or checked twice at once), writes each
- * into the chosen poll's response and hands the polls back to their loops.
- * A transaction of a group nobody polls for counts as an unanswered check
- * (backoff; discarded after transaction.check.max), as does a check whose
- * lease ran out.  The producer answers with TxnEnd (commit, rollback, or 0 =
- * unknown).
+ * It is registered in the scheduler under its producer instance's id (v1,
+ * txn_api_instance_id: the same id as the origin of the transactions that
+ * instance prepared on any of its connections) or else under its
+ * connection.  One parked poll per id: a second one replaces the first,
+ * which is answered at once (empty).  Every 100 ms the ticker (a timer on
+ * loop 0) asks the scheduler (txn/checksched: global check rate, who to
+ * ask — the preparing instance or connection first, else round-robin over
+ * the group) how many checks may go out, leases that many due transactions
+ * from the half store on the coordinator thread (indexed rows, so none is
+ * skipped or checked twice at once), writes each into the chosen poll's
+ * response and hands the polls back to their loops.  A transaction of a
+ * group nobody polls for counts as an unanswered check (backoff; discarded
+ * after transaction.check.max), as does a check whose lease ran out.  The
+ * producer answers with TxnEnd (commit, rollback, or 0 = unknown).
+ *
+ * Registrations: a poll's connection closing while it is parked
+ * unregisters its id (unless another poll holds it now); an id that has had
+ * no parked poll for lease_ms is unregistered by the ticker (its connection
+ * may have closed between two polls, which this module cannot see), so a
+ * group whose producers all died gets "no producer" checks and ends up
+ * discarded instead of waiting forever.
+ *
+ * Housekeeping on the same ticker, in the same coordinator job:
+ *  - purge: every PURGE_INTERVAL_MS (at once again while a batch comes back
+ *    full) up to PURGE_BATCH committed / rolled-back transactions ended
+ *    more than transaction.retention.ms ago are deleted;
+ *  - marks handed over by txn_api.c (txn_check_mark_later): recorded
+ *    COMMITTED once their partition's high watermark covers them.
  *
  * Threads: polls, the scheduler and the ticker state are guarded by `lock`;
  * a parked poll's response is written under it by whoever fills it (its
- * own loop does not touch a parked request) and handed back with
- * req_post_finish.
+ * own loop does not touch a parked request) and handed back with a task on
+ * its loop.  SQLite only in the ticker's coordinator job.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -36,24 +55,46 @@
 
 #define TICK_S 0.1
 #define MAX_BATCH 1000
+#define MAX_EXPIRE 256
+#define PURGE_INTERVAL_MS 1000
+#define PURGE_BATCH 1000
 
 typedef struct poll {
 	struct poll *next;
 	req *r;                 /* parked: holds a reference */
-	uint64_t conn;
+	uint64_t id;            /* instance id or connection */
 	int32_t max, n;
 	size_t count_at;        /* placeholder for the entry count */
 	ev_timer timer;         /* max_wait on the poll's own loop */
 	loop_task done;         /* filled by the ticker: finish on own loop */
 } poll;
 
+/* A registered id and since when it has had no parked poll (0: parked). */
+typedef struct reg {
+	uint64_t id;
+	int64_t idle_since;
+} reg;
+
+/* A commit appended, waiting for its sync to be recorded (nobody waits for
+ * the answer). */
+typedef struct later {
+	int64_t txn_id, offset, need;
+	topic *t;               /* referenced */
+	partition *p;
+} later;
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* all below */
 static checksched *cs;
 static checksched_policy pol;
 static poll *polls;
+static reg *regs;
+static size_t nregs, capregs;
+static later *laters;
+static size_t nlaters, caplaters;
 static bool job_in_flight;
 static int64_t *pend_none;      /* no producer to ask: record as checks */
 static size_t npend_none;
+static int64_t next_purge;      /* mono ms */
 static server *srv_g;
 static worker *tick_w;
 static ev_timer tick;
@@ -65,6 +106,60 @@ static int64_t mono_ms(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+/* ---- registrations (lock held) ---- */
+
+static reg *reg_find(uint64_t id)
+{
+	for (size_t i = 0; i < nregs; i++)
+		if (regs[i].id == id)
+			return &regs[i];
+	return NULL;
+}
+
+/* idle_since 0: a poll is parked now. */
+static void reg_touch(uint64_t id, int64_t idle_since)
+{
+	reg *g = reg_find(id);
+
+	if (!g && nregs == capregs) {
+		size_t cap = capregs ? capregs * 2 : 16;
+		reg *n = realloc(regs, sizeof(*n) * cap);
+
+		if (!n)
+			return; /* not tracked: only its idle expiry is lost */
+		regs = n;
+		capregs = cap;
+	}
+	if (!g) {
+		g = &regs[nregs++];
+		g->id = id;
+	}
+	g->idle_since = idle_since;
+}
+
+static void reg_forget(uint64_t id)
+{
+	reg *g = reg_find(id);
+
+	if (g)
+		*g = regs[--nregs];
+}
+
+/* Unregisters ids idle for longer than a lease. */
+static void reg_expire(int64_t now)
+{
+	for (size_t i = 0; i < nregs;) {
+		if (regs[i].idle_since != 0 && now - regs[i].idle_since > pol.lease_ms) {
+			checksched_unregister(cs, regs[i].id);
+			regs[i] = regs[--nregs];
+		} else {
+			i++;
+		}
+	}
+}
+
+/* ---- polls ---- */
 
 /* Lock held.  Unlinks p; true if it was linked. */
 static bool unlink_poll(poll *p)
@@ -78,10 +173,10 @@ static bool unlink_poll(poll *p)
 	return false;
 }
 
-static poll *find_poll(uint64_t cid)
+static poll *find_poll(uint64_t id)
 {
 	for (poll *p = polls; p; p = p->next)
-		if (p->conn == cid)
+		if (p->id == id)
 			return p;
 	return NULL;
 }
@@ -106,7 +201,8 @@ static void done_task(loop_task *t)
 static void complete(poll *p)
 {
 	wire_patch32(&p->r->resp, p->count_at, p->n);
-	checksched_park(cs, p->conn, 0);
+	checksched_park(cs, p->id, 0);
+	reg_touch(p->id, mono_ms());
 	p->done.fn = done_task;
 	worker_post(p->r->w, &p->done);
 }
@@ -120,7 +216,8 @@ static void poll_timer(struct ev_loop *loop, ev_timer *t, int revents)
 	mine = unlink_poll(p);
 	if (mine) {
 		wire_patch32(&p->r->resp, p->count_at, p->n);
-		checksched_park(cs, p->conn, 0);
+		checksched_park(cs, p->id, 0);
+		reg_touch(p->id, mono_ms());
 	}
 	pthread_mutex_unlock(&lock);
 	if (mine) {
@@ -130,6 +227,9 @@ static void poll_timer(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 }
 
+/* The poll's connection closed.  Its id is unregistered (its outstanding
+ * checks expire at once) unless another poll holds the id now: a producer
+ * instance that re-polled on another connection stays. */
 static void poll_cancel(req *r)
 {
 	poll *p = r->state;
@@ -138,32 +238,45 @@ static void poll_cancel(req *r)
 	ev_timer_stop(r->w->loop, &p->timer);
 	pthread_mutex_lock(&lock);
 	mine = unlink_poll(p);
-	checksched_unregister(cs, p->conn);
+	if (mine || !find_poll(p->id)) {
+		checksched_unregister(cs, p->id);
+		reg_forget(p->id);
+	}
 	pthread_mutex_unlock(&lock);
 	if (mine)
 		req_unref(r);
+}
+
+static void poll_reject(req *r, int16_t err)
+{
+	wire_w_i16(&r->resp, err);
+	wire_w_i32(&r->resp, 0);
+	req_finish(r);
 }
 
 int api_txn_check_poll(req *r, wire_rd *rd)
 {
 	wire_str group = wire_rd_str(rd);
 	int32_t max_wait = wire_rd_i32(rd), max = wire_rd_i32(rd);
+	wire_str instance = { NULL, -1 };
 	char g[256];
-	poll *p;
+	poll *p, *old;
 
+	if (r->api_version >= 1)
+		instance = wire_rd_str(rd);
 	if (rd->err)
 		return API_MALFORMED;
 	if (!wire_str_copy(group, g, sizeof(g)) || !g[0]) {
-		wire_w_i16(&r->resp, KERR_INVALID_REQUEST);
-		wire_w_i32(&r->resp, 0);
-		req_finish(r);
+		poll_reject(r, KERR_INVALID_REQUEST);
 		return API_OK;
 	}
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return API_MALFORMED;
 	p->r = r;
-	p->conn = (uint64_t)(uintptr_t)r->conn;
+	p->id = txn_api_instance_id(instance);
+	if (!p->id)
+		p->id = (uint64_t)(uintptr_t)r->conn;
 	p->max = max > 0 && max <= MAX_BATCH ? max : 100;
 	wire_w_i16(&r->resp, KERR_NONE);
 	p->count_at = wire_w_placeholder32(&r->resp);
@@ -172,8 +285,15 @@ int api_txn_check_poll(req *r, wire_rd *rd)
 	r->cancel = poll_cancel;
 	req_ref(r); /* the park */
 	pthread_mutex_lock(&lock);
-	checksched_register(cs, g, p->conn);
-	checksched_park(cs, p->conn, (uint32_t)p->max);
+	/* one parked poll per id: the newer one replaces (the instance may
+	 * have re-polled on a new connection before the broker noticed the
+	 * old one die) */
+	old = find_poll(p->id);
+	if (old && unlink_poll(old))
+		complete(old);
+	if (checksched_register(cs, g, p->id) == 0)
+		checksched_park(cs, p->id, (uint32_t)p->max);
+	reg_touch(p->id, 0);
 	p->next = polls;
 	polls = p;
 	pthread_mutex_unlock(&lock);
@@ -191,6 +311,32 @@ void txn_check_answered(int64_t txn_id)
 	pthread_mutex_unlock(&lock);
 }
 
+void txn_check_mark_later(int64_t txn_id, int64_t offset, topic *t, partition *p, int64_t need)
+{
+	later *n;
+
+	pthread_mutex_lock(&lock);
+	if (nlaters == caplaters) {
+		size_t cap = caplaters ? caplaters * 2 : 16;
+
+		n = realloc(laters, sizeof(*n) * cap);
+		if (n) {
+			laters = n;
+			caplaters = cap;
+		}
+	}
+	if (nlaters < caplaters) {
+		laters[nlaters++] = (later){ txn_id, offset, need, t, p };
+		t = NULL;
+	}
+	pthread_mutex_unlock(&lock);
+	if (t) {
+		/* no memory: it stays COMMITTING until a retry or a restart */
+		blog(BLOG_ERROR, "txn %lld: out of memory; left COMMITTING", (long long)txn_id);
+		topic_unref(t);
+	}
+}
+
 /* ---- the ticker's jobs ---- */
 
 typedef struct tick_job {
@@ -200,7 +346,21 @@ typedef struct tick_job {
 	size_t ndue;
 	int64_t *none;          /* unanswered: record as checks */
 	size_t nnone;
+	later *marks;           /* durable now: record COMMITTED */
+	size_t nmarks;
+	bool purge;
+	int64_t purged;
 } tick_job;
+
+static void run_marks(sqlite3 *db, tick_job *t)
+{
+	for (size_t i = 0; i < t->nmarks; i++) {
+		int rc = halfstore_mark_committed(db, t->marks[i].txn_id, t->marks[i].offset);
+
+		blog(rc < 0 ? BLOG_ERROR : BLOG_DEBUG, "txn %lld: commit recorded after its sync: %s",
+		     (long long)t->marks[i].txn_id, halfstore_strerror(rc));
+	}
+}
 
 static int tick_run(coord_job *job, sqlite3 *db)
 {
@@ -215,18 +375,31 @@ static int tick_run(coord_job *job, sqlite3 *db)
 			blog(BLOG_WARN, "transaction %lld discarded after %d unanswered checks",
 			     (long long)t->none[i], pol.max_checks);
 	}
+	run_marks(db, t);
+	if (t->purge) {
+		/* a failure rolls back only the purge (its own savepoint) */
+		t->purged = halfstore_purge(db, wall - txn_api_retention_ms(), false, PURGE_BATCH);
+		if (t->purged < 0)
+			BLOG_RL(BLOG_ERROR, "transactions: purge failed: %s",
+				halfstore_strerror((int)t->purged));
+	}
 	if (t->budget > 0 &&
 	    halfstore_due_checks(db, wall, (size_t)t->budget, pol.lease_ms, &t->due, &t->ndue) < 0)
 		return SQLITE_ERROR;
 	return SQLITE_OK;
 }
 
+/* Tokens are taken at the time of the hand-out, not of the tick: the
+ * coordinator job between the two takes a variable time, and the rate
+ * limit is a promise about when checks reach producers. */
 static void hand_out(tick_job *t)
 {
+	int64_t now = mono_ms();
+
 	for (size_t i = 0; i < t->ndue; i++) {
 		halfstore_txn *x = &t->due[i];
-		uint64_t cid = 0;
-		int rc = checksched_dispatch(cs, x->txn_id, x->producer_group, x->origin, t->now, &cid);
+		uint64_t id = 0;
+		int rc = checksched_dispatch(cs, x->txn_id, x->producer_group, x->origin, now, &id);
 		poll *p;
 
 		if (rc == CHECKSCHED_E_NO_PRODUCER) {
@@ -238,7 +411,7 @@ static void hand_out(tick_job *t)
 			}
 			continue;
 		}
-		if (rc != CHECKSCHED_OK || !(p = find_poll(cid)))
+		if (rc != CHECKSCHED_OK || !(p = find_poll(id)))
 			continue; /* busy or rate: the lease runs out, it comes back */
 		wire_w_i64(&p->r->resp, x->txn_id);
 		wire_w_str(&p->r->resp, x->topic);
@@ -260,58 +433,112 @@ static void hand_out(tick_job *t)
 	}
 }
 
+/* Lock held: puts marks back (their job failed) or drops their topics. */
+static void marks_done(tick_job *t, bool recorded)
+{
+	for (size_t i = 0; i < t->nmarks; i++) {
+		if (!recorded && nlaters < caplaters)
+			laters[nlaters++] = t->marks[i];
+		else
+			topic_unref(t->marks[i].t);
+	}
+}
+
 static void tick_done(loop_task *lt)
 {
 	tick_job *t = (tick_job *)((char *)lt - offsetof(tick_job, job.done));
+	bool ok = t->job.rc == SQLITE_OK;
 
 	pthread_mutex_lock(&lock);
-	if (t->job.rc == SQLITE_OK)
+	if (ok)
 		hand_out(t);
+	marks_done(t, ok);
+	if (t->purge)
+		next_purge = t->purged == PURGE_BATCH ? t->now : t->now + PURGE_INTERVAL_MS;
 	job_in_flight = false;
 	pthread_mutex_unlock(&lock);
+	if (t->purged > 0)
+		blog(BLOG_INFO, "transactions: purged %lld ended transaction(s) older than %lld ms",
+		     (long long)t->purged, (long long)txn_api_retention_ms());
 	halfstore_txns_free(t->due, t->ndue);
 	free(t->none);
+	free(t->marks);
 	free(t);
+}
+
+/* Lock held: moves the handed-over commits that are durable now (or whose
+ * topic is gone: nothing left to wait for) into t. */
+static void take_marks(tick_job *t)
+{
+	for (size_t i = 0; i < nlaters;) {
+		later *l = &laters[i];
+
+		if (partlog_hw(l->p->log) < l->need && !atomic_load(&l->t->deleted)) {
+			i++;
+			continue;
+		}
+		if (!t->marks)
+			t->marks = malloc(sizeof(*t->marks) * nlaters);
+		if (!t->marks)
+			return;
+		t->marks[t->nmarks++] = *l;
+		*l = laters[--nlaters];
+	}
+}
+
+/* Lock held: the unanswered checks to record (expired leases, nobody to
+ * ask).  false on no memory. */
+static bool take_none(tick_job *t)
+{
+	int64_t expired[MAX_EXPIRE];
+	size_t n = checksched_expire(cs, t->now, expired, MAX_EXPIRE);
+
+	if (!n && !npend_none)
+		return true;
+	t->none = malloc(sizeof(*t->none) * (n + npend_none));
+	if (!t->none)
+		return false;
+	memcpy(t->none, expired, sizeof(*t->none) * n);
+	if (npend_none)
+		memcpy(t->none + n, pend_none, sizeof(*t->none) * npend_none);
+	t->nnone = n + npend_none;
+	free(pend_none);
+	pend_none = NULL;
+	npend_none = 0;
+	return true;
 }
 
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	int64_t expired[256];
-	tick_job *t;
-	size_t n;
+	tick_job *t = NULL;
+	bool go = false;
 
 	pthread_mutex_lock(&lock);
-	if (job_in_flight) {
-		pthread_mutex_unlock(&lock);
-		return;
+	if (!job_in_flight)
+		t = calloc(1, sizeof(*t));
+	if (t) {
+		t->now = mono_ms();
+		reg_expire(t->now);
+		/* with nobody polling, due txns are still leased and counted (a
+		 * group with no live producer gets NO_ANSWER checks,
+		 * RocketMQ-like) */
+		t->budget = checksched_budget(cs, t->now);
+		t->purge = t->now >= next_purge;
+		take_marks(t);
+		go = take_none(t) && (t->nnone || t->budget > 0 || t->purge || t->nmarks);
+		job_in_flight = go;
+		if (!go)
+			marks_done(t, false);
 	}
-	t = calloc(1, sizeof(*t));
-	if (!t) {
-		pthread_mutex_unlock(&lock);
-		return;
-	}
-	t->now = mono_ms();
-	n = checksched_expire(cs, t->now, expired, 256);
-	/* with nobody polling, due txns are still leased and counted (a
-	 * group with no live producer gets NO_ANSWER checks, RocketMQ-like) */
-	t->budget = checksched_budget(cs, t->now);
-	if (!n && !npend_none && t->budget <= 0) {
-		pthread_mutex_unlock(&lock);
+	pthread_mutex_unlock(&lock);
+	if (!go) {
+		if (t) {
+			free(t->none);
+			free(t->marks);
+		}
 		free(t);
 		return;
 	}
-	t->none = malloc(sizeof(*t->none) * (n + npend_none + 1));
-	if (t->none) {
-		memcpy(t->none, expired, sizeof(*t->none) * n);
-		if (npend_none)
-			memcpy(t->none + n, pend_none, sizeof(*t->none) * npend_none);
-		t->nnone = n + npend_none;
-		free(pend_none);
-		pend_none = NULL;
-		npend_none = 0;
-	}
-	job_in_flight = true;
-	pthread_mutex_unlock(&lock);
 	t->job.run = tick_run;
 	t->job.w = tick_w;
 	t->job.done.fn = tick_done;
@@ -321,10 +548,13 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 int txn_check_start(server *srv, worker *w)
 {
 	pol = *txn_api_policy();
-	if (checksched_new(&pol, mono_ms(), &cs) < 0)
+	if (checksched_new(&pol, mono_ms(), &cs) < 0) {
+		blog(BLOG_ERROR, "transaction check policy out of range (transaction.check.*)");
 		return -1;
+	}
 	srv_g = srv;
 	tick_w = w;
+	next_purge = mono_ms();
 	ev_timer_init(&tick, on_tick, TICK_S, TICK_S);
 	ev_timer_start(w->loop, &tick);
 	return 0;
@@ -338,5 +568,14 @@ void txn_check_stop(void)
 	free(pend_none);
 	pend_none = NULL;
 	npend_none = 0;
+	free(regs);
+	regs = NULL;
+	nregs = capregs = 0;
+	/* left COMMITTING: start-up recovery records them */
+	for (size_t i = 0; i < nlaters; i++)
+		topic_unref(laters[i].t);
+	free(laters);
+	laters = NULL;
+	nlaters = caplaters = 0;
 	pthread_mutex_unlock(&lock);
 }

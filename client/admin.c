@@ -15,6 +15,7 @@
 #include "conf.h"
 #include "grpproto.h"
 #include "kconn.h"
+#include "txnwire.h"
 
 struct sluice_admin {
 	struct sluice_conf *conf;
@@ -932,4 +933,74 @@ out:
 	kbuf_unref(resp);
 	pthread_mutex_unlock(&a->lock);
 	return err;
+}
+
+/* ---- transactions (operators) ---- */
+
+sluice_err_t sluice_admin_list_txns(sluice_admin_t *a, const char *group, unsigned state_mask,
+				    int64_t after_txn_id, int limit, sluice_txn_info_t **txns,
+				    size_t *n, int timeout_ms, char *errstr, size_t errstr_size)
+{
+	sluice_err_t err;
+	int v;
+
+	if (!a || !txns || !n || limit <= 0 || limit > 10000)
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	v = prepare(a, API_TXN_LIST, 0, 0, "TxnList", timeout_ms, errstr, errstr_size);
+	err = v < 0 ? (sluice_err_t)v
+		    : txnwire_list(&a->conn, group, state_mask, limit, after_txn_id, timeout_ms,
+				   txns, n, errstr, errstr_size);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+sluice_err_t sluice_admin_describe_txn(sluice_admin_t *a, int64_t txn_id, sluice_txn_info_t **txn,
+				       int timeout_ms, char *errstr, size_t errstr_size)
+{
+	sluice_err_t err;
+	int v;
+
+	if (!a || !txn)
+		return SLUICE_ERR_INVALID_ARG;
+	pthread_mutex_lock(&a->lock);
+	v = prepare(a, API_TXN_DESCRIBE, 0, 0, "TxnDescribe", timeout_ms, errstr, errstr_size);
+	err = v < 0 ? (sluice_err_t)v
+		    : txnwire_describe(&a->conn, txn_id, timeout_ms, txn, errstr, errstr_size);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+/* TxnEnd with the operator flag (decision 1 commit, 2 rollback, 3 resume). */
+static sluice_err_t operator_end(sluice_admin_t *a, int64_t txn_id, int decision, int *state,
+				 int64_t *offset, int timeout_ms, char *errstr, size_t errstr_size)
+{
+	sluice_err_t err;
+	int v;
+
+	pthread_mutex_lock(&a->lock);
+	v = prepare(a, API_TXN_END, 0, 0, "TxnEnd", timeout_ms, errstr, errstr_size);
+	err = v < 0 ? (sluice_err_t)v
+		    : txnwire_end(&a->conn, "", txn_id, decision, 1, timeout_ms, state, offset,
+				  errstr, errstr_size);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+sluice_err_t sluice_admin_end_txn(sluice_admin_t *a, int64_t txn_id, sluice_txn_decision_t decision,
+				  int *state, int64_t *offset, int timeout_ms, char *errstr,
+				  size_t errstr_size)
+{
+	if (!a || (decision != SLUICE_TXN_COMMIT && decision != SLUICE_TXN_ROLLBACK))
+		return SLUICE_ERR_INVALID_ARG;
+	return operator_end(a, txn_id, (int)decision, state, offset, timeout_ms, errstr,
+			    errstr_size);
+}
+
+sluice_err_t sluice_admin_resume_txn(sluice_admin_t *a, int64_t txn_id, int timeout_ms,
+				     char *errstr, size_t errstr_size)
+{
+	if (!a)
+		return SLUICE_ERR_INVALID_ARG;
+	return operator_end(a, txn_id, 3, NULL, NULL, timeout_ms, errstr, errstr_size);
 }

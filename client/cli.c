@@ -35,7 +35,8 @@ static void usage_main(FILE *f)
 		"  produce TOPIC        send lines from stdin (or --file) as messages\n"
 		"  consume TOPIC        print messages (--group G: as a consumer-group member)\n"
 		"  group list|describe|reset-offsets|delete   manage consumer groups\n"
-		"  bench produce|consume|e2e                  measure throughput and latency\n\n"
+		"  txn list|describe|commit|rollback|resume|prepare   transactional messages\n"
+		"  bench produce|consume|e2e|txn              measure throughput and latency\n\n"
 		"`sluice COMMAND --help` describes each command.\n"
 		"Exit status: 0 ok, 1 error, 2 usage, 3 messages not delivered,\n"
 		"4 consume ended by --timeout before --count messages.\n");
@@ -82,7 +83,7 @@ fail:
 	return NULL;
 }
 
-static sluice_admin_t *cli_admin(const struct cli_global *g)
+sluice_admin_t *cli_admin(const struct cli_global *g)
 {
 	sluice_conf_t *conf = cli_conf(g);
 	sluice_admin_t *a;
@@ -993,6 +994,8 @@ int main(int argc, char **argv)
 		return cmd_consume(&g, argc, argv);
 	if (!strcmp(argv[0], "group"))
 		return cli_group(&g, argc, argv);
+	if (!strcmp(argv[0], "txn"))
+		return cli_txn(&g, argc, argv);
 	if (!strcmp(argv[0], "bench"))
 		return cli_bench(&g, argc, argv);
 	fprintf(stderr, "sluice: unknown command \"%s\"\n", argv[0]);

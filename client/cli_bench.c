@@ -8,16 +8,24 @@
  * e2e:     a producer thread sends --rate msgs/s, each value starting with
  *          its send time (CLOCK_MONOTONIC ns, same host); the consumer (this
  *          thread) measures now - that time.
+ * txn:     --concurrency threads share one transactional producer; each
+ *          runs prepare → (empty local transaction answering COMMIT) →
+ *          commit, synchronously, back to back; latency = the whole
+ *          sluice_txn_send().  Run the broker with log.durability=fsync for
+ *          the durable figure (docs/benchmarks.md).
  * A progress line per second goes to stderr; the summary to stdout.
  */
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -76,14 +84,15 @@ struct bench_opts {
 	long rate;
 	int batch_kb;
 	bool nocopy;
+	int concurrency;
 };
 
 static void usage_bench(FILE *f)
 {
 	fprintf(f,
-		"Usage: sluice bench produce|consume|e2e [options]\n"
+		"Usage: sluice bench produce|consume|e2e|txn [options]\n"
 		"  -t, --topic NAME       topic (default sluice-bench; created if missing)\n"
-		"  -s, --size BYTES       value size (default 100; e2e: at least 8)\n"
+		"  -s, --size BYTES       value size (default 100; e2e: at least 8; txn: 200)\n"
 		"  -n, --count N          messages (produce default 1000000; consume: all)\n"
 		"  -d, --duration SEC     run for SEC seconds instead of --count\n"
 		"  -a, --acks 0|1|all     (default 1)\n"
@@ -93,10 +102,13 @@ static void usage_bench(FILE *f)
 		"  -B, --batch-kb N       batch.size in KiB (default 1000000 bytes)\n"
 		"  -Z, --zero-copy        produce with SLUICE_MSG_F_NOCOPY (values >= 16 KiB\n"
 		"                         are sent from the caller's buffer, not copied)\n"
+		"  -c, --concurrency N    txn: transactions in flight at once, one thread\n"
+		"                         each (default 32)\n"
 		"  -h, --help\n"
 		"Prints a progress line each second on stderr, then msgs/s, MB/s and\n"
 		"latency p50/p99/p99.9 (produce: produce() to delivery report; e2e:\n"
-		"timestamp in the message to the consumer).\n");
+		"timestamp in the message to the consumer; txn: prepare + local\n"
+		"transaction + commit, as sluice_txn_send() returns).\n");
 }
 
 struct bprod {
@@ -439,6 +451,141 @@ static int bench_e2e(const struct cli_global *g, const struct bench_opts *o)
 	return got < ep.sent ? EXIT_UNDELIVERED : EXIT_OK;
 }
 
+/* ---- txn ---- */
+
+struct txn_bench {
+	sluice_txn_producer_t *p;
+	const struct bench_opts *o;
+	const void *value;
+	atomic_llong next, done, failed;
+	int64_t end_ns; /* duration mode; 0 = count mode */
+	pthread_mutex_t lock; /* hist merge, first error */
+	struct hist h;
+	char first_err[512];
+};
+
+static sluice_txn_decision_t txn_bench_local(sluice_txn_producer_t *p, int64_t txn_id, void *arg)
+{
+	(void)p;
+	(void)txn_id;
+	(void)arg;
+	return SLUICE_TXN_COMMIT;
+}
+
+static void *txn_bench_worker(void *arg)
+{
+	struct txn_bench *b = arg;
+	struct hist *h = calloc(1, sizeof(*h));
+	char errstr[512];
+
+	while (h) {
+		sluice_txn_result_t res;
+		sluice_err_t err;
+		int64_t t0 = now_ns();
+
+		if (b->end_ns ? t0 >= b->end_ns : atomic_fetch_add(&b->next, 1) >= b->o->count)
+			break;
+		err = sluice_txn_send(b->p, b->o->topic, SLUICE_PARTITION_ANY, NULL, 0, b->value,
+				      (size_t)b->o->size, NULL, 0, txn_bench_local, NULL, &res, errstr,
+				      sizeof(errstr));
+		if (err) {
+			pthread_mutex_lock(&b->lock);
+			if (!b->first_err[0])
+				snprintf(b->first_err, sizeof(b->first_err), "%s", errstr);
+			pthread_mutex_unlock(&b->lock);
+			atomic_fetch_add(&b->failed, 1);
+			continue;
+		}
+		hist_add(h, (now_ns() - t0) / 1000);
+		atomic_fetch_add(&b->done, 1);
+	}
+	if (h) {
+		pthread_mutex_lock(&b->lock);
+		for (size_t i = 0; i < sizeof(h->n) / sizeof(h->n[0]); i++)
+			b->h.n[i] += h->n[i];
+		b->h.count += h->count;
+		pthread_mutex_unlock(&b->lock);
+		free(h);
+	}
+	return NULL;
+}
+
+static sluice_txn_producer_t *txn_bench_producer(const struct cli_global *g)
+{
+	sluice_conf_t *conf = cli_conf(g);
+	sluice_txn_producer_t *p;
+	char errstr[512];
+
+	if (!conf)
+		return NULL;
+	if (!cli_conf_set(conf, "transaction.group", "sluice-bench")) {
+		sluice_conf_destroy(conf);
+		return NULL;
+	}
+	if (!(p = sluice_txn_producer_new(conf, errstr, sizeof(errstr)))) {
+		fprintf(stderr, "sluice: %s\n", errstr);
+		sluice_conf_destroy(conf);
+	}
+	return p;
+}
+
+static int bench_txn(const struct cli_global *g, const struct bench_opts *o)
+{
+	struct txn_bench *b = calloc(1, sizeof(*b));
+	pthread_t *thr = calloc((size_t)o->concurrency, sizeof(*thr));
+	char *value = malloc((size_t)o->size + 1);
+	long long last_n = 0;
+	int64_t t0, last;
+	int started = 0, rc = EXIT_OK;
+
+	if (!b || !thr || !value || !(b->p = txn_bench_producer(g))) {
+		rc = EXIT_ERR;
+		goto out;
+	}
+	memset(value, 'x', (size_t)o->size);
+	b->o = o;
+	b->value = value;
+	pthread_mutex_init(&b->lock, NULL);
+	t0 = last = now_ns();
+	if (o->duration > 0)
+		b->end_ns = t0 + (int64_t)(o->duration * 1e9);
+	for (; started < o->concurrency; started++)
+		if (pthread_create(&thr[started], NULL, txn_bench_worker, b))
+			break;
+	while (atomic_load(&b->done) + atomic_load(&b->failed) <
+		       (b->end_ns ? LLONG_MAX : o->count) &&
+	       (!b->end_ns || now_ns() < b->end_ns)) {
+		int64_t t;
+		long long n;
+
+		usleep(100 * 1000);
+		t = now_ns();
+		if (t - last < 1000000000)
+			continue;
+		n = atomic_load(&b->done);
+		fprintf(stderr, "bench txn: %lld committed, %lld failed, %.0f txn/s\n", n,
+			atomic_load(&b->failed), (double)(n - last_n) * 1e9 / (double)(t - last));
+		last = t;
+		last_n = n;
+	}
+	for (int i = 0; i < started; i++)
+		pthread_join(thr[i], NULL);
+	summary("txn", atomic_load(&b->done), o->size, (double)(now_ns() - t0) / 1e9, &b->h);
+	printf("txn: %d concurrent, %lld failed\n", o->concurrency, atomic_load(&b->failed));
+	if (atomic_load(&b->failed)) {
+		fprintf(stderr, "sluice: first failure: %s\n", b->first_err);
+		rc = EXIT_UNDELIVERED;
+	}
+	pthread_mutex_destroy(&b->lock);
+out:
+	if (b)
+		sluice_txn_producer_destroy(b->p);
+	free(b);
+	free(thr);
+	free(value);
+	return rc;
+}
+
 int cli_bench(const struct cli_global *g, int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -452,11 +599,13 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 		{ "rate", required_argument, NULL, 'r' },
 		{ "batch-kb", required_argument, NULL, 'B' },
 		{ "zero-copy", no_argument, NULL, 'Z' },
+		{ "concurrency", required_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct bench_opts o = { .topic = "sluice-bench", .size = 100, .count = -1, .acks = "1",
-				.linger = -1, .partitions = 1, .rate = 10000 };
+	struct bench_opts o = { .topic = "sluice-bench", .count = -1, .acks = "1",
+				.linger = -1, .partitions = 1, .rate = 10000, .size = -1,
+				.concurrency = 32 };
 	int opt, rc;
 
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -465,7 +614,7 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 	}
 	o.mode = argv[1];
 	optind = 2;
-	while ((opt = getopt_long(argc, argv, "t:s:n:d:a:l:P:r:B:Zh", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "t:s:n:d:a:l:P:r:B:Zc:h", lo, NULL)) != -1) {
 		switch (opt) {
 		case 't': o.topic = optarg; break;
 		case 's': o.size = atol(optarg); break;
@@ -477,18 +626,22 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 		case 'r': o.rate = atol(optarg); break;
 		case 'B': o.batch_kb = atoi(optarg); break;
 		case 'Z': o.nocopy = true; break;
+		case 'c': o.concurrency = atoi(optarg); break;
 		case 'h': usage_bench(stdout); return EXIT_OK;
 		default: usage_bench(stderr); return EXIT_USAGE;
 		}
 	}
-	if (optind != argc || o.size < 0 || o.partitions <= 0 || o.rate <= 0) {
+	if (o.size < 0 && optind == argc)
+		o.size = !strcmp(o.mode, "txn") ? 200 : 100;
+	if (optind != argc || o.size < 0 || o.partitions <= 0 || o.rate <= 0 ||
+	    o.concurrency <= 0 || o.concurrency > 1024) {
 		usage_bench(stderr);
 		return EXIT_USAGE;
 	}
 	if (o.linger < 0)
 		o.linger = !strcmp(o.mode, "e2e") ? 0 : 5;
 	if (o.count < 0 && !(o.duration > 0) && strcmp(o.mode, "consume"))
-		o.count = !strcmp(o.mode, "e2e") ? 100000 : 1000000;
+		o.count = !strcmp(o.mode, "e2e") ? 100000 : !strcmp(o.mode, "txn") ? 200000 : 1000000;
 	if (strcmp(o.mode, "consume")) {
 		rc = cli_ensure_topic(g, o.topic, o.partitions);
 		if (rc)
@@ -498,6 +651,8 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 		return bench_produce(g, &o);
 	if (!strcmp(o.mode, "consume"))
 		return bench_consume(g, &o);
+	if (!strcmp(o.mode, "txn"))
+		return bench_txn(g, &o);
 	if (!strcmp(o.mode, "e2e")) {
 		if (o.size < 8)
 			o.size = 8;

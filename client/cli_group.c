@@ -23,22 +23,6 @@ static void usage_group(FILE *f)
 		   "Exit status: 0 ok, 1 error (e.g. group not empty, unknown group), 2 usage.\n");
 }
 
-static sluice_admin_t *group_admin(const struct cli_global *g)
-{
-	sluice_conf_t *conf = cli_conf(g);
-	sluice_admin_t *a;
-	char errstr[512];
-
-	if (!conf)
-		return NULL;
-	a = sluice_admin_new(conf, errstr, sizeof(errstr));
-	if (!a) {
-		fprintf(stderr, "sluice: %s\n", errstr);
-		sluice_conf_destroy(conf);
-	}
-	return a;
-}
-
 /* A plain consumer for watermark look-ups (NULL: message printed). */
 static sluice_consumer_t *group_lookup_consumer(const struct cli_global *g)
 {
@@ -58,7 +42,7 @@ static sluice_consumer_t *group_lookup_consumer(const struct cli_global *g)
 
 static int group_list(const struct cli_global *g)
 {
-	sluice_admin_t *a = group_admin(g);
+	sluice_admin_t *a = cli_admin(g);
 	sluice_group_info_t *v = NULL;
 	size_t n = 0;
 	char errstr[512] = "";
@@ -80,7 +64,7 @@ static int group_list(const struct cli_global *g)
 
 static int group_describe(const struct cli_global *g, const char *group)
 {
-	sluice_admin_t *a = group_admin(g);
+	sluice_admin_t *a = cli_admin(g);
 	sluice_group_description_t *d = NULL;
 	sluice_topic_partition_t *offs = NULL;
 	sluice_consumer_t *c;
@@ -215,7 +199,7 @@ static int group_reset(const struct cli_global *g, int argc, char **argv)
 		free(parts);
 		return EXIT_ERR;
 	}
-	a = group_admin(g);
+	a = cli_admin(g);
 	if (!a) {
 		free(parts);
 		return EXIT_ERR;
@@ -236,7 +220,7 @@ static int group_reset(const struct cli_global *g, int argc, char **argv)
 
 static int group_delete(const struct cli_global *g, const char *group)
 {
-	sluice_admin_t *a = group_admin(g);
+	sluice_admin_t *a = cli_admin(g);
 	char errstr[512] = "";
 	sluice_err_t err;
 

@@ -71,6 +71,9 @@ static const struct key keys[] = {
 	{ "enable.auto.commit", K_BOOL, F(auto_commit), 0, 0 },
 	{ "auto.commit.interval.ms", K_INT, F(auto_commit_interval_ms), 0, 86400000 },
 	{ "topic.metadata.refresh.interval.ms", K_INT, F(metadata_refresh_ms), 10, 3600000 },
+	{ "transaction.group", K_STR, F(txn_group), 0, 0 },
+	{ "transaction.instance.id", K_STR, F(txn_instance), 0, 0 },
+	{ "transaction.check.timeout.ms", K_INT, F(txn_check_timeout_ms), 0, 2147483647 },
 };
 
 void conf_errf(char *errstr, size_t errstr_size, const char *fmt, ...)
@@ -229,6 +232,14 @@ void sluice_conf_set_rebalance_cb(sluice_conf_t *conf, sluice_rebalance_cb *cb, 
 		return;
 	conf->rebalance_cb = cb;
 	conf->rebalance_ctx = ctx;
+}
+
+void sluice_conf_set_txn_check_cb(sluice_conf_t *conf, sluice_txn_check_cb *cb, void *ctx)
+{
+	if (!conf)
+		return;
+	conf->txn_check_cb = cb;
+	conf->txn_check_ctx = ctx;
 }
 
 void sluice_conf_set_delivery_cb(sluice_conf_t *conf, sluice_delivery_cb *cb, void *ctx)

@@ -64,12 +64,20 @@ struct sluice_conf {
 	int metadata_refresh_ms;
 	sluice_rebalance_cb *rebalance_cb;
 	void *rebalance_ctx;
+	/* transactional producer (txnprod.c) */
+	char txn_group[256];    /* "" = not set (required by sluice_txn_producer_new) */
+	char txn_instance[256]; /* "" = generated host:pid:random */
+	int txn_check_timeout_ms; /* 0 = the broker's transaction.timeout.ms */
+	sluice_txn_check_cb *txn_check_cb;
+	void *txn_check_ctx;
 };
 
 /* K_STR keys are all copied with sizeof(client_id) as the bound. */
 _Static_assert(sizeof(((struct sluice_conf *)0)->group_id) == 256, "K_STR size");
 _Static_assert(sizeof(((struct sluice_conf *)0)->assignment_strategy) == 256, "K_STR size");
 _Static_assert(sizeof(((struct sluice_conf *)0)->group_instance_id) == 256, "K_STR size");
+_Static_assert(sizeof(((struct sluice_conf *)0)->txn_group) == 256, "K_STR size");
+_Static_assert(sizeof(((struct sluice_conf *)0)->txn_instance) == 256, "K_STR size");
 
 /* Writes a formatted message into errstr (if errstr_size > 0). */
 void conf_errf(char *errstr, size_t errstr_size, const char *fmt, ...)

@@ -65,7 +65,7 @@ struct chunk {
 	recbatch_iter it;
 	bool in_batch;
 	sluice_err_t err;
-	char errstr[200];
+	char errstr[384];
 	size_t bytes;
 };
 
@@ -133,17 +133,20 @@ static void chunk_free(struct chunk *ch)
 	free(ch);
 }
 
-/* Queues an error for a partition (shown once by poll). */
-static void error_chunk_locked(struct sluice_consumer *c, struct cpart *cp, sluice_err_t err,
-			       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void error_chunk_locked(struct sluice_consumer *c, struct cpart *cp, sluice_err_t err,
-			       const char *fmt, ...)
+/* Queues an error for a partition (shown once by poll; the message's offset
+ * is ch->next_offset, the fetch position unless the caller changes it).
+ * Returns the chunk, or NULL when out of memory (nothing queued). */
+static struct chunk *error_chunk_locked(struct sluice_consumer *c, struct cpart *cp,
+					sluice_err_t err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static struct chunk *error_chunk_locked(struct sluice_consumer *c, struct cpart *cp,
+					sluice_err_t err, const char *fmt, ...)
 {
 	struct chunk *ch = calloc(1, sizeof(*ch));
 	va_list ap;
 
 	if (!ch)
-		return;
+		return NULL;
 	ch->cp = cp;
 	ch->epoch = cp->epoch;
 	ch->err = err;
@@ -152,6 +155,7 @@ static void error_chunk_locked(struct sluice_consumer *c, struct cpart *cp, slui
 	vsnprintf(ch->errstr, sizeof(ch->errstr), fmt, ap);
 	va_end(ap);
 	enqueue_locked(c, ch);
+	return ch;
 }
 
 /* ---- I/O thread ---- */
@@ -247,7 +251,7 @@ static void fetch_cb(struct kconn *kc, struct kreq *req, int err, struct kbuf *r
 			int k;
 			struct cpart *cp;
 			const uint8_t *p, *end, *good;
-			int64_t next;
+			int64_t next, bad_first = -1, bad_last = -1;
 			sluice_err_t berr = 0;
 
 			wire_rd_i64(&rd); /* last stable offset */
@@ -292,6 +296,8 @@ static void fetch_cb(struct kconn *kc, struct kreq *req, int err, struct kbuf *r
 				}
 				if (h.attributes & RECBATCH_ATTR_COMPRESSION_MASK) {
 					berr = SLUICE_ERR_UNSUPPORTED_COMPRESSION;
+					bad_first = h.base_offset;
+					bad_last = h.base_offset + h.last_offset_delta;
 					break;
 				}
 				if (c->conf->check_crcs && recbatch_check_crc(good, sz) != RECBATCH_OK) {
@@ -318,16 +324,26 @@ static void fetch_cb(struct kconn *kc, struct kreq *req, int err, struct kbuf *r
 					cp->eof_reported = false;
 				}
 			} else if (berr) {
-				if (berr == SLUICE_ERR_UNSUPPORTED_COMPRESSION)
-					error_chunk_locked(c, cp, berr,
-							   "%s [%d] offset %lld: compressed batch "
-							   "(codec %d): libsluice reads only "
-							   "uncompressed batches; partition stopped "
-							   "(seek past it to continue)",
-							   cp->topic, cp->partition,
-							   (long long)cp->fetch_pos,
-							   good[RECBATCH_OFF_ATTR + 1] & 7);
-				else
+				if (berr == SLUICE_ERR_UNSUPPORTED_COMPRESSION) {
+					/* Never decompressed (no zlib & co): one error
+					 * whose offset is the batch's last, so that
+					 * seek(offset + 1) skips exactly this batch. */
+					static const char *const codecs[] = {
+						"none", "gzip", "snappy", "lz4", "zstd",
+					};
+					int codec = good[RECBATCH_OFF_ATTR + 1] & 7;
+					struct chunk *ech = error_chunk_locked(
+						c, cp, berr,
+						"%s [%d] offsets %lld..%lld: %s-compressed batch "
+						"(codec %d): libsluice reads only uncompressed "
+						"batches; partition stopped, seek to %lld to skip it",
+						cp->topic, cp->partition, (long long)bad_first,
+						(long long)bad_last, codec <= 4 ? codecs[codec] : "unknown",
+						codec, (long long)bad_last + 1);
+
+					if (ech)
+						ech->next_offset = bad_last;
+				} else
 					error_chunk_locked(c, cp, berr,
 							   "%s [%d] offset %lld: malformed or corrupt batch",
 							   cp->topic, cp->partition,
@@ -478,6 +494,7 @@ static void *io_main(void *arg)
 		struct freq *ff = NULL, *lf = NULL;
 		struct pollfd pfd[2];
 		int nparts = 0, timeout;
+		bool was_up;
 
 		if (!kconn_up(&c->conn) && now >= c->reconnect_at) {
 			int rc = kconn_connect(&c->conn, c->conf->request_timeout_ms < 10000
@@ -492,6 +509,7 @@ static void *io_main(void *arg)
 				c->lo_ver = kconn_version(&c->conn, API_LIST_OFFSETS, 1, 5);
 			}
 		}
+		was_up = kconn_up(&c->conn);
 		pthread_mutex_lock(&c->lock);
 		c->wake_pending = false;
 		if (c->terminate) {
@@ -573,7 +591,9 @@ static void *io_main(void *arg)
 			if (pfd[1].fd >= 0 && pfd[1].revents)
 				kconn_io(&c->conn, pfd[1].revents, kclock_ms());
 		}
-		if (!kconn_up(&c->conn) && c->reconnect_at <= kclock_ms())
+		/* Lost during this round: reconnect after the backoff (only
+		 * then; see producer.c). */
+		if (was_up && !kconn_up(&c->conn))
 			c->reconnect_at = kclock_ms() + c->conf->reconnect_backoff_ms;
 	}
 	kconn_close(&c->conn, SLUICE_ERR_DESTROYED, NULL);

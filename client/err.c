@@ -58,6 +58,8 @@ static const struct desc broker[] = {
 	{ 42, NULL, "Broker: invalid request" },
 	{ 45, NULL, "Broker: out of order sequence number" },
 	{ 46, NULL, "Broker: duplicate sequence number" },
+	{ 48, NULL, "Broker: transaction already ended otherwise, or discarded (operator must resolve)" },
+	{ 105, NULL, "Broker: unknown transaction id" },
 	{ 47, NULL, "Broker: invalid producer epoch" },
 	{ 56, NULL, "Broker: storage error (disk)" },
 	{ 59, NULL, "Broker: unknown producer id" },

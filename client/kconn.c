@@ -103,7 +103,7 @@ void kconn_init(struct kconn *c, const struct sluice_conf *conf)
 	c->fd = -1;
 	c->conf = conf;
 	c->next_corr = 1;
-	for (int i = 0; i < API_MAX_KEY; i++)
+	for (int i = 0; i < API_MAX_KEY + API_EXT_N; i++)
 		c->bmin[i] = c->bmax[i] = -1;
 }
 
@@ -485,10 +485,12 @@ int kconn_version(const struct kconn *c, int api, int cmin, int cmax)
 {
 	int v;
 
-	if (api < 0 || api >= API_MAX_KEY || c->bmax[api] < 0)
+	int slot = kconn_api_slot(api);
+
+	if (slot < 0 || c->bmax[slot] < 0)
 		return -1;
-	v = cmax < c->bmax[api] ? cmax : c->bmax[api];
-	if (v < cmin || v < c->bmin[api])
+	v = cmax < c->bmax[slot] ? cmax : c->bmax[slot];
+	if (v < cmin || v < c->bmin[slot])
 		return -1;
 	return v;
 }
@@ -562,10 +564,11 @@ static int handshake(struct kconn *c, int64_t deadline)
 		n = wire_rd_array(&rd, 6);
 		for (int32_t i = 0; i < n && !rd.err; i++) {
 			int16_t key = wire_rd_i16(&rd), mn = wire_rd_i16(&rd), mx = wire_rd_i16(&rd);
+			int slot = kconn_api_slot(key);
 
-			if (key >= 0 && key < API_MAX_KEY) {
-				c->bmin[key] = mn;
-				c->bmax[key] = mx;
+			if (slot >= 0) {
+				c->bmin[slot] = mn;
+				c->bmax[slot] = mx;
 			}
 		}
 		kbuf_unref(res.resp);
@@ -598,7 +601,7 @@ int kconn_connect(struct kconn *c, int timeout_ms)
 
 	if (c->fd >= 0)
 		return 0;
-	for (int i = 0; i < API_MAX_KEY; i++)
+	for (int i = 0; i < API_MAX_KEY + API_EXT_N; i++)
 		c->bmin[i] = c->bmax[i] = -1;
 	s = &c->conf->servers[c->server_idx % c->conf->nservers];
 	c->server_idx++;

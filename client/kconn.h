@@ -40,6 +40,15 @@ enum {
 	API_DESCRIBE_CONFIGS = 32,
 	API_ALTER_CONFIGS = 33,
 	API_MAX_KEY = 64,
+	/* Sluice extensions (docs/protocol.md): keys API_EXT_BASE.. are kept
+	 * in the version table after the Kafka keys. */
+	API_EXT_BASE = 1000,
+	API_TXN_PREPARE = 1000,
+	API_TXN_END = 1001,
+	API_TXN_CHECK_POLL = 1002,
+	API_TXN_LIST = 1003,
+	API_TXN_DESCRIBE = 1004,
+	API_EXT_N = 16,
 };
 
 /* A reference-counted byte buffer (response frames).  Thread-safe refs. */
@@ -88,7 +97,8 @@ struct kconn {
 	const struct sluice_conf *conf;
 	int server_idx;
 	int32_t next_corr;
-	int16_t bmin[API_MAX_KEY], bmax[API_MAX_KEY]; /* broker ranges; bmax -1 = absent */
+	int16_t bmin[API_MAX_KEY + API_EXT_N], bmax[API_MAX_KEY + API_EXT_N]; /* broker ranges
+									      * (kconn_api_slot); bmax -1 = absent */
 	struct kreq *out_head, *out_tail;   /* not yet fully written */
 	struct kreq *wait_head, *wait_tail; /* written, awaiting the response */
 	int nwait;
@@ -113,6 +123,16 @@ void kconn_close(struct kconn *c, int err, const char *why);
  * the connection stays closed on failure. */
 int kconn_connect(struct kconn *c, int timeout_ms);
 static inline bool kconn_up(const struct kconn *c) { return c->fd >= 0; }
+
+/* Index of api in bmin/bmax, or -1 for a key the table does not keep. */
+static inline int kconn_api_slot(int api)
+{
+	if (api >= 0 && api < API_MAX_KEY)
+		return api;
+	if (api >= API_EXT_BASE && api < API_EXT_BASE + API_EXT_N)
+		return API_MAX_KEY + (api - API_EXT_BASE);
+	return -1;
+}
 
 /* Highest version of api in [cmin, cmax] the broker supports, or -1. */
 int kconn_version(const struct kconn *c, int api, int cmin, int cmax);

@@ -20,6 +20,36 @@
  *    batch waiting for a retry is never overtaken.
  *  - q_msgs/q_bytes count every message from produce() until its report is
  *    served (or, without a delivery callback, until it is finished).
+ *
+ * Idempotence (enable.idempotence): every batch carries the producer id,
+ * epoch and the partition's next sequence, assigned when it is first sent
+ * (sealed); a retry resends the same bytes, so the broker answers a batch it
+ * already has with its original offset.
+ *  - While a batch is queued, b->err records what is known of its earlier
+ *    attempts: 0 = none can be in the log (never sent, or every attempt was
+ *    answered with an error: the broker appends nothing then),
+ *    MAYBE_WRITTEN = an attempt ended without an answer (connection lost,
+ *    time-out), so the broker may have appended it.  Sticky until the batch
+ *    is acknowledged or a sequence error proves it absent.  A batch can only
+ *    be in the log if every batch before it in its partition is, so only a
+ *    partition's head matters.
+ *  - Sequence errors (UNKNOWN_PRODUCER_ID, OUT_OF_ORDER_SEQUENCE_NUMBER) on
+ *    a batch that is not its partition's head are a consequence of the
+ *    head's failure: retried.  On the head they mean the broker does not
+ *    have it and lost or never had what came before (state deleted with the
+ *    log by retention, log truncated): the producer re-initialises
+ *    ("epoch bump", KIP-360), see bump_request_locked().  It first stops
+ *    sending anything new, waits until no request is in flight and resends,
+ *    under the old id, every partition head that may be in the log until
+ *    the broker answers it (so nothing written under the old id is sent
+ *    again under the new one); then it asks InitProducerId again (v3-4
+ *    with the current id and epoch: the same id with the next epoch, or a
+ *    new id; v0-1: a new id) and every queued batch gets new sequences
+ *    from 0.  The one case where
+ *    that is not safe is UNKNOWN_PRODUCER_ID for a head that may be in the
+ *    log while the broker's log start is past our last acknowledged record
+ *    (retention may have deleted it with the state): the producer fails
+ *    with SLUICE_ERR_FATAL instead of risking a duplicate.
  */
 #include <errno.h>
 #include <poll.h>
@@ -49,6 +79,11 @@
 #define NOCOPY_MIN_BYTES (16u << 10)
 #define PRODUCE_MIN_VER 3
 #define PRODUCE_MAX_VER 8
+/* b->err of a queued batch: an attempt may have been appended (see top). */
+#define MAYBE_WRITTEN SLUICE_ERR_TRANSPORT
+/* Re-initialisations in a row without an acknowledged batch in between
+ * before the producer gives up (a broker that keeps losing its state). */
+#define MAX_BUMPS_WITHOUT_ACK 3
 
 struct ppart {
 	int32_t id;
@@ -56,6 +91,8 @@ struct ppart {
 	struct batch *q_head, *q_tail;
 	int inflight;
 	int32_t next_seq;
+	int64_t acked_end; /* offset after the last record acknowledged under the
+			      current producer id and epoch; 0 = none */
 };
 
 struct ptopic {
@@ -100,6 +137,9 @@ struct sluice_producer {
 	int64_t pid;
 	int16_t epoch;
 	bool pid_ready, pid_inflight;
+	int64_t pid_retry_at;  /* InitProducerId answered a retriable error */
+	bool bump;             /* re-initialise once drained (see top) */
+	int bumps_since_ack;
 	sluice_err_t fatal;
 	char fatal_str[256];
 	uint64_t rnd;
@@ -699,6 +739,17 @@ static void set_fatal_locked(struct sluice_producer *p, sluice_err_t err, const 
 	}
 }
 
+/* Skips the tagged fields of a flexible-version structure. */
+static void skip_tags(wire_rd *rd)
+{
+	uint32_t n = wire_rd_uvarint(rd);
+
+	for (uint32_t i = 0; i < n && !rd->err; i++) {
+		wire_rd_uvarint(rd);
+		wire_rd_take(rd, wire_rd_uvarint(rd));
+	}
+}
+
 static void pid_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *resp, void *ctx)
 {
 	struct sluice_producer *p = ctx;
@@ -711,6 +762,8 @@ static void pid_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *resp
 	if (err)
 		return; /* reconnect and retry */
 	wire_rd_init(&rd, resp->data + 4, resp->len - 4);
+	if (req->ver >= 2)
+		skip_tags(&rd); /* response header v1 */
 	wire_rd_i32(&rd);
 	kerr = wire_rd_i16(&rd);
 	pid = wire_rd_i64(&rd);
@@ -718,25 +771,38 @@ static void pid_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *resp
 	if (rd.err || (kerr && !sluice_err_is_retriable(kerr))) {
 		char why[200];
 
-		snprintf(why, sizeof(why), "InitProducerId failed: %s",
+		snprintf(why, sizeof(why), "InitProducerId v%d failed: %s", req->ver,
 			 rd.err ? "malformed response" : sluice_err2str(kerr));
 		pthread_mutex_lock(&p->lock);
 		set_fatal_locked(p, rd.err ? SLUICE_ERR_BAD_MSG : kerr, why);
 		pthread_mutex_unlock(&p->lock);
 		return;
 	}
-	if (kerr)
+	if (kerr) {
+		p->pid_retry_at = kclock_ms() + p->conf->retry_backoff_ms;
 		return;
+	}
+	if (p->pid >= 0)
+		fprintf(stderr,
+			"libsluice: producer: idempotent producer re-initialised: producer id %lld "
+			"epoch %d (was %lld epoch %d); sequences restart at 0\n",
+			(long long)pid, epoch, (long long)p->pid, p->epoch);
 	p->pid = pid;
 	p->epoch = epoch;
 	p->pid_ready = true;
 }
 
+/* InitProducerId: v3-4 (flexible; they carry the current id and epoch, so
+ * the broker may answer a re-initialisation with the same id and the next
+ * epoch, KIP-360) when the broker has them, else v0-1 (a new id each time).
+ * The first call sends id -1, epoch -1. */
 static void send_init_pid(struct sluice_producer *p)
 {
-	int ver = kconn_version(&p->conn, API_INIT_PRODUCER_ID, 0, 1);
+	int ver = kconn_version(&p->conn, API_INIT_PRODUCER_ID, 3, 4);
 	struct kreq *r;
 
+	if (ver < 0)
+		ver = kconn_version(&p->conn, API_INIT_PRODUCER_ID, 0, 1);
 	if (ver < 0) {
 		pthread_mutex_lock(&p->lock);
 		set_fatal_locked(p, SLUICE_ERR_UNSUPPORTED_FEATURE,
@@ -748,8 +814,17 @@ static void send_init_pid(struct sluice_producer *p)
 	r = kreq_new(&p->conn, API_INIT_PRODUCER_ID, (int16_t)ver);
 	if (!r)
 		return;
-	wire_w_str(&r->wb, NULL);
-	wire_w_i32(&r->wb, 60000);
+	if (ver >= 3) {
+		wire_w_uvarint(&r->wb, 0); /* request header v2: no tagged fields */
+		wire_w_uvarint(&r->wb, 0); /* transactional_id: null (compact) */
+		wire_w_i32(&r->wb, 60000);
+		wire_w_i64(&r->wb, p->pid);
+		wire_w_i16(&r->wb, p->epoch);
+		wire_w_uvarint(&r->wb, 0);
+	} else {
+		wire_w_str(&r->wb, NULL);
+		wire_w_i32(&r->wb, 60000);
+	}
 	p->pid_inflight = true;
 	kconn_send(&p->conn, r, pid_cb, p);
 }
@@ -778,9 +853,119 @@ static void unlink_batch(struct ppart *pp, struct batch *b)
 	b->next = NULL;
 }
 
-/* One batch's outcome.  Called with lock held. */
+/* The producer id and epoch a sealed batch carries. */
+static bool batch_is_current(const struct sluice_producer *p, const struct batch *b)
+{
+	return b->buf && b->sealed &&
+	       (int64_t)wire_get64(b->buf + RECBATCH_OFF_PRODUCER_ID) == p->pid &&
+	       (int16_t)wire_get16(b->buf + RECBATCH_OFF_PRODUCER_EPOCH) == p->epoch;
+}
+
+/* Asks for a re-initialisation (see the top of this file).  Lock held. */
+static void bump_request_locked(struct sluice_producer *p, const struct batch *b, int err)
+{
+	if (p->bump)
+		return;
+	p->bump = true;
+	fprintf(stderr,
+		"libsluice: producer: %s [%d]: %s for base sequence %d (producer id %lld epoch "
+		"%d): re-initialising the idempotent producer once the requests in flight are "
+		"answered\n",
+		b->topic->name, b->partition, sluice_err2name(err), b->base_seq, (long long)p->pid,
+		p->epoch);
+}
+
+/* True once a requested re-initialisation can go ahead: nothing in flight
+ * and no partition head that may be in the log under the current id.
+ * Lock held, I/O thread. */
+static bool bump_ready_locked(struct sluice_producer *p)
+{
+	if (p->inflight_reqs)
+		return false;
+	for (struct ptopic *t = p->topics; t; t = t->next)
+		for (int32_t i = 0; i < t->nparts; i++)
+			if (t->parts[i].q_head && t->parts[i].q_head->err == MAYBE_WRITTEN)
+				return false;
+	return true;
+}
+
+/* The re-initialisation itself: every queued batch (none is in flight) gets
+ * a new sequence from 0 when it is next sent, under the id and epoch the
+ * next InitProducerId returns.  Lock held, I/O thread. */
+static void bump_locked(struct sluice_producer *p)
+{
+	for (struct ptopic *t = p->topics; t; t = t->next)
+		for (int32_t i = 0; i < t->nparts; i++) {
+			struct ppart *pp = &t->parts[i];
+
+			pp->next_seq = 0;
+			pp->acked_end = 0;
+			for (struct batch *b = pp->q_head; b; b = b->next) {
+				b->base_seq = -1; /* resealed by send_produce */
+				b->err = 0;
+			}
+		}
+	p->bump = false;
+	p->bumps_since_ack++;
+	p->pid_ready = false; /* io_main sends InitProducerId */
+}
+
+/* UNKNOWN_PRODUCER_ID or OUT_OF_ORDER_SEQUENCE_NUMBER for b (not in flight
+ * any more, still queued).  Returns true if b stays queued for a retry;
+ * false if the producer failed (b has been finished with the fatal error).
+ * Lock held. */
+static bool seq_error_locked(struct sluice_producer *p, struct ppart *pp, struct batch *b, int err,
+			     int64_t log_start, int64_t now)
+{
+	char why[300];
+
+	b->retry_at_ms = now;
+	if (!batch_is_current(p, b) || b != pp->q_head) {
+		/* Sent before a re-initialisation, or refused because an
+		 * earlier batch of the partition is missing (that one decides
+		 * what happens).  Either way the broker did not append it; the
+		 * attempt does not count. */
+		b->attempts--;
+		return true;
+	}
+	/* The head: everything before it was acknowledged, the broker does not
+	 * have it (a batch it has would be a duplicate, answered with its
+	 * offset: the broker keeps the last 5 batches, libsluice sends at most
+	 * 5 per partition) and lost what came before.  An earlier attempt of b
+	 * that got no answer may still have been appended and then deleted
+	 * together with the producer state, by retention, only if the log no
+	 * longer holds our last acknowledged record. */
+	if (err == KERR_UNKNOWN_PRODUCER_ID && b->err == MAYBE_WRITTEN &&
+	    !(log_start >= 0 && pp->acked_end > 0 && log_start < pp->acked_end)) {
+		snprintf(why, sizeof(why),
+			 "%s [%d]: UNKNOWN_PRODUCER_ID for base sequence %d, which an earlier "
+			 "attempt without answer may have written before the broker deleted its "
+			 "producer state (log start offset %lld, last acknowledged offset %lld): "
+			 "resending it could duplicate it, so the producer stops",
+			 b->topic->name, b->partition, b->base_seq, (long long)log_start,
+			 (long long)pp->acked_end - 1);
+		set_fatal_locked(p, SLUICE_ERR_FATAL, why);
+		return false;
+	}
+	if (p->bumps_since_ack >= MAX_BUMPS_WITHOUT_ACK) {
+		snprintf(why, sizeof(why),
+			 "%s [%d]: %s again after %d re-initialisations without an acknowledged "
+			 "batch: the broker keeps losing the producer state",
+			 b->topic->name, b->partition, sluice_err2name(err), p->bumps_since_ack);
+		set_fatal_locked(p, SLUICE_ERR_FATAL, why);
+		return false;
+	}
+	b->attempts--;
+	b->err = 0;
+	bump_request_locked(p, b, err);
+	return true;
+}
+
+/* One batch's outcome: err 0 and base_offset, a Kafka error (with the
+ * partition's log start offset, -1 if unknown) or a local one.  Called with
+ * lock held. */
 static void batch_outcome_locked(struct sluice_producer *p, struct batch *b, int err,
-				 int64_t base_offset, int64_t now)
+				 int64_t base_offset, int64_t log_start, int64_t now)
 {
 	struct ppart *pp = &b->topic->parts[b->partition];
 	bool expired = p->conf->message_timeout_ms &&
@@ -790,15 +975,33 @@ static void batch_outcome_locked(struct sluice_producer *p, struct batch *b, int
 	pp->inflight--;
 	if (err == KERR_DUPLICATE_SEQUENCE_NUMBER)
 		err = 0; /* the broker already has it */
-	if (err == KERR_OUT_OF_ORDER_SEQUENCE_NUMBER && pp->q_head != b)
-		err = SLUICE_ERR_TRANSPORT; /* an earlier batch is being retried */
-	if (err && (sluice_err_is_retriable(err) || err == SLUICE_ERR_TRANSPORT) && !p->terminate &&
-	    !expired && b->attempts <= p->conf->retries) {
+	if (err && p->fatal) {
+		err = p->fatal; /* nothing is retried any more */
+	} else if (p->conf->idempotence && (err == KERR_UNKNOWN_PRODUCER_ID ||
+					    err == KERR_OUT_OF_ORDER_SEQUENCE_NUMBER)) {
+		if (!p->terminate && !expired)
+			seq_error_locked(p, pp, b, err, log_start, now);
+		else
+			goto finish;
+		return;
+	}
+	/* No answer: it may have been appended (NO_MEMORY: the request was
+	 * never built, so it was not sent). */
+	if (err < 0 && err != SLUICE_ERR_NO_MEMORY)
+		b->err = MAYBE_WRITTEN;
+	if (err && (sluice_err_is_retriable(err) || err == SLUICE_ERR_TRANSPORT ||
+		    err == SLUICE_ERR_NO_MEMORY) &&
+	    !p->terminate && !expired && b->attempts <= p->conf->retries && !p->fatal) {
 		b->retry_at_ms = now + p->conf->retry_backoff_ms;
 		return;
 	}
 	if (err && expired && sluice_err_is_retriable(err))
 		err = SLUICE_ERR_MSG_TIMED_OUT;
+finish:
+	if (!err && base_offset >= 0) {
+		pp->acked_end = base_offset + b->count;
+		p->bumps_since_ack = 0;
+	}
 	unlink_batch(pp, b);
 	b->err = err;
 	b->base_offset = err ? -1 : base_offset;
@@ -810,7 +1013,7 @@ static void produce_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *
 	struct preq *pr = ctx;
 	struct sluice_producer *p = pr->p;
 	int64_t now = kclock_ms();
-	int64_t offsets[pr->n];
+	int64_t offsets[pr->n], log_starts[pr->n];
 	int errs[pr->n];
 	wire_rd rd;
 	int32_t nt;
@@ -818,7 +1021,7 @@ static void produce_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *
 	p->inflight_reqs--;
 	for (int i = 0; i < pr->n; i++) {
 		errs[i] = err ? err : SLUICE_ERR_BAD_MSG;
-		offsets[i] = -1;
+		offsets[i] = log_starts[i] = -1;
 	}
 	if (!err && !resp) { /* acks=0: written is all we learn */
 		for (int i = 0; i < pr->n; i++)
@@ -833,11 +1036,11 @@ static void produce_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *
 			for (int32_t j = 0; j < np && !rd.err; j++) {
 				int32_t idx = wire_rd_i32(&rd);
 				int16_t perr = wire_rd_i16(&rd);
-				int64_t base = wire_rd_i64(&rd);
+				int64_t base = wire_rd_i64(&rd), log_start = -1;
 
 				wire_rd_i64(&rd); /* log append time (v2+) */
 				if (req->ver >= 5)
-					wire_rd_i64(&rd);
+					log_start = wire_rd_i64(&rd);
 				if (req->ver >= 8) {
 					int32_t ne = wire_rd_array(&rd, 6);
 
@@ -854,6 +1057,7 @@ static void produce_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *
 					    wire_str_eq(name, pr->b[k]->topic->name)) {
 						errs[k] = perr == -1 ? SLUICE_ERR_UNKNOWN_SERVER_ERROR : perr;
 						offsets[k] = base;
+						log_starts[k] = log_start;
 					}
 			}
 		}
@@ -863,7 +1067,7 @@ static void produce_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *
 	}
 	pthread_mutex_lock(&p->lock);
 	for (int i = 0; i < pr->n; i++)
-		batch_outcome_locked(p, pr->b[i], errs[i], offsets[i], now);
+		batch_outcome_locked(p, pr->b[i], errs[i], offsets[i], log_starts[i], now);
 	pthread_mutex_unlock(&p->lock);
 	free(pr);
 }
@@ -883,6 +1087,11 @@ static int collect_locked(struct sluice_producer *p, struct batch **out, int max
 			struct batch *b = pp->q_head;
 
 			if (pp->inflight >= MAX_INFLIGHT_PER_PART)
+				continue;
+			/* Waiting for a re-initialisation: only heads that may be
+			 * in the log are resent (same id, same bytes) until the
+			 * broker answers them. */
+			if (p->bump && (!b || b->in_flight || b->err != MAYBE_WRITTEN))
 				continue;
 			while (b && b->in_flight)
 				b = b->next;
@@ -987,7 +1196,7 @@ static void send_produce(struct sluice_producer *p, struct batch **bs, int n)
 oom:
 	pthread_mutex_lock(&p->lock);
 	for (i = 0; i < n; i++)
-		batch_outcome_locked(p, bs[i], SLUICE_ERR_TRANSPORT, -1, kclock_ms());
+		batch_outcome_locked(p, bs[i], SLUICE_ERR_NO_MEMORY, -1, -1, kclock_ms());
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -1062,7 +1271,7 @@ static void *io_main(void *arg)
 		int64_t now = kclock_ms(), next;
 		struct pollfd pfd[2];
 		int nmd = 0, n = 0, timeout;
-		bool stop, more = false;
+		bool stop, more = false, was_up;
 
 		if (!kconn_up(&p->conn) && now >= p->reconnect_at) {
 			int rc = kconn_connect(&p->conn, p->conf->request_timeout_ms < 10000
@@ -1083,8 +1292,9 @@ static void *io_main(void *arg)
 				}
 			}
 		}
+		was_up = kconn_up(&p->conn);
 		if (kconn_up(&p->conn) && p->conf->idempotence && !p->pid_ready && !p->pid_inflight &&
-		    !p->fatal)
+		    !p->fatal && now >= p->pid_retry_at)
 			send_init_pid(p);
 
 		pthread_mutex_lock(&p->lock);
@@ -1095,6 +1305,12 @@ static void *io_main(void *arg)
 		    p->inflight_reqs < p->conf->max_in_flight)
 			n = collect_locked(p, bs, 256, now, &next,
 					   (size_t)p->conf->message_max_bytes * 4 + (16u << 20), &more);
+		if (p->bump && !n && !p->fatal && bump_ready_locked(p)) {
+			bump_locked(p);
+			more = true; /* InitProducerId goes out in the next round */
+		}
+		if (!p->pid_ready && p->pid_retry_at > now && p->pid_retry_at < next)
+			next = p->pid_retry_at;
 		stop = p->terminate && nothing_left_locked(p);
 		pthread_mutex_unlock(&p->lock);
 		if (stop)
@@ -1154,7 +1370,10 @@ static void *io_main(void *arg)
 		pthread_mutex_lock(&p->lock);
 		p->io_sleep_until = 0;
 		pthread_mutex_unlock(&p->lock);
-		if (!kconn_up(&p->conn) && p->reconnect_at <= kclock_ms() && p->conn.errstr[0])
+		/* Lost during this round: reconnect after the backoff.  (Only
+		 * then: re-arming whenever the deadline had passed postponed the
+		 * reconnection forever when the thread woke only for it.) */
+		if (was_up && !kconn_up(&p->conn))
 			p->reconnect_at = kclock_ms() + p->conf->reconnect_backoff_ms;
 	}
 	kconn_close(&p->conn, SLUICE_ERR_DESTROYED, NULL);

@@ -39,9 +39,11 @@
  *    [commit_seq, commit_seq + record_count) never cross a multiple of
  *    HALFSTORE_SEQ_SPAN.
  *  - commit_seq, once set, is never changed (an operator commit of a
- *    discarded txn that had one reuses it, so dedup still applies).
+ *    discarded txn that had one reuses it, so dedup still applies), except
+ *    by halfstore_reseq after an append that certainly wrote nothing.
  */
 #include "halfstore.h"
+#include "stmtcache.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -198,14 +200,14 @@ void halfstore_txns_free(halfstore_txn *v, size_t n)
 
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
-	return sqlerr(sqlite3_prepare_v2(db, sql, -1, st, NULL));
+	return sqlerr(stmtcache_prepare(db, sql, st));
 }
 
-/* Steps a statement expected to finish without rows and finalizes it. */
+/* Steps a statement expected to finish without rows and releases it. */
 static int run(sqlite3_stmt *st)
 {
 	int rc = sqlite3_step(st);
-	int frc = sqlite3_finalize(st);
+	int frc = stmtcache_release(st);
 
 	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
 		return sqlerr(rc);
@@ -214,7 +216,7 @@ static int run(sqlite3_stmt *st)
 
 static int exec(sqlite3 *db, const char *sql)
 {
-	return sqlerr(sqlite3_exec(db, sql, NULL, NULL, NULL));
+	return sqlerr(stmtcache_exec(db, sql));
 }
 
 /* Every mutating operation runs between sp_begin and sp_end (see header). */
@@ -335,7 +337,7 @@ static int collect(sqlite3_stmt *st, halfstore_txn **out, size_t *n)
 	}
 	if (!err && rc != SQLITE_DONE)
 		err = sqlerr(rc);
-	rc = sqlite3_finalize(st);
+	rc = stmtcache_release(st);
 	if (!err)
 		err = sqlerr(rc);
 	if (err) {
@@ -367,7 +369,7 @@ static int fetch(sqlite3 *db, int64_t txn_id, bool with_batch, halfstore_txn *t)
 		rc = HALFSTORE_E_NOT_FOUND;
 	else
 		rc = sqlerr(rc);
-	sqlite3_finalize(st);
+	stmtcache_release(st);
 	return rc;
 }
 
@@ -462,7 +464,7 @@ static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t c
 	if (rc == SQLITE_ROW)
 		s = sqlite3_column_int64(st, 0);
 	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
-	sqlite3_finalize(st);
+	stmtcache_release(st);
 	if (rc)
 		return rc;
 	/* A batch's sequences stay inside one epoch: skip to the next one. */
@@ -601,6 +603,39 @@ int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
 	return sp_end(db, rc);
 }
 
+/* ---- reseq ---- */
+
+int halfstore_reseq(sqlite3 *db, int64_t txn_id, int64_t *commit_seq)
+{
+	halfstore_txn t;
+	sqlite3_stmt *st;
+	int64_t seq = -1;
+	int rc;
+
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = fetch(db, txn_id, false, &t);
+	if (rc != HALFSTORE_OK)
+		return sp_end(db, rc);
+	if (t.state != HALFSTORE_COMMITTING)
+		rc = HALFSTORE_E_STATE;
+	else
+		rc = take_seq(db, t.topic, t.partition, t.record_count, &seq);
+	if (rc == 0)
+		rc = prep(db, "UPDATE txn_half SET commit_seq = ?2 WHERE txn_id = ?1", &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, txn_id);
+		sqlite3_bind_int64(st, 2, seq);
+		rc = run(st);
+	}
+	halfstore_txn_clear(&t);
+	rc = sp_end(db, rc);
+	if (rc == HALFSTORE_OK)
+		*commit_seq = seq;
+	return rc;
+}
+
 /* ---- lists ---- */
 
 int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n)
@@ -662,7 +697,7 @@ int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t leas
 		v[i].next_check_ms = until;
 	}
 	if (cnt > 0 && st) {
-		int frc = sqlite3_finalize(st);
+		int frc = stmtcache_release(st);
 
 		if (rc == 0)
 			rc = sqlerr(frc);
@@ -841,7 +876,7 @@ int halfstore_list(sqlite3 *db, const char *group, unsigned state_mask, size_t l
 		len += (size_t)snprintf(sql + len, sizeof(sql) - len, ")");
 	}
 	snprintf(sql + len, sizeof(sql) - len, " ORDER BY txn_id LIMIT ?3");
-	rc = prep(db, sql, &st);
+	rc = sqlerr(sqlite3_prepare_v2(db, sql, -1, &st, NULL)); /* dynamic: not cached */
 	if (rc)
 		return rc;
 	sqlite3_bind_int64(st, 1, after_txn_id);
@@ -873,7 +908,7 @@ int64_t halfstore_count(sqlite3 *db, const char *group, enum halfstore_state sta
 		cnt = sqlite3_column_int64(st, 0);
 	else
 		cnt = sqlerr(rc);
-	sqlite3_finalize(st);
+	stmtcache_release(st);
 	return cnt;
 }
 

@@ -24,6 +24,7 @@
  *                 |    --check_answer x max_checks--> DISCARDED
  *   DISCARDED --resume (operator)----------------> PENDING
  *   DISCARDED --end(.., HALFSTORE_F_OPERATOR)----> COMMITTING | ROLLED_BACK
+ *   COMMITTING --reseq (its append wrote nothing)--> COMMITTING, new commit_seq
  *   COMMITTED, ROLLED_BACK, DISCARDED --purge after retention--> (deleted)
  *
  * Exactly-once commit: end(COMMIT) gives the transaction a commit sequence
@@ -202,6 +203,19 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
  * COMMITTED at that offset; HALFSTORE_E_CONFLICT if COMMITTED at another
  * offset; HALFSTORE_E_STATE for other states; HALFSTORE_E_NOT_FOUND. */
 int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset);
+
+/* The append of a COMMITTING txn failed and wrote nothing (disk full, I/O
+ * error: the log cut the partial write back): gives it the next commit_seq
+ * of its partition, so that the broker's appends of that partition stay in
+ * commit_seq order.  Why it matters: the broker appends in commit_seq order
+ * and, after a crash, takes "sequence at or below the last one in the log"
+ * as "already appended"; a failed commit keeping its old sequence while
+ * later ones land would be taken as appended and lost.  The broker must
+ * make the new sequence durable before it appends anything else to that
+ * partition.  HALFSTORE_OK with *commit_seq, HALFSTORE_E_STATE (not
+ * COMMITTING), HALFSTORE_E_NOT_FOUND or -errno (*commit_seq untouched but
+ * on HALFSTORE_OK). */
+int halfstore_reseq(sqlite3 *db, int64_t txn_id, int64_t *commit_seq);
 
 /* Everything in COMMITTING (crash recovery: re-append them all), batches
  * included, ordered by topic, partition, commit_seq.  HALFSTORE_OK with

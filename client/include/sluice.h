@@ -138,6 +138,7 @@ typedef enum sluice_err {
 	SLUICE_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER = 45,
 	SLUICE_ERR_DUPLICATE_SEQUENCE_NUMBER = 46,
 	SLUICE_ERR_INVALID_PRODUCER_EPOCH = 47,
+	SLUICE_ERR_INVALID_TXN_STATE = 48,    /* transaction already ended the other way, or discarded */
 	SLUICE_ERR_KAFKA_STORAGE_ERROR = 56,
 	SLUICE_ERR_COORDINATOR_NOT_AVAILABLE = 15,
 	SLUICE_ERR_NOT_COORDINATOR = 16,
@@ -153,6 +154,7 @@ typedef enum sluice_err {
 	SLUICE_ERR_UNSUPPORTED_COMPRESSION_TYPE = 76,
 	SLUICE_ERR_INVALID_RECORD = 87,
 	SLUICE_ERR_THROTTLING_QUOTA_EXCEEDED = 89,
+	SLUICE_ERR_TRANSACTIONAL_ID_NOT_FOUND = 105, /* no such transaction id (never, or purged) */
 } sluice_err_t;
 
 /* A human-readable description ("Local: queue full", "Broker: unknown topic
@@ -650,6 +652,214 @@ sluice_err_t sluice_admin_delete_group(sluice_admin_t *a, const char *group, int
 				       char *errstr, size_t errstr_size);
 /* Frees an array whose topic strings were allocated by the library. */
 void sluice_topic_partitions_destroy(sluice_topic_partition_t *parts, size_t n);
+
+/* ===========================================================================
+ * Transactional producer: half messages with check-back (RocketMQ style;
+ * design in docs/transactions.md)
+ *
+ * Use it when "write my database row" and "publish the event" must both
+ * happen or neither:
+ *
+ *     static sluice_txn_decision_t create_order(sluice_txn_producer_t *p,
+ *                                               int64_t txn_id, void *arg)
+ *     {
+ *             // one local DB transaction: the order row AND txn_id
+ *             if (insert_order(arg, txn_id) == OK) return SLUICE_TXN_COMMIT;
+ *             return SLUICE_TXN_ROLLBACK;
+ *     }
+ *     static sluice_txn_decision_t check(sluice_txn_producer_t *p,
+ *                                        const sluice_txn_check_t *c, void *ctx)
+ *     {
+ *             // the broker lost track of c->txn_id: look it up in YOUR DB
+ *             return order_exists_for_txn(ctx, c->txn_id) ? SLUICE_TXN_COMMIT
+ *                                                         : SLUICE_TXN_ROLLBACK;
+ *     }
+ *     sluice_conf_set(conf, "transaction.group", "order-service", errstr, n);
+ *     sluice_conf_set_txn_check_cb(conf, check, db);
+ *     sluice_txn_producer_t *p = sluice_txn_producer_new(conf, errstr, n);
+ *     sluice_txn_result_t res;
+ *     sluice_txn_send(p, "order-created", SLUICE_PARTITION_ANY, key, klen,
+ *                     value, vlen, NULL, 0, create_order, &order, &res,
+ *                     errstr, n);
+ *
+ * sluice_txn_send() stores the message on the broker as a half message
+ * (durable, invisible to consumers), runs the local-transaction callback,
+ * and commits (the message is appended to the topic once and becomes
+ * visible) or rolls back according to its answer.  If the process dies
+ * between the two, or the callback answers SLUICE_TXN_UNKNOWN, the broker
+ * later asks a live producer of the same transaction.group — this process
+ * again after a restart, or any other instance — through the check callback,
+ * which must answer from the application's own database (that is why the
+ * local transaction should record txn_id).  UNKNOWN, or no answer, is asked
+ * again with backoff; after transaction.check.max checks (broker setting,
+ * 15) the message is discarded and an operator resolves it with
+ * `sluice txn commit|rollback|resume`.
+ *
+ * Keys (besides bootstrap.servers, client.id, request.timeout.ms,
+ * message.max.bytes):
+ *  transaction.group        producer group (required): who may be asked about
+ *                           this producer's transactions [""]
+ *  transaction.instance.id  this instance's name; checks of the transactions
+ *                           it prepared go to it first while it polls
+ *                           [host:pid:random]
+ *  transaction.check.timeout.ms  prepare → first check (0: the broker's
+ *                           transaction.timeout.ms, 6000) [0]
+ *
+ * Threads: every function here is thread-safe; concurrent sluice_txn_send()
+ * calls run in parallel, each on its own pooled connection (open as many
+ * as there are concurrent callers).  The local-transaction callback runs on
+ * the caller's thread inside sluice_txn_send().  The check callback runs on
+ * the producer's check thread (started by sluice_txn_producer_new() when a
+ * check callback is set; it long-polls the broker), one check at a time;
+ * it must not call sluice_txn_producer_destroy().
+ * =========================================================================== */
+typedef struct sluice_txn_producer sluice_txn_producer_t;
+
+typedef enum sluice_txn_decision {
+	SLUICE_TXN_UNKNOWN = 0,  /* not known yet: the broker asks again later */
+	SLUICE_TXN_COMMIT = 1,   /* append the message; consumers see it */
+	SLUICE_TXN_ROLLBACK = 2, /* discard it; nobody ever sees it */
+} sluice_txn_decision_t;
+
+/* A half message the broker asks about.  Pointers are borrowed for the
+ * duration of the callback. */
+typedef struct sluice_txn_check {
+	int64_t txn_id;
+	const char *topic;
+	int32_t partition;
+	int32_t check_count;   /* earlier checks that got no decision */
+	const void *key;       /* NULL: null key */
+	size_t key_len;
+	const void *value;     /* NULL: null value */
+	size_t value_len;
+	const sluice_header_t *headers;
+	size_t nheaders;
+} sluice_txn_check_t;
+
+typedef sluice_txn_decision_t sluice_txn_check_cb(sluice_txn_producer_t *p,
+						  const sluice_txn_check_t *check, void *ctx);
+/* The check callback of producers created from conf (NULL: none; then no
+ * check thread runs and this instance is never asked). */
+void sluice_conf_set_txn_check_cb(sluice_conf_t *conf, sluice_txn_check_cb *cb, void *ctx);
+
+/* The local transaction, run by sluice_txn_send() between prepare and end.
+ * txn_id is the broker's id of the half message: store it with the local
+ * change so the check callback can find the outcome. */
+typedef sluice_txn_decision_t sluice_txn_local_cb(sluice_txn_producer_t *p, int64_t txn_id,
+						  void *arg);
+
+/* Creates a transactional producer (ownership of conf as for
+ * sluice_producer_new()).  Connects, checks that the broker has the
+ * transaction APIs (else NULL with "not supported by this broker"), and
+ * starts the check thread if a check callback is set.  NULL + errstr on
+ * failure (e.g. transaction.group missing). */
+sluice_txn_producer_t *sluice_txn_producer_new(sluice_conf_t *conf, char *errstr,
+					       size_t errstr_size);
+/* Stops the check thread (waits for a running check callback), closes the
+ * connections.  Transactions prepared and not ended stay on the broker and
+ * are resolved by check-back.  NULL-safe. */
+void sluice_txn_producer_destroy(sluice_txn_producer_t *p);
+
+typedef struct sluice_txn_result {
+	int64_t txn_id;                 /* -1 if the prepare failed */
+	sluice_txn_decision_t decision; /* what the local transaction answered */
+	int32_t partition;              /* -1 if the broker chose (null key, PARTITION_ANY) */
+	int64_t offset;                 /* log offset of a commit, else -1 */
+} sluice_txn_result_t;
+
+/* prepare → local(p, txn_id, arg) → end(decision), synchronously.
+ * partition SLUICE_PARTITION_ANY: by key (murmur2, as sluice_produce), or
+ * round-robin by the broker for a null key.  Returns:
+ *  - the prepare's error (res->txn_id -1, local not run), e.g.
+ *    SLUICE_ERR_UNKNOWN_TOPIC_OR_PARTITION, SLUICE_ERR_MSG_SIZE_TOO_LARGE,
+ *    SLUICE_ERR_TRANSPORT;
+ *  - SLUICE_ERR_NO_ERROR once the decision reached the broker (for COMMIT:
+ *    the message is in the log at res->offset; for UNKNOWN: the broker will
+ *    ask the check callback);
+ *  - the end's error (res->decision tells what was meant): the broker may or
+ *    may not have it; check-back settles it, so this is not a failure of
+ *    the transaction's atomicity.
+ * The end is retried on transport errors within request.timeout.ms; a
+ * retried commit never appends twice. */
+sluice_err_t sluice_txn_send(sluice_txn_producer_t *p, const char *topic, int32_t partition,
+			     const void *key, size_t key_len, const void *value, size_t value_len,
+			     const sluice_header_t *headers, size_t nheaders,
+			     sluice_txn_local_cb *local, void *arg, sluice_txn_result_t *res,
+			     char *errstr, size_t errstr_size);
+
+/* The same two steps for callers who run the local transaction themselves:
+ * sluice_txn_prepare() stores the half message and gives its id (and the
+ * partition, -1 when the broker picks); sluice_txn_end() commits, rolls back
+ * or answers UNKNOWN.  Ending twice with the same decision is a success that
+ * changes nothing (offset: where the commit landed); the opposite decision
+ * after the end is SLUICE_ERR_INVALID_TXN_STATE; an unknown id
+ * SLUICE_ERR_TRANSACTIONAL_ID_NOT_FOUND.  offset may be NULL. */
+sluice_err_t sluice_txn_prepare(sluice_txn_producer_t *p, const char *topic, int32_t partition,
+				const void *key, size_t key_len, const void *value,
+				size_t value_len, const sluice_header_t *headers, size_t nheaders,
+				int64_t *txn_id, int32_t *partition_out, char *errstr,
+				size_t errstr_size);
+sluice_err_t sluice_txn_end(sluice_txn_producer_t *p, int64_t txn_id,
+			    sluice_txn_decision_t decision, int64_t *offset, char *errstr,
+			    size_t errstr_size);
+
+/* ---- transactions, for operators (admin handle) ---- */
+
+typedef enum sluice_txn_state {
+	SLUICE_TXN_PENDING = 0,     /* prepared, not ended: checks will come */
+	SLUICE_TXN_COMMITTING = 1,  /* commit decided, append in progress */
+	SLUICE_TXN_COMMITTED = 2,
+	SLUICE_TXN_ROLLED_BACK = 3,
+	SLUICE_TXN_DISCARDED = 4,   /* too many checks without a decision */
+} sluice_txn_state_t;
+
+/* "PENDING", "COMMITTING", ...; "?" for anything else. */
+const char *sluice_txn_state_name(int state);
+
+typedef struct sluice_txn_info {
+	int64_t txn_id;
+	const char *producer_group;
+	const char *topic;
+	int32_t partition;
+	int state;               /* sluice_txn_state_t */
+	int64_t created_ms;      /* wall clock ms */
+	int64_t ended_ms;        /* -1 / 0 while PENDING */
+	int32_t check_count;
+	int64_t next_check_ms;
+	int64_t log_offset;      /* -1 unless COMMITTED */
+	const char *discard_reason; /* NULL unless DISCARDED */
+	/* sluice_admin_describe_txn() only: the half message (NULL/0 after it
+	 * was committed or rolled back: the broker keeps it only while needed) */
+	const void *key;
+	size_t key_len;
+	const void *value;
+	size_t value_len;
+	const sluice_header_t *headers;
+	size_t nheaders;
+} sluice_txn_info_t;
+
+/* TxnList: transactions of group (NULL: all) whose state bit is in
+ * state_mask (1 << SLUICE_TXN_*; 0: all), txn_id > after_txn_id, at most
+ * limit (<= 10000), in txn_id order.  *txns freed with
+ * sluice_txn_infos_destroy(). */
+sluice_err_t sluice_admin_list_txns(sluice_admin_t *a, const char *group, unsigned state_mask,
+				    int64_t after_txn_id, int limit, sluice_txn_info_t **txns,
+				    size_t *n, int timeout_ms, char *errstr, size_t errstr_size);
+/* TxnDescribe: one transaction with its message; *txn freed with
+ * sluice_txn_infos_destroy(*txn, 1). */
+sluice_err_t sluice_admin_describe_txn(sluice_admin_t *a, int64_t txn_id, sluice_txn_info_t **txn,
+				       int timeout_ms, char *errstr, size_t errstr_size);
+void sluice_txn_infos_destroy(sluice_txn_info_t *txns, size_t n);
+/* Operator decision (TxnEnd with the operator flag): COMMIT or ROLLBACK a
+ * PENDING or DISCARDED transaction.  *state receives the state after
+ * (may be NULL), *offset where a commit landed (may be NULL). */
+sluice_err_t sluice_admin_end_txn(sluice_admin_t *a, int64_t txn_id, sluice_txn_decision_t decision,
+				  int *state, int64_t *offset, int timeout_ms, char *errstr,
+				  size_t errstr_size);
+/* Puts a DISCARDED transaction back to PENDING with its check count reset:
+ * the group's producers are asked again at once. */
+sluice_err_t sluice_admin_resume_txn(sluice_admin_t *a, int64_t txn_id, int timeout_ms,
+				     char *errstr, size_t errstr_size);
 
 /* ===========================================================================
  * Utilities

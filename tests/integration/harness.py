@@ -1369,3 +1369,187 @@ def run(tests, default_timeout=120):
         sys.exit(EXIT_FAIL)
     log("all %d passed in %.1f s" % (passed, total))
     sys.exit(EXIT_PASS)
+
+
+# --------------------------------------------------------------------------
+# Transactional half messages: extension APIs 1000-1004 (docs/protocol.md,
+# "Sluice extensions") and pipelined raw requests.
+
+API_TXN_PREPARE = 1000
+API_TXN_END = 1001
+API_TXN_CHECK_POLL = 1002
+API_TXN_LIST = 1003
+API_TXN_DESCRIBE = 1004
+ERR_REQUEST_TIMED_OUT = 7
+ERR_INVALID_REQUEST = 42
+ERR_INVALID_TXN_STATE = 48
+ERR_KAFKA_STORAGE_ERROR = 56
+ERR_TXN_NOT_FOUND = 105          # TRANSACTIONAL_ID_NOT_FOUND
+TXN_UNKNOWN, TXN_COMMIT, TXN_ROLLBACK, TXN_RESUME = 0, 1, 2, 3
+(TXN_PENDING, TXN_COMMITTING, TXN_COMMITTED, TXN_ROLLED_BACK,
+ TXN_DISCARDED) = range(5)
+
+
+def txn_instance_id(name):
+    """The origin id the broker derives from a producer instance name:
+    64-bit FNV-1a with the lowest bit set, as SQLite stores it (signed)."""
+    h = 0xcbf29ce484222325
+    for b in name.encode() if isinstance(name, str) else name:
+        h ^= b
+        h = (h * 0x100000001b3) & 0xffffffffffffffff
+    h |= 1
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def txn_prepare_body(group, topic, partition, batch, timeout_ms=0,
+                     instance=None, version=1):
+    w = Writer().string(group).string(topic).i32(partition).i32(timeout_ms)
+    w.bytes_(batch)
+    if version >= 1:
+        w.string(instance)
+    return w.getvalue()
+
+
+def parse_txn_prepare(r, version=1):
+    """Returns (error, message, txn_id, partition or None for v0)."""
+    err = r.i16()
+    msg = r.string()
+    txn = r.i64()
+    part = r.i32() if version >= 1 else None
+    check_eq(r.remaining(), 0, "trailing bytes in TxnPrepare v%d" % version)
+    return err, msg, txn, part
+
+
+def txn_prepare(c, group, topic, partition, records, timeout_ms=0,
+                instance=None, version=1):
+    """records: a list for build_batch, or a ready batch (bytes)."""
+    batch = records if isinstance(records, bytes) else build_batch(records)
+    r = c.request(API_TXN_PREPARE, version, txn_prepare_body(
+        group, topic, partition, batch, timeout_ms, instance, version))
+    return parse_txn_prepare(r, version)
+
+
+def txn_end_body(group, txn, decision, operator=False):
+    return (Writer().string(group).i64(txn).i8(decision)
+            .i8(1 if operator else 0).getvalue())
+
+
+def parse_txn_end(r):
+    """Returns (error, message, state after, log_offset)."""
+    out = (r.i16(), r.string(), r.i8(), r.i64())
+    check_eq(r.remaining(), 0, "trailing bytes in TxnEnd")
+    return out
+
+
+def txn_end(c, group, txn, decision, operator=False):
+    return parse_txn_end(c.request(API_TXN_END, 0,
+                                   txn_end_body(group, txn, decision,
+                                                operator)))
+
+
+def txn_describe(c, txn):
+    """Returns a dict of every TxnDescribe v0 field."""
+    r = c.request(API_TXN_DESCRIBE, 0, Writer().i64(txn).getvalue())
+    d = {}
+    for name, fn in (("error", r.i16), ("message", r.string),
+                     ("txn_id", r.i64), ("group", r.string),
+                     ("topic", r.string), ("partition", r.i32),
+                     ("state", r.i8), ("created_ms", r.i64),
+                     ("ended_ms", r.i64), ("check_count", r.i32),
+                     ("next_check_ms", r.i64), ("log_offset", r.i64),
+                     ("discard_reason", r.string), ("commit_seq", r.i64),
+                     ("records", r.bytes_)):
+        d[name] = fn()
+    check_eq(r.remaining(), 0, "trailing bytes in TxnDescribe")
+    return d
+
+
+def txn_list(c, group=None, state_mask=0, limit=10000, after=0):
+    """Returns {txn_id: (group, topic, partition, state, check_count,
+    log_offset, discard_reason)}."""
+    w = Writer().string(group).i32(state_mask).i32(limit).i64(after)
+    r = c.request(API_TXN_LIST, 0, w.getvalue())
+    check_eq(r.i16(), ERR_NONE, "TxnList error")
+    out = {}
+    for _ in range(r.i32()):
+        txn = r.i64()
+        grp, topic, part, state = r.string(), r.string(), r.i32(), r.i8()
+        r.i64()
+        r.i64()
+        checks = r.i32()
+        r.i64()
+        off = r.i64()
+        reason = r.string()
+        out[txn] = (grp, topic, part, state, checks, off, reason)
+    return out
+
+
+def txn_check_poll_body(group, max_wait_ms, max_txns=100, instance=None,
+                        version=1):
+    w = Writer().string(group).i32(max_wait_ms).i32(max_txns)
+    if version >= 1:
+        w.string(instance)
+    return w.getvalue()
+
+
+def parse_txn_check_poll(r):
+    """Returns (error, [(txn_id, topic, partition, check_count, records)])."""
+    err = r.i16()
+    out = []
+    for _ in range(r.i32()):
+        out.append((r.i64(), r.string(), r.i32(), r.i32(), r.bytes_()))
+    check_eq(r.remaining(), 0, "trailing bytes in TxnCheckPoll")
+    return err, out
+
+
+def txn_check_poll(c, group, max_wait_ms, max_txns=100, instance=None,
+                   version=1):
+    r = c.request(API_TXN_CHECK_POLL, version, txn_check_poll_body(
+        group, max_wait_ms, max_txns, instance, version))
+    return parse_txn_check_poll(r)
+
+
+def pipeline(c, api_key, version, bodies, window=2000, on_reply=None):
+    """Sends every body as a request on connection c, keeping at most
+    `window` unanswered (the broker reads ahead only
+    max.inflight.requests.per.connection; a bounded window keeps both
+    socket buffers from filling up), and returns the replies in order as
+    Readers positioned after the response header (correlation ids
+    checked).  on_reply(i, reader), if given, is called instead of
+    collecting."""
+    out = []
+    buf = bytearray()
+    sent = done = 0
+    n = len(bodies)
+    first_corr = c.corr + 1
+    while done < n:
+        if sent < n and sent - done < window:
+            k = min(n, done + window) - sent
+            frames = []
+            for body in bodies[sent:sent + k]:
+                c.corr += 1
+                frames.append(frame(request_header(api_key, version, c.corr,
+                                                   c.client_id) + body))
+            c.send_raw(b"".join(frames))
+            sent += k
+        chunk = c.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionClosed("connection closed after %d of %d "
+                                   "pipelined replies" % (done, n))
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = struct.unpack_from(">i", buf, pos)
+            if len(buf) - pos - 4 < size:
+                break
+            r = Reader(bytes(buf[pos + 4:pos + 4 + size]))
+            pos += 4 + size
+            check_eq(r.i32(), first_corr + done, "correlation id of "
+                     "pipelined reply %d" % done)
+            if on_reply:
+                on_reply(done, r)
+            else:
+                out.append(r)
+            done += 1
+        del buf[:pos]
+    return out

@@ -1,20 +1,39 @@
 #!/usr/bin/env python3
 """Transactional half messages (extension APIs 1000 TxnPrepare, 1001 TxnEnd,
-1003 TxnList; docs/protocol.md): a prepared message is invisible; commit
-appends it exactly once (a second commit appends nothing — RocketMQ issue
-#5574); rollback never shows it; opposite or unknown decisions are errors
-that change nothing; a commit interrupted by a crash (left COMMITTING in
-sluice.db) is appended exactly once at the next start.
+1002 TxnCheckPoll, 1003 TxnList, 1004 TxnDescribe; docs/protocol.md): a
+prepared message is invisible; commit appends it exactly once (a second
+commit appends nothing — RocketMQ issue #5574); rollback never shows it;
+opposite or unknown decisions are errors that change nothing; a commit
+interrupted by a crash (left COMMITTING in sluice.db) is appended exactly
+once at the next start.  Version 1 of TxnPrepare / TxnCheckPoll (producer
+instance names: checks go to the preparing instance on whichever
+connection it polls; a second poll of an instance replaces the first),
+resume and TxnDescribe, fsync durability of a commit (the answer waits for
+the log's fdatasync, with the SLOWSYNC shim; recovery syncs before
+recording), the purge of old ended transactions, and DeleteTopics
+discarding a topic's half messages.
 
-Env: SLUICED.
+Env: SLUICED, SLOWSYNC (fsync case; empty = skipped).
 """
 import os
+import socket
 import sqlite3
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, ERR_NONE, Writer, build_batch,  # noqa: E402
-                     check, check_eq, fetch_all, run)
+                     check, check_eq, fetch_all, produce_body, run)
+from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
+                     API_TXN_END as API_END, API_TXN_PREPARE as API_PREPARE,
+                     ERR_INVALID_REQUEST, ERR_UNKNOWN_TOPIC_OR_PARTITION,
+                     TXN_COMMIT, TXN_DISCARDED, TXN_PENDING, TXN_RESUME,
+                     TXN_ROLLBACK, log, need_program, parse_txn_check_poll,
+                     parse_txn_end, parse_txn_prepare, pipeline,
+                     txn_check_poll, txn_check_poll_body, txn_describe,
+                     txn_end, txn_end_body, txn_instance_id, txn_prepare,
+                     txn_prepare_body, wait_for)
 
 API_TXN_PREPARE = 1000
 API_TXN_END = 1001
@@ -133,8 +152,9 @@ def test_crash_between_commit_steps():
     # the other: as if the broker died right after the SQLite commit step
     seq = db.execute("SELECT next_seq FROM txn_seq WHERE topic = 'orders' "
                      "AND partition = 0").fetchone()[0]
-    db.execute("UPDATE txn_half SET state = 'COMMITTING', commit_seq = ?, ended_ms = 1 "
-               "WHERE txn_id = ?", (seq, lost))
+    # (ended now: an old ended_ms would be purged by the retention timer)
+    db.execute("UPDATE txn_half SET state = 'COMMITTING', commit_seq = ?, ended_ms = ? "
+               "WHERE txn_id = ?", (seq, int(time.time() * 1000), lost))
     db.execute("UPDATE txn_seq SET next_seq = next_seq + 1 "
                "WHERE topic = 'orders' AND partition = 0")
     db.commit()
@@ -206,9 +226,510 @@ def test_check_back():
         check_eq(ls[t_unknown][3:5], (ST_PENDING, 1), "unknown counted")
 
 
+
+# ---- concurrent commits of one partition --------------------------------
+
+def test_concurrent_commits_all_land():
+    """Commits of one partition from eight connections (both event loops)
+    at once: every acknowledged commit is in the log exactly once with the
+    offset it was answered.  (Appends made on the requests' loops could land
+    out of commit_seq order; the lower sequence was then taken as "appended
+    long ago" and its commit acknowledged with offset -1 but lost — 595 of
+    2000 in one run before the appends moved to the coordinator thread.)"""
+    n, conns = 1000, 8
+    b = Broker(name="txn-concurrent", sets={"num.network.threads": 2})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("s", 1)
+        bodies = [txn_prepare_body("g", "s", 0,
+                                   build_batch([(None, b"m%04d" % i)]),
+                                   version=0)
+                  for i in range(n)]
+        txns = [parse_txn_prepare(r, 0)[2]
+                for r in pipeline(c, API_PREPARE, 0, bodies, window=200)]
+    answers = {}
+
+    def committer(k):
+        mine = txns[k::conns]
+        with Conn(b.addr) as c:
+            for i, r in enumerate(pipeline(
+                    c, API_END, 0,
+                    [txn_end_body("g", t, TXN_COMMIT) for t in mine],
+                    window=16)):
+                answers[mine[i]] = parse_txn_end(r)
+    threads = [threading.Thread(target=committer, args=(k,), daemon=True)
+               for k in range(conns)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    check_eq(len(answers), n, "every commit answered")
+    bad = [(t, a) for t, a in answers.items()
+           if a[0] != ERR_NONE or a[2] != ST_COMMITTED or a[3] < 0]
+    check_eq(bad[:5], [], "commits not answered COMMITTED with an offset")
+    recs = fetch_all(b.addr, "s", 0)
+    check_eq(sorted(r.value for r in recs), [b"m%04d" % i for i in range(n)],
+             "each committed message in the log exactly once")
+    at = {r.value: r.offset for r in recs}
+    for i, t in enumerate(txns):
+        check_eq(answers[t][3], at[b"m%04d" % i], "offset answered for txn %d"
+                 % t)
+
+
+# ---- version 1: partitions and producer instances ----------------------
+
+def origin_of(b, txn):
+    db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"))
+    try:
+        return db.execute("SELECT origin FROM txn_half WHERE txn_id = ?",
+                          (txn,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_prepare_v1_partition_and_origin():
+    b = Broker(name="txn-v1")
+    b.start()
+    with Conn(b.addr) as c:
+        _, ranges = c.api_versions(0)
+        check_eq((ranges[1000], ranges[1001], ranges[1002], ranges[1003],
+                  ranges[1004]), ((0, 1), (0, 0), (0, 1), (0, 0), (0, 0)),
+                 "ApiVersions of the transaction APIs")
+        c.create_topic("rr", 3)
+        got = []
+        for i in range(6):
+            err, msg, txn, part = txn_prepare(c, "g", "rr", -1,
+                                              [(None, b"rr%d" % i)],
+                                              instance="inst-A")
+            check_eq(err, ERR_NONE, "prepare v1 (%s)" % msg)
+            got.append((txn, part))
+        parts = [p for _, p in got]
+        check_eq(sorted(parts), [0, 0, 1, 1, 2, 2],
+                 "partition -1: the broker picks round-robin: %r" % parts)
+        check(all(parts[i] != parts[i + 1] for i in range(5)),
+              "round-robin, not the same partition twice in a row: %r"
+              % parts)
+        err, _, fixed, part = txn_prepare(c, "g", "rr", 2, [(None, b"fixed")])
+        check_eq((err, part), (ERR_NONE, 2), "an explicit partition is kept")
+        err, _, v0, part = txn_prepare(c, "g", "rr", 1, [(None, b"v0")],
+                                       version=0)
+        check_eq((err, part), (ERR_NONE, None), "v0: no partition field")
+        err, _, _, part = txn_prepare(c, "g", "nope", -1, [(None, b"x")])
+        check_eq((err, part), (ERR_UNKNOWN_TOPIC_OR_PARTITION, -1),
+                 "an error answers partition -1")
+        for txn, part in got:
+            check_eq(txn_end(c, "g", txn, TXN_COMMIT)[0], ERR_NONE, "commit")
+        check_eq(txn_end(c, "g", fixed, TXN_COMMIT)[0], ERR_NONE, "commit")
+        for p in range(3):
+            want = sorted([b"rr%d" % i for i, (_, pp) in enumerate(got)
+                           if pp == p] + ([b"fixed"] if p == 2 else []))
+            check_eq(sorted(values_p(b.addr, "rr", p)), want,
+                     "each message in the partition the prepare answered")
+        # origins: the FNV-1a id of the instance; a connection otherwise
+        check_eq(origin_of(b, got[0][0]), txn_instance_id("inst-A"),
+                 "origin of an instance's transaction")
+        err, _, empty, _ = txn_prepare(c, "g", "rr", 0, [(None, b"e")],
+                                       instance="")
+        for t in (fixed, v0, empty):
+            o = origin_of(b, t)
+            check(o != 0 and o % 8 == 0, "origin of a transaction without "
+                  "instance is its (8-aligned) connection: %#x" % o)
+
+
+def values_p(addr, topic, partition):
+    return [r.value for r in fetch_all(addr, topic, partition)]
+
+
+class Poller:
+    """A thread long-polling checks for a group on its own connection until
+    stopped; records (monotonic time, txn_id) of every check it gets."""
+
+    def __init__(self, addr, group, instance=None, max_wait_ms=5000):
+        self.conn = Conn(addr)
+        self.group, self.instance, self.max_wait = group, instance, max_wait_ms
+        self.got = []
+        self.polls = 0
+        self.error = None
+        self.stop = False
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+
+    def _run(self):
+        try:
+            while not self.stop:
+                err, checks = txn_check_poll(self.conn, self.group,
+                                             self.max_wait, 100,
+                                             instance=self.instance)
+                check_eq(err, ERR_NONE, "TxnCheckPoll")
+                now = time.monotonic()
+                self.got += [(now, x[0]) for x in checks]
+                self.polls += 1
+        except Exception as e:  # noqa: BLE001 — reported by join()
+            if not self.stop:
+                self.error = e
+
+    def ids(self):
+        return [t for _, t in self.got]
+
+    def join(self):
+        self.stop = True
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the recv
+        except OSError:
+            pass
+        self.conn.close()
+        self.th.join(10)
+        if self.error:
+            raise self.error
+
+
+def test_checks_go_to_the_preparing_instance():
+    """A client prepares on pooled connections (closed since) and polls on a
+    separate one: the checks of its transactions go to it, not to the other
+    instance polling the group; without an instance they round-robin."""
+    b = Broker(name="txn-instance", sets={"transaction.timeout.ms": 400})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+    pa = Poller(b.addr, "shop", instance="inst-A")
+    pb = Poller(b.addr, "shop", instance="inst-B")
+    try:
+        time.sleep(0.3)  # both parked
+        mine = []
+        for k in range(2):
+            with Conn(b.addr) as pooled:
+                for i in range(3):
+                    err, _, t, _ = txn_prepare(pooled, "shop", "o", 0,
+                                               [(None, b"a%d%d" % (k, i))],
+                                               instance="inst-A")
+                    check_eq(err, ERR_NONE, "prepare")
+                    mine.append(t)
+        wait_for(lambda: len(pa.got) + len(pb.got) >= 6, 10,
+                 what="the six checks")
+        check_eq(sorted(pa.ids()), sorted(mine),
+                 "every check of inst-A's transactions went to inst-A")
+        check_eq(pb.ids(), [], "nothing went to inst-B")
+        anon = []
+        with Conn(b.addr) as pooled:
+            for i in range(4):
+                anon.append(txn_prepare(pooled, "shop", "o", 0,
+                                        [(None, b"n%d" % i)])[2])
+        wait_for(lambda: len(pa.got) + len(pb.got) >= 10, 10,
+                 what="the four checks without instance")
+        a_anon = [t for t in pa.ids() if t in anon]
+        b_anon = [t for t in pb.ids() if t in anon]
+        check_eq(sorted(a_anon + b_anon), sorted(anon), "each checked once")
+        check(a_anon and b_anon, "without instance the group's pollers take "
+              "turns: A %r, B %r" % (a_anon, b_anon))
+    finally:
+        pa.join()
+        pb.join()
+    with Conn(b.addr) as c:
+        for t in mine + anon:
+            check_eq(txn_end(c, "shop", t, TXN_COMMIT)[0], ERR_NONE,
+                     "any connection may answer")
+    check_eq(len(values(b.addr, "o")), 10, "ten commits")
+
+
+def test_second_poll_of_an_instance_replaces_the_first():
+    b = Broker(name="txn-repoll", sets={"transaction.timeout.ms": 300})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+    x, y = Conn(b.addr), Conn(b.addr)
+    res = {}
+
+    def first_poll():
+        t0 = time.monotonic()
+        res["x"] = txn_check_poll(x, "grp", 10000, 10, instance="I")
+        res["dt"] = time.monotonic() - t0
+    th = threading.Thread(target=first_poll, daemon=True)
+    th.start()
+    time.sleep(0.3)
+    corr = y.send_request(API_POLL, 1, txn_check_poll_body("grp", 8000, 10,
+                                                            instance="I"))
+    th.join(5)
+    check("dt" in res, "the replaced poll was not answered")
+    check_eq(res["x"], (ERR_NONE, []), "the replaced poll: empty")
+    check(res["dt"] < 3, "the replaced poll answered after %.2f s" % res["dt"])
+    with Conn(b.addr) as pooled:
+        t1 = txn_prepare(pooled, "grp", "o", 0, [(None, b"1")],
+                         instance="I")[2]
+    err, checks = parse_txn_check_poll(y.request_reply(corr))
+    check_eq([c_[0] for c_ in checks], [t1], "the new poll gets the check")
+    # the old connection closing leaves the new registration alone
+    x.close()
+    time.sleep(0.2)
+    corr = y.send_request(API_POLL, 1, txn_check_poll_body("grp", 8000, 10,
+                                                            instance="I"))
+    with Conn(b.addr) as pooled:
+        t2 = txn_prepare(pooled, "grp", "o", 0, [(None, b"2")],
+                         instance="I")[2]
+    err, checks = parse_txn_check_poll(y.request_reply(corr))
+    check_eq([c_[0] for c_ in checks], [t2], "still registered after the "
+             "replaced poll's connection closed")
+    # the parked poll's connection closing unregisters the instance: a check
+    # then finds no producer and counts as unanswered
+    y.send_request(API_POLL, 1, txn_check_poll_body("grp", 8000, 10,
+                                                     instance="I"))
+    time.sleep(0.2)
+    y.close()
+    with Conn(b.addr) as c:
+        t3 = txn_prepare(c, "grp", "o", 0, [(None, b"3")], instance="I")[2]
+        wait_for(lambda: txn_describe(c, t3)["check_count"] == 1, 10,
+                 what="an unanswered check of t3 (no producer)")
+        check_eq(txn_describe(c, t1)["check_count"], 1,
+                 "t1's check, out to the closed connection, expired")
+
+
+# ---- resume and describe -----------------------------------------------
+
+def test_resume_and_describe():
+    b = Broker(name="txn-resume", sets={"transaction.timeout.ms": 200,
+                                        "transaction.check.max": 1})
+    b.start()
+    batch = build_batch([(b"k", b"resumed")])
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        t0 = int(time.time() * 1000)
+        err, _, txn, _ = txn_prepare(c, "g", "o", 0, batch)
+        check_eq(err, ERR_NONE, "prepare")
+        d = txn_describe(c, txn)
+        check_eq((d["error"], d["message"], d["txn_id"], d["group"],
+                  d["topic"], d["partition"], d["state"], d["ended_ms"],
+                  d["check_count"], d["log_offset"], d["discard_reason"],
+                  d["commit_seq"], d["records"]),
+                 (ERR_NONE, None, txn, "g", "o", 0, TXN_PENDING, -1, 0, -1,
+                  None, -1, batch), "describe a pending transaction")
+        check(t0 - 5 <= d["created_ms"] <= t0 + 5000, "created_ms")
+        check(d["next_check_ms"] >= d["created_ms"] + 200, "next_check_ms")
+        # nobody polls: one unanswered check discards it (check.max 1)
+        wait_for(lambda: txn_describe(c, txn)["state"] == TXN_DISCARDED, 10,
+                 what="the discard")
+        d = txn_describe(c, txn)
+        check(d["discard_reason"] and "1 checks" in d["discard_reason"],
+              "discard reason: %r" % d["discard_reason"])
+        check_eq(d["records"], batch, "a discarded txn keeps its batch")
+        err, msg, state, _ = txn_end(c, "g", txn, TXN_COMMIT)
+        check_eq((err, state), (ERR_INVALID_TXN_STATE, TXN_DISCARDED),
+                 "commit of a discarded txn without the operator flag")
+        check(d["discard_reason"] in msg, "the answer says why: %r" % msg)
+        err, _, state, off = txn_end(c, "g", txn, TXN_RESUME)
+        check_eq((err, state, off), (ERR_INVALID_REQUEST, -1, -1),
+                 "resume without the operator flag")
+        check_eq(txn_end(c, "g", 4242, TXN_RESUME, operator=True)[0],
+                 ERR_TXN_NOT_FOUND, "resume of an unknown txn")
+        p = Poller(b.addr, "g")
+        try:
+            time.sleep(0.3)
+            before = int(time.time() * 1000)
+            err, _, state, off = txn_end(c, "g", txn, TXN_RESUME,
+                                         operator=True)
+            check_eq((err, state, off), (ERR_NONE, TXN_PENDING, -1),
+                     "operator resume")
+            d = txn_describe(c, txn)
+            check_eq((d["state"], d["check_count"], d["discard_reason"],
+                      d["ended_ms"]), (TXN_PENDING, 0, None, -1),
+                     "resumed: pending, count reset")
+            check(d["next_check_ms"] <= before + 1000 or
+                  d["next_check_ms"] >= before + 29000,
+                  "due now (or already leased to the poller): %d vs %d"
+                  % (d["next_check_ms"], before))
+            wait_for(lambda: txn in p.ids(), 10,
+                     what="the resumed txn checked at once")
+            err, _, state, _ = txn_end(c, "g", txn, TXN_RESUME, operator=True)
+            check_eq((err, state), (ERR_INVALID_TXN_STATE, TXN_PENDING),
+                     "resume of a pending txn")
+            err, _, state, off = txn_end(c, "g", txn, TXN_COMMIT)
+            check_eq((err, state, off), (ERR_NONE, ST_COMMITTED, 0),
+                     "the check's answer: commit")
+        finally:
+            p.join()
+        d = txn_describe(c, txn)
+        check_eq((d["state"], d["log_offset"], d["commit_seq"], d["records"]),
+                 (ST_COMMITTED, 0, 0, None),
+                 "describe after commit: offset, sequence, no batch")
+        check(d["ended_ms"] >= before, "ended_ms")
+        err, _, state, _ = txn_end(c, "g", txn, TXN_RESUME, operator=True)
+        check_eq((err, state), (ERR_INVALID_TXN_STATE, ST_COMMITTED),
+                 "resume of a committed txn")
+        # unknown: error 105, every other field zero / empty / null
+        r = c.request(1004, 0, Writer().i64(987654).getvalue())
+        check_eq(r.i16(), ERR_TXN_NOT_FOUND, "describe unknown")
+        r.string()
+        rest = r.raw(r.remaining())
+        check_eq(rest, Writer().i64(0).string("").string("").i32(0).i8(0)
+                 .i64(0).i64(0).i32(0).i64(0).i64(0).string(None).i64(0)
+                 .bytes_(None).getvalue(), "describe unknown: the fields")
+    check_eq(values(b.addr, "o"), [b"resumed"], "appended once")
+
+
+# ---- fsync durability ---------------------------------------------------
+
+DELAY = 0.3  # seconds SLOWSYNC adds to every fsync / fdatasync
+
+
+def slow_env(log_calls=False):
+    lib = need_program("SLOWSYNC")
+    env = {"LD_PRELOAD": lib, "SLOWSYNC_MS": str(int(DELAY * 1000)),
+           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
+                            ":verify_asan_link_order=0").lstrip(":")}
+    if log_calls:
+        env["SLOWSYNC_LOG"] = "1"
+    return env
+
+
+def test_fsync_commit_answers_after_the_sync():
+    """log.durability=fsync: the commit's answer (and COMMITTED) wait for
+    the fdatasync of the appended batch.  The syncer is kept busy with four
+    other partitions (1.2 s of syncs) so the log sync lags far behind the
+    SQLite steps (0.3 s each): an answer that did not wait would come before
+    the message is visible."""
+    b = Broker(name="txn-fsync", env=slow_env(),
+               sets={"log.durability": "fsync", "log.flush.interval.ms": 100})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("busy", 4)
+        c.create_topic("orders", 1)
+        txn = txn_prepare(c, "g", "orders", 0, [(b"k", b"durable")])[2]
+    socks = [Conn(b.addr) for _ in range(4)]
+    with Conn(b.addr) as c, Conn(b.addr) as reader:
+        t_send = time.monotonic()
+        corrs = [s_.send_request(0, 3, produce_body(
+            [("busy", i, build_batch([(None, b"busy%d" % i)]))]))
+            for i, s_ in enumerate(socks)]
+        err, _, state, off = txn_end(c, "g", txn, TXN_COMMIT)
+        dt = time.monotonic() - t_send
+        fp = reader.fetch1("orders", 0, 0, max_wait_ms=0)
+        log("  commit answered after %.2f s" % dt)
+        check_eq((err, state, off), (ERR_NONE, ST_COMMITTED, 0), "commit")
+        check_eq(fp.high_watermark, 1, "high watermark when the commit is "
+                 "answered: the batch is synced")
+        check_eq([m.value for m in fp.messages()], [b"durable"],
+                 "the committed message is visible at the answer")
+        check(dt >= 3 * DELAY, "answered after %.2f s: before its sync" % dt)
+        for s_, corr in zip(socks, corrs):
+            s_.request_reply(corr)
+            s_.close()
+    # recovery: a commit left COMMITTING is synced before it is recorded
+    with Conn(b.addr) as c:
+        t2 = txn_prepare(c, "g", "orders", 0, [(b"k", b"recovered")])[2]
+    b.kill9()
+    db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"))
+    seq = db.execute("SELECT next_seq FROM txn_seq WHERE topic = 'orders'"
+                     ).fetchone()[0]
+    db.execute("UPDATE txn_half SET state = 'COMMITTING', commit_seq = ?, "
+               "ended_ms = ? WHERE txn_id = ?",
+               (seq, int(time.time() * 1000), t2))
+    db.execute("UPDATE txn_seq SET next_seq = next_seq + 1 "
+               "WHERE topic = 'orders'")
+    db.commit()
+    db.close()
+    b.env = slow_env(log_calls=True)
+    b.start()
+    lines = open(b.logs[-1], "rb").read().decode("utf-8", "replace")
+    i_rec = lines.find("recovered commit of txn %d" % t2)
+    i_sync = lines.find("orders-0/")
+    check(i_rec > 0, "recovery logged")
+    check(0 <= i_sync < i_rec, "the partition log was fdatasync'ed before "
+          "the recovered commit was recorded")
+    check_eq(values(b.addr, "orders"), [b"durable", b"recovered"],
+             "each once")
+
+
+# ---- purge ---------------------------------------------------------------
+
+def test_purge_after_retention():
+    b = Broker(name="txn-purge", sets={"transaction.retention.ms": 1500,
+                                       "transaction.timeout.ms": 100,
+                                       "transaction.check.max": 1})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        committed = txn_prepare(c, "g", "o", 0, [(None, b"c")])[2]
+        rolled = txn_prepare(c, "g", "o", 0, [(None, b"r")])[2]
+        discarded = txn_prepare(c, "nobody", "o", 0, [(None, b"d")])[2]
+        pending = txn_prepare(c, "g", "o", 0, [(None, b"p")],
+                              timeout_ms=3600000)[2]
+        check_eq(txn_end(c, "g", committed, TXN_COMMIT)[0], ERR_NONE, "commit")
+        check_eq(txn_end(c, "g", rolled, TXN_ROLLBACK)[0], ERR_NONE,
+                 "rollback")
+        wait_for(lambda: txn_describe(c, discarded)["state"] == TXN_DISCARDED,
+                 10, what="the discard")
+        time.sleep(0.5)
+        check_eq(txn_describe(c, committed)["state"], ST_COMMITTED,
+                 "kept while younger than transaction.retention.ms")
+        wait_for(lambda: txn_describe(c, committed)["error"] ==
+                 ERR_TXN_NOT_FOUND, 10, what="the purge of the committed txn")
+        check_eq(txn_describe(c, rolled)["error"], ERR_TXN_NOT_FOUND,
+                 "rolled back: purged")
+        time.sleep(1.5)
+        check_eq(txn_describe(c, discarded)["state"], TXN_DISCARDED,
+                 "a discarded txn is kept until resolved")
+        check_eq(txn_describe(c, pending)["state"], TXN_PENDING,
+                 "a pending txn is kept")
+        check_eq(txn_end(c, "g", committed, TXN_COMMIT)[0], ERR_TXN_NOT_FOUND,
+                 "a late end of a purged txn: not found, nothing appended")
+    check_eq(values(b.addr, "o"), [b"c"], "the log is untouched")
+
+
+# ---- DeleteTopics --------------------------------------------------------
+
+def test_delete_topic_discards_half_messages():
+    b = Broker(name="txn-drop")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("gone", 2)
+        c.create_topic("kept", 1)
+        t1 = txn_prepare(c, "g", "gone", 0, [(None, b"1")])[2]
+        t2 = txn_prepare(c, "g", "gone", 1, [(None, b"2")])[2]
+        tk = txn_prepare(c, "g", "kept", 0, [(None, b"k")])[2]
+        check_eq(c.delete_topics(["gone"]), {"gone": ERR_NONE}, "delete")
+        for t in (t1, t2):
+            d = txn_describe(c, t)
+            check_eq((d["state"], d["discard_reason"]),
+                     (TXN_DISCARDED, "topic deleted"), "discarded with reason")
+        check_eq(txn_describe(c, tk)["state"], TXN_PENDING,
+                 "another topic's txn is untouched")
+        err, msg, state, off = txn_end(c, "g", t1, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_INVALID_TXN_STATE, TXN_DISCARDED, -1),
+                 "commit after the delete")
+        check("topic deleted" in (msg or ""), "a clear error: %r" % msg)
+        # even an operator commit cannot append to a topic that is gone
+        err, msg, state, off = txn_end(c, "g", t2, TXN_COMMIT, operator=True)
+        check_eq((err, state, off),
+                 (ERR_UNKNOWN_TOPIC_OR_PARTITION, TXN_DISCARDED, -1),
+                 "operator commit after the delete")
+        check("topic deleted" in (msg or ""), "says why: %r" % msg)
+        check_eq(txn_end(c, "g", t2, TXN_ROLLBACK, operator=True)[0],
+                 ERR_NONE, "an operator may roll it back")
+        check_eq(txn_end(c, "g", tk, TXN_COMMIT)[0], ERR_NONE,
+                 "the other topic commits")
+    check_eq(values(b.addr, "kept"), [b"k"], "kept topic")
+    b.restart()
+    with Conn(b.addr) as c:
+        check_eq(txn_describe(c, t1)["state"], TXN_DISCARDED,
+                 "still discarded after a restart")
+
+
 if __name__ == "__main__":
     run([
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
+        ("concurrent_commits_all_land", test_concurrent_commits_all_land,
+         60),
+        ("prepare_v1_partition_and_origin",
+         test_prepare_v1_partition_and_origin, 60),
+        ("checks_go_to_the_preparing_instance",
+         test_checks_go_to_the_preparing_instance, 60),
+        ("second_poll_of_an_instance_replaces_the_first",
+         test_second_poll_of_an_instance_replaces_the_first, 60),
+        ("resume_and_describe", test_resume_and_describe, 60),
+        ("purge_after_retention", test_purge_after_retention, 60),
+        ("delete_topic_discards_half_messages",
+         test_delete_topic_discards_half_messages, 60),
+        # last: a skip (no SLOWSYNC) ends the script
+        ("fsync_commit_answers_after_the_sync",
+         test_fsync_commit_answers_after_the_sync, 60),
     ])

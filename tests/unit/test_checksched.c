@@ -2,8 +2,9 @@
  * test_checksched.c — txn/checksched with a fake clock: the check policy
  * (timeout before the first check, doubling backoff with a cap, discard at
  * max checks), the global check-rate bound, the choice of connection
- * (origin first, then round-robin), and outstanding checks (answer, lease
- * expiry, connections going away, the outstanding cap).
+ * (origin first, then round-robin; producer instance ids next to
+ * connection ids), and outstanding checks (answer, lease expiry,
+ * connections going away, the outstanding cap).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -288,6 +289,42 @@ static void test_checksched_unregister_expires_its_checks(void **state)
 	checksched_free(cs);
 }
 
+/* The broker registers a producer instance under a 64-bit hash with the
+ * low bit set (txn_api_instance_id) next to 8-aligned connection ids: the
+ * instance is preferred for its transactions whichever connection it polls
+ * on, and it can go away and come back under the same id. */
+static void test_checksched_instance_id_as_origin(void **state)
+{
+	const uint64_t inst = 0xaf63bd4c8601b7dfULL | 1, c1 = 0x7f00cafe1000ULL, c2 = 0x7f00cafe2000ULL;
+	checksched_policy p;
+	checksched *cs;
+	uint64_t conn = 0;
+
+	(void)state;
+	checksched_policy_default(&p);
+	cs = new_sched(&p, 0);
+	assert_int_equal(checksched_register(cs, "g", c1), 0);
+	assert_int_equal(checksched_register(cs, "g", inst), 0);
+	assert_int_equal(checksched_register(cs, "g", c2), 0);
+	for (uint64_t id = 0; id < 3; id++)
+		assert_int_equal(checksched_park(cs, id == 0 ? c1 : id == 1 ? inst : c2, 10), 0);
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(checksched_dispatch(cs, 100 + i, "g", inst, 0, &conn), 0);
+		assert_int_equal(conn, inst);
+	}
+	/* its poll answered (slots 0): the others take its checks meanwhile */
+	assert_int_equal(checksched_park(cs, inst, 0), 0);
+	assert_int_equal(checksched_dispatch(cs, 200, "g", inst, 0, &conn), 0);
+	assert_true(conn == c1 || conn == c2);
+	/* gone and back (a new poll on another connection): preferred again */
+	assert_int_equal(checksched_unregister(cs, inst), 0);
+	assert_int_equal(checksched_register(cs, "g", inst), 0);
+	assert_int_equal(checksched_park(cs, inst, 10), 0);
+	assert_int_equal(checksched_dispatch(cs, 201, "g", inst, 0, &conn), 0);
+	assert_int_equal(conn, inst);
+	checksched_free(cs);
+}
+
 static void test_checksched_outstanding_cap(void **state)
 {
 	checksched_policy p;
@@ -369,6 +406,7 @@ int main(void)
 		cmocka_unit_test(test_checksched_register_moves_group),
 		cmocka_unit_test(test_checksched_dispatch_consumes_slot_and_leases),
 		cmocka_unit_test(test_checksched_unregister_expires_its_checks),
+		cmocka_unit_test(test_checksched_instance_id_as_origin),
 		cmocka_unit_test(test_checksched_outstanding_cap),
 		cmocka_unit_test(test_checksched_many_outstanding),
 	};

@@ -206,6 +206,47 @@ static void test_client_conf_produce_arg_errors(void **state)
 	sluice_producer_destroy(p);
 }
 
+/* The transactional producer's keys and its checks before any network. */
+static void test_client_conf_txn_producer(void **state)
+{
+	sluice_conf_t *c = sluice_conf_new();
+	char err[256] = "", got[300];
+	size_t gl = sizeof(got);
+	sluice_txn_result_t res;
+
+	(void)state;
+	assert_int_equal(sluice_conf_set(c, "transaction.check.timeout.ms", "-1", err, sizeof(err)),
+			 SLUICE_ERR_BAD_CONFIG);
+	assert_non_null(strstr(err, "transaction.check.timeout.ms"));
+	assert_int_equal(sluice_conf_set(c, "transaction.check.timeout.ms", "1500", err,
+					 sizeof(err)), 0);
+	assert_int_equal(sluice_conf_set(c, "transaction.instance.id", "svc-1", err, sizeof(err)), 0);
+	assert_int_equal(sluice_conf_get(c, "transaction.instance.id", got, &gl), 0);
+	assert_string_equal(got, "svc-1");
+	/* no transaction.group: refused before connecting, conf still ours */
+	assert_null(sluice_txn_producer_new(c, err, sizeof(err)));
+	assert_non_null(strstr(err, "transaction.group"));
+	/* unreachable broker: refused, conf still ours (ASan: no leak, no double free) */
+	assert_int_equal(sluice_conf_set(c, "transaction.group", "g", err, sizeof(err)), 0);
+	assert_int_equal(sluice_conf_set(c, "bootstrap.servers", "127.0.0.1:1", err, sizeof(err)), 0);
+	assert_int_equal(sluice_conf_set(c, "request.timeout.ms", "200", err, sizeof(err)), 0);
+	assert_null(sluice_txn_producer_new(c, err, sizeof(err)));
+	assert_non_null(strstr(err, "broker"));
+	sluice_conf_destroy(c);
+	/* NULL handles are argument errors, not crashes */
+	assert_int_equal(sluice_txn_send(NULL, "t", 0, NULL, 0, "v", 1, NULL, 0, NULL, NULL, &res, err,
+					 sizeof(err)), SLUICE_ERR_INVALID_ARG);
+	assert_int_equal(res.txn_id, -1);
+	assert_int_equal(sluice_txn_end(NULL, 1, SLUICE_TXN_COMMIT, NULL, err, sizeof(err)),
+			 SLUICE_ERR_INVALID_ARG);
+	sluice_txn_producer_destroy(NULL);
+	assert_string_equal(sluice_txn_state_name(SLUICE_TXN_DISCARDED), "DISCARDED");
+	assert_string_equal(sluice_txn_state_name(9), "?");
+	assert_string_equal(sluice_err2name(SLUICE_ERR_INVALID_TXN_STATE), "INVALID_TXN_STATE");
+	assert_string_equal(sluice_err2name(SLUICE_ERR_TRANSACTIONAL_ID_NOT_FOUND),
+			    "TRANSACTIONAL_ID_NOT_FOUND");
+}
+
 static void test_client_conf_error_names(void **state)
 {
 	(void)state;
@@ -239,6 +280,7 @@ int main(void)
 		cmocka_unit_test(test_client_conf_new_success_takes_conf),
 		cmocka_unit_test(test_client_conf_produce_arg_errors),
 		cmocka_unit_test(test_client_conf_error_names),
+		cmocka_unit_test(test_client_conf_txn_producer),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

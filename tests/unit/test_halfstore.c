@@ -3,7 +3,8 @@
  * fake clock: prepare / end / mark_committed and every documented outcome
  * (idempotent commit that never yields a second append — RocketMQ issue
  * #5574 —, conflicts, not found, discarded), per-partition commit
- * sequences, due checks with leases, backoff and discard, resume, list
+ * sequences (and a new one after a failed append: reseq), due checks with
+ * leases, backoff and discard, resume, list
  * paging, purge, atomicity of a failing operation, and the query plans:
  * the due and per-group queries are index lookups, also with 100,000
  * pending rows.
@@ -22,6 +23,7 @@
 #include <time.h>
 
 #include "halfstore.h"
+#include "stmtcache.h"
 
 #define BATCH_LEN 80
 
@@ -140,6 +142,7 @@ static void test_halfstore_prepare_stores_pending(void **state)
 	halfstore_txn_clear(&t);
 	halfstore_txn_clear(&t); /* clearing twice is harmless */
 	assert_int_equal(halfstore_count(db, NULL, HALFSTORE_PENDING), 1);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -176,6 +179,7 @@ static void test_halfstore_prepare_rejects_bad_batch(void **state)
 	assert_int_equal(halfstore_prepare(db, &a, 0, &policy, &id), HALFSTORE_OK);
 	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_half"), 1);
 	assert_int_equal(query_i64(db, "SELECT next_check_ms FROM txn_half"), 500);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -206,6 +210,7 @@ static void test_halfstore_commit_then_mark_committed(void **state)
 	assert_int_equal(halfstore_mark_committed(db, id, 43), HALFSTORE_E_CONFLICT);
 	/* a PENDING txn cannot be marked */
 	assert_int_equal(halfstore_mark_committed(db, prepare1(db, "g", 1), 7), HALFSTORE_E_STATE);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -238,6 +243,7 @@ static void test_halfstore_double_commit_is_ok_already_same_seq(void **state)
 	/* out may be NULL */
 	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 50, NULL), HALFSTORE_OK_ALREADY);
 	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 4);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -268,6 +274,7 @@ static void test_halfstore_opposite_decision_conflicts(void **state)
 	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 1);
 	assert_int_equal(halfstore_end(db, c, (enum halfstore_decision)9, 0, 9, NULL),
 			 HALFSTORE_E_INVALID);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -288,6 +295,7 @@ static void test_halfstore_unknown_txn_not_found(void **state)
 	assert_int_equal(s, HALFSTORE_COMMITTED);
 	assert_int_equal(halfstore_resume(db, 99, 0), HALFSTORE_E_NOT_FOUND);
 	assert_int_equal(halfstore_discard(db, 99, "x", 0), HALFSTORE_E_NOT_FOUND);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -325,6 +333,7 @@ static void test_halfstore_commit_seq_per_partition(void **state)
 	assert_int_equal(halfstore_commit_epoch(t.commit_seq), 1);
 	assert_int_equal(halfstore_commit_base_seq(t.commit_seq), 0);
 	halfstore_txn_clear(&t);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -349,6 +358,7 @@ static void test_halfstore_failed_end_changes_nothing(void **state)
 	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
 	assert_int_equal(t.commit_seq, 0);
 	halfstore_txn_clear(&t);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -396,6 +406,7 @@ static void test_halfstore_due_checks_lease(void **state)
 	assert_int_equal(halfstore_end(db, c, HALFSTORE_COMMIT, 0, 0, NULL), 0);
 	assert_int_equal(halfstore_due_checks(db, INT64_MAX - 1, 10, 1000, &v, &n), 0);
 	assert_int_equal(n, 0);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -448,6 +459,7 @@ static void test_halfstore_check_answer_backoff_then_discard(void **state)
 	assert_int_equal(t.state, HALFSTORE_COMMITTING);
 	assert_null(t.discard_reason);
 	halfstore_txn_clear(&t);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -467,6 +479,7 @@ static void test_halfstore_check_answer_after_end_changes_nothing(void **state)
 	halfstore_txn_clear(&t);
 	assert_int_equal(halfstore_check_answer(db, id, (enum halfstore_answer)0, 2, &policy, NULL),
 			 HALFSTORE_E_INVALID);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -492,6 +505,7 @@ static void test_halfstore_resume_discarded(void **state)
 	assert_int_equal(halfstore_due_checks(db, 20, 10, 1000, &v, &n), 0);
 	assert_int_equal(n, 1);
 	halfstore_txns_free(v, n);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -511,6 +525,48 @@ static void test_halfstore_operator_commit_keeps_commit_seq(void **state)
 	assert_int_equal(t.commit_seq, 0);
 	halfstore_txn_clear(&t);
 	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 1);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
+/* A commit whose append wrote nothing gets the partition's next sequence,
+ * so the commits appended after it stay in commit_seq order; only a
+ * COMMITTING txn can be re-sequenced. */
+static void test_halfstore_reseq_after_failed_append(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = prepare_n(db, "g", "orders", 0, 2, 1, 0);
+	int64_t b = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	int64_t other = prepare_n(db, "g", "orders", 1, 1, 1, 0);
+	int64_t seq = -7;
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1, NULL), 0); /* seq 0-1 */
+	assert_int_equal(halfstore_end(db, b, HALFSTORE_COMMIT, 0, 1, NULL), 0); /* seq 2 */
+	assert_int_equal(halfstore_end(db, other, HALFSTORE_COMMIT, 0, 1, NULL), 0);
+	assert_int_equal(halfstore_reseq(db, a, &seq), HALFSTORE_OK);
+	assert_int_equal(seq, 3);
+	assert_int_equal(halfstore_get(db, a, &t), 0);
+	assert_int_equal(t.commit_seq, 3);
+	assert_int_equal(t.state, HALFSTORE_COMMITTING);
+	assert_non_null(t.batch);
+	halfstore_txn_clear(&t);
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 0"), 5);
+	/* the other partition's sequence does not move */
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 1"), 1);
+	/* a retried end keeps the new sequence */
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 2, &t), HALFSTORE_OK_ALREADY);
+	assert_int_equal(t.commit_seq, 3);
+	halfstore_txn_clear(&t);
+	seq = -7;
+	assert_int_equal(halfstore_mark_committed(db, b, 9), 0);
+	assert_int_equal(halfstore_reseq(db, b, &seq), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_reseq(db, prepare1(db, "g", 3), &seq), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_reseq(db, 999999, &seq), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(seq, -7);
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 0"), 5);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -543,6 +599,7 @@ static void test_halfstore_committing_in_seq_order(void **state)
 		}
 	}
 	halfstore_txns_free(v, n);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -590,6 +647,7 @@ static void test_halfstore_list_pages_by_group_and_state(void **state)
 	assert_int_equal(n, 0);
 	assert_int_equal(halfstore_list(db, NULL, 0, 100, 0, &v, &n), HALFSTORE_E_INVALID);
 	assert_int_equal(halfstore_count(db, "b", HALFSTORE_PENDING), 12);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -618,6 +676,7 @@ static void test_halfstore_purge_ended_after_retention(void **state)
 	/* ids are never reused: a late end for a purged txn is NOT_FOUND */
 	assert_true(prepare1(db, "g", 0) > late);
 	assert_int_equal(halfstore_end(db, r, HALFSTORE_ROLLBACK, 0, 1, NULL), HALFSTORE_E_NOT_FOUND);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -639,6 +698,7 @@ static void test_halfstore_drop_topic_discards_pending(void **state)
 	halfstore_txn_clear(&t);
 	assert_int_equal(state_of(db, k), HALFSTORE_PENDING);
 	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_seq WHERE topic = 'gone'"), 0);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -719,6 +779,7 @@ static void test_halfstore_queries_use_indexes(void **state)
 	assert_int_equal(pp.n, 1);
 	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_ended");
 	sqlite3_trace_v2(db, 0, NULL, NULL);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -765,6 +826,7 @@ static void test_halfstore_due_checks_100k_is_index_fast(void **state)
 	}
 	sqlite3_trace_v2(db, 0, NULL, NULL);
 	assert_int_equal(halfstore_count(db, NULL, HALFSTORE_PENDING), N);
+	stmtcache_forget(db);
 	sqlite3_close(db);
 }
 
@@ -784,6 +846,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_check_answer_after_end_changes_nothing),
 		cmocka_unit_test(test_halfstore_resume_discarded),
 		cmocka_unit_test(test_halfstore_operator_commit_keeps_commit_seq),
+		cmocka_unit_test(test_halfstore_reseq_after_failed_append),
 		cmocka_unit_test(test_halfstore_committing_in_seq_order),
 		cmocka_unit_test(test_halfstore_list_pages_by_group_and_state),
 		cmocka_unit_test(test_halfstore_purge_ended_after_retention),

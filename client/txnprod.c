@@ -1,0 +1,470 @@
+/*
+ * txnprod.c — sluice_txn_producer_t: RocketMQ-style transactional messages
+ * (prepare a half message → local transaction → commit/rollback, and
+ * check-back answered from the application's database).  Public contract
+ * in sluice.h ("Transactional producer"); broker side in
+ * docs/transactions.md.
+ *
+ * Owns: its conf; a pool of idle connections (`idle`, under `lock`: a
+ * calling thread takes one for the whole call, so concurrent calls run in
+ * parallel on separate sockets, and gives it back); a topic → partition
+ * count cache for key partitioning (under `lock`); the check thread and
+ * its connection (that thread only).
+ *
+ * Threads: every public call is thread-safe.  The check thread long-polls
+ * TxnCheckPoll (v1 carries transaction.instance.id, so the broker asks this
+ * instance first about the transactions it prepared) and answers each
+ * check with TxnEnd after running the application's check callback.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batch.h"
+#include "conf.h"
+#include "kconn.h"
+#include "txnwire.h"
+
+#define CHECK_WAIT_MS 500 /* poll length: also how soon destroy stops the thread */
+#define CHECK_MAX_TXNS 64
+#define TOPIC_CACHE_MAX 64
+
+struct txconn {
+	struct txconn *next;
+	struct kconn kc;
+};
+
+struct tcache {
+	char topic[256];
+	int32_t nparts;
+};
+
+struct sluice_txn_producer {
+	struct sluice_conf *conf; /* owned; read-only after new() */
+	char instance[256];
+	pthread_mutex_t lock; /* idle, topics */
+	struct txconn *idle;
+	struct tcache topics[TOPIC_CACHE_MAX];
+	int ntopics;
+	sluice_admin_t *admin; /* metadata lookups; its own lock */
+	pthread_t check_thr;
+	bool check_started;
+	atomic_bool stop;
+};
+
+/* ---- connection pool ---- */
+
+static void conn_put(struct sluice_txn_producer *p, struct txconn *c)
+{
+	pthread_mutex_lock(&p->lock);
+	c->next = p->idle;
+	p->idle = c;
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* A connected connection for this thread's call, or NULL with *err. */
+static struct txconn *conn_get(struct sluice_txn_producer *p, sluice_err_t *err, char *errstr,
+			       size_t errstr_size)
+{
+	struct txconn *c;
+	int rc;
+
+	pthread_mutex_lock(&p->lock);
+	c = p->idle;
+	if (c)
+		p->idle = c->next;
+	pthread_mutex_unlock(&p->lock);
+	if (!c) {
+		if (!(c = calloc(1, sizeof(*c)))) {
+			*err = SLUICE_ERR_NO_MEMORY;
+			return NULL;
+		}
+		kconn_init(&c->kc, p->conf);
+	}
+	if (kconn_up(&c->kc))
+		return c;
+	rc = kconn_connect(&c->kc, p->conf->request_timeout_ms);
+	if (rc) {
+		conf_errf(errstr, errstr_size, "cannot reach the broker: %s", c->kc.errstr);
+		*err = (sluice_err_t)rc;
+		conn_put(p, c); /* closed; the next call reconnects it */
+		return NULL;
+	}
+	return c;
+}
+
+static void conns_free(struct txconn *c)
+{
+	while (c) {
+		struct txconn *next = c->next;
+
+		kconn_close(&c->kc, SLUICE_ERR_DESTROYED, NULL);
+		free(c);
+		c = next;
+	}
+}
+
+/* ---- partitioning ---- */
+
+/* The partition count of topic, from the cache or a Metadata lookup.
+ * Returns > 0 or a negative/broker error. */
+static int32_t topic_nparts(struct sluice_txn_producer *p, const char *topic, char *errstr,
+			    size_t errstr_size)
+{
+	sluice_topic_list_t *l = NULL;
+	const sluice_topic_info_t *ti;
+	int32_t n = 0;
+	sluice_err_t err;
+
+	pthread_mutex_lock(&p->lock);
+	for (int i = 0; i < p->ntopics && !n; i++)
+		if (!strcmp(p->topics[i].topic, topic))
+			n = p->topics[i].nparts;
+	pthread_mutex_unlock(&p->lock);
+	if (n > 0)
+		return n;
+	err = sluice_admin_list_topics(p->admin, topic, &l, p->conf->request_timeout_ms);
+	if (err) {
+		conf_errf(errstr, errstr_size, "metadata of \"%s\": %s", topic, sluice_err2str(err));
+		return err;
+	}
+	ti = sluice_topic_list_count(l) ? sluice_topic_list_get(l, 0) : NULL;
+	if (!ti || ti->err || ti->partition_count <= 0) {
+		err = ti && ti->err ? ti->err : SLUICE_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+		conf_errf(errstr, errstr_size, "topic \"%s\": %s", topic, sluice_err2str(err));
+		sluice_topic_list_destroy(l);
+		return err;
+	}
+	n = ti->partition_count;
+	sluice_topic_list_destroy(l);
+	pthread_mutex_lock(&p->lock);
+	if (strlen(topic) < sizeof(p->topics[0].topic)) {
+		struct tcache *t = &p->topics[p->ntopics < TOPIC_CACHE_MAX ? p->ntopics++ : 0];
+
+		snprintf(t->topic, sizeof(t->topic), "%s", topic);
+		t->nparts = n;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}
+
+static void topic_forget(struct sluice_txn_producer *p, const char *topic)
+{
+	pthread_mutex_lock(&p->lock);
+	for (int i = 0; i < p->ntopics; i++)
+		if (!strcmp(p->topics[i].topic, topic))
+			p->topics[i] = p->topics[--p->ntopics];
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* ---- prepare / end ---- */
+
+/* Builds the half message: one RecordBatch v2 with one record (producer
+ * fields -1: the broker stamps its own at commit). */
+static sluice_err_t build_batch(struct sluice_txn_producer *p, struct batch *b, const void *key,
+				size_t key_len, const void *value, size_t value_len,
+				const sluice_header_t *hdrs, size_t nhdrs, char *errstr,
+				size_t errstr_size)
+{
+	if (key_len > INT32_MAX || value_len > INT32_MAX || (nhdrs && !hdrs)) {
+		conf_errf(errstr, errstr_size, "invalid key, value or headers");
+		return SLUICE_ERR_INVALID_ARG;
+	}
+	if (batch_init(b, 128 + key_len + value_len))
+		return SLUICE_ERR_NO_MEMORY;
+	if (batch_append(b, SIZE_MAX, kwall_ms(), key, key ? (int32_t)key_len : -1, value,
+			 value ? (int32_t)value_len : -1, hdrs, nhdrs, NULL) < 0) {
+		batch_free(b);
+		return SLUICE_ERR_NO_MEMORY;
+	}
+	batch_seal(b, -1, -1, -1);
+	if (b->len > (size_t)p->conf->message_max_bytes) {
+		conf_errf(errstr, errstr_size, "message of %zu bytes exceeds message.max.bytes (%d)",
+			  b->len, p->conf->message_max_bytes);
+		batch_free(b);
+		return SLUICE_ERR_MSG_SIZE_TOO_LARGE;
+	}
+	return SLUICE_ERR_NO_ERROR;
+}
+
+sluice_err_t sluice_txn_prepare(sluice_txn_producer_t *p, const char *topic, int32_t partition,
+				const void *key, size_t key_len, const void *value,
+				size_t value_len, const sluice_header_t *headers, size_t nheaders,
+				int64_t *txn_id, int32_t *partition_out, char *errstr,
+				size_t errstr_size)
+{
+	struct txnwire_prepare a = { 0 };
+	struct batch b;
+	struct txconn *c;
+	sluice_err_t err;
+	int32_t part = partition;
+
+	if (!p || !topic || !topic[0] || !txn_id || partition < -1)
+		return SLUICE_ERR_INVALID_ARG;
+	*txn_id = -1;
+	if (partition == SLUICE_PARTITION_ANY && key) {
+		int32_t n = topic_nparts(p, topic, errstr, errstr_size);
+
+		if (n <= 0)
+			return (sluice_err_t)n;
+		part = sluice_partition_for_key(key, key_len, n);
+	}
+	err = build_batch(p, &b, key, key_len, value, value_len, headers, nheaders, errstr,
+			  errstr_size);
+	if (err)
+		return err;
+	c = conn_get(p, &err, errstr, errstr_size);
+	if (c) {
+		a.group = p->conf->txn_group;
+		a.instance = p->instance;
+		a.topic = topic;
+		a.partition = part;
+		a.check_timeout_ms = p->conf->txn_check_timeout_ms;
+		a.batch = b.buf;
+		a.batch_len = b.len;
+		err = txnwire_prepare(&c->kc, &a, p->conf->request_timeout_ms, txn_id, &part, errstr,
+				      errstr_size);
+		conn_put(p, c);
+	}
+	batch_free(&b);
+	if (err == SLUICE_ERR_UNKNOWN_TOPIC_OR_PARTITION)
+		topic_forget(p, topic);
+	if (!err && partition_out)
+		*partition_out = part;
+	return err;
+}
+
+static bool transient(sluice_err_t err)
+{
+	return err == SLUICE_ERR_TRANSPORT || err == SLUICE_ERR_TIMED_OUT ||
+	       err == SLUICE_ERR_KAFKA_STORAGE_ERROR || err == SLUICE_ERR_REQUEST_TIMED_OUT;
+}
+
+/* TxnEnd, retried on transport errors until request.timeout.ms has passed
+ * (ending is idempotent on the broker, so a retry never appends twice). */
+static sluice_err_t end_retry(struct sluice_txn_producer *p, int64_t txn_id, int decision,
+			      int64_t *offset, char *errstr, size_t errstr_size)
+{
+	int64_t deadline = kclock_ms() + p->conf->request_timeout_ms;
+	sluice_err_t err;
+
+	for (;;) {
+		struct txconn *c = conn_get(p, &err, errstr, errstr_size);
+
+		if (c) {
+			err = txnwire_end(&c->kc, p->conf->txn_group, txn_id, decision, 0,
+					  p->conf->request_timeout_ms, NULL, offset, errstr,
+					  errstr_size);
+			conn_put(p, c);
+		}
+		if (!transient(err) || kclock_ms() + p->conf->retry_backoff_ms >= deadline)
+			return err;
+		usleep((useconds_t)p->conf->retry_backoff_ms * 1000);
+	}
+}
+
+sluice_err_t sluice_txn_end(sluice_txn_producer_t *p, int64_t txn_id,
+			    sluice_txn_decision_t decision, int64_t *offset, char *errstr,
+			    size_t errstr_size)
+{
+	if (!p || decision < SLUICE_TXN_UNKNOWN || decision > SLUICE_TXN_ROLLBACK)
+		return SLUICE_ERR_INVALID_ARG;
+	if (offset)
+		*offset = -1;
+	return end_retry(p, txn_id, (int)decision, offset, errstr, errstr_size);
+}
+
+sluice_err_t sluice_txn_send(sluice_txn_producer_t *p, const char *topic, int32_t partition,
+			     const void *key, size_t key_len, const void *value, size_t value_len,
+			     const sluice_header_t *headers, size_t nheaders,
+			     sluice_txn_local_cb *local, void *arg, sluice_txn_result_t *res,
+			     char *errstr, size_t errstr_size)
+{
+	sluice_txn_result_t r = { -1, SLUICE_TXN_UNKNOWN, -1, -1 };
+	sluice_err_t err;
+
+	if (!local) {
+		conf_errf(errstr, errstr_size, "a local-transaction callback is required");
+		err = SLUICE_ERR_INVALID_ARG;
+		goto out;
+	}
+	err = sluice_txn_prepare(p, topic, partition, key, key_len, value, value_len, headers,
+				 nheaders, &r.txn_id, &r.partition, errstr, errstr_size);
+	if (err)
+		goto out;
+	r.decision = local(p, r.txn_id, arg);
+	if (r.decision < SLUICE_TXN_UNKNOWN || r.decision > SLUICE_TXN_ROLLBACK)
+		r.decision = SLUICE_TXN_UNKNOWN; /* garbage answer: let check-back decide */
+	err = end_retry(p, r.txn_id, (int)r.decision, &r.offset, errstr, errstr_size);
+	if (r.decision != SLUICE_TXN_COMMIT)
+		r.offset = -1;
+out:
+	if (res)
+		*res = r;
+	return err;
+}
+
+/* ---- check-back ---- */
+
+static void answer_check(struct sluice_txn_producer *p, struct kconn *kc,
+			 const struct txnwire_check *x)
+{
+	sluice_txn_check_t chk = { 0 };
+	sluice_header_t hdrs[64];
+	char names[4096], topic[256];
+	sluice_txn_decision_t d = SLUICE_TXN_UNKNOWN;
+
+	if (!wire_str_copy(x->topic, topic, sizeof(topic)))
+		topic[0] = '\0';
+	chk.txn_id = x->txn_id;
+	chk.topic = topic;
+	chk.partition = x->partition;
+	chk.check_count = x->check_count;
+	/* A half message we cannot decode is still asked about: the answer
+	 * comes from the application's database, keyed by txn_id. */
+	if (x->records.len > 0)
+		(void)txnwire_first_record((const uint8_t *)x->records.ptr, (size_t)x->records.len,
+					   &chk, hdrs, 64, names, sizeof(names));
+	d = p->conf->txn_check_cb(p, &chk, p->conf->txn_check_ctx);
+	if (d < SLUICE_TXN_UNKNOWN || d > SLUICE_TXN_ROLLBACK)
+		d = SLUICE_TXN_UNKNOWN;
+	/* An error here (broker gone, txn already ended by someone else) needs
+	 * nothing: an unanswered check is asked again after its lease. */
+	(void)txnwire_end(kc, p->conf->txn_group, x->txn_id, (int)d, 0,
+			  p->conf->request_timeout_ms, NULL, NULL, NULL, 0);
+}
+
+static void sleep_unless_stopped(struct sluice_txn_producer *p, int ms)
+{
+	for (int waited = 0; waited < ms && !atomic_load(&p->stop); waited += 50)
+		usleep(50 * 1000);
+}
+
+static void *check_main(void *arg)
+{
+	struct sluice_txn_producer *p = arg;
+	struct kconn kc;
+
+	kconn_init(&kc, p->conf);
+	while (!atomic_load(&p->stop)) {
+		struct txnwire_check *v = NULL;
+		struct kbuf *resp = NULL;
+		size_t n = 0;
+		sluice_err_t err;
+
+		if (!kconn_up(&kc) && kconn_connect(&kc, p->conf->request_timeout_ms)) {
+			sleep_unless_stopped(p, p->conf->reconnect_backoff_ms + 100);
+			continue;
+		}
+		err = txnwire_check_poll(&kc, p->conf->txn_group, p->instance, CHECK_WAIT_MS,
+					 CHECK_MAX_TXNS, p->conf->request_timeout_ms, &resp, &v, &n);
+		if (err) {
+			sleep_unless_stopped(p, p->conf->retry_backoff_ms);
+			continue;
+		}
+		for (size_t i = 0; i < n; i++)
+			answer_check(p, &kc, &v[i]);
+		free(v);
+		kbuf_unref(resp);
+	}
+	kconn_close(&kc, SLUICE_ERR_DESTROYED, NULL);
+	return NULL;
+}
+
+/* ---- life cycle ---- */
+
+static void default_instance(char *dst, size_t cap)
+{
+	char host[128] = "host";
+	struct timespec ts;
+
+	gethostname(host, sizeof(host) - 1);
+	host[sizeof(host) - 1] = '\0';
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(dst, cap, "%s:%d:%08lx", host, (int)getpid(),
+		 (unsigned long)((uint64_t)ts.tv_nsec * 2654435761u ^ (uint64_t)ts.tv_sec) &
+			 0xffffffffUL);
+}
+
+/* Frees p; its conf too only when own_conf (a failed new() leaves conf to
+ * the caller). */
+static void producer_free(struct sluice_txn_producer *p, bool own_conf)
+{
+	if (!p)
+		return;
+	atomic_store(&p->stop, true);
+	if (p->check_started)
+		pthread_join(p->check_thr, NULL);
+	conns_free(p->idle);
+	sluice_admin_destroy(p->admin);
+	pthread_mutex_destroy(&p->lock);
+	if (own_conf)
+		sluice_conf_destroy(p->conf);
+	free(p);
+}
+
+sluice_txn_producer_t *sluice_txn_producer_new(sluice_conf_t *conf, char *errstr,
+					       size_t errstr_size)
+{
+	struct sluice_txn_producer *p;
+	sluice_conf_t *aconf;
+	struct txconn *c;
+	sluice_err_t err;
+
+	if (!conf) {
+		conf_errf(errstr, errstr_size, "conf must not be NULL");
+		return NULL;
+	}
+	if (!conf->txn_group[0]) {
+		conf_errf(errstr, errstr_size, "transaction.group must be set");
+		return NULL;
+	}
+	if (!(p = calloc(1, sizeof(*p)))) {
+		conf_errf(errstr, errstr_size, "out of memory");
+		return NULL;
+	}
+	p->conf = conf;
+	pthread_mutex_init(&p->lock, NULL);
+	if (conf->txn_instance[0])
+		snprintf(p->instance, sizeof(p->instance), "%s", conf->txn_instance);
+	else
+		default_instance(p->instance, sizeof(p->instance));
+	if (!(aconf = sluice_conf_dup(conf))) {
+		conf_errf(errstr, errstr_size, "out of memory");
+		goto fail;
+	}
+	if (!(p->admin = sluice_admin_new(aconf, errstr, errstr_size))) {
+		sluice_conf_destroy(aconf);
+		goto fail;
+	}
+	/* Connect once now: a wrong address or a non-Sluice broker should fail
+	 * here, not at the first transaction. */
+	if (!(c = conn_get(p, &err, errstr, errstr_size)))
+		goto fail;
+	err = txnwire_version(&c->kc, API_TXN_PREPARE, 1, errstr, errstr_size);
+	conn_put(p, c);
+	if ((int)err < 0)
+		goto fail;
+	if (conf->txn_check_cb) {
+		if (pthread_create(&p->check_thr, NULL, check_main, p)) {
+			conf_errf(errstr, errstr_size, "cannot start the check thread");
+			goto fail;
+		}
+		p->check_started = true;
+	}
+	return p; /* owns conf from here on */
+fail:
+	producer_free(p, false);
+	return NULL;
+}
+
+void sluice_txn_producer_destroy(sluice_txn_producer_t *p)
+{
+	producer_free(p, true);
+}

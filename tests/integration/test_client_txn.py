@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""libsluice transactional producer and `sluice txn` against a real sluiced.
+
+* sluice_txn_send: COMMIT → the message is in the log exactly once, at the
+  offset the call reports, on the key's murmur2 partition; ROLLBACK → never
+  in the log;
+* the plain prepare/end API and its errors (double end, opposite decision,
+  unknown id, unknown topic/partition, oversized message, missing group);
+* a local transaction answering UNKNOWN → the producer's own check callback
+  is asked and its answer decides;
+* a producer that dies between prepare and end → another process of the same
+  transaction.group is asked; COMMIT makes it visible, ROLLBACK never;
+* `sluice txn list|describe|commit|rollback|resume|prepare` end to end,
+  including a DISCARDED transaction resumed and resolved by an operator;
+* `sluice bench txn` runs and reports every transaction committed.
+
+Env: SLUICED, SLUICE_CLI, TXN_CLIENT (tests/integration/txn_client).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Broker, Conn, check, check_eq, fetch_all, log,  # noqa: E402
+                     need_program, run, run_cmd, wait_for)
+
+TOPIC = "orders"
+
+
+def client(b, *args, timeout=60):
+    argv = [need_program("TXN_CLIENT"), b.addr] + [str(a) for a in args]
+    rc, out, err = run_cmd(argv, timeout=timeout, what="txn_client " + args[0])
+    return rc, out.decode(), err.decode("utf-8", "replace")
+
+
+def sluice(b, *args, timeout=60):
+    argv = [need_program("SLUICE_CLI"), "-b", b.addr] + [str(a) for a in args]
+    rc, out, err = run_cmd(argv, timeout=timeout, what="sluice " + args[0])
+    return rc, out.decode(), err.decode("utf-8", "replace")
+
+
+def start(name, partitions=3, sets=None):
+    need_program("TXN_CLIENT")
+    need_program("SLUICE_CLI")
+    b = Broker(name=name, sets=sets)
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic(TOPIC, partitions)
+    return b
+
+
+def all_values(b, partitions=3):
+    out = []
+    for p in range(partitions):
+        out += [(p, r.offset, r.key, r.value) for r in fetch_all(b.addr, TOPIC, p)]
+    return out
+
+
+def txn_rows(b, *extra):
+    rc, out, err = sluice(b, "txn", "list", "--json", *extra)
+    check_eq(rc, 0, "sluice txn list exit (%s)" % err)
+    return {r["txn_id"]: r for r in (json.loads(l) for l in out.splitlines() if l)}
+
+
+def murmur2(data):
+    """Kafka's murmur2 (Java client), for the expected partition of a key."""
+    m, r = 0x5bd1e995, 24
+    length = len(data)
+    h = (0x9747b28c ^ length) & 0xffffffff
+    i = 0
+    while length - i >= 4:
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xffffffff
+        k ^= k >> r
+        k = (k * m) & 0xffffffff
+        h = (h * m) & 0xffffffff
+        h ^= k
+        i += 4
+    rest = length - i
+    if rest == 3:
+        h ^= data[i + 2] << 16
+    if rest >= 2:
+        h ^= data[i + 1] << 8
+    if rest >= 1:
+        h ^= data[i]
+        h = (h * m) & 0xffffffff
+    h ^= h >> 13
+    h = (h * m) & 0xffffffff
+    h ^= h >> 15
+    return h
+
+
+def parse_send(out):
+    # "txn ID partition P offset O err E"
+    w = out.split()
+    return int(w[1]), int(w[3]), int(w[5]), w[7]
+
+
+def test_send_commit_and_rollback():
+    b = start("txn-send")
+    rc, out, err = client(b, "send", TOPIC, "shop", "commit", "user-7", "order-1")
+    check_eq(rc, 0, "commit send exit (%s %s)" % (out, err))
+    txn, part, off, e = parse_send(out)
+    check_eq(e, "NO_ERROR", "commit error")
+    check_eq(part, (murmur2(b"user-7") & 0x7fffffff) % 3, "key partition (murmur2)")
+    rc, out, err = client(b, "send", TOPIC, "shop", "rollback", "user-7", "order-2")
+    check_eq(rc, 0, "rollback send exit (%s %s)" % (out, err))
+    txn2, _, off2, _ = parse_send(out)
+    check_eq(off2, -1, "rollback has no offset")
+    vals = all_values(b)
+    check_eq(vals, [(part, off, b"user-7", b"order-1")], "log after commit + rollback")
+    rows = txn_rows(b)
+    check_eq(rows[txn]["state"], "COMMITTED", "state of the commit")
+    check_eq(rows[txn]["log_offset"], off, "recorded offset")
+    check_eq(rows[txn2]["state"], "ROLLED_BACK", "state of the rollback")
+
+
+def test_sync_api_errors():
+    b = start("txn-sync")
+    rc, out, err = client(b, "sync", TOPIC, "shop")
+    log(out.strip())
+    check_eq(rc, 0, "sync API assertions (%s)" % err)
+    check("done" in out, "all assertions ran")
+    # exactly one message in the log: v1 committed (twice), v2 rolled back
+    check_eq([v[3] for v in all_values(b)], [b"v1"], "log after the sync API run")
+
+
+def test_unknown_answer_then_own_check():
+    b = start("txn-unknown")
+    rc, out, err = client(b, "unknown-then-check", TOPIC, "shop", "commit", timeout=60)
+    check_eq(rc, 0, "unknown-then-check exit (%s %s)" % (out, err))
+    txn = int(out.split()[1])
+    # the UNKNOWN answer of the local transaction counts as the first check
+    check(re.search(r"check %d \d+ %s asked-later -> commit" % (txn, TOPIC), out),
+          "own check callback asked with the message: %r" % out)
+    wait_for(lambda: txn_rows(b)[txn]["state"] == "COMMITTED", 10, what="commit by check")
+    check_eq([v[3] for v in all_values(b)], [b"asked-later"], "log after check commit")
+
+
+def test_dead_producer_resolved_by_group():
+    b = start("txn-dead", sets={"transaction.timeout.ms": "500"})
+    ids = []
+    for value in ("keep-me", "drop-me", "ask-again"):
+        rc, out, err = client(b, "die", TOPIC, "shop", value)
+        check_eq(rc, 0, "die exit (%s)" % err)
+        check(out.startswith("prepared "), "prepared line: %r" % out)
+        ids.append(int(out.split()[1]))
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("%d commit\n%d rollback\n" % (ids[0], ids[1]))
+        decisions = f.name
+    try:
+        rc, out, err = client(b, "checker", "shop", decisions, 4, timeout=60)
+    finally:
+        os.unlink(decisions)
+    check_eq(rc, 0, "checker exit (%s)" % err)
+    check("check %d " % ids[0] in out and "check %d " % ids[1] in out,
+          "another producer of the group was asked: %r" % out)
+    check("keep-me -> commit" in out, "check carries the message value: %r" % out)
+    rows = txn_rows(b)
+    check_eq(rows[ids[0]]["state"], "COMMITTED", "answered commit")
+    check_eq(rows[ids[1]]["state"], "ROLLED_BACK", "answered rollback")
+    check_eq(rows[ids[2]]["state"], "PENDING", "answered unknown: still pending")
+    check(rows[ids[2]]["check_count"] >= 1, "unknown answers are counted")
+    check_eq([v[3] for v in all_values(b)], [b"keep-me"], "log: only the committed one")
+
+
+def test_cli_operator_commands():
+    b = start("txn-cli", sets={"transaction.timeout.ms": "300",
+                               "transaction.check.max": "1"})
+    rc, out, err = sluice(b, "txn", "prepare", TOPIC, "--group", "ops", "--key", "k1",
+                          "hello operator")
+    check_eq(rc, 0, "txn prepare exit (%s)" % err)
+    txn = int(out.strip())
+    rc, out, err = sluice(b, "txn", "describe", txn)
+    check_eq(rc, 0, "describe exit (%s)" % err)
+    check("value:          hello operator" in out and "key:            k1" in out,
+          "describe shows the message: %r" % out)
+    # nobody polls for group "ops": one unanswered check discards it
+    wait_for(lambda: txn_rows(b, "--state", "DISCARDED").get(txn) is not None, 20,
+             what="DISCARDED after transaction.check.max")
+    check_eq(len(all_values(b)), 0, "discarded is not in the log")
+    rc, out, err = sluice(b, "txn", "resume", txn)
+    check_eq(rc, 0, "resume exit (%s)" % err)
+    check_eq(txn_rows(b)[txn]["state"] in ("PENDING", "DISCARDED"), True,
+             "resumed: pending again (may be discarded again by the next check)")
+    rc, out, err = sluice(b, "txn", "commit", txn)
+    check_eq(rc, 0, "operator commit exit (%s)" % err)
+    check("COMMITTED at offset" in out, "commit output %r" % out)
+    rc, out2, err = sluice(b, "txn", "commit", txn)
+    check_eq((rc, out2), (0, out), "second operator commit: same answer")
+    rc, out, err = sluice(b, "txn", "rollback", txn)
+    check_eq(rc, 1, "rollback after commit exit")
+    check("already ended" in err or "INVALID_TXN_STATE" in err or "otherwise" in err,
+          "conflict message: %r" % err)
+    check_eq([v[3] for v in all_values(b)], [b"hello operator"], "log after operator commit")
+    rc, out, err = sluice(b, "txn", "describe", 424242)
+    check_eq(rc, 1, "describe unknown exit")
+    check("unknown transaction" in err, "unknown id message: %r" % err)
+    rc, out, err = sluice(b, "txn", "commit", "x1")
+    check_eq(rc, 2, "bad id is a usage error")
+    rc, out, err = sluice(b, "txn", "list", "--state", "BOGUS")
+    check_eq(rc, 2, "bad state is a usage error")
+    rc, out, err = sluice(b, "txn", "--help")
+    check(rc == 0 and "resume" in out, "txn --help")
+
+
+def test_bench_txn_runs():
+    b = start("txn-bench", partitions=2)
+    rc, out, err = sluice(b, "bench", "txn", "-t", TOPIC, "-n", "400", "-c", "8",
+                          timeout=120)
+    check_eq(rc, 0, "bench txn exit (%s)" % err)
+    check("txn: 400 msgs of 200 bytes" in out and "0 failed" in out, "bench output %r" % out)
+    check_eq(len(all_values(b, 2)), 400, "every benchmark transaction is in the log once")
+
+
+if __name__ == "__main__":
+    run([
+        ("send_commit_and_rollback", test_send_commit_and_rollback),
+        ("sync_api_errors", test_sync_api_errors),
+        ("unknown_answer_then_own_check", test_unknown_answer_then_own_check),
+        ("dead_producer_resolved_by_group", test_dead_producer_resolved_by_group),
+        ("cli_operator_commands", test_cli_operator_commands),
+        ("bench_txn_runs", test_bench_txn_runs, 180),
+    ])
