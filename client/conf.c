@@ -192,7 +192,7 @@ sluice_conf_t *sluice_conf_new(void)
 	c->message_timeout_ms = 300000;
 	c->max_in_flight = 5;
 	c->queue_max_msgs = 1000000;
-	c->queue_max_kbytes = 1048576;
+	c->queue_max_kbytes = 32768; /* 32 MiB, as the Java client's buffer.memory: see sluice.h */
 	c->fetch_min_bytes = 1;
 	c->fetch_max_wait_ms = 500;
 	c->fetch_max_bytes = 52428800;
