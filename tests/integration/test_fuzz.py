@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Mutation fuzzing of every advertised API against a real broker: valid
+"""Mutation fuzzing of every advertised API (Sluice's transaction extensions
+included) against a real broker: valid
 requests of each API and version are corrupted (bit flips, truncation,
 huge lengths and counts, random tails) and sent on fresh connections; the
 broker must answer or close the connection, never crash or stall, and a
@@ -96,6 +97,24 @@ def templates():
     t.append((42, 0, Writer().i32(1).string("nog").getvalue()))
     t.append((47, 0, Writer().string("g").i32(1).string("fz").i32(1).i32(0)
               .getvalue()))
+    # Sluice transaction extensions (docs/protocol.md)
+    for v in (0, 1):
+        w = (Writer().string("fzg").string("fz").i32(-1).i32(0)
+             .bytes_(batch))
+        if v >= 1:
+            w.string("inst-1")
+        t.append((1000, v, w.getvalue()))
+    for decision in (0, 1, 2, 3):
+        t.append((1001, 0, Writer().string("fzg").i64(1).i8(decision)
+                  .i8(1 if decision == 3 else 0).getvalue()))
+    for v in (0, 1):
+        w = Writer().string("fzg").i32(50).i32(10)
+        if v >= 1:
+            w.string("inst-1")
+        t.append((1002, v, w.getvalue()))
+    t.append((1003, 0, Writer().string(None).i32(0).i32(100).i64(0)
+              .getvalue()))
+    t.append((1004, 0, Writer().i64(1).getvalue()))
     return t
 
 

@@ -712,8 +712,47 @@ def test_delete_topic_discards_half_messages():
                  "still discarded after a restart")
 
 
+def test_prepare_bad_input():
+    """A bad half message gets a clear error and stores nothing: wrong CRC,
+    bytes that are not one RecordBatch, two batches, a batch over the
+    topic's max.message.bytes, an unknown topic or partition, an empty
+    group; and the broker keeps working."""
+    from harness import ERR_CORRUPT_MESSAGE, ERR_MESSAGE_TOO_LARGE, txn_list
+    b = Broker(name="txn-bad")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 2, configs={"max.message.bytes": "2000"})
+        good = build_batch([(b"k", b"v")])
+        bad_crc = bytearray(good)
+        bad_crc[-1] ^= 0x01
+        cases = [
+            ("wrong CRC", "shop", "orders", 0, bytes(bad_crc), ERR_CORRUPT_MESSAGE),
+            ("not a batch", "shop", "orders", 0, b"hello world", ERR_CORRUPT_MESSAGE),
+            ("two batches", "shop", "orders", 0, good + good, ERR_CORRUPT_MESSAGE),
+            ("truncated", "shop", "orders", 0, good[:-3], ERR_CORRUPT_MESSAGE),
+            ("too large", "shop", "orders", 0,
+             build_batch([(None, b"x" * 5000)]), ERR_MESSAGE_TOO_LARGE),
+            ("unknown topic", "shop", "nope", 0, good, ERR_UNKNOWN_TOPIC_OR_PARTITION),
+            ("unknown partition", "shop", "orders", 7, good,
+             ERR_UNKNOWN_TOPIC_OR_PARTITION),
+            ("empty group", "", "orders", 0, good, ERR_INVALID_REQUEST),
+        ]
+        for what, group, topic, part, batch, want in cases:
+            err, msg, txn, _ = txn_prepare(c, group, topic, part, batch)
+            check_eq(err, want, "TxnPrepare with %s (%s)" % (what, msg))
+            check(msg, "an error message for %s" % what)
+            check_eq(txn, -1, "no txn id for %s" % what)
+        check_eq(len(txn_list(c)), 0, "nothing stored by bad prepares")
+        err, _, txn, _ = txn_prepare(c, "shop", "orders", 0, good)
+        check_eq(err, ERR_NONE, "a good prepare after the bad ones")
+        check_eq(txn_end(c, "shop", txn, TXN_COMMIT)[0], ERR_NONE, "commit")
+    check_eq([r.value for r in fetch_all(b.addr, "orders", 0)], [b"v"],
+             "only the good message in the log")
+
+
 if __name__ == "__main__":
     run([
+        ("prepare_bad_input", test_prepare_bad_input, 60),
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
