@@ -364,10 +364,14 @@ int cli_txn(const struct cli_global *g, int argc, char **argv)
 		usage_txn(sub ? stdout : stderr);
 		return sub ? EXIT_OK : EXIT_USAGE;
 	}
-	if (!strcmp(sub, "list"))
-		return txn_list(g, argc - 1, argv + 1);
-	if (!strcmp(sub, "prepare"))
-		return txn_prepare(g, argc - 1, argv + 1);
+	if (!strcmp(sub, "list") || !strcmp(sub, "prepare")) {
+		/* getopt names argv[0] in its messages: "sluice txn list: ..." */
+		static char name_list[] = "sluice txn list", name_prepare[] = "sluice txn prepare";
+
+		argv[1] = !strcmp(sub, "list") ? name_list : name_prepare;
+		return sub[0] == 'l' ? txn_list(g, argc - 1, argv + 1)
+				     : txn_prepare(g, argc - 1, argv + 1);
+	}
 	if (strcmp(sub, "describe") && strcmp(sub, "commit") && strcmp(sub, "rollback") &&
 	    strcmp(sub, "resume")) {
 		fprintf(stderr, "sluice: unknown txn command \"%s\"\n", sub);
