@@ -38,6 +38,8 @@
 struct txconn {
 	struct txconn *next;
 	struct kconn kc;
+	struct batch b; /* the half message being prepared; its buffer is reused
+			   (at most message.max.bytes per pooled connection) */
 };
 
 struct tcache {
@@ -81,7 +83,8 @@ static struct txconn *conn_get(struct sluice_txn_producer *p, sluice_err_t *err,
 		p->idle = c->next;
 	pthread_mutex_unlock(&p->lock);
 	if (!c) {
-		if (!(c = calloc(1, sizeof(*c)))) {
+		if (!(c = calloc(1, sizeof(*c))) || batch_init(&c->b, 256)) {
+			free(c);
 			*err = SLUICE_ERR_NO_MEMORY;
 			return NULL;
 		}
@@ -105,6 +108,7 @@ static void conns_free(struct txconn *c)
 		struct txconn *next = c->next;
 
 		kconn_close(&c->kc, SLUICE_ERR_DESTROYED, NULL);
+		batch_free(&c->b);
 		free(c);
 		c = next;
 	}
@@ -165,29 +169,21 @@ static void topic_forget(struct sluice_txn_producer *p, const char *topic)
 
 /* ---- prepare / end ---- */
 
-/* Builds the half message: one RecordBatch v2 with one record (producer
- * fields -1: the broker stamps its own at commit). */
+/* Builds the half message in b (reset first): one RecordBatch v2 with one
+ * record (producer fields -1: the broker stamps its own at commit). */
 static sluice_err_t build_batch(struct sluice_txn_producer *p, struct batch *b, const void *key,
 				size_t key_len, const void *value, size_t value_len,
 				const sluice_header_t *hdrs, size_t nhdrs, char *errstr,
 				size_t errstr_size)
 {
-	if (key_len > INT32_MAX || value_len > INT32_MAX || (nhdrs && !hdrs)) {
-		conf_errf(errstr, errstr_size, "invalid key, value or headers");
-		return SLUICE_ERR_INVALID_ARG;
-	}
-	if (batch_init(b, 128 + key_len + value_len))
-		return SLUICE_ERR_NO_MEMORY;
+	batch_reset(b);
 	if (batch_append(b, SIZE_MAX, kwall_ms(), key, key ? (int32_t)key_len : -1, value,
-			 value ? (int32_t)value_len : -1, hdrs, nhdrs, NULL) < 0) {
-		batch_free(b);
+			 value ? (int32_t)value_len : -1, hdrs, nhdrs, NULL) < 0)
 		return SLUICE_ERR_NO_MEMORY;
-	}
 	batch_seal(b, -1, -1, -1);
 	if (b->len > (size_t)p->conf->message_max_bytes) {
 		conf_errf(errstr, errstr_size, "message of %zu bytes exceeds message.max.bytes (%d)",
 			  b->len, p->conf->message_max_bytes);
-		batch_free(b);
 		return SLUICE_ERR_MSG_SIZE_TOO_LARGE;
 	}
 	return SLUICE_ERR_NO_ERROR;
@@ -200,7 +196,6 @@ sluice_err_t sluice_txn_prepare(sluice_txn_producer_t *p, const char *topic, int
 				size_t errstr_size)
 {
 	struct txnwire_prepare a = { 0 };
-	struct batch b;
 	struct txconn *c;
 	sluice_err_t err;
 	int32_t part = partition;
@@ -208,6 +203,10 @@ sluice_err_t sluice_txn_prepare(sluice_txn_producer_t *p, const char *topic, int
 	if (!p || !topic || !topic[0] || !txn_id || partition < -1)
 		return SLUICE_ERR_INVALID_ARG;
 	*txn_id = -1;
+	if (key_len > INT32_MAX || value_len > INT32_MAX || (nheaders && !headers)) {
+		conf_errf(errstr, errstr_size, "invalid key, value or headers");
+		return SLUICE_ERR_INVALID_ARG;
+	}
 	if (partition == SLUICE_PARTITION_ANY && key) {
 		int32_t n = topic_nparts(p, topic, errstr, errstr_size);
 
@@ -215,24 +214,22 @@ sluice_err_t sluice_txn_prepare(sluice_txn_producer_t *p, const char *topic, int
 			return (sluice_err_t)n;
 		part = sluice_partition_for_key(key, key_len, n);
 	}
-	err = build_batch(p, &b, key, key_len, value, value_len, headers, nheaders, errstr,
-			  errstr_size);
-	if (err)
+	if (!(c = conn_get(p, &err, errstr, errstr_size)))
 		return err;
-	c = conn_get(p, &err, errstr, errstr_size);
-	if (c) {
+	err = build_batch(p, &c->b, key, key_len, value, value_len, headers, nheaders, errstr,
+			  errstr_size);
+	if (!err) {
 		a.group = p->conf->txn_group;
 		a.instance = p->instance;
 		a.topic = topic;
 		a.partition = part;
 		a.check_timeout_ms = p->conf->txn_check_timeout_ms;
-		a.batch = b.buf;
-		a.batch_len = b.len;
+		a.batch = c->b.buf;
+		a.batch_len = c->b.len;
 		err = txnwire_prepare(&c->kc, &a, p->conf->request_timeout_ms, txn_id, &part, errstr,
 				      errstr_size);
-		conn_put(p, c);
 	}
-	batch_free(&b);
+	conn_put(p, c);
 	if (err == SLUICE_ERR_UNKNOWN_TOPIC_OR_PARTITION)
 		topic_forget(p, topic);
 	if (!err && partition_out)

@@ -10,6 +10,8 @@
 #include "recbatch.h"
 #include "txnwire.h"
 
+#define SPLICE_MIN_BYTES (16u << 10)
+
 static sluice_err_t broker_err(int16_t e)
 {
 	return e == -1 ? SLUICE_ERR_UNKNOWN_SERVER_ERROR : (sluice_err_t)e;
@@ -72,7 +74,14 @@ sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, i
 	wire_w_str(&r->wb, a->topic);
 	wire_w_i32(&r->wb, a->partition);
 	wire_w_i32(&r->wb, a->check_timeout_ms);
-	wire_w_bytes(&r->wb, a->batch, (int32_t)a->batch_len);
+	/* A large message goes out from the caller's buffer (writev); a small
+	 * one is cheaper to copy than to splice. */
+	if (a->batch_len >= SPLICE_MIN_BYTES) {
+		wire_w_i32(&r->wb, (int32_t)a->batch_len);
+		kreq_splice(r, a->batch, a->batch_len);
+	} else {
+		wire_w_bytes(&r->wb, a->batch, (int32_t)a->batch_len);
+	}
 	if (ver >= 1)
 		wire_w_str(&r->wb, a->instance && a->instance[0] ? a->instance : NULL);
 	err = call(c, r, timeout_ms, "TxnPrepare", &resp, &rd, errstr, errstr_size);

@@ -32,7 +32,7 @@ struct txnwire_prepare {
 	const char *topic;
 	int32_t partition;      /* -1: the broker picks */
 	int32_t check_timeout_ms;
-	const uint8_t *batch;   /* one RecordBatch v2 */
+	const uint8_t *batch;   /* one RecordBatch v2; large ones are sent from here */
 	size_t batch_len;
 };
 

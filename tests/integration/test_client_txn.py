@@ -113,6 +113,13 @@ def test_send_commit_and_rollback():
     check_eq(off2, -1, "rollback has no offset")
     vals = all_values(b)
     check_eq(vals, [(part, off, b"user-7", b"order-1")], "log after commit + rollback")
+    # a large message (sent from the batch buffer, not copied) round-trips
+    big = "".join(chr(ord("a") + i % 26) for i in range(100000))
+    rc, out, err = client(b, "send", TOPIC, "shop", "commit", "user-7", big)
+    check_eq(rc, 0, "large commit exit (%s)" % err)
+    _, _, off3, _ = parse_send(out)
+    check_eq(all_values(b)[-1], (part, off3, b"user-7", big.encode()),
+             "100,000-byte transactional message in the log")
     rows = txn_rows(b)
     check_eq(rows[txn]["state"], "COMMITTED", "state of the commit")
     check_eq(rows[txn]["log_offset"], off, "recorded offset")
