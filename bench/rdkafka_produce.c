@@ -24,7 +24,7 @@
  *
  * Built by bench/meson.build when librdkafka is found
  * (build-dir/bench/rdkafka_produce), or by hand:
- *   cc -O2 -o rdkafka_produce bench/rdkafka_produce.c $(pkg-config --cflags --libs rdkafka) -lm
+ *   cc -O2 -Iclient -o rdkafka_produce bench/rdkafka_produce.c $(pkg-config --cflags --libs rdkafka) -lm
  */
 #include <inttypes.h>
 #include <math.h>
@@ -37,6 +37,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "lathist.h"
+
 #define MAX_X 32
 
 static int64_t now_ns(void)
@@ -47,42 +49,8 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Log-linear latency histogram in microseconds, as in cli_bench.c: 64
- * powers of two x 32 steps (relative error < 3%). */
-#define H_SUB 32
-struct hist {
-	uint64_t n[64 * H_SUB];
-	uint64_t count;
-};
-
-static void hist_add(struct hist *h, int64_t us)
-{
-	uint64_t v = us < 0 ? 0 : (uint64_t)us;
-	int e = 0;
-
-	while ((v >> e) >= H_SUB)
-		e++;
-	h->n[e * H_SUB + (int)(v >> e)]++;
-	h->count++;
-}
-
-static double hist_pct(const struct hist *h, double pct)
-{
-	uint64_t want = (uint64_t)ceil(pct / 100.0 * (double)h->count), seen = 0;
-
-	for (int i = 0; h->count && i < 64 * H_SUB; i++) {
-		seen += h->n[i];
-		if (seen >= want && h->n[i]) {
-			int e = i / H_SUB, m = i % H_SUB;
-
-			return (double)(((uint64_t)m << e) + ((1ull << e) >> 1));
-		}
-	}
-	return 0;
-}
-
 struct state {
-	struct hist h;
+	struct lathist h;
 	long long delivered, failed;
 	rd_kafka_resp_err_t first_err;
 };
@@ -100,7 +68,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	}
 	st->delivered++;
 	if ((st->delivered & 15) == 0)
-		hist_add(&st->h, (now_ns() - (int64_t)(intptr_t)m->_private) / 1000);
+		lathist_add(&st->h, (now_ns() - (int64_t)(intptr_t)m->_private) / 1000);
 }
 
 static void usage(FILE *f)
@@ -226,7 +194,7 @@ int main(int argc, char **argv)
 	       (double)st->delivered * (double)size / secs / 1e6);
 	if (st->h.count)
 		printf("; latency p50 %.0f us, p99 %.0f us, p99.9 %.0f us (%" PRIu64 " samples)",
-		       hist_pct(&st->h, 50), hist_pct(&st->h, 99), hist_pct(&st->h, 99.9),
+		       lathist_pct(&st->h, 50), lathist_pct(&st->h, 99), lathist_pct(&st->h, 99.9),
 		       st->h.count);
 	printf(" [librdkafka %s]\n", rd_kafka_version_str());
 	if (st->failed || st->delivered != sent) {

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "lathist.h"
 
 static int64_t now_ns(void)
 {
@@ -35,42 +36,6 @@ static int64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* Log-linear latency histogram in microseconds: 64 powers of two x 32 steps
- * (relative error < 3%). */
-#define H_SUB 32
-struct hist {
-	uint64_t n[64 * H_SUB];
-	uint64_t count;
-};
-
-static void hist_add(struct hist *h, int64_t us)
-{
-	uint64_t v = us < 0 ? 0 : (uint64_t)us;
-	int e = 0;
-
-	while ((v >> e) >= H_SUB)
-		e++;
-	h->n[e * H_SUB + (int)(v >> e)]++;
-	h->count++;
-}
-
-static double hist_pct(const struct hist *h, double pct)
-{
-	uint64_t want = (uint64_t)ceil(pct / 100.0 * (double)h->count), seen = 0;
-
-	if (!h->count)
-		return 0;
-	for (int i = 0; i < 64 * H_SUB; i++) {
-		seen += h->n[i];
-		if (seen >= want && h->n[i]) {
-			int e = i / H_SUB, m = i % H_SUB;
-
-			return (double)(((uint64_t)m << e) + ((1ull << e) >> 1));
-		}
-	}
-	return 0;
 }
 
 struct bench_opts {
@@ -112,7 +77,7 @@ static void usage_bench(FILE *f)
 }
 
 struct bprod {
-	struct hist h;
+	struct lathist h;
 	long long delivered, failed;
 	sluice_err_t first_err;
 };
@@ -129,7 +94,7 @@ static void bench_dr(sluice_producer_t *p, const sluice_delivery_t *dr, void *ct
 	}
 	b->delivered++;
 	if ((b->delivered & 15) == 0) /* sample: 1 in 16 */
-		hist_add(&b->h, (now_ns() - (int64_t)(intptr_t)dr->opaque) / 1000);
+		lathist_add(&b->h, (now_ns() - (int64_t)(intptr_t)dr->opaque) / 1000);
 }
 
 static sluice_producer_t *bench_producer(const struct cli_global *g, const struct bench_opts *o,
@@ -161,13 +126,13 @@ fail:
 	return NULL;
 }
 
-static void summary(const char *what, long long n, long size, double secs, const struct hist *h)
+static void summary(const char *what, long long n, long size, double secs, const struct lathist *h)
 {
 	printf("%s: %lld msgs of %ld bytes in %.2f s: %.0f msgs/s, %.1f MB/s", what, n, size, secs,
 	       (double)n / secs, (double)n * (double)size / secs / 1e6);
 	if (h && h->count)
 		printf("; latency p50 %.0f us, p99 %.0f us, p99.9 %.0f us (%" PRIu64 " samples)",
-		       hist_pct(h, 50), hist_pct(h, 99), hist_pct(h, 99.9), h->count);
+		       lathist_pct(h, 50), lathist_pct(h, 99), lathist_pct(h, 99.9), h->count);
 	printf("\n");
 }
 
@@ -377,7 +342,7 @@ static int bench_e2e(const struct cli_global *g, const struct bench_opts *o)
 {
 	sluice_conf_t *conf = cli_conf(g);
 	sluice_consumer_t *c;
-	struct hist *h = calloc(1, sizeof(*h));
+	struct lathist *h = calloc(1, sizeof(*h));
 	struct e2e_prod ep = { g, o, 0, 0, 0 };
 	char errstr[512];
 	int nparts = cli_partition_count(g, o->topic);
@@ -419,7 +384,7 @@ static int bench_e2e(const struct cli_global *g, const struct bench_opts *o)
 			int64_t sent_ns;
 
 			memcpy(&sent_ns, sluice_message_value(m), sizeof(sent_ns));
-			hist_add(h, (t - sent_ns) / 1000);
+			lathist_add(h, (t - sent_ns) / 1000);
 			got++;
 			idle_since = 0;
 		} else if (m) {
@@ -437,7 +402,7 @@ static int bench_e2e(const struct cli_global *g, const struct bench_opts *o)
 		if (t - last >= 1000000000) {
 			fprintf(stderr, "bench e2e: %lld sent, %lld received, %.0f msgs/s, p99 %.0f us\n",
 				ep.sent, got, (double)(got - last_n) * 1e9 / (double)(t - last),
-				hist_pct(h, 99));
+				lathist_pct(h, 99));
 			last = t;
 			last_n = got;
 		}
@@ -460,7 +425,7 @@ struct txn_bench {
 	atomic_llong next, done, failed;
 	int64_t end_ns; /* duration mode; 0 = count mode */
 	pthread_mutex_t lock; /* hist merge, first error */
-	struct hist h;
+	struct lathist h;
 	char first_err[512];
 };
 
@@ -475,7 +440,7 @@ static sluice_txn_decision_t txn_bench_local(sluice_txn_producer_t *p, int64_t t
 static void *txn_bench_worker(void *arg)
 {
 	struct txn_bench *b = arg;
-	struct hist *h = calloc(1, sizeof(*h));
+	struct lathist *h = calloc(1, sizeof(*h));
 	char errstr[512];
 
 	while (h) {
@@ -496,14 +461,12 @@ static void *txn_bench_worker(void *arg)
 			atomic_fetch_add(&b->failed, 1);
 			continue;
 		}
-		hist_add(h, (now_ns() - t0) / 1000);
+		lathist_add(h, (now_ns() - t0) / 1000);
 		atomic_fetch_add(&b->done, 1);
 	}
 	if (h) {
 		pthread_mutex_lock(&b->lock);
-		for (size_t i = 0; i < sizeof(h->n) / sizeof(h->n[0]); i++)
-			b->h.n[i] += h->n[i];
-		b->h.count += h->count;
+		lathist_merge(&b->h, h);
 		pthread_mutex_unlock(&b->lock);
 		free(h);
 	}
