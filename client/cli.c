@@ -53,6 +53,24 @@ bool cli_conf_set(sluice_conf_t *conf, const char *key, const char *value)
 	return true;
 }
 
+/* Copies "KEY=VALUE" arg into buf (cap bytes) and splits it there: buf is
+ * the key, *value points after the '='.  Prints "sluice: OPT ARG: expected
+ * KEY=VALUE" and returns false when there is no '='. */
+static bool split_kv(const char *opt, const char *arg, char *buf, size_t cap, char **value)
+{
+	char *eq;
+
+	snprintf(buf, cap, "%s", arg);
+	eq = strchr(buf, '=');
+	if (!eq) {
+		fprintf(stderr, "sluice: %s %s: expected KEY=VALUE\n", opt, arg);
+		return false;
+	}
+	*eq = '\0';
+	*value = eq + 1;
+	return true;
+}
+
 sluice_conf_t *cli_conf(const struct cli_global *g)
 {
 	sluice_conf_t *conf = sluice_conf_new();
@@ -65,16 +83,10 @@ sluice_conf_t *cli_conf(const struct cli_global *g)
 	    !cli_conf_set(conf, "client.id", "sluice-cli"))
 		goto fail;
 	for (int i = 0; i < g->nsets; i++) {
-		char kv[1024], *eq;
+		char kv[1024], *value;
 
-		snprintf(kv, sizeof(kv), "%s", g->sets[i]);
-		eq = strchr(kv, '=');
-		if (!eq) {
-			fprintf(stderr, "sluice: -X %s: expected KEY=VALUE\n", g->sets[i]);
-			goto fail;
-		}
-		*eq = '\0';
-		if (!cli_conf_set(conf, kv, eq + 1))
+		if (!split_kv("-X", g->sets[i], kv, sizeof(kv), &value) ||
+		    !cli_conf_set(conf, kv, value))
 			goto fail;
 	}
 	return conf;
@@ -211,21 +223,16 @@ static int cmd_topic(const struct cli_global *g, int argc, char **argv)
 			}
 			break;
 		case 'c': {
-			char *eq;
+			char *value;
 
 			if (ncfg == 64) {
 				fprintf(stderr, "sluice: too many --config\n");
 				return EXIT_USAGE;
 			}
-			snprintf(cfgbuf[ncfg], sizeof(cfgbuf[ncfg]), "%s", optarg);
-			eq = strchr(cfgbuf[ncfg], '=');
-			if (!eq) {
-				fprintf(stderr, "sluice: --config %s: expected KEY=VALUE\n", optarg);
+			if (!split_kv("--config", optarg, cfgbuf[ncfg], sizeof(cfgbuf[ncfg]), &value))
 				return EXIT_USAGE;
-			}
-			*eq = '\0';
 			cfgs[ncfg].name = cfgbuf[ncfg];
-			cfgs[ncfg].value = eq + 1;
+			cfgs[ncfg].value = value;
 			ncfg++;
 			break;
 		}
@@ -383,22 +390,17 @@ static int cmd_produce(const struct cli_global *g, int argc, char **argv)
 			}
 			break;
 		case 'H': {
-			char *eq;
+			char *value;
 
 			if (nhdrs == 64) {
 				fprintf(stderr, "sluice: too many --header\n");
 				return EXIT_USAGE;
 			}
-			snprintf(hdrbuf[nhdrs], sizeof(hdrbuf[nhdrs]), "%s", optarg);
-			eq = strchr(hdrbuf[nhdrs], '=');
-			if (!eq) {
-				fprintf(stderr, "sluice: --header %s: expected K=V\n", optarg);
+			if (!split_kv("--header", optarg, hdrbuf[nhdrs], sizeof(hdrbuf[nhdrs]), &value))
 				return EXIT_USAGE;
-			}
-			*eq = '\0';
 			hdrs[nhdrs].name = hdrbuf[nhdrs];
-			hdrs[nhdrs].value = eq + 1;
-			hdrs[nhdrs].value_len = strlen(eq + 1);
+			hdrs[nhdrs].value = value;
+			hdrs[nhdrs].value_len = strlen(value);
 			nhdrs++;
 			break;
 		}
