@@ -904,6 +904,23 @@ int api_txn_end(req *r, wire_rd *rd)
 
 /* ---- TxnList ---- */
 
+/* The fields a TxnList entry and a TxnDescribe answer share, from txn_id
+ * to discard_reason (docs/protocol.md). */
+static void write_txn_row(wire_buf *b, const halfstore_txn *x)
+{
+	wire_w_i64(b, x->txn_id);
+	wire_w_str(b, x->producer_group ? x->producer_group : "");
+	wire_w_str(b, x->topic ? x->topic : "");
+	wire_w_i32(b, x->partition);
+	wire_w_i8(b, (int8_t)x->state);
+	wire_w_i64(b, x->created_ms);
+	wire_w_i64(b, x->ended_ms);
+	wire_w_i32(b, x->check_count);
+	wire_w_i64(b, x->next_check_ms);
+	wire_w_i64(b, x->log_offset);
+	wire_w_str(b, x->discard_reason);
+}
+
 static void list_done(loop_task *t)
 {
 	txn_job *j = job_of(t);
@@ -913,21 +930,8 @@ static void list_done(loop_task *t)
 
 	wire_w_i16(b, err);
 	wire_w_i32(b, err ? 0 : (int32_t)j->nlist);
-	for (size_t i = 0; !err && i < j->nlist; i++) {
-		halfstore_txn *x = &j->list[i];
-
-		wire_w_i64(b, x->txn_id);
-		wire_w_str(b, x->producer_group);
-		wire_w_str(b, x->topic);
-		wire_w_i32(b, x->partition);
-		wire_w_i8(b, (int8_t)x->state);
-		wire_w_i64(b, x->created_ms);
-		wire_w_i64(b, x->ended_ms);
-		wire_w_i32(b, x->check_count);
-		wire_w_i64(b, x->next_check_ms);
-		wire_w_i64(b, x->log_offset);
-		wire_w_str(b, x->discard_reason);
-	}
+	for (size_t i = 0; !err && i < j->nlist; i++)
+		write_txn_row(b, &j->list[i]);
 	finish_job(j);
 }
 
@@ -969,17 +973,7 @@ static void describe_done(loop_task *t)
 	/* on error every field after the message is zero, empty or null */
 	wire_w_i16(b, err);
 	wire_w_str(b, msg);
-	wire_w_i64(b, x->txn_id);
-	wire_w_str(b, x->producer_group ? x->producer_group : "");
-	wire_w_str(b, x->topic ? x->topic : "");
-	wire_w_i32(b, x->partition);
-	wire_w_i8(b, (int8_t)x->state);
-	wire_w_i64(b, x->created_ms);
-	wire_w_i64(b, x->ended_ms);
-	wire_w_i32(b, x->check_count);
-	wire_w_i64(b, x->next_check_ms);
-	wire_w_i64(b, x->log_offset);
-	wire_w_str(b, x->discard_reason);
+	write_txn_row(b, x);
 	wire_w_i64(b, x->commit_seq);
 	wire_w_bytes(b, x->batch, (int32_t)x->batch_len);
 	finish_job(j);
