@@ -753,16 +753,10 @@ sluice_err_t sluice_admin_group_offsets(sluice_admin_t *a, const char *group,
 	if (!a || !group || !parts || !n)
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_OFFSET_FETCH_, 2, 5, "OffsetFetch v2+", timeout_ms, errstr, errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_OFFSET_FETCH_, 2, 5, "OffsetFetch v2+", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_OFFSET_FETCH_, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_str(&r->wb, group);
 	wire_w_i32(&r->wb, -1); /* all topics */
 	err = admin_call(a, r, &resp, &rd, timeout_ms, "OffsetFetch", errstr, errstr_size);
@@ -838,17 +832,10 @@ sluice_err_t sluice_admin_commit_group_offsets(sluice_admin_t *a, const char *gr
 	if (!a || !group || (n && !parts))
 		return SLUICE_ERR_INVALID_ARG;
 	pthread_mutex_lock(&a->lock);
-	ver = prepare(a, API_OFFSET_COMMIT_, 2, 7, "OffsetCommit v2+", timeout_ms, errstr,
-		      errstr_size);
-	if (ver < 0) {
-		err = ver;
+	err = begin_request(a, API_OFFSET_COMMIT_, 2, 7, "OffsetCommit v2+", timeout_ms, errstr,
+			    errstr_size, &r, &ver);
+	if (err)
 		goto out;
-	}
-	r = kreq_new(&a->conn, API_OFFSET_COMMIT_, (int16_t)ver);
-	if (!r) {
-		err = SLUICE_ERR_NO_MEMORY;
-		goto out;
-	}
 	wire_w_str(&r->wb, group);
 	wire_w_i32(&r->wb, -1); /* no generation */
 	wire_w_str(&r->wb, "");
