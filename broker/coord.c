@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -26,30 +27,52 @@
 #include "blog.h"
 #include "halfstore.h"
 #include "stmtcache.h"
+#include "walvfs.h"
 
 #define SCHEMA_VERSION 3
 
-/* Two threads: the coordinator runs batches (SQL and a COMMIT that only
- * writes the WAL: synchronous=NORMAL) and queues them for the WAL syncer,
- * which fdatasyncs the WAL once for everything committed so far, then runs
- * the after_commit hooks in order and posts the jobs' done.  So a job is
- * only answered once its commit is durable (as with synchronous=FULL), but
- * the coordinator executes the next batch while the previous one syncs:
- * group commit across batches. */
+/* Threads: the coordinator runs batches (SQL and a COMMIT that only writes
+ * the WAL: synchronous=NORMAL) and queues them for the WAL syncers.  A
+ * syncer takes everything committed so far as one "round", fdatasyncs the
+ * WAL, and then the rounds complete strictly in the order they were taken:
+ * after_commit hooks in job order, then the jobs' done.  So a job is only
+ * answered once its commit is durable (as with synchronous=FULL), the
+ * coordinator executes the next batch while the previous one syncs (group
+ * commit across batches), and with two syncers a round committed while a
+ * sync is in flight starts its own at once instead of waiting for that one
+ * to end: fdatasyncs overlap in the device (measured here: one thread
+ * 4,600 syncs/s at 216 us, two 7,700/s at 261 us each).  A later round's
+ * sync also covers every earlier write, so completing in round order never
+ * answers anything that is not durable. */
+#define SYNCERS 2
+#define ROUND_SLOTS 4 /* > SYNCERS: a round per syncer in flight at most */
+
+struct round {
+	coord_job *jobs;
+	int rc;
+	bool synced;
+};
+
 struct coord {
 	sqlite3 *db;               /* owned; main before start, then under dblock */
 	pthread_mutex_t dblock;    /* held by whoever uses db after start */
 	int wal_fd;                /* "<db>-wal", for fdatasync; -1: FULL sync in SQLite */
-	pthread_t thread, sync_thread;
+	pthread_t thread, sync_threads[SYNCERS];
+	int nsyncers;
 	bool started;
-	pthread_mutex_t lock;      /* protects head, tail, stop */
+	pthread_mutex_t lock;      /* protects head, tail, stop, lazy_only */
 	pthread_cond_t cond;
 	coord_job *head, *tail;
 	bool stop;
-	pthread_mutex_t slock;     /* protects shead, stail, sstop */
+	bool lazy_only;            /* every queued job came from coord_submit_lazy */
+	pthread_mutex_t slock;     /* protects everything below */
 	pthread_cond_t scond;
-	coord_job *shead, *stail;  /* committed, waiting for the WAL sync */
+	coord_job *shead, *stail;  /* committed, waiting for a syncer */
 	bool sstop;
+	uint64_t next_round;       /* ticket of the next round taken */
+	uint64_t next_done;        /* the round to complete next */
+	bool completing;           /* a syncer is running completions */
+	struct round rounds[ROUND_SLOTS]; /* by ticket % ROUND_SLOTS */
 };
 
 static const char schema_v1[] =
@@ -168,8 +191,14 @@ int coord_open(const char *path, coord **out)
 	pthread_mutex_init(&c->slock, NULL);
 	pthread_cond_init(&c->scond, NULL);
 	pthread_mutex_init(&c->dblock, NULL);
+	/* No allocation statistics: they take a global mutex on every SQLite
+	 * malloc (6 % of the coordinator's time).  Refused, harmlessly, if
+	 * SQLite is initialised already. */
+	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+	/* One write per commit for the WAL frames (walvfs.h); plain SQLite if
+	 * the shim cannot register. */
 	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-			     NULL);
+			     walvfs_register() == SQLITE_OK ? WALVFS_NAME : NULL);
 	if (rc != SQLITE_OK) {
 		blog(BLOG_ERROR, "open %s: %s", path, sqlite3_errstr(rc));
 		goto fail;
@@ -216,6 +245,10 @@ static void run_batch(coord *c, coord_job *jobs)
 			j->rc = SQLITE_ERROR;
 			continue;
 		}
+		if (j->atomic) {
+			j->rc = j->run(j, c->db);
+			continue;
+		}
 		exec_cached(c->db, "SAVEPOINT job");
 		j->rc = j->run(j, c->db);
 		if (j->rc != SQLITE_OK)
@@ -243,6 +276,21 @@ static void append_jobs(coord_job **head, coord_job **tail, coord_job *first, co
 	*tail = last;
 }
 
+/* lock held, only lazy jobs queued: waits for more work up to
+ * COORD_LAZY_MS.  Returns true once that time is up. */
+static bool wait_lazy(coord *c)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += COORD_LAZY_MS * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return pthread_cond_timedwait(&c->cond, &c->lock, &ts) == ETIMEDOUT;
+}
+
 static void *coord_main(void *arg)
 {
 	coord *c = arg;
@@ -252,8 +300,14 @@ static void *coord_main(void *arg)
 		bool stop;
 
 		pthread_mutex_lock(&c->lock);
-		while (!c->head && !c->stop)
-			pthread_cond_wait(&c->cond, &c->lock);
+		while ((!c->head || c->lazy_only) && !c->stop) {
+			if (!c->head) {
+				pthread_cond_wait(&c->cond, &c->lock);
+			} else if (wait_lazy(c)) {
+				break; /* the lazy jobs waited long enough */
+			}
+		}
+		c->lazy_only = false;
 		jobs = c->head;
 		last = c->tail;
 		c->head = c->tail = NULL;
@@ -287,58 +341,111 @@ static int sync_wal(coord *c)
 	return SQLITE_IOERR;
 }
 
+/* Runs the hooks and posts the done of one synced round (no lock held). */
+static void complete_round(coord_job *jobs, int rc)
+{
+	coord_job *next;
+
+	for (coord_job *j = jobs; j; j = j->next) {
+		if (rc != SQLITE_OK && j->rc == SQLITE_OK)
+			j->rc = rc; /* committed, but maybe not durable: say so */
+		if (j->after_commit && j->rc == SQLITE_OK)
+			j->after_commit(j);
+	}
+	for (coord_job *j = jobs; j; j = next) {
+		next = j->next; /* j may be freed by its done() */
+		if (j->w)
+			worker_post(j->w, &j->done);
+		else
+			j->done.fn(&j->done);
+	}
+}
+
+/* slock held: completes the synced rounds in ticket order, unless another
+ * syncer is doing it (it will see ours before it stops). */
+static void complete_rounds(coord *c)
+{
+	if (c->completing)
+		return;
+	c->completing = true;
+	for (;;) {
+		struct round *r = &c->rounds[c->next_done % ROUND_SLOTS];
+		coord_job *jobs;
+		int rc;
+
+		if (!r->synced)
+			break;
+		jobs = r->jobs;
+		rc = r->rc;
+		*r = (struct round){ 0 };
+		c->next_done++;
+		pthread_cond_broadcast(&c->scond); /* a slot is free */
+		pthread_mutex_unlock(&c->slock);
+		complete_round(jobs, rc);
+		pthread_mutex_lock(&c->slock);
+	}
+	c->completing = false;
+}
+
 static void *sync_main(void *arg)
 {
 	coord *c = arg;
 
+	pthread_mutex_lock(&c->slock);
 	for (;;) {
-		coord_job *jobs, *next;
-		bool stop;
+		struct round *r;
+		coord_job *jobs;
+		uint64_t ticket;
 		int rc;
 
-		pthread_mutex_lock(&c->slock);
-		while (!c->shead && !c->sstop)
+		/* a round needs a free slot: at most ROUND_SLOTS not completed
+		 * (the syncer completing the others broadcasts each slot) */
+		while (!c->shead || c->next_round - c->next_done >= ROUND_SLOTS) {
+			if (c->sstop && !c->shead)
+				goto out;
 			pthread_cond_wait(&c->scond, &c->slock);
+		}
 		jobs = c->shead;
 		c->shead = c->stail = NULL;
-		stop = c->sstop;
+		ticket = c->next_round++;
 		pthread_mutex_unlock(&c->slock);
-		rc = jobs ? sync_wal(c) : SQLITE_OK;
-		for (coord_job *j = jobs; j; j = j->next) {
-			if (rc != SQLITE_OK && j->rc == SQLITE_OK)
-				j->rc = rc; /* committed, but maybe not durable: say so */
-			if (j->after_commit && j->rc == SQLITE_OK)
-				j->after_commit(j);
-		}
-		for (coord_job *j = jobs; j; j = next) {
-			next = j->next; /* j may be freed by its done() */
-			if (j->w)
-				worker_post(j->w, &j->done);
-			else
-				j->done.fn(&j->done);
-		}
-		if (stop && !jobs)
-			break;
+		rc = sync_wal(c);
+		pthread_mutex_lock(&c->slock);
+		r = &c->rounds[ticket % ROUND_SLOTS];
+		r->jobs = jobs;
+		r->rc = rc;
+		r->synced = true;
+		complete_rounds(c);
 	}
+out:
+	pthread_mutex_unlock(&c->slock);
 	pthread_mutex_lock(&c->dblock);
 	stmtcache_forget(c->db); /* statements of hooks that used coord_lock_db */
 	pthread_mutex_unlock(&c->dblock);
 	return NULL;
 }
 
+static void stop_syncers(coord *c)
+{
+	pthread_mutex_lock(&c->slock);
+	c->sstop = true;
+	pthread_cond_broadcast(&c->scond);
+	pthread_mutex_unlock(&c->slock);
+	for (int i = 0; i < c->nsyncers; i++)
+		pthread_join(c->sync_threads[i], NULL);
+	c->nsyncers = 0;
+}
+
 int coord_start(coord *c)
 {
-	int rc = pthread_create(&c->sync_thread, NULL, sync_main, c);
+	int rc = 0;
 
-	if (rc != 0)
-		return -rc;
-	rc = pthread_create(&c->thread, NULL, coord_main, c);
+	for (; c->nsyncers < SYNCERS && !rc; c->nsyncers += !rc)
+		rc = pthread_create(&c->sync_threads[c->nsyncers], NULL, sync_main, c);
+	if (!rc)
+		rc = pthread_create(&c->thread, NULL, coord_main, c);
 	if (rc != 0) {
-		pthread_mutex_lock(&c->slock);
-		c->sstop = true;
-		pthread_cond_signal(&c->scond);
-		pthread_mutex_unlock(&c->slock);
-		pthread_join(c->sync_thread, NULL);
+		stop_syncers(c);
 		return -rc;
 	}
 	c->started = true;
@@ -364,7 +471,20 @@ void coord_submit(coord *c, coord_job *job)
 	job->next = NULL;
 	pthread_mutex_lock(&c->lock);
 	append_jobs(&c->head, &c->tail, job, job);
+	c->lazy_only = false;
 	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+void coord_submit_lazy(coord *c, coord_job *job)
+{
+	job->next = NULL;
+	pthread_mutex_lock(&c->lock);
+	if (!c->head) {
+		c->lazy_only = true;
+		pthread_cond_signal(&c->cond); /* to start its COORD_LAZY_MS wait */
+	}
+	append_jobs(&c->head, &c->tail, job, job);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -378,11 +498,7 @@ void coord_close(coord *c)
 		pthread_cond_signal(&c->cond);
 		pthread_mutex_unlock(&c->lock);
 		pthread_join(c->thread, NULL);
-		pthread_mutex_lock(&c->slock);
-		c->sstop = true;
-		pthread_cond_signal(&c->scond);
-		pthread_mutex_unlock(&c->slock);
-		pthread_join(c->sync_thread, NULL);
+		stop_syncers(c);
 	}
 	stmtcache_forget(c->db); /* main's, from start-up */
 	sqlite3_close(c->db);

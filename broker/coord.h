@@ -10,10 +10,11 @@
  * topic_configs(topic, key, value), meta(key, value).  Schema version in
  * PRAGMA user_version.
  *
- * Durability: SQLite runs with synchronous=NORMAL and the coordinator's
- * second thread (the WAL syncer) fdatasyncs the WAL after each batch —
- * while the coordinator already runs the next one — and only then runs
- * the after_commit hooks and posts the jobs' done: an answer still means
+ * Durability: SQLite runs with synchronous=NORMAL (through the walvfs.h
+ * shim: one WAL write per commit) and the coordinator's two WAL-sync
+ * threads fdatasync the WAL after each batch — while the coordinator
+ * already runs the next one — and only then, in batch order, run the
+ * after_commit hooks and post the jobs' done: an answer still means
  * "durable", but batches overlap their syncs.
  *
  * Threads: coord_open, coord_db and the load functions run on main before
@@ -33,7 +34,11 @@ typedef struct coord_job {
 	/* Runs on the coordinator thread inside a transaction.  Returns 0 or a
 	 * SQLite error code (the job's savepoint is then rolled back). */
 	int (*run)(struct coord_job *job, sqlite3 *db);
-	/* Optional.  Runs on the WAL-sync thread once the batch holding the
+	/* run() leaves the database as it was whenever it fails (it is one
+	 * self-contained halfstore call, or read-only): the job then runs
+	 * without a SAVEPOINT of its own (two statements less per job). */
+	bool atomic;
+	/* Optional.  Runs on a WAL-sync thread once the batch holding the
 	 * job has committed and its WAL is synced (so what run() wrote is
 	 * durable), in submission order, before done is posted; not run when
 	 * the job or the batch failed.  The database is not held then: use
@@ -61,6 +66,12 @@ sqlite3 *coord_lock_db(coord *c);
 int coord_unlock_db(coord *c);
 int coord_start(coord *c);
 void coord_submit(coord *c, coord_job *job);
+/* The same for a job that may wait: it does not wake the coordinator, so it
+ * runs with the next batch that something else starts, or within
+ * COORD_LAZY_MS.  For bookkeeping off the critical path (the COMMITTED
+ * marks), which then costs no thread wake-up of its own. */
+#define COORD_LAZY_MS 5
+void coord_submit_lazy(coord *c, coord_job *job);
 /* Drains queued jobs, stops the thread, closes the database.  Accepts NULL. */
 void coord_close(coord *c);
 

@@ -19,9 +19,9 @@
  *
  * That last rule is only true if the appends of a partition happen in
  * commit_seq order, so they all run in the after_commit hooks of the end
- * jobs (coord.h, on the coordinator's WAL-sync thread): those run one after
- * another in job order, right after the commit that gave the sequences is
- * durable, which is the sequence order.  An append that wrote nothing
+ * jobs (coord.h, on a WAL-sync thread of the coordinator, one round at a
+ * time): those run one after another in job order, right after the commit
+ * that gave the sequences is durable, which is the sequence order.  An append that wrote nothing
  * (disk full) gets a new sequence (halfstore_reseq) before any later append
  * to that partition, synchronously in the same hook, through
  * coord_lock_db (the statement commits on its own and is synced before the
@@ -35,7 +35,8 @@
  *
  * Threads: handlers and replies on loops; halfstore calls in coordinator
  * jobs (or, for the fix-ups above, under coord_lock_db); appends on
- * the coordinator's WAL-sync thread; sync waits on the request's loop.
+ * the coordinator's WAL-sync threads (one at a time); sync waits on the
+ * request's loop.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -558,7 +559,12 @@ static void submit(txn_job *j, void (*done)(loop_task *), void (*after)(coord_jo
 	j->job.after_commit = after;
 	j->job.w = j->r->w;
 	j->job.done.fn = done;
-	coord_submit(j->r->w->srv->coord, &j->job);
+	/* one halfstore call, atomic on its own (halfstore.h), or read-only */
+	j->job.atomic = j->kind != JOB_END || j->decision != DECIDE_RESUME;
+	if (j->kind == JOB_MARK)
+		coord_submit_lazy(j->r->w->srv->coord, &j->job);
+	else
+		coord_submit(j->r->w->srv->coord, &j->job);
 }
 
 /* ---- TxnPrepare ---- */
