@@ -8,11 +8,14 @@
  * e2e:     a producer thread sends --rate msgs/s, each value starting with
  *          its send time (CLOCK_MONOTONIC ns, same host); the consumer (this
  *          thread) measures now - that time.
- * txn:     --concurrency threads share one transactional producer; each
- *          runs prepare → (empty local transaction answering COMMIT) →
- *          commit, synchronously, back to back; latency = the whole
- *          sluice_txn_send().  Run the broker with log.durability=fsync for
- *          the durable figure (docs/benchmarks.md).
+ * txn:     --concurrency transactions in flight, each prepare → (empty
+ *          local transaction answering COMMIT) → commit, back to back;
+ *          latency = prepare sent to commit answered.  By default all of
+ *          them are pipelined on the producer's asynchronous connection
+ *          (sluice_txn_prepare_async / sluice_txn_end_async, callbacks on
+ *          its I/O thread); --threads runs one thread per transaction
+ *          calling sluice_txn_send().  Run the broker with
+ *          log.durability=fsync for the durable figure (docs/benchmarks.md).
  * A progress line per second goes to stderr; the summary to stdout.
  */
 #include <getopt.h>
@@ -50,6 +53,7 @@ struct bench_opts {
 	int batch_kb;
 	bool nocopy;
 	int concurrency;
+	bool txn_threads;
 };
 
 static void usage_bench(FILE *f)
@@ -67,8 +71,10 @@ static void usage_bench(FILE *f)
 		"  -B, --batch-kb N       batch.size in KiB (default 1000000 bytes)\n"
 		"  -Z, --zero-copy        produce with SLUICE_MSG_F_NOCOPY (values >= 16 KiB\n"
 		"                         are sent from the caller's buffer, not copied)\n"
-		"  -c, --concurrency N    txn: transactions in flight at once, one thread\n"
-		"                         each (default 32)\n"
+		"  -c, --concurrency N    txn: transactions in flight at once (default 32)\n"
+		"  -T, --threads          txn: one thread per transaction calling\n"
+		"                         sluice_txn_send() (default: all pipelined\n"
+		"                         on one connection with the async calls)\n"
 		"  -h, --help\n"
 		"Prints a progress line each second on stderr, then msgs/s, MB/s and\n"
 		"latency p50/p99/p99.9 (produce: produce() to delivery report; e2e:\n"
@@ -423,6 +429,7 @@ struct txn_bench {
 	const struct bench_opts *o;
 	const void *value;
 	atomic_llong next, done, failed;
+	atomic_int active; /* pipelined mode: slots still running */
 	int64_t end_ns; /* duration mode; 0 = count mode */
 	pthread_mutex_t lock; /* hist merge, first error */
 	struct lathist h;
@@ -492,16 +499,88 @@ static sluice_txn_producer_t *txn_bench_producer(const struct cli_global *g)
 	return p;
 }
 
+/* --- pipelined: every transaction on the producer's I/O thread --- */
+
+struct txn_slot {
+	struct txn_bench *b;
+	int64_t t0;
+};
+
+static void txn_slot_start(struct txn_slot *s);
+
+/* Counts a finished transaction; starts the slot's next one. */
+static void txn_slot_done(struct txn_slot *s, sluice_err_t err, const char *errstr)
+{
+	struct txn_bench *b = s->b;
+
+	if (err) {
+		pthread_mutex_lock(&b->lock);
+		if (!b->first_err[0])
+			snprintf(b->first_err, sizeof(b->first_err), "%s", errstr);
+		pthread_mutex_unlock(&b->lock);
+		atomic_fetch_add(&b->failed, 1);
+	} else {
+		lathist_add(&b->h, (now_ns() - s->t0) / 1000);
+		atomic_fetch_add(&b->done, 1);
+	}
+	txn_slot_start(s);
+}
+
+static void txn_bench_ended(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id,
+			    int64_t offset, const char *errstr, void *opaque)
+{
+	(void)p;
+	(void)txn_id;
+	(void)offset;
+	txn_slot_done(opaque, err, errstr);
+}
+
+static void txn_bench_prepared(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id,
+			       int32_t partition, const char *errstr, void *opaque)
+{
+	struct txn_slot *s = opaque;
+
+	(void)partition;
+	if (!err)
+		err = sluice_txn_end_async(p, txn_id, SLUICE_TXN_COMMIT, txn_bench_ended, s);
+	if (err)
+		txn_slot_done(s, err, errstr[0] ? errstr : sluice_err2str(err));
+}
+
+/* Next transaction of the slot, or the slot retires (b->active). */
+static void txn_slot_start(struct txn_slot *s)
+{
+	struct txn_bench *b = s->b;
+	sluice_err_t err;
+
+	s->t0 = now_ns();
+	if (b->end_ns ? s->t0 >= b->end_ns : atomic_fetch_add(&b->next, 1) >= b->o->count) {
+		atomic_fetch_sub(&b->active, 1);
+		return;
+	}
+	err = sluice_txn_prepare_async(b->p, b->o->topic, SLUICE_PARTITION_ANY, NULL, 0, b->value,
+				       (size_t)b->o->size, NULL, 0, txn_bench_prepared, s);
+	if (err) { /* not queued: no callback comes, the slot retires */
+		pthread_mutex_lock(&b->lock);
+		if (!b->first_err[0])
+			snprintf(b->first_err, sizeof(b->first_err), "%s", sluice_err2str(err));
+		pthread_mutex_unlock(&b->lock);
+		atomic_fetch_add(&b->failed, 1);
+		atomic_fetch_sub(&b->active, 1);
+	}
+}
+
 static int bench_txn(const struct cli_global *g, const struct bench_opts *o)
 {
 	struct txn_bench *b = calloc(1, sizeof(*b));
 	pthread_t *thr = calloc((size_t)o->concurrency, sizeof(*thr));
+	struct txn_slot *slots = calloc((size_t)o->concurrency, sizeof(*slots));
 	char *value = malloc((size_t)o->size + 1);
 	long long last_n = 0;
 	int64_t t0, last;
 	int started = 0, rc = EXIT_OK;
 
-	if (!b || !thr || !value || !(b->p = txn_bench_producer(g))) {
+	if (!b || !thr || !slots || !value || !(b->p = txn_bench_producer(g))) {
 		rc = EXIT_ERR;
 		goto out;
 	}
@@ -512,12 +591,23 @@ static int bench_txn(const struct cli_global *g, const struct bench_opts *o)
 	t0 = last = now_ns();
 	if (o->duration > 0)
 		b->end_ns = t0 + (int64_t)(o->duration * 1e9);
-	for (; started < o->concurrency; started++)
-		if (pthread_create(&thr[started], NULL, txn_bench_worker, b))
-			break;
-	while (atomic_load(&b->done) + atomic_load(&b->failed) <
-		       (b->end_ns ? LLONG_MAX : o->count) &&
-	       (!b->end_ns || now_ns() < b->end_ns)) {
+	if (o->txn_threads) {
+		for (; started < o->concurrency; started++)
+			if (pthread_create(&thr[started], NULL, txn_bench_worker, b))
+				break;
+	} else {
+		atomic_store(&b->active, o->concurrency);
+		for (int i = 0; i < o->concurrency; i++) {
+			slots[i].b = b;
+			/* callbacks may run before this loop ends: h belongs
+			 * to the I/O thread from the first start on */
+			txn_slot_start(&slots[i]);
+		}
+	}
+	while ((o->txn_threads ? atomic_load(&b->done) + atomic_load(&b->failed) <
+					 (b->end_ns ? LLONG_MAX : o->count) &&
+				 (!b->end_ns || now_ns() < b->end_ns)
+			       : atomic_load(&b->active) > 0)) {
 		int64_t t;
 		long long n;
 
@@ -534,7 +624,8 @@ static int bench_txn(const struct cli_global *g, const struct bench_opts *o)
 	for (int i = 0; i < started; i++)
 		pthread_join(thr[i], NULL);
 	summary("txn", atomic_load(&b->done), o->size, (double)(now_ns() - t0) / 1e9, &b->h);
-	printf("txn: %d concurrent, %lld failed\n", o->concurrency, atomic_load(&b->failed));
+	printf("txn: %d concurrent (%s), %lld failed\n", o->concurrency,
+	       o->txn_threads ? "one thread each" : "pipelined", atomic_load(&b->failed));
 	if (atomic_load(&b->failed)) {
 		fprintf(stderr, "sluice: first failure: %s\n", b->first_err);
 		rc = EXIT_UNDELIVERED;
@@ -545,6 +636,7 @@ out:
 		sluice_txn_producer_destroy(b->p);
 	free(b);
 	free(thr);
+	free(slots);
 	free(value);
 	return rc;
 }
@@ -563,6 +655,7 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 		{ "batch-kb", required_argument, NULL, 'B' },
 		{ "zero-copy", no_argument, NULL, 'Z' },
 		{ "concurrency", required_argument, NULL, 'c' },
+		{ "threads", no_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -577,7 +670,7 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 	}
 	o.mode = argv[1];
 	optind = 2;
-	while ((opt = getopt_long(argc, argv, "t:s:n:d:a:l:P:r:B:Zc:h", lo, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "t:s:n:d:a:l:P:r:B:Zc:Th", lo, NULL)) != -1) {
 		switch (opt) {
 		case 't': o.topic = optarg; break;
 		case 's': o.size = atol(optarg); break;
@@ -590,6 +683,7 @@ int cli_bench(const struct cli_global *g, int argc, char **argv)
 		case 'B': o.batch_kb = atoi(optarg); break;
 		case 'Z': o.nocopy = true; break;
 		case 'c': o.concurrency = atoi(optarg); break;
+		case 'T': o.txn_threads = true; break;
 		case 'h': usage_bench(stdout); return EXIT_OK;
 		default: usage_bench(stderr); return EXIT_USAGE;
 		}

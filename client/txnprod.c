@@ -17,12 +17,15 @@
  * check with TxnEnd after running the application's check callback.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +50,27 @@ struct tcache {
 	int32_t nparts;
 };
 
+/* One asynchronous prepare or end (txn_prepare_async / txn_end_async).
+ * Recycled through the producer's free list with its batch buffer, so a
+ * steady stream of transactions allocates nothing. */
+enum { AOP_PREPARE, AOP_END };
+struct aop {
+	struct aop *next;
+	int kind;
+	int ver;              /* version of the request sent */
+	char topic[256];      /* prepare */
+	int32_t partition;    /* prepare: the requested one */
+	struct batch b;       /* prepare: the half message */
+	int64_t txn_id;       /* end */
+	int decision;         /* end */
+	int64_t deadline_ms;  /* end: retries stop here */
+	int64_t retry_at_ms;  /* end: waiting in the retry list until then */
+	sluice_txn_prepared_cb *prepared;
+	sluice_txn_ended_cb *ended;
+	void *opaque;
+	char errstr[256];
+};
+
 struct sluice_txn_producer {
 	struct sluice_conf *conf; /* owned; read-only after new() */
 	char instance[256];
@@ -58,7 +82,23 @@ struct sluice_txn_producer {
 	pthread_t check_thr;
 	bool check_started;
 	atomic_bool stop;
+	/* Asynchronous calls: the queue and free list under alock, the rest
+	 * (akc, retries) owned by the I/O thread. */
+	pthread_mutex_t alock;
+	struct aop *aq_head, *aq_tail; /* queued, not yet sent */
+	struct aop *afree;
+	bool astop, wake_pending, io_started;
+	int wakefd;
+	pthread_t io_thr;
+	struct kconn akc;
+	struct aop *retries;  /* ends waiting for their retry */
+	int64_t reconnect_at_ms;
 };
+
+static struct sluice_txn_producer *container_of_akc(struct kconn *c)
+{
+	return (struct sluice_txn_producer *)((char *)c - offsetof(struct sluice_txn_producer, akc));
+}
 
 /* ---- connection pool ---- */
 
@@ -307,6 +347,362 @@ out:
 	return err;
 }
 
+/* ---- asynchronous calls: one pipelined connection on an I/O thread ---- */
+
+static struct aop *aop_get(struct sluice_txn_producer *p)
+{
+	struct aop *op;
+
+	pthread_mutex_lock(&p->alock);
+	op = p->afree;
+	if (op)
+		p->afree = op->next;
+	pthread_mutex_unlock(&p->alock);
+	if (!op) {
+		if (!(op = calloc(1, sizeof(*op))) || batch_init(&op->b, 256)) {
+			free(op);
+			return NULL;
+		}
+	}
+	op->next = NULL;
+	op->errstr[0] = '\0';
+	return op;
+}
+
+static void aop_put(struct sluice_txn_producer *p, struct aop *op)
+{
+	pthread_mutex_lock(&p->alock);
+	op->next = p->afree;
+	p->afree = op;
+	pthread_mutex_unlock(&p->alock);
+}
+
+static void aops_free(struct aop *op)
+{
+	while (op) {
+		struct aop *next = op->next;
+
+		batch_free(&op->b);
+		free(op);
+		op = next;
+	}
+}
+
+/* Runs op's callback with err and recycles op. */
+static void aop_complete(struct sluice_txn_producer *p, struct aop *op, sluice_err_t err,
+			 int64_t txn_id, int32_t partition, int64_t offset)
+{
+	if (err && !op->errstr[0])
+		conf_errf(op->errstr, sizeof(op->errstr), "%s: %s",
+			  op->kind == AOP_PREPARE ? "TxnPrepare" : "TxnEnd", sluice_err2str(err));
+	if (op->kind == AOP_PREPARE)
+		op->prepared(p, err, err ? -1 : txn_id, partition, op->errstr, op->opaque);
+	else
+		op->ended(p, err, op->txn_id, offset, op->errstr, op->opaque);
+	aop_put(p, op);
+}
+
+static void *aio_main(void *arg);
+
+/* Queues op for the I/O thread (started on first use).  Returns 0, or
+ * SLUICE_ERR_DESTROYED / a start failure (op not queued). */
+static sluice_err_t aop_enqueue(struct sluice_txn_producer *p, struct aop *op)
+{
+	sluice_err_t err = SLUICE_ERR_NO_ERROR;
+	bool wake = false;
+
+	pthread_mutex_lock(&p->alock);
+	if (p->astop) {
+		err = SLUICE_ERR_DESTROYED;
+	} else if (!p->io_started) {
+		p->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (p->wakefd < 0 || pthread_create(&p->io_thr, NULL, aio_main, p)) {
+			if (p->wakefd >= 0)
+				close(p->wakefd);
+			p->wakefd = -1;
+			err = SLUICE_ERR_NO_MEMORY; /* no thread or eventfd: resources */
+		} else {
+			p->io_started = true;
+		}
+	}
+	if (!err) {
+		if (p->aq_tail)
+			p->aq_tail->next = op;
+		else
+			p->aq_head = op;
+		p->aq_tail = op;
+		/* one wake-up per batch of calls; none from the I/O thread
+		 * itself (a callback), which looks at the queue next anyway */
+		if (!p->wake_pending && !pthread_equal(pthread_self(), p->io_thr)) {
+			p->wake_pending = true;
+			wake = true;
+		}
+	}
+	pthread_mutex_unlock(&p->alock);
+	if (wake)
+		(void)eventfd_write(p->wakefd, 1);
+	return err;
+}
+
+/* An end that failed transiently waits for its retry, unless its time is
+ * up (then it completes with err). */
+static void end_retry_later(struct sluice_txn_producer *p, struct aop *op, sluice_err_t err)
+{
+	int64_t now = kclock_ms();
+
+	if (now + p->conf->retry_backoff_ms >= op->deadline_ms) {
+		aop_complete(p, op, err, op->txn_id, -1, -1);
+		return;
+	}
+	op->errstr[0] = '\0';
+	op->retry_at_ms = now + p->conf->retry_backoff_ms;
+	op->next = p->retries;
+	p->retries = op;
+}
+
+static void aop_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *resp, void *ctx)
+{
+	struct aop *op = ctx;
+	struct sluice_txn_producer *p = container_of_akc(c);
+	int64_t txn_id = -1, offset = -1;
+	int32_t part = -1;
+	sluice_err_t e = (sluice_err_t)err;
+
+	(void)req;
+	if (op->kind == AOP_PREPARE) {
+		if (!e)
+			e = txnwire_prepare_resp(resp, op->ver, op->partition, &txn_id, &part,
+						 op->errstr, sizeof(op->errstr));
+		if (e == SLUICE_ERR_UNKNOWN_TOPIC_OR_PARTITION)
+			topic_forget(p, op->topic);
+		aop_complete(p, op, e, txn_id, part, -1);
+		return;
+	}
+	if (!e)
+		e = txnwire_end_resp(resp, NULL, &offset, op->errstr, sizeof(op->errstr));
+	if (transient(e)) {
+		end_retry_later(p, op, e);
+		return;
+	}
+	if (op->decision != SLUICE_TXN_COMMIT)
+		offset = -1;
+	aop_complete(p, op, e, op->txn_id, -1, offset);
+}
+
+/* Sends op on the I/O thread's connection (up). */
+static void aop_send(struct sluice_txn_producer *p, struct aop *op)
+{
+	struct kreq *r;
+
+	if (op->kind == AOP_PREPARE) {
+		struct txnwire_prepare a = {
+			.group = p->conf->txn_group,
+			.instance = p->instance,
+			.topic = op->topic,
+			.partition = op->partition,
+			.check_timeout_ms = p->conf->txn_check_timeout_ms,
+			.batch = op->b.buf,
+			.batch_len = op->b.len,
+		};
+
+		r = txnwire_prepare_req(&p->akc, &a, &op->ver, op->errstr, sizeof(op->errstr));
+	} else {
+		r = txnwire_end_req(&p->akc, p->conf->txn_group, op->txn_id, op->decision, 0, &op->ver,
+				    op->errstr, sizeof(op->errstr));
+	}
+	if (!r) {
+		aop_complete(p, op, (sluice_err_t)op->ver, -1, -1, -1);
+		return;
+	}
+	kconn_send(&p->akc, r, aop_cb, op);
+}
+
+/* Sends (or, with the broker unreachable, fails or defers) each op of the
+ * list. */
+static void aops_dispatch(struct sluice_txn_producer *p, struct aop *list)
+{
+	while (list) {
+		struct aop *op = list;
+
+		list = op->next;
+		op->next = NULL;
+		if (kconn_up(&p->akc))
+			aop_send(p, op);
+		else if (op->kind == AOP_END)
+			end_retry_later(p, op, SLUICE_ERR_TRANSPORT);
+		else
+			aop_complete(p, op, SLUICE_ERR_TRANSPORT, -1, -1, -1);
+	}
+}
+
+/* The retries that are due, unlinked; *next_ms lowered to the next one. */
+static struct aop *due_retries(struct sluice_txn_producer *p, int64_t now, int64_t *next_ms)
+{
+	struct aop **pp = &p->retries, *due = NULL;
+
+	while (*pp) {
+		struct aop *op = *pp;
+
+		if (op->retry_at_ms <= now) {
+			*pp = op->next;
+			op->next = due;
+			due = op;
+		} else {
+			if (op->retry_at_ms < *next_ms)
+				*next_ms = op->retry_at_ms;
+			pp = &op->next;
+		}
+	}
+	return due;
+}
+
+static void aio_connect(struct sluice_txn_producer *p, int64_t now)
+{
+	if (kconn_up(&p->akc) || now < p->reconnect_at_ms)
+		return;
+	if (kconn_connect(&p->akc, p->conf->request_timeout_ms) != 0)
+		p->reconnect_at_ms = kclock_ms() + p->conf->reconnect_backoff_ms;
+}
+
+static void *aio_main(void *arg)
+{
+	struct sluice_txn_producer *p = arg;
+
+	for (;;) {
+		struct pollfd pfd[2];
+		struct aop *list;
+		int64_t now = kclock_ms(), next = now + 100;
+		int timeout, n = 1;
+		bool stop;
+
+		pthread_mutex_lock(&p->alock);
+		list = p->aq_head;
+		p->aq_head = p->aq_tail = NULL;
+		p->wake_pending = false;
+		stop = p->astop;
+		pthread_mutex_unlock(&p->alock);
+		if (stop) {
+			p->aq_head = list; /* failed by aio_stop, after the join */
+			break;
+		}
+		if (list || p->retries)
+			aio_connect(p, now);
+		aops_dispatch(p, list);
+		aops_dispatch(p, due_retries(p, now, &next));
+		if (kconn_up(&p->akc)) {
+			int tc = kconn_check_timeouts(&p->akc, now);
+
+			if (now + tc < next)
+				next = now + tc;
+		}
+		pfd[0] = (struct pollfd){ .fd = p->wakefd, .events = POLLIN };
+		if (kconn_up(&p->akc)) {
+			pfd[1] = (struct pollfd){ .fd = p->akc.fd, .events = kconn_events(&p->akc) };
+			n = 2;
+		}
+		timeout = next > now ? (int)(next - now) : 0;
+		if (poll(pfd, (nfds_t)n, timeout) <= 0)
+			continue;
+		if (pfd[0].revents & POLLIN) {
+			eventfd_t v;
+
+			(void)eventfd_read(p->wakefd, &v);
+		}
+		if (n == 2 && pfd[1].revents)
+			kconn_io(&p->akc, pfd[1].revents, kclock_ms());
+	}
+	return NULL;
+}
+
+/* Stops the I/O thread and fails what it leaves (destroying thread). */
+static void aio_stop(struct sluice_txn_producer *p)
+{
+	struct aop *left;
+
+	pthread_mutex_lock(&p->alock);
+	p->astop = true;
+	pthread_mutex_unlock(&p->alock);
+	if (!p->io_started)
+		return;
+	(void)eventfd_write(p->wakefd, 1);
+	pthread_join(p->io_thr, NULL);
+	kconn_close(&p->akc, SLUICE_ERR_DESTROYED, NULL); /* in-flight callbacks */
+	left = p->aq_head;
+	p->aq_head = p->aq_tail = NULL;
+	while (left) {
+		struct aop *op = left;
+
+		left = op->next;
+		aop_complete(p, op, SLUICE_ERR_DESTROYED, -1, -1, -1);
+	}
+	while ((left = p->retries)) {
+		p->retries = left->next;
+		aop_complete(p, left, SLUICE_ERR_DESTROYED, -1, -1, -1);
+	}
+	close(p->wakefd);
+}
+
+sluice_err_t sluice_txn_prepare_async(sluice_txn_producer_t *p, const char *topic,
+				      int32_t partition, const void *key, size_t key_len,
+				      const void *value, size_t value_len,
+				      const sluice_header_t *headers, size_t nheaders,
+				      sluice_txn_prepared_cb *cb, void *opaque)
+{
+	char errstr[256];
+	struct aop *op;
+	sluice_err_t err;
+	int32_t part = partition;
+
+	if (!p || !topic || !topic[0] || strlen(topic) >= sizeof(op->topic) || !cb ||
+	    partition < -1 || key_len > INT32_MAX || value_len > INT32_MAX || (nheaders && !headers))
+		return SLUICE_ERR_INVALID_ARG;
+	if (partition == SLUICE_PARTITION_ANY && key) {
+		int32_t n = topic_nparts(p, topic, errstr, sizeof(errstr));
+
+		if (n <= 0)
+			return (sluice_err_t)n;
+		part = sluice_partition_for_key(key, key_len, n);
+	}
+	if (!(op = aop_get(p)))
+		return SLUICE_ERR_NO_MEMORY;
+	err = build_batch(p, &op->b, key, key_len, value, value_len, headers, nheaders, errstr,
+			  sizeof(errstr));
+	if (!err) {
+		op->kind = AOP_PREPARE;
+		snprintf(op->topic, sizeof(op->topic), "%s", topic);
+		op->partition = part;
+		op->prepared = cb;
+		op->opaque = opaque;
+		err = aop_enqueue(p, op);
+	}
+	if (err)
+		aop_put(p, op);
+	return err;
+}
+
+sluice_err_t sluice_txn_end_async(sluice_txn_producer_t *p, int64_t txn_id,
+				  sluice_txn_decision_t decision, sluice_txn_ended_cb *cb,
+				  void *opaque)
+{
+	struct aop *op;
+	sluice_err_t err;
+
+	if (!p || !cb || decision < SLUICE_TXN_UNKNOWN || decision > SLUICE_TXN_ROLLBACK)
+		return SLUICE_ERR_INVALID_ARG;
+	if (!(op = aop_get(p)))
+		return SLUICE_ERR_NO_MEMORY;
+	op->kind = AOP_END;
+	op->txn_id = txn_id;
+	op->decision = (int)decision;
+	op->deadline_ms = kclock_ms() + p->conf->request_timeout_ms;
+	op->ended = cb;
+	op->opaque = opaque;
+	err = aop_enqueue(p, op);
+	if (err)
+		aop_put(p, op);
+	return err;
+}
+
 /* ---- check-back ---- */
 
 static void answer_check(struct sluice_txn_producer *p, struct kconn *kc,
@@ -398,6 +794,9 @@ static void producer_free(struct sluice_txn_producer *p, bool own_conf)
 	atomic_store(&p->stop, true);
 	if (p->check_started)
 		pthread_join(p->check_thr, NULL);
+	aio_stop(p);
+	aops_free(p->afree);
+	pthread_mutex_destroy(&p->alock);
 	conns_free(p->idle);
 	sluice_admin_destroy(p->admin);
 	pthread_mutex_destroy(&p->lock);
@@ -428,6 +827,9 @@ sluice_txn_producer_t *sluice_txn_producer_new(sluice_conf_t *conf, char *errstr
 	}
 	p->conf = conf;
 	pthread_mutex_init(&p->lock, NULL);
+	pthread_mutex_init(&p->alock, NULL);
+	p->wakefd = -1;
+	kconn_init(&p->akc, conf);
 	if (conf->txn_instance[0])
 		snprintf(p->instance, sizeof(p->instance), "%s", conf->txn_instance);
 	else

@@ -55,21 +55,18 @@ static sluice_err_t call(struct kconn *c, struct kreq *r, int timeout_ms, const 
 	return SLUICE_ERR_NO_ERROR;
 }
 
-sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, int timeout_ms,
-			     int64_t *txn_id, int32_t *partition, char *errstr, size_t errstr_size)
+struct kreq *txnwire_prepare_req(struct kconn *c, const struct txnwire_prepare *a, int *ver,
+				 char *errstr, size_t errstr_size)
 {
-	struct kbuf *resp = NULL;
 	struct kreq *r;
-	sluice_err_t err;
-	int ver = txnwire_version(c, API_TXN_PREPARE, 1, errstr, errstr_size);
-	wire_rd rd;
-	wire_str msg;
-	int16_t e;
 
-	if (ver < 0)
-		return (sluice_err_t)ver;
-	if (!(r = kreq_new(c, API_TXN_PREPARE, (int16_t)ver)))
-		return SLUICE_ERR_NO_MEMORY;
+	*ver = txnwire_version(c, API_TXN_PREPARE, 1, errstr, errstr_size);
+	if (*ver < 0)
+		return NULL;
+	if (!(r = kreq_new(c, API_TXN_PREPARE, (int16_t)*ver))) {
+		*ver = SLUICE_ERR_NO_MEMORY;
+		return NULL;
+	}
 	wire_w_str(&r->wb, a->group);
 	wire_w_str(&r->wb, a->topic);
 	wire_w_i32(&r->wb, a->partition);
@@ -82,15 +79,25 @@ sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, i
 	} else {
 		wire_w_bytes(&r->wb, a->batch, (int32_t)a->batch_len);
 	}
-	if (ver >= 1)
+	if (*ver >= 1)
 		wire_w_str(&r->wb, a->instance && a->instance[0] ? a->instance : NULL);
-	err = call(c, r, timeout_ms, "TxnPrepare", &resp, &rd, errstr, errstr_size);
-	if (err)
-		return err;
+	return r;
+}
+
+sluice_err_t txnwire_prepare_resp(const struct kbuf *resp, int ver, int32_t req_partition,
+				  int64_t *txn_id, int32_t *partition, char *errstr,
+				  size_t errstr_size)
+{
+	sluice_err_t err = SLUICE_ERR_NO_ERROR;
+	wire_rd rd;
+	wire_str msg;
+	int16_t e;
+
+	wire_rd_init(&rd, resp->data + 4, resp->len - 4);
 	e = wire_rd_i16(&rd);
 	msg = wire_rd_str(&rd);
 	*txn_id = wire_rd_i64(&rd);
-	*partition = ver >= 1 ? wire_rd_i32(&rd) : a->partition;
+	*partition = ver >= 1 ? wire_rd_i32(&rd) : req_partition;
 	if (rd.err) {
 		conf_errf(errstr, errstr_size, "TxnPrepare: malformed response");
 		err = SLUICE_ERR_BAD_MSG;
@@ -98,35 +105,60 @@ sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, i
 		err = broker_err(e);
 		set_broker_errstr(err, msg, "TxnPrepare", errstr, errstr_size);
 	}
-	kbuf_unref(resp);
+	if (err)
+		*txn_id = -1;
 	return err;
 }
 
-sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int decision,
-			 int flags, int timeout_ms, int *state, int64_t *offset, char *errstr,
-			 size_t errstr_size)
+sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, int timeout_ms,
+			     int64_t *txn_id, int32_t *partition, char *errstr, size_t errstr_size)
 {
 	struct kbuf *resp = NULL;
 	struct kreq *r;
 	sluice_err_t err;
-	int ver = txnwire_version(c, API_TXN_END, 0, errstr, errstr_size);
+	int ver;
+	wire_rd rd;
+
+	if (!(r = txnwire_prepare_req(c, a, &ver, errstr, errstr_size)))
+		return (sluice_err_t)ver;
+	err = call(c, r, timeout_ms, "TxnPrepare", &resp, &rd, errstr, errstr_size);
+	if (err)
+		return err;
+	err = txnwire_prepare_resp(resp, ver, a->partition, txn_id, partition, errstr, errstr_size);
+	kbuf_unref(resp);
+	return err;
+}
+
+struct kreq *txnwire_end_req(struct kconn *c, const char *group, int64_t txn_id, int decision,
+			     int flags, int *ver, char *errstr, size_t errstr_size)
+{
+	struct kreq *r;
+
+	*ver = txnwire_version(c, API_TXN_END, 0, errstr, errstr_size);
+	if (*ver < 0)
+		return NULL;
+	if (!(r = kreq_new(c, API_TXN_END, (int16_t)*ver))) {
+		*ver = SLUICE_ERR_NO_MEMORY;
+		return NULL;
+	}
+	wire_w_str(&r->wb, group ? group : "");
+	wire_w_i64(&r->wb, txn_id);
+	wire_w_i8(&r->wb, (int8_t)decision);
+	wire_w_i8(&r->wb, (int8_t)flags);
+	return r;
+}
+
+sluice_err_t txnwire_end_resp(const struct kbuf *resp, int *state, int64_t *offset, char *errstr,
+			      size_t errstr_size)
+{
+	sluice_err_t err = SLUICE_ERR_NO_ERROR;
 	wire_rd rd;
 	wire_str msg;
 	int16_t e;
 	int8_t st;
 	int64_t off;
 
-	if (ver < 0)
-		return (sluice_err_t)ver;
-	if (!(r = kreq_new(c, API_TXN_END, (int16_t)ver)))
-		return SLUICE_ERR_NO_MEMORY;
-	wire_w_str(&r->wb, group ? group : "");
-	wire_w_i64(&r->wb, txn_id);
-	wire_w_i8(&r->wb, (int8_t)decision);
-	wire_w_i8(&r->wb, (int8_t)flags);
-	err = call(c, r, timeout_ms, "TxnEnd", &resp, &rd, errstr, errstr_size);
-	if (err)
-		return err;
+	wire_rd_init(&rd, resp->data + 4, resp->len - 4);
 	e = wire_rd_i16(&rd);
 	msg = wire_rd_str(&rd);
 	st = wire_rd_i8(&rd);
@@ -143,6 +175,25 @@ sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int
 		if (offset)
 			*offset = off;
 	}
+	return err;
+}
+
+sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int decision,
+			 int flags, int timeout_ms, int *state, int64_t *offset, char *errstr,
+			 size_t errstr_size)
+{
+	struct kbuf *resp = NULL;
+	struct kreq *r;
+	sluice_err_t err;
+	int ver;
+	wire_rd rd;
+
+	if (!(r = txnwire_end_req(c, group, txn_id, decision, flags, &ver, errstr, errstr_size)))
+		return (sluice_err_t)ver;
+	err = call(c, r, timeout_ms, "TxnEnd", &resp, &rd, errstr, errstr_size);
+	if (err)
+		return err;
+	err = txnwire_end_resp(resp, state, offset, errstr, errstr_size);
 	kbuf_unref(resp);
 	return err;
 }

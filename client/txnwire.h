@@ -41,11 +41,26 @@ struct txnwire_prepare {
 sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, int timeout_ms,
 			     int64_t *txn_id, int32_t *partition, char *errstr, size_t errstr_size);
 
+/* The two halves of TxnPrepare for pipelined use (txnprod.c's asynchronous
+ * calls): the request (NULL with *ver = the error, errstr set), and the
+ * decoding of its response frame (ver = the version the request used). */
+struct kreq *txnwire_prepare_req(struct kconn *c, const struct txnwire_prepare *a, int *ver,
+				 char *errstr, size_t errstr_size);
+sluice_err_t txnwire_prepare_resp(const struct kbuf *resp, int ver, int32_t req_partition,
+				  int64_t *txn_id, int32_t *partition, char *errstr,
+				  size_t errstr_size);
+
 /* TxnEnd.  decision 0 unknown, 1 commit, 2 rollback, 3 resume; flags bit 0
  * operator.  *state (may be NULL) and *offset (may be NULL) on success. */
 sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int decision,
 			 int flags, int timeout_ms, int *state, int64_t *offset, char *errstr,
 			 size_t errstr_size);
+
+/* The two halves of TxnEnd, as for TxnPrepare. */
+struct kreq *txnwire_end_req(struct kconn *c, const char *group, int64_t txn_id, int decision,
+			     int flags, int *ver, char *errstr, size_t errstr_size);
+sluice_err_t txnwire_end_resp(const struct kbuf *resp, int *state, int64_t *offset, char *errstr,
+			      size_t errstr_size);
 
 /* One check handed out by TxnCheckPoll. */
 struct txnwire_check {

@@ -807,6 +807,42 @@ sluice_err_t sluice_txn_end(sluice_txn_producer_t *p, int64_t txn_id,
 			    sluice_txn_decision_t decision, int64_t *offset, char *errstr,
 			    size_t errstr_size);
 
+/* The same two steps without blocking, pipelined on one connection: many
+ * transactions in flight from one thread (an event-driven service, or a
+ * gateway that hands the local transaction to its own workers).
+ *
+ * sluice_txn_prepare_async() queues the half message and returns at once
+ * (SLUICE_ERR_NO_ERROR, or an argument/size error without calling cb);
+ * cb(p, err, txn_id, partition, errstr, opaque) then runs exactly once with
+ * the prepare's outcome, as sluice_txn_prepare() would return it.
+ * sluice_txn_end_async() queues the decision; cb(p, err, txn_id, offset,
+ * errstr, opaque) runs once it is answered, with what sluice_txn_end()
+ * would return (transport errors are retried within request.timeout.ms, as
+ * there).  errstr is "" on success and borrowed for the call.
+ *
+ * Threads: callable from any thread, including from inside these
+ * callbacks.  The callbacks run on the producer's I/O thread (started by
+ * the first asynchronous call), one at a time: they must not block — run
+ * the local transaction elsewhere, or keep it short — and must not destroy
+ * the producer.  sluice_txn_producer_destroy() completes everything still
+ * queued or in flight with SLUICE_ERR_DESTROYED (on the destroying thread
+ * once the I/O thread stopped).  A prepare with a key and
+ * SLUICE_PARTITION_ANY looks the topic's partition count up once (blocking
+ * Metadata call on the calling thread; cached afterwards).  Copies key,
+ * value and headers: the caller's buffers are free at return. */
+typedef void sluice_txn_prepared_cb(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id,
+				    int32_t partition, const char *errstr, void *opaque);
+typedef void sluice_txn_ended_cb(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id,
+				 int64_t offset, const char *errstr, void *opaque);
+sluice_err_t sluice_txn_prepare_async(sluice_txn_producer_t *p, const char *topic,
+				      int32_t partition, const void *key, size_t key_len,
+				      const void *value, size_t value_len,
+				      const sluice_header_t *headers, size_t nheaders,
+				      sluice_txn_prepared_cb *cb, void *opaque);
+sluice_err_t sluice_txn_end_async(sluice_txn_producer_t *p, int64_t txn_id,
+				  sluice_txn_decision_t decision, sluice_txn_ended_cb *cb,
+				  void *opaque);
+
 /* ---- transactions, for operators (admin handle) ---- */
 
 typedef enum sluice_txn_state {

@@ -12,7 +12,16 @@
   transaction.group is asked; COMMIT makes it visible, ROLLBACK never;
 * `sluice txn list|describe|commit|rollback|resume|prepare` end to end,
   including a DISCARDED transaction resumed and resolved by an operator;
-* `sluice bench txn` runs and reports every transaction committed.
+* the asynchronous calls (sluice_txn_prepare_async / _end_async): 600
+  transactions 32 at a time on one connection, every callback exactly once,
+  the log holding exactly the committed ones at the offsets reported;
+  destroy with prepares in flight completes every callback once (OK or
+  DESTROYED); the broker killed (SIGKILL) under a pipelined stream → every
+  transaction finishes with an outcome (no hang), and after a restart each
+  reported commit is in the log once, no reported rollback is, nothing
+  twice;
+* `sluice bench txn` runs (pipelined and --threads) and reports every
+  transaction committed.
 
 Env: SLUICED, SLUICE_CLI, TXN_CLIENT (tests/integration/txn_client).
 """
@@ -215,13 +224,92 @@ def test_cli_operator_commands():
     check(rc == 0 and "resume" in out, "txn --help")
 
 
+def parse_async(out):
+    """commit/rollback/error lines of `txn_client async` → three dicts."""
+    commits, rollbacks, errors = {}, set(), {}
+    for line in out.splitlines():
+        w = line.split()
+        if w[0] == "commit":
+            check(w[1] not in commits, "%s reported committed twice" % w[1])
+            commits[w[1]] = (int(w[2]), int(w[3]))
+        elif w[0] == "rollback":
+            rollbacks.add(w[1])
+        elif w[0] == "error":
+            errors[w[1]] = " ".join(w[2:])
+    return commits, rollbacks, errors
+
+
+def log_by_value(b, partitions=3):
+    seen = {}
+    for p, off, _, v in all_values(b, partitions):
+        v = v.decode()
+        check(v not in seen, "%s is in the log twice (%s and %s)" % (v, seen.get(v), (p, off)))
+        seen[v] = (p, off)
+    return seen
+
+
+def test_async_pipelined():
+    b = start("txn-async")
+    rc, out, err = client(b, "async", TOPIC, "shop", 600, 32, timeout=120)
+    check_eq(rc, 0, "async exit (%s %s)" % (out[-500:], err))
+    check("async done 600" in out, "async finished")
+    commits, rollbacks, errors = parse_async(out)
+    check_eq(errors, {}, "no transaction failed")
+    check_eq((len(commits), len(rollbacks)), (400, 200), "commits and rollbacks")
+    check_eq(log_by_value(b), commits, "the log holds exactly the commits, where reported")
+    rows = txn_rows(b, "--limit", "1000")
+    check_eq(sorted(r["state"] for r in rows.values()).count("ROLLED_BACK"), 200,
+             "rolled-back rows")
+
+
+def test_async_destroy_in_flight():
+    b = start("txn-async-destroy")
+    rc, out, err = client(b, "async-destroy", TOPIC, "shop", 500)
+    check_eq(rc, 0, "async-destroy exit (%s %s)" % (out, err))
+    w = out.split()
+    check(w[0] == "destroyed" and int(w[1]) + int(w[2]) == 500,
+          "every callback once, OK or DESTROYED: %r" % out)
+    check_eq(all_values(b), [], "nothing ended: nothing in the log")
+
+
+def test_async_broker_killed():
+    b = start("txn-async-kill")
+    argv = [need_program("TXN_CLIENT"), b.addr, "async", TOPIC, "shop", "20000", "32"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(all_values(b)) >= 50, 30, what="some commits before the kill")
+    b.kill9()
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        check(False, "the async client hung after the broker died")
+    out = out.decode()
+    check_eq(proc.returncode, 0, "async client exit (%s)" % err.decode("utf-8", "replace"))
+    check("async done 20000" in out, "every transaction finished with an outcome")
+    commits, rollbacks, errors = parse_async(out)
+    check(errors, "the kill showed up as errors")
+    log("%d commits, %d rollbacks, %d errors before/after the kill" %
+        (len(commits), len(rollbacks), len(errors)))
+    b.start()
+    seen = log_by_value(b)
+    for v, where in commits.items():
+        check_eq(seen.get(v), where, "reported commit %s in the log once, where reported" % v)
+    check(not rollbacks & set(seen), "no rolled-back value in the log")
+    unexplained = set(seen) - set(commits) - set(errors)
+    check_eq(unexplained, set(), "every value in the log was committed or lost its answer")
+
+
 def test_bench_txn_runs():
     b = start("txn-bench", partitions=2)
-    rc, out, err = sluice(b, "bench", "txn", "-t", TOPIC, "-n", "400", "-c", "8",
-                          timeout=120)
-    check_eq(rc, 0, "bench txn exit (%s)" % err)
-    check("txn: 400 msgs of 200 bytes" in out and "0 failed" in out, "bench output %r" % out)
-    check_eq(len(all_values(b, 2)), 400, "every benchmark transaction is in the log once")
+    for mode in ([], ["--threads"]):
+        rc, out, err = sluice(b, "bench", "txn", "-t", TOPIC, "-n", "400", "-c", "8", *mode,
+                              timeout=120)
+        check_eq(rc, 0, "bench txn %s exit (%s)" % (mode, err))
+        check("txn: 400 msgs of 200 bytes" in out and "0 failed" in out,
+              "bench output %r" % out)
+        check(("one thread each" if mode else "pipelined") in out, "bench mode %r" % out)
+    check_eq(len(all_values(b, 2)), 800, "every benchmark transaction is in the log once")
 
 
 if __name__ == "__main__":
@@ -231,5 +319,8 @@ if __name__ == "__main__":
         ("unknown_answer_then_own_check", test_unknown_answer_then_own_check),
         ("dead_producer_resolved_by_group", test_dead_producer_resolved_by_group),
         ("cli_operator_commands", test_cli_operator_commands),
+        ("async_pipelined", test_async_pipelined, 120),
+        ("async_destroy_in_flight", test_async_destroy_in_flight),
+        ("async_broker_killed", test_async_broker_killed, 180),
         ("bench_txn_runs", test_bench_txn_runs, 180),
     ])

@@ -19,8 +19,20 @@
  *   txn_client BROKER unknown-then-check TOPIC GROUP DECISION
  *       one producer whose local transaction answers UNKNOWN and whose own
  *       check callback answers DECISION; waits up to 20 s for the check.
+ *   txn_client BROKER async TOPIC GROUP N INFLIGHT
+ *       N transactions through sluice_txn_prepare_async/_end_async, INFLIGHT
+ *       at a time, value "v<i>", every third one rolled back; prints
+ *       "commit V PARTITION OFFSET", "rollback V" or "error V STEP ERR" per
+ *       transaction, then "async done N"; FAIL if a callback ran twice,
+ *       never ran, or reported something impossible (commit without an
+ *       offset, rollback with one, a txn id given twice).
+ *   txn_client BROKER async-destroy TOPIC GROUP N
+ *       queues N prepares and destroys the producer at once; prints
+ *       "destroyed OK DESTROYED" (callbacks by outcome); FAIL unless every
+ *       callback ran exactly once with one of those two.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -273,11 +285,210 @@ static int mode_sync(int argc, char **argv)
 	return 0;
 }
 
+/* ---- asynchronous calls ---- */
+
+struct atxn {
+	struct async_run *run;
+	int idx;
+	int64_t txn_id;
+	int32_t partition;
+	atomic_int prepared, ended; /* callback counts */
+};
+
+struct async_run {
+	const char *topic;
+	int n;
+	atomic_int next, finished;
+	struct atxn *t;
+	pthread_mutex_t lock; /* stdout, ids */
+	int64_t *ids;
+	int nids;
+};
+
+static sluice_txn_decision_t async_decision(int i)
+{
+	return i % 3 == 2 ? SLUICE_TXN_ROLLBACK : SLUICE_TXN_COMMIT;
+}
+
+static void async_start(sluice_txn_producer_t *p, struct async_run *r);
+
+static void async_finish(sluice_txn_producer_t *p, struct atxn *t)
+{
+	atomic_fetch_add(&t->run->finished, 1);
+	async_start(p, t->run); /* this slot's next transaction */
+}
+
+static void async_ended(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id, int64_t offset,
+			const char *errstr, void *opaque)
+{
+	struct atxn *t = opaque;
+	struct async_run *r = t->run;
+	sluice_txn_decision_t d = async_decision(t->idx);
+
+	if (atomic_fetch_add(&t->ended, 1))
+		fail("end callback ran twice", "");
+	if (txn_id != t->txn_id)
+		fail("end callback names another txn", "");
+	pthread_mutex_lock(&r->lock);
+	if (err)
+		printf("error v%d end %s %s\n", t->idx, sluice_err2name(err), errstr);
+	else if (d == SLUICE_TXN_COMMIT && offset < 0)
+		fail("commit answered without an offset", "");
+	else if (d == SLUICE_TXN_ROLLBACK && offset != -1)
+		fail("rollback answered with an offset", "");
+	else if (d == SLUICE_TXN_COMMIT)
+		printf("commit v%d %d %" PRId64 "\n", t->idx, t->partition, offset);
+	else
+		printf("rollback v%d\n", t->idx);
+	pthread_mutex_unlock(&r->lock);
+	async_finish(p, t);
+}
+
+static void async_prepared(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id,
+			   int32_t partition, const char *errstr, void *opaque)
+{
+	struct atxn *t = opaque;
+	struct async_run *r = t->run;
+
+	t->partition = partition;
+	if (atomic_fetch_add(&t->prepared, 1))
+		fail("prepare callback ran twice", "");
+	if (err) {
+		pthread_mutex_lock(&r->lock);
+		printf("error v%d prepare %s %s\n", t->idx, sluice_err2name(err), errstr);
+		pthread_mutex_unlock(&r->lock);
+		async_finish(p, t);
+		return;
+	}
+	if (txn_id < 0 || errstr[0])
+		fail("prepare succeeded without an id, or with an error text", errstr);
+	pthread_mutex_lock(&r->lock);
+	for (int i = 0; i < r->nids; i++)
+		if (r->ids[i] == txn_id)
+			fail("one txn id given to two prepares", "");
+	r->ids[r->nids++] = txn_id;
+	pthread_mutex_unlock(&r->lock);
+	t->txn_id = txn_id;
+	err = sluice_txn_end_async(p, txn_id, async_decision(t->idx), async_ended, t);
+	if (err)
+		fail("sluice_txn_end_async", sluice_err2str(err));
+}
+
+static void async_start(sluice_txn_producer_t *p, struct async_run *r)
+{
+	int i = atomic_fetch_add(&r->next, 1);
+	char value[32];
+	sluice_err_t err;
+
+	if (i >= r->n)
+		return;
+	snprintf(value, sizeof(value), "v%d", i);
+	err = sluice_txn_prepare_async(p, r->topic, SLUICE_PARTITION_ANY, NULL, 0, value,
+				       strlen(value), NULL, 0, async_prepared, &r->t[i]);
+	if (err)
+		fail("sluice_txn_prepare_async", sluice_err2str(err));
+}
+
+static void async_init(struct async_run *r, const char *topic, int n)
+{
+	memset(r, 0, sizeof(*r));
+	r->topic = topic;
+	r->n = n;
+	r->t = calloc((size_t)n, sizeof(*r->t));
+	r->ids = calloc((size_t)n, sizeof(*r->ids));
+	if (!r->t || !r->ids)
+		fail("calloc", "");
+	for (int i = 0; i < n; i++) {
+		r->t[i].run = r;
+		r->t[i].idx = i;
+		r->t[i].txn_id = -1;
+	}
+	pthread_mutex_init(&r->lock, NULL);
+}
+
+static int mode_async(int argc, char **argv)
+{
+	struct async_run r;
+	sluice_txn_producer_t *p;
+	int n, inflight;
+
+	if (argc != 6)
+		fail("usage", "async TOPIC GROUP N INFLIGHT");
+	n = atoi(argv[4]);
+	inflight = atoi(argv[5]);
+	if (n <= 0 || inflight <= 0)
+		fail("usage", "N and INFLIGHT must be positive");
+	async_init(&r, argv[2], n);
+	p = new_producer(argv[3], NULL, NULL, NULL);
+	for (int i = 0; i < inflight; i++)
+		async_start(p, &r);
+	/* every transaction finishes: errors are reported, not waited out
+	 * forever (end retries stop at request.timeout.ms, 10 s) */
+	for (int waited = 0; atomic_load(&r.finished) < n; waited++) {
+		if (waited > 900)
+			fail("async", "not every transaction finished within 90 s");
+		usleep(100 * 1000);
+	}
+	sluice_txn_producer_destroy(p);
+	for (int i = 0; i < n; i++)
+		if (atomic_load(&r.t[i].prepared) != 1 ||
+		    (r.t[i].txn_id >= 0 && atomic_load(&r.t[i].ended) != 1))
+			fail("async", "a callback did not run exactly once");
+	printf("async done %d\n", n);
+	free(r.t);
+	free(r.ids);
+	return 0;
+}
+
+struct destroy_count {
+	atomic_int ok, destroyed, other, calls;
+};
+
+static void destroy_prepared(sluice_txn_producer_t *p, sluice_err_t err, int64_t txn_id,
+			     int32_t partition, const char *errstr, void *opaque)
+{
+	struct destroy_count *c = opaque;
+
+	(void)p;
+	(void)txn_id;
+	(void)partition;
+	(void)errstr;
+	atomic_fetch_add(&c->calls, 1);
+	if (err == SLUICE_ERR_NO_ERROR)
+		atomic_fetch_add(&c->ok, 1);
+	else if (err == SLUICE_ERR_DESTROYED)
+		atomic_fetch_add(&c->destroyed, 1);
+	else
+		atomic_fetch_add(&c->other, 1);
+}
+
+static int mode_async_destroy(int argc, char **argv)
+{
+	struct destroy_count c = { 0 };
+	sluice_txn_producer_t *p;
+	int n;
+
+	if (argc != 5)
+		fail("usage", "async-destroy TOPIC GROUP N");
+	n = atoi(argv[4]);
+	p = new_producer(argv[3], NULL, NULL, NULL);
+	for (int i = 0; i < n; i++)
+		if (sluice_txn_prepare_async(p, argv[2], SLUICE_PARTITION_ANY, NULL, 0, "d", 1, NULL, 0,
+					     destroy_prepared, &c))
+			fail("sluice_txn_prepare_async", "");
+	sluice_txn_producer_destroy(p);
+	if (atomic_load(&c.calls) != n || atomic_load(&c.other))
+		fail("async-destroy", "a callback did not run exactly once with OK or DESTROYED");
+	printf("destroyed %d %d\n", atomic_load(&c.ok), atomic_load(&c.destroyed));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc < 3) {
-		fprintf(stderr, "usage: txn_client BROKER send|die|checker|sync|unknown-then-check ...\n");
+		fprintf(stderr, "usage: txn_client BROKER send|die|checker|sync|unknown-then-check|async|"
+				"async-destroy ...\n");
 		return 2;
 	}
 	broker = argv[1];
@@ -293,6 +504,10 @@ int main(int argc, char **argv)
 		return mode_sync(argc, argv);
 	if (!strcmp(argv[1], "unknown-then-check"))
 		return mode_unknown_then_check(argc, argv);
+	if (!strcmp(argv[1], "async"))
+		return mode_async(argc, argv);
+	if (!strcmp(argv[1], "async-destroy"))
+		return mode_async_destroy(argc, argv);
 	fprintf(stderr, "txn_client: unknown mode %s\n", argv[1]);
 	return 2;
 }
