@@ -21,11 +21,16 @@
  * commit_seq order, so they all run in the after_commit hooks of the end
  * jobs (coord.h, on a WAL-sync thread of the coordinator, one round at a
  * time): those run one after another in job order, right after the commit
- * that gave the sequences is durable, which is the sequence order.  An append that wrote nothing
- * (disk full) gets a new sequence (halfstore_reseq) before any later append
- * to that partition, synchronously in the same hook, through
- * coord_lock_db (the statement commits on its own and is synced before the
- * hook goes on).
+ * that gave the sequences is durable, which is the sequence order.  An
+ * append that wrote nothing (disk full) releases its sequence
+ * (halfstore_unseq, synchronously in the same hook through coord_lock_db:
+ * the statement commits on its own and is synced before the hook goes on);
+ * the retried end takes a new one in the coordinator's order, so it is
+ * appended after everything sequenced before it.  (Taking the new sequence
+ * at the failure, as first built, lost the commit when later ones were
+ * appended before the retry: its sequence then read as "appended long
+ * ago".)  An end job that read the sequence before it was released finds
+ * it in the partition's failed-sequence ring and answers "retry" instead.
  *
  * Durability (fsync): COMMITTED is recorded, and the answer sent, only once
  * the partition's high watermark covers the batch, i.e. after its
@@ -136,7 +141,25 @@ uint64_t txn_api_instance_id(wire_str instance)
 enum {
 	APPEND_E_GONE = 1,      /* the topic or partition no longer exists */
 	APPEND_E_TOO_LARGE = 2, /* bigger than the topic's segment.bytes */
+	APPEND_E_STALE = 3,     /* an append with this sequence failed: it is
+				   released, a retried end sequences it anew */
 };
+
+/* Under p->pid_lock: the failed-append ring (topics.h). */
+static bool seq_failed(const partition *p, int64_t seq)
+{
+	for (size_t i = 0; i < sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]); i++)
+		if (p->txn_failed_seq[i] == seq + 1)
+			return true;
+	return false;
+}
+
+static void note_failed_seq(partition *p, int64_t seq)
+{
+	size_t n = sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]);
+
+	p->txn_failed_seq[p->txn_failed_next++ % n] = seq + 1;
+}
 
 typedef struct commit_res {
 	topic *t;        /* referenced */
@@ -166,7 +189,10 @@ static int append_locked(partition *p, halfstore_txn *t, commit_res *res)
 	int verdict = pidstate_check(p->pids, HALFSTORE_COMMIT_PID, epoch, seq, seq + last, &base);
 	int rc = 0;
 
-	if (verdict == PIDSTATE_DUPLICATE) {
+	if (seq_failed(p, t->commit_seq)) {
+		/* read before its failure released it: not in the log */
+		rc = APPEND_E_STALE;
+	} else if (verdict == PIDSTATE_DUPLICATE) {
 		res->offset = base;
 		res->need = base + last + 1;
 	} else if (verdict == PIDSTATE_FENCED ||
@@ -185,6 +211,8 @@ static int append_locked(partition *p, halfstore_txn *t, commit_res *res)
 					base + last);
 			res->offset = base;
 			res->need = base + last + 1;
+		} else if (rc < 0) {
+			note_failed_seq(p, t->commit_seq);
 		}
 	}
 	return rc;
@@ -231,7 +259,9 @@ done:
 		BLOG_RL(BLOG_ERROR, "txn %lld: append to %s-%d failed: %s", (long long)t->txn_id, t->topic,
 			t->partition,
 			rc < 0 ? strerror(-rc)
-			       : rc == APPEND_E_GONE ? "no such topic or partition" : "batch too large");
+			: rc == APPEND_E_GONE ? "no such topic or partition"
+			: rc == APPEND_E_STALE ? "an earlier append of this commit failed (sequence released)"
+					       : "batch too large");
 		if (tp)
 			topic_unref(tp);
 	} else {
@@ -245,7 +275,7 @@ done:
  * later).  Returns the Kafka error for the answer and writes its message. */
 static int16_t append_failed(sqlite3 *db, halfstore_txn *t, int rc, char *msg, size_t cap)
 {
-	int64_t seq = -1;
+	bool unseq = false;
 	int16_t err;
 	int hs;
 
@@ -259,13 +289,15 @@ static int16_t append_failed(sqlite3 *db, halfstore_txn *t, int rc, char *msg, s
 		err = rc == APPEND_E_GONE ? KERR_UNKNOWN_TOPIC_OR_PARTITION : KERR_MESSAGE_TOO_LARGE;
 		snprintf(msg, cap, "%s: transaction discarded, nothing appended", why);
 	} else {
-		hs = halfstore_reseq(db, t->txn_id, &seq);
+		/* sequenced anew by the retried end (halfstore.h) */
+		hs = halfstore_unseq(db, t->txn_id);
+		unseq = true;
 		err = KERR_KAFKA_STORAGE_ERROR;
 		snprintf(msg, cap, "append failed (%s); nothing appended, retry the commit",
 			 strerror(-rc));
 	}
 	blog(hs == HALFSTORE_OK ? BLOG_WARN : BLOG_ERROR, "txn %lld: %s (%s)", (long long)t->txn_id, msg,
-	     hs == HALFSTORE_OK ? (seq >= 0 ? "new commit sequence" : "discarded")
+	     hs == HALFSTORE_OK ? (unseq ? "commit sequence released" : "discarded")
 				: halfstore_strerror(hs));
 	return err;
 }
@@ -298,6 +330,54 @@ static int recover_sync(commit_res *v, size_t n)
 	return rc;
 }
 
+/* Start-up, main: COMMITTING rows whose append failed (no commit_seq,
+ * listed after the others of their partition) get their new sequence now,
+ * durably (synchronous=FULL for that commit) before anything is appended,
+ * as a retried end would.  v[i] is replaced by the sequenced row.  0 or -1
+ * (logged). */
+static int recover_sequence(sqlite3 *db, halfstore_txn *v, size_t n)
+{
+	sqlite3_stmt *st;
+	int sync = 2, rc = 0;
+	size_t i;
+
+	for (i = 0; i < n && v[i].commit_seq >= 0; i++)
+		;
+	if (i == n)
+		return 0; /* none */
+	if (sqlite3_prepare_v2(db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			sync = sqlite3_column_int(st, 0);
+		sqlite3_finalize(st);
+	}
+	if (sqlite3_exec(db, "PRAGMA synchronous=FULL; BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+		rc = -1;
+	for (size_t k = 0; k < n && rc == 0; k++) {
+		halfstore_txn t;
+
+		if (v[k].commit_seq >= 0)
+			continue;
+		if (halfstore_end(db, v[k].txn_id, HALFSTORE_COMMIT, 0, now_ms(), &t) < 0 ||
+		    t.commit_seq < 0) {
+			halfstore_txn_clear(&t);
+			rc = -1;
+			break;
+		}
+		halfstore_txn_clear(&v[k]);
+		v[k] = t;
+	}
+	if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+		rc = -1;
+	if (rc != 0) {
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		blog(BLOG_ERROR, "transactions: cannot sequence the commits whose append failed: %s",
+		     sqlite3_errmsg(db));
+	}
+	sqlite3_exec(db, sync == 1 ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", NULL,
+		     NULL, NULL);
+	return rc;
+}
+
 int txn_api_recover(sqlite3 *db, topics *reg)
 {
 	halfstore_txn *v = NULL;
@@ -312,6 +392,8 @@ int txn_api_recover(sqlite3 *db, topics *reg)
 	}
 	res = calloc(n + 1, sizeof(*res));
 	if (!res)
+		goto out;
+	if (recover_sequence(db, v, n) != 0)
 		goto out;
 	/* in commit_seq order per partition, as at run time */
 	for (size_t i = 0; i < n; i++) {
@@ -838,6 +920,12 @@ static void end_after_commit(coord_job *job)
 		return;
 	txn_api_crash_point(TXN_CRASH_COMMIT_MARKED_COMMITTING);
 	rc = append_commit(srv->topics, srv->syncer, &j->txn, &j->cr);
+	if (rc == APPEND_E_STALE) {
+		j->kerr = KERR_KAFKA_STORAGE_ERROR;
+		snprintf(j->msg, sizeof(j->msg), "an earlier append of this commit failed; nothing "
+			 "appended, retry the commit");
+		return;
+	}
 	if (rc != 0) {
 		sqlite3 *db = coord_lock_db(srv->coord);
 

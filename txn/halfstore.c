@@ -40,7 +40,9 @@
  *    HALFSTORE_SEQ_SPAN.
  *  - commit_seq, once set, is never changed (an operator commit of a
  *    discarded txn that had one reuses it, so dedup still applies), except
- *    by halfstore_reseq after an append that certainly wrote nothing.
+ *    cleared by halfstore_unseq after an append that certainly wrote
+ *    nothing; a COMMITTING row without one gets a new one at its next
+ *    end(COMMIT) (COMMITTING rows are appended only with a sequence).
  */
 #include "halfstore.h"
 #include "stmtcache.h"
@@ -485,6 +487,24 @@ static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t c
 	return rc;
 }
 
+/* Gives a COMMITTING txn without a sequence the next one of its partition.
+ * 0 or -errno. */
+static int sequence(sqlite3 *db, const halfstore_txn *t)
+{
+	sqlite3_stmt *st;
+	int64_t seq;
+	int rc = take_seq(db, t->topic, t->partition, t->record_count, &seq);
+
+	if (rc == 0)
+		rc = prep(db, "UPDATE txn_half SET commit_seq = ?2 WHERE txn_id = ?1", &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, t->txn_id);
+		sqlite3_bind_int64(st, 2, seq);
+		rc = run(st);
+	}
+	return rc;
+}
+
 static int end_apply(sqlite3 *db, const halfstore_txn *t, enum halfstore_decision decision,
 		     int64_t now_ms)
 {
@@ -546,6 +566,15 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
 		rc = end_apply(db, &t, decision, now_ms);
 		break;
 	case HALFSTORE_COMMITTING:
+		if (decision == HALFSTORE_COMMIT && t.commit_seq < 0) {
+			/* its append wrote nothing (halfstore_unseq): sequenced
+			 * now, after everything sequenced before */
+			rc = sequence(db, &t);
+			if (rc == 0)
+				rc = HALFSTORE_OK_ALREADY;
+			break;
+		}
+		__attribute__((fallthrough));
 	case HALFSTORE_COMMITTED:
 		rc = decision == HALFSTORE_COMMIT ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
 		break;
@@ -603,13 +632,12 @@ int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
 	return sp_end(db, rc);
 }
 
-/* ---- reseq ---- */
+/* ---- unseq ---- */
 
-int halfstore_reseq(sqlite3 *db, int64_t txn_id, int64_t *commit_seq)
+int halfstore_unseq(sqlite3 *db, int64_t txn_id)
 {
 	halfstore_txn t;
 	sqlite3_stmt *st;
-	int64_t seq = -1;
 	int rc;
 
 	rc = sp_begin(db);
@@ -621,19 +649,13 @@ int halfstore_reseq(sqlite3 *db, int64_t txn_id, int64_t *commit_seq)
 	if (t.state != HALFSTORE_COMMITTING)
 		rc = HALFSTORE_E_STATE;
 	else
-		rc = take_seq(db, t.topic, t.partition, t.record_count, &seq);
-	if (rc == 0)
-		rc = prep(db, "UPDATE txn_half SET commit_seq = ?2 WHERE txn_id = ?1", &st);
+		rc = prep(db, "UPDATE txn_half SET commit_seq = NULL WHERE txn_id = ?1", &st);
 	if (rc == 0) {
 		sqlite3_bind_int64(st, 1, txn_id);
-		sqlite3_bind_int64(st, 2, seq);
 		rc = run(st);
 	}
 	halfstore_txn_clear(&t);
-	rc = sp_end(db, rc);
-	if (rc == HALFSTORE_OK)
-		*commit_seq = seq;
-	return rc;
+	return sp_end(db, rc);
 }
 
 /* ---- lists ---- */
@@ -645,7 +667,7 @@ int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n)
 
 	rc = prep(db,
 		  "SELECT " COLS_BLOB " FROM txn_half WHERE state = 'COMMITTING'"
-		  " ORDER BY topic, partition, commit_seq",
+		  " ORDER BY topic, partition, commit_seq IS NULL, commit_seq, txn_id",
 		  &st);
 	if (rc)
 		return rc;

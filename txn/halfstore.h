@@ -24,7 +24,8 @@
  *                 |    --check_answer x max_checks--> DISCARDED
  *   DISCARDED --resume (operator)----------------> PENDING
  *   DISCARDED --end(.., HALFSTORE_F_OPERATOR)----> COMMITTING | ROLLED_BACK
- *   COMMITTING --reseq (its append wrote nothing)--> COMMITTING, new commit_seq
+ *   COMMITTING --unseq (its append wrote nothing)--> COMMITTING, no commit_seq
+ *              --end(COMMIT) again--------------> COMMITTING, new commit_seq
  *   COMMITTED, ROLLED_BACK, DISCARDED --purge after retention--> (deleted)
  *
  * Exactly-once commit: end(COMMIT) gives the transaction a commit sequence
@@ -205,20 +206,21 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
 int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset);
 
 /* The append of a COMMITTING txn failed and wrote nothing (disk full, I/O
- * error: the log cut the partial write back): gives it the next commit_seq
- * of its partition, so that the broker's appends of that partition stay in
- * commit_seq order.  Why it matters: the broker appends in commit_seq order
- * and, after a crash, takes "sequence at or below the last one in the log"
- * as "already appended"; a failed commit keeping its old sequence while
- * later ones land would be taken as appended and lost.  The broker must
- * make the new sequence durable before it appends anything else to that
- * partition.  HALFSTORE_OK with *commit_seq, HALFSTORE_E_STATE (not
- * COMMITTING), HALFSTORE_E_NOT_FOUND or -errno (*commit_seq untouched but
- * on HALFSTORE_OK). */
-int halfstore_reseq(sqlite3 *db, int64_t txn_id, int64_t *commit_seq);
+ * error: the log cut the partial write back): forgets its commit_seq
+ * (NULL).  The next halfstore_end(COMMIT) of it — the producer's retry, an
+ * operator's commit, or start-up recovery — gives it a new one then, in
+ * the coordinator's order, so its append comes after every commit
+ * sequenced before it.  Why not a new sequence at once: the broker takes
+ * "sequence at or below the last one appended" as "already appended"; a
+ * sequence taken now would fall below the commits appended before the
+ * retry comes, and the retry would be answered as appended and be lost
+ * (tests/integration/test_disk_full.py).  HALFSTORE_OK, HALFSTORE_E_STATE
+ * (not COMMITTING), HALFSTORE_E_NOT_FOUND or -errno. */
+int halfstore_unseq(sqlite3 *db, int64_t txn_id);
 
 /* Everything in COMMITTING (crash recovery: re-append them all), batches
- * included, ordered by topic, partition, commit_seq.  HALFSTORE_OK with
+ * included, ordered by topic, partition, commit_seq — those without one
+ * (halfstore_unseq) last in their partition, by txn_id.  HALFSTORE_OK with
  * *out (malloc()ed, NULL if *n == 0) and *n, or -errno with both untouched. */
 int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n);
 

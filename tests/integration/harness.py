@@ -985,7 +985,7 @@ class Broker:
     """
 
     def __init__(self, sets=None, name="broker", workdir=None, shared=False,
-                 env=None, max_fds=None):
+                 env=None, max_fds=None, max_file_bytes=None):
         self.exe = os.environ.get("SLUICED", "")
         if not self.exe:
             raise SkipTest("SLUICED is not set")
@@ -1005,6 +1005,13 @@ class Broker:
         self.shared = shared
         self.env = dict(env or {})
         self.max_fds = max_fds  # RLIMIT_NOFILE for the broker process
+        # Soft RLIMIT_FSIZE for the broker process (None: inherited), with
+        # SIGXFSZ ignored so that a write past it fails with EFBIG instead
+        # of killing the broker: a "disk full" for files growing past it.
+        # The hard limit stays as inherited, so `prlimit --pid PID
+        # --fsize=unlimited` can lift it from outside.  Set it to None
+        # before start() for a restart without the limit.
+        self.max_file_bytes = max_file_bytes
         (_SHARED_BROKERS if shared else _ALL_BROKERS).append(self)
 
     def start(self, timeout=20.0, extra_sets=None):
@@ -1027,12 +1034,28 @@ class Broker:
             env = dict(os.environ)
             env.update(self.env)
         preexec = None
-        if self.max_fds:
+        if self.max_fds and self.max_file_bytes is None:
             import resource
             lim = self.max_fds
 
             def preexec():
                 resource.setrlimit(resource.RLIMIT_NOFILE, (lim, lim))
+        elif self.max_file_bytes is not None:
+            import resource
+            nofile = self.max_fds
+            fsize = self.max_file_bytes
+
+            def preexec():
+                if nofile:
+                    resource.setrlimit(resource.RLIMIT_NOFILE,
+                                       (nofile, nofile))
+                # Popen resets SIGXFSZ to SIG_DFL before preexec_fn runs
+                # (restore_signals); an ignored disposition survives exec.
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+                soft = fsize if hard == resource.RLIM_INFINITY \
+                    else min(fsize, hard)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=self.logf, stderr=self.logf,
                                      cwd=self.workdir, env=env,

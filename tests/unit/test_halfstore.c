@@ -3,7 +3,8 @@
  * fake clock: prepare / end / mark_committed and every documented outcome
  * (idempotent commit that never yields a second append — RocketMQ issue
  * #5574 —, conflicts, not found, discarded), per-partition commit
- * sequences (and a new one after a failed append: reseq), due checks with
+ * sequences (released after a failed append and taken anew by the next
+ * end: unseq), due checks with
  * leases, backoff and discard, resume, list
  * paging, purge, atomicity of a failing operation, and the query plans:
  * the due and per-group queries are index lookups, also with 100,000
@@ -529,43 +530,62 @@ static void test_halfstore_operator_commit_keeps_commit_seq(void **state)
 	sqlite3_close(db);
 }
 
-/* A commit whose append wrote nothing gets the partition's next sequence,
- * so the commits appended after it stay in commit_seq order; only a
- * COMMITTING txn can be re-sequenced. */
-static void test_halfstore_reseq_after_failed_append(void **state)
+/* A commit whose append wrote nothing releases its sequence; its next
+ * end(COMMIT) takes a new one then — after every commit sequenced in the
+ * meantime, which a sequence taken at the failure would not be — and
+ * recovery lists it after the sequenced ones of its partition.  Only a
+ * COMMITTING txn can release its sequence. */
+static void test_halfstore_unseq_after_failed_append(void **state)
 {
 	sqlite3 *db = open_db();
 	int64_t a = prepare_n(db, "g", "orders", 0, 2, 1, 0);
 	int64_t b = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	int64_t c = prepare_n(db, "g", "orders", 0, 1, 1, 0);
 	int64_t other = prepare_n(db, "g", "orders", 1, 1, 1, 0);
-	int64_t seq = -7;
-	halfstore_txn t;
+	halfstore_txn t, *v;
+	size_t n;
 
 	(void)state;
 	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1, NULL), 0); /* seq 0-1 */
 	assert_int_equal(halfstore_end(db, b, HALFSTORE_COMMIT, 0, 1, NULL), 0); /* seq 2 */
 	assert_int_equal(halfstore_end(db, other, HALFSTORE_COMMIT, 0, 1, NULL), 0);
-	assert_int_equal(halfstore_reseq(db, a, &seq), HALFSTORE_OK);
-	assert_int_equal(seq, 3);
+	assert_int_equal(halfstore_unseq(db, a), HALFSTORE_OK);
 	assert_int_equal(halfstore_get(db, a, &t), 0);
-	assert_int_equal(t.commit_seq, 3);
+	assert_int_equal(t.commit_seq, -1);
 	assert_int_equal(t.state, HALFSTORE_COMMITTING);
 	assert_non_null(t.batch);
 	halfstore_txn_clear(&t);
-	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 0"), 5);
-	/* the other partition's sequence does not move */
+	/* the partitions' counters do not move */
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 0"), 3);
 	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 1"), 1);
-	/* a retried end keeps the new sequence */
-	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 2, &t), HALFSTORE_OK_ALREADY);
-	assert_int_equal(t.commit_seq, 3);
+	/* recovery: the sequenced ones first, the released one last */
+	assert_int_equal(halfstore_committing(db, &v, &n), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(v[0].txn_id, b);
+	assert_int_equal(v[1].txn_id, a);
+	assert_int_equal(v[1].commit_seq, -1);
+	assert_int_equal(v[2].txn_id, other);
+	halfstore_txns_free(v, n);
+	/* another commit is sequenced before the retry comes ... */
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_COMMIT, 0, 2, NULL), 0); /* seq 3 */
+	/* ... and the retry takes the next sequence, above it */
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 3, &t), HALFSTORE_OK_ALREADY);
+	assert_int_equal(t.commit_seq, 4);
+	assert_int_equal(t.state, HALFSTORE_COMMITTING);
+	assert_non_null(t.batch);
 	halfstore_txn_clear(&t);
-	seq = -7;
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 0"), 6);
+	/* a second retry keeps it */
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 4, &t), HALFSTORE_OK_ALREADY);
+	assert_int_equal(t.commit_seq, 4);
+	halfstore_txn_clear(&t);
+	/* a rollback of a released commit is still the opposite decision */
+	assert_int_equal(halfstore_unseq(db, a), HALFSTORE_OK);
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_ROLLBACK, 0, 5, NULL), HALFSTORE_E_CONFLICT);
 	assert_int_equal(halfstore_mark_committed(db, b, 9), 0);
-	assert_int_equal(halfstore_reseq(db, b, &seq), HALFSTORE_E_STATE);
-	assert_int_equal(halfstore_reseq(db, prepare1(db, "g", 3), &seq), HALFSTORE_E_STATE);
-	assert_int_equal(halfstore_reseq(db, 999999, &seq), HALFSTORE_E_NOT_FOUND);
-	assert_int_equal(seq, -7);
-	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE partition = 0"), 5);
+	assert_int_equal(halfstore_unseq(db, b), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_unseq(db, prepare1(db, "g", 3)), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_unseq(db, 999999), HALFSTORE_E_NOT_FOUND);
 	stmtcache_forget(db);
 	sqlite3_close(db);
 }
@@ -846,7 +866,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_check_answer_after_end_changes_nothing),
 		cmocka_unit_test(test_halfstore_resume_discarded),
 		cmocka_unit_test(test_halfstore_operator_commit_keeps_commit_seq),
-		cmocka_unit_test(test_halfstore_reseq_after_failed_append),
+		cmocka_unit_test(test_halfstore_unseq_after_failed_append),
 		cmocka_unit_test(test_halfstore_committing_in_seq_order),
 		cmocka_unit_test(test_halfstore_list_pages_by_group_and_state),
 		cmocka_unit_test(test_halfstore_purge_ended_after_retention),

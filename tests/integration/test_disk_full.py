@@ -1,0 +1,619 @@
+#!/usr/bin/env python3
+"""Disk full: a clear error, never a crash, a hang or lost data
+(docs/storage.md "Disk full and I/O errors", docs/protocol.md error table,
+docs/transactions.md "Exactly-once commit").
+
+"Disk full" is simulated with RLIMIT_FSIZE: the broker runs with a soft
+limit of LIMIT bytes per file and SIGXFSZ ignored (Broker(max_file_bytes=)),
+so a write that would grow a file past the limit is cut short by the kernel
+(it writes up to the limit) and the next write fails with EFBIG.  SQLite's
+files (sluice.db, -wal: a few MiB at most here) stay below the limit; the
+topics have a 64 MiB segment.bytes, so their active segment is the file
+that runs into it.  `prlimit --pid PID --fsize=unlimited:unlimited`
+(util-linux) lifts the limit of the running broker: "space freed".
+
+* produce_disk_full: batches (acks=1 and acks=-1, alternating) until the
+  broker answers KAFKA_STORAGE_ERROR (56) — an answer in bounded time on
+  the same, still open, connection, not a crash or a close; the broker
+  logs the error.  Further batches that do not fit get 56 too; Metadata,
+  ListOffsets and Fetch still answer; the log holds exactly the
+  acknowledged messages, once, in order, every batch whole (CRC checked),
+  and the segment file is exactly as long as those batches (the partial
+  write was cut back).  After lifting the limit: produce succeeds at the
+  next offset, the log grows past the old limit with no gap or garbage,
+  and after a clean restart it is read back the same.
+* txn_commit_disk_full: on a topic whose log is a few KiB below the limit,
+  half messages are prepared (SQLite, unaffected); a commit that fits is
+  appended; commits that do not fit answer 56 with state COMMITTING,
+  append nothing, and stay COMMITTING (TxnDescribe, TxnList); a retry
+  while still full answers 56 again.  After lifting the limit the retried
+  commit appends the message exactly once (COMMITTED, its offset), and a
+  second retry answers the same offset and appends nothing.
+* txn_retry_order_after_disk_full: commits a then b fail; both are retried
+  while still full (b, then a); after lifting the limit a's retry lands
+  first; b's retry must still append b, once.
+* txn_other_commit_before_retry: a commit fails (disk full, 56); space is
+  freed; another transaction of the same partition commits first; then the
+  failed one is retried: it must be appended exactly once (not taken for
+  "appended long ago" because a later commit sequence reached the log).
+* restart_after_disk_full: failed produces and a failed commit (COMMITTING)
+  while full, then kill -9 with the limit still in force, and a restart
+  without it: every batch of the log decodes (CRC), the acknowledged
+  messages are there once and in order, nothing refused is, start-up
+  recovery appends the COMMITTING transaction exactly once, retrying its
+  commit appends nothing more, and the broker takes new messages.
+* restart_after_other_commit: as txn_other_commit_before_retry, but the
+  broker is killed before the retry: start-up recovery must append the
+  failed commit, once.
+
+Env: SLUICED.  Skipped (77) when prlimit is not installed.
+"""
+import os
+import shutil
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Broker, Conn, ConnectionClosed, DecodeError,  # noqa: E402
+                     ERR_KAFKA_STORAGE_ERROR, ERR_NONE, LIST_OFFSETS_LATEST,
+                     SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
+                     TXN_PENDING, TestFailure, build_batch, check, check_eq,
+                     decode_batches, log, run, run_cmd, txn_describe,
+                     txn_end, txn_list, txn_prepare)
+
+LIMIT = 6 << 20            # RLIMIT_FSIZE of the broker: "the disk"
+SEGMENT_BYTES = 64 << 20   # the active segment grows into LIMIT, no roll
+TOPIC_CONF = {"segment.bytes": SEGMENT_BYTES}
+ANSWER_WITHIN = 5.0        # seconds: an error must come back, not a hang
+SIGXFSZ_BIT = 1 << (25 - 1)  # SIGXFSZ = 25 on Linux, in SigIgn
+
+
+# --------------------------------------------------------------------------
+# The limit.
+
+def prlimit_path():
+    p = shutil.which("prlimit")
+    if not p:
+        raise SkipTest("prlimit (util-linux) is not installed: cannot lift "
+                       "the broker's RLIMIT_FSIZE to show it recovers")
+    return p
+
+
+def fsize_limit(pid):
+    """The soft RLIMIT_FSIZE of process pid: bytes, or None (unlimited)."""
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max file size"):
+                soft = line[len("Max file size"):].split()[0]
+                return None if soft == "unlimited" else int(soft)
+    raise TestFailure("no 'Max file size' in /proc/%d/limits" % pid)
+
+
+def sigxfsz_ignored(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) & SIGXFSZ_BIT)
+    return False
+
+
+def limited_broker(name):
+    prlimit_path()
+    b = Broker(name=name, max_file_bytes=LIMIT)
+    b.start()
+    check_eq(fsize_limit(b.proc.pid), LIMIT, "the broker's RLIMIT_FSIZE")
+    check(sigxfsz_ignored(b.proc.pid), "SIGXFSZ is not ignored by the "
+          "broker (a write past the limit would kill it)")
+    return b
+
+
+def lift_limit(b):
+    """Space freed: the running broker's RLIMIT_FSIZE becomes unlimited."""
+    b.check_alive("the disk-full phase")
+    rc, out, err = run_cmd([prlimit_path(), "--pid", str(b.proc.pid),
+                            "--fsize=unlimited:unlimited"], timeout=10)
+    check_eq(rc, 0, "prlimit exit status (stderr: %r)" % err)
+    check_eq(fsize_limit(b.proc.pid), None, "RLIMIT_FSIZE after prlimit")
+    log("  limit lifted")
+
+
+# --------------------------------------------------------------------------
+# The log.
+
+def log_file_bytes(b, topic, partition=0):
+    """Bytes of the partition's .log segment files on disk."""
+    files = b.segment_files(topic, partition)
+    check(files, "no segment file for %s-%d" % (topic, partition))
+    return sum(os.path.getsize(f) for f in files)
+
+
+def read_log(addr, topic, partition=0):
+    """Every record of the partition from offset 0 to the high watermark,
+    batch by batch: each must decode whole (CRC checked by the decoder)
+    and start where the previous one ended.  Returns (records, batch bytes
+    in total, high watermark)."""
+    recs = []
+    nbytes = 0
+    off = 0
+    deadline = time.monotonic() + 30
+    with Conn(addr, timeout=15) as c:
+        while True:
+            check(time.monotonic() < deadline, "reading %s-%d timed out at "
+                  "offset %d" % (topic, partition, off))
+            fp = c.fetch1(topic, partition, off, max_wait_ms=0, pmax=8 << 20)
+            check_eq(fp.error, ERR_NONE, "Fetch %s-%d@%d error"
+                     % (topic, partition, off))
+            hw = fp.high_watermark
+            if off >= hw:
+                break
+            try:
+                batches = decode_batches(fp.records or b"")
+            except DecodeError as e:
+                raise TestFailure("corrupt batch in %s-%d at or after offset "
+                                  "%d: %s" % (topic, partition, off, e))
+            check(batches, "Fetch %s-%d@%d (high watermark %d): no whole "
+                  "batch in %d bytes" % (topic, partition, off, hw,
+                                         len(fp.records or b"")))
+            for bt in batches:
+                check_eq(bt.base_offset, off, "base offset of the next batch "
+                         "of %s-%d" % (topic, partition))
+                check_eq(len(bt.records), bt.last_offset_delta + 1,
+                         "records in the batch at %d" % off)
+                for k, r in enumerate(bt.records):
+                    check_eq(r.offset, off + k, "record offset")
+                recs.extend(bt.records)
+                nbytes += 12 + bt.batch_length
+                off += bt.last_offset_delta + 1
+    check_eq(off, hw, "end of the last batch vs the high watermark")
+    return recs, nbytes, hw
+
+
+def check_log(b, topic, expected, refused=(), what=""):
+    """The log holds exactly `expected` (values, in order, once), none of
+    `refused`, and the segment files hold those batches and nothing else."""
+    recs, nbytes, hw = read_log(b.addr, topic)
+    values = [r.value for r in recs]
+    if values != list(expected):
+        dup = len(values) - len(set(values))
+        missing = [v[:24] for v in expected if v not in set(values)]
+        extra = [v[:24] for v in values if v not in set(expected)]
+        raise TestFailure("%s: the log holds %d messages (%d duplicates), "
+                          "expected %d; missing %r; unexpected %r"
+                          % (what, len(values), dup, len(expected),
+                             missing[:5], extra[:5]))
+    bad = set(values) & set(refused)
+    check(not bad, "%s: %d refused messages are in the log"
+          % (what, len(bad)))
+    on_disk = log_file_bytes(b, topic)
+    check_eq(on_disk, nbytes, "%s: bytes of %s's segment files vs its "
+             "batches (a partial write left behind?)" % (what, topic))
+    return recs, nbytes, hw
+
+
+# --------------------------------------------------------------------------
+# Messages.
+
+def value(tag, n, size):
+    """A recognisable value of `size` bytes: the tag repeated, so garbage
+    or a shifted write shows up."""
+    head = b"%s-%06d:" % (tag.encode(), n)
+    body = (b"%s/%06d|" % (tag.encode(), n)) * (size // 8 + 2)
+    return (head + body)[:size]
+
+
+def timed_produce(c, topic, batch, acks, what):
+    """One Produce on c; the answer must come within ANSWER_WITHIN s on the
+    same connection.  Returns (error, base offset, seconds)."""
+    t0 = time.monotonic()
+    try:
+        err, base = c.produce1(topic, 0, batch, acks=acks)
+    except socket.timeout:
+        raise TestFailure("%s: no answer within %.0f s (hang)"
+                          % (what, c.sock.gettimeout()))
+    except (ConnectionClosed, OSError) as e:
+        raise TestFailure("%s: connection lost instead of an error answer: "
+                          "%s: %s" % (what, type(e).__name__, e))
+    dt = time.monotonic() - t0
+    check(dt < ANSWER_WITHIN, "%s: answered after %.1f s" % (what, dt))
+    return err, base, dt
+
+
+def fill(b, c, topic, free, batch_bytes=200 << 10):
+    """Produces (acks=1) until the topic's log file is about `free` bytes
+    below LIMIT.  Returns the values appended, in order."""
+    vals = []
+    n = 0
+    while True:
+        room = LIMIT - free - log_file_bytes(b, topic)
+        if room < 1024:
+            break
+        size = min(batch_bytes, room) - 100  # record/batch overhead
+        v = value("fill", n, size)
+        batch = build_batch([(b"fill", v)])
+        check(len(batch) <= room, "fill batch of %d bytes for %d of room"
+              % (len(batch), room))
+        err, base, _ = timed_produce(c, topic, batch, 1, "fill %d" % n)
+        check_eq((err, base), (ERR_NONE, len(vals)), "fill produce %d" % n)
+        vals.append(v)
+        n += 1
+    left = LIMIT - log_file_bytes(b, topic)
+    check(free <= left < free + 1024, "filled to %d bytes below the limit, "
+          "wanted %d" % (left, free))
+    return vals
+
+
+def check_broker_logged(b, needle, what):
+    b.logf.flush()
+    text = b.log_text(max_lines=100000)
+    check(needle in text, "%s: %r not in the broker's log" % (what, needle))
+
+
+# --------------------------------------------------------------------------
+# 1. Produce.
+
+def test_produce_disk_full():
+    b = limited_broker("diskfull-produce")
+    topic = "full"
+    with Conn(b.addr) as c0:
+        c0.create_topic(topic, 1, TOPIC_CONF)
+    acked = []          # values acknowledged, in log order
+    refused = []
+    acked_bytes = 0
+    c = Conn(b.addr, timeout=15)
+    n = 0
+    first_err = None
+    size = 100 << 10    # ~4 x 25 KiB per batch: about 60 batches to the limit
+    while first_err is None:
+        check(n < 200, "no error after %d batches (%d bytes acknowledged): "
+              "the limit is not in force?" % (n, acked_bytes))
+        vals = [value("p", n * 4 + k, size // 4) for k in range(4)]
+        batch = build_batch([(b"k%d" % n, v) for v in vals])
+        acks = 1 if n % 2 == 0 else -1
+        before = log_file_bytes(b, topic)
+        err, base, dt = timed_produce(c, topic, batch, acks,
+                                      "produce %d (acks=%d)" % (n, acks))
+        if err == ERR_NONE:
+            check_eq(base, len(acked), "base offset of batch %d" % n)
+            check(before + len(batch) <= LIMIT, "batch %d acknowledged but "
+                  "it cannot fit below the limit (%d + %d > %d)"
+                  % (n, before, len(batch), LIMIT))
+            acked.extend(vals)
+            acked_bytes += len(batch)
+        else:
+            check_eq(err, ERR_KAFKA_STORAGE_ERROR, "error of produce %d "
+                     "(acks=%d) at the limit" % (n, acks))
+            check(before + len(batch) > LIMIT, "batch %d refused although "
+                  "it fits (%d + %d <= %d)" % (n, before, len(batch), LIMIT))
+            check(before < LIMIT, "the log file reached the limit exactly: "
+                  "no partial write to cut back (resize the batches)")
+            first_err = (n, acks, dt, LIMIT - before)
+            refused.extend(vals)
+        n += 1
+    log("  batch %d (acks=%d) refused with KAFKA_STORAGE_ERROR after %.3f s;"
+        " %d messages (%d bytes) acknowledged; the kernel wrote %d bytes of"
+        " it before EFBIG" % (first_err[0], first_err[1], first_err[2],
+                              len(acked), acked_bytes, first_err[3]))
+    b.check_alive("the first failed append")
+    check_eq(log_file_bytes(b, topic), acked_bytes,
+             "segment file size after the failed append (cut back to the "
+             "acknowledged batches)")
+    check_broker_logged(b, "File too large", "failed append")
+    # More batches that do not fit, both acks, on the same connection and
+    # a new one: each refused in bounded time, nothing written.
+    with Conn(b.addr, timeout=15) as c2:
+        for k, (conn, acks) in enumerate([(c, 1), (c, -1), (c2, -1),
+                                          (c2, 1)]):
+            vals = [value("r", k * 4 + j, size // 4) for j in range(4)]
+            err, _, _ = timed_produce(conn, topic, build_batch(
+                [(b"r", v) for v in vals]), acks, "refused produce %d "
+                "(acks=%d)" % (k, acks))
+            check_eq(err, ERR_KAFKA_STORAGE_ERROR, "produce %d (acks=%d) "
+                     "while the disk is full" % (k, acks))
+            refused.extend(vals)
+            check_eq(log_file_bytes(b, topic), acked_bytes,
+                     "segment file size after refused produce %d" % k)
+        # The broker still serves: Metadata and ListOffsets on the
+        # connection that got the errors, Fetch below.
+        md = c.metadata([topic], version=1)
+        check(topic in md.topics, "Metadata: no %s" % topic)
+        terr, parts = md.topics[topic]
+        check_eq((terr, parts.get(0, (None,))[0]), (ERR_NONE, ERR_NONE),
+                 "Metadata error of %s while the disk is full" % topic)
+        err, _, latest = c.list_offset1(topic, 0, LIST_OFFSETS_LATEST)
+        check_eq((err, latest), (ERR_NONE, len(acked)),
+                 "ListOffsets latest while the disk is full")
+    b.check_alive("refused produces")
+    _, _, hw = check_log(b, topic, acked, refused, "while the disk is full")
+    check_eq(hw, len(acked), "high watermark while the disk is full")
+
+    lift_limit(b)
+    for k in range(4):
+        acks = 1 if k % 2 == 0 else -1
+        vals = [value("after", k * 4 + j, size // 4) for j in range(4)]
+        batch = build_batch([(b"after", v) for v in vals])
+        err, base, _ = timed_produce(c, topic, batch, acks,
+                                     "produce %d after the limit was lifted"
+                                     % k)
+        check_eq((err, base), (ERR_NONE, len(acked)),
+                 "produce %d (acks=%d) after the limit was lifted" % (k, acks))
+        acked.extend(vals)
+        acked_bytes += len(batch)
+    c.close()
+    check(log_file_bytes(b, topic) > LIMIT, "the log did not grow past the "
+          "old limit")
+    _, nbytes, _ = check_log(b, topic, acked, refused,
+                             "after the limit was lifted")
+    check_eq(nbytes, acked_bytes, "bytes of the acknowledged batches")
+    b.restart()
+    check_log(b, topic, acked, refused, "after a clean restart")
+
+
+# --------------------------------------------------------------------------
+# 2. Transactions.
+
+GROUP = "orders-svc"
+
+
+def prepare_ok(c, topic, v, what):
+    err, msg, txn, part = txn_prepare(c, GROUP, topic, 0, [(b"order", v)],
+                                      timeout_ms=3600000)
+    check_eq((err, part), (ERR_NONE, 0), "prepare %s (%s)" % (what, msg))
+    return txn
+
+
+def commit_fails(c, txn, what):
+    """TxnEnd(commit) while the disk is full: KAFKA_STORAGE_ERROR with a
+    message, in bounded time; the transaction stays COMMITTING."""
+    t0 = time.monotonic()
+    err, msg, state, off = txn_end(c, GROUP, txn, TXN_COMMIT)
+    dt = time.monotonic() - t0
+    check(dt < ANSWER_WITHIN, "commit %s answered after %.1f s" % (what, dt))
+    check_eq((err, state, off), (ERR_KAFKA_STORAGE_ERROR, TXN_COMMITTING, -1),
+             "commit %s while the disk is full (message %r)" % (what, msg))
+    check(msg, "commit %s: KAFKA_STORAGE_ERROR without a message" % what)
+    d = txn_describe(c, txn)
+    check_eq((d["error"], d["state"], d["log_offset"]),
+             (ERR_NONE, TXN_COMMITTING, -1),
+             "TxnDescribe of %s after its failed commit" % what)
+    return msg
+
+
+def copies(b, topic, v):
+    return [r.value for r in read_log(b.addr, topic)[0]].count(v)
+
+
+def commit_ok(c, b, topic, txn, v, offset, what):
+    """TxnEnd(commit) answers success, COMMITTED at `offset`, and the
+    message is in the log exactly once."""
+    err, msg, state, off = txn_end(c, GROUP, txn, TXN_COMMIT)
+    check_eq((err, state, off, copies(b, topic, v)),
+             (ERR_NONE, TXN_COMMITTED, offset, 1),
+             "commit %s: (error, state, offset, copies in the log) "
+             "(message %r)" % (what, msg))
+    d = txn_describe(c, txn)
+    check_eq((d["state"], d["log_offset"]), (TXN_COMMITTED, offset),
+             "TxnDescribe of %s after its commit" % what)
+
+
+def committing(c):
+    return sorted(txn_list(c, GROUP, state_mask=1 << TXN_COMMITTING))
+
+
+def test_txn_commit_disk_full():
+    b = limited_broker("diskfull-txn")
+    topic = "orders"
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        expected = fill(b, c, topic, free=24000)
+        room = LIMIT - log_file_bytes(b, topic)
+        # prepares go to SQLite: unaffected by the full log
+        v_small = value("small", 0, room // 4)
+        v_big1 = value("big", 1, room + 4096)
+        v_big2 = value("big", 2, room + 8192)
+        t_small = prepare_ok(c, topic, v_small, "small")
+        t_big1 = prepare_ok(c, topic, v_big1, "big1")
+        t_big2 = prepare_ok(c, topic, v_big2, "big2")
+        # one that fits is appended
+        commit_ok(c, b, topic, t_small, v_small, len(expected),
+                  "small (fits)")
+        expected.append(v_small)
+        # those that do not fit: 56, COMMITTING, nothing appended
+        msg = commit_fails(c, t_big1, "big1")
+        log("  commit refused: %r" % msg)
+        commit_fails(c, t_big2, "big2")
+        check_eq(committing(c), sorted([t_big1, t_big2]),
+                 "TxnList COMMITTING while the disk is full")
+        check_broker_logged(b, "File too large", "failed commit append")
+        check_log(b, topic, expected, [v_big1, v_big2],
+                  "after the failed commits")
+        # a retry while still full (of the last one to fail: the retry
+        # order case is txn_retry_order_after_disk_full): the same answer,
+        # still nothing appended
+        commit_fails(c, t_big2, "big2 retried while full")
+        check_log(b, topic, expected, [v_big1, v_big2],
+                  "after a retried commit while full")
+        b.check_alive("failed commits")
+
+        lift_limit(b)
+        commit_ok(c, b, topic, t_big1, v_big1, len(expected),
+                  "big1 retried after the limit was lifted")
+        expected.append(v_big1)
+        commit_ok(c, b, topic, t_big2, v_big2, len(expected),
+                  "big2 retried after the limit was lifted")
+        expected.append(v_big2)
+        check_eq(committing(c), [], "TxnList COMMITTING at the end")
+        # second retries: the same offsets, nothing appended
+        commit_ok(c, b, topic, t_big1, v_big1, len(expected) - 2,
+                  "big1, second retry")
+        commit_ok(c, b, topic, t_big2, v_big2, len(expected) - 1,
+                  "big2, second retry")
+        commit_ok(c, b, topic, t_small, v_small, len(expected) - 3,
+                  "small, retried")
+    check_log(b, topic, expected, (), "after the retried commits")
+
+
+def test_txn_retry_order_after_disk_full():
+    """Two producers' commits fail; both retry while the disk is full (the
+    first one last); once there is space the first one's retry lands
+    first.  The second one's retry must still append its message."""
+    b = limited_broker("diskfull-txn-retry-order")
+    topic = "orders"
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        expected = fill(b, c, topic, free=16000)
+        room = LIMIT - log_file_bytes(b, topic)
+        v_a = value("a", 0, room + 4096)
+        v_b = value("b", 1, room + 8192)
+        t_a = prepare_ok(c, topic, v_a, "a")
+        t_b = prepare_ok(c, topic, v_b, "b")
+        commit_fails(c, t_a, "a")
+        commit_fails(c, t_b, "b")
+        commit_fails(c, t_b, "b retried while full")
+        commit_fails(c, t_a, "a retried while full")
+        lift_limit(b)
+        commit_ok(c, b, topic, t_a, v_a, len(expected),
+                  "a retried after the limit was lifted")
+        expected.append(v_a)
+        commit_ok(c, b, topic, t_b, v_b, len(expected),
+                  "b retried after a's retry landed")
+        expected.append(v_b)
+    check_log(b, topic, expected, (), "after the retried commits")
+
+
+def test_txn_other_commit_before_retry():
+    """A commit fails (disk full); space is freed; another transaction of
+    the same partition commits first; then the failed one is retried: it
+    must be appended, once."""
+    b = limited_broker("diskfull-txn-other")
+    topic = "orders"
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        expected = fill(b, c, topic, free=16000)
+        room = LIMIT - log_file_bytes(b, topic)
+        v_a = value("a", 0, room + 4096)
+        v_b = value("b", 1, 2000)
+        t_a = prepare_ok(c, topic, v_a, "a")
+        t_b = prepare_ok(c, topic, v_b, "b")
+        commit_fails(c, t_a, "a")
+        lift_limit(b)
+        # another producer commits first on the same partition...
+        commit_ok(c, b, topic, t_b, v_b, len(expected),
+                  "b (after the limit was lifted)")
+        expected.append(v_b)
+        # ...then the failed commit is retried: appended, once
+        commit_ok(c, b, topic, t_a, v_a, len(expected),
+                  "a retried after b committed")
+        expected.append(v_a)
+        commit_ok(c, b, topic, t_a, v_a, len(expected) - 1,
+                  "a, second retry")
+    check_log(b, topic, expected, (), "after the retried commit")
+
+
+# --------------------------------------------------------------------------
+# 3. kill -9 while full, restart without the limit.
+
+def restart_unlimited(b):
+    b.kill9()
+    b.max_file_bytes = None
+    b.start()
+    check_eq(fsize_limit(b.proc.pid), None, "RLIMIT_FSIZE after the restart")
+
+
+def test_restart_after_disk_full():
+    b = limited_broker("diskfull-restart")
+    topic = "full"
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        acked = fill(b, c, topic, free=12000)
+        room = LIMIT - log_file_bytes(b, topic)
+        refused = []
+        for k, acks in enumerate((1, -1, 1)):
+            v = value("refused", k, room + 1000 * (k + 1))
+            err, _, _ = timed_produce(c, topic, build_batch([(b"r", v)]),
+                                      acks, "refused produce %d" % k)
+            check_eq(err, ERR_KAFKA_STORAGE_ERROR, "produce %d (acks=%d) "
+                     "while the disk is full" % (k, acks))
+            refused.append(v)
+        v_c = value("committing", 0, room + 2048)
+        v_p = value("pending", 0, 3000)
+        t_c = prepare_ok(c, topic, v_c, "c")
+        t_p = prepare_ok(c, topic, v_p, "p")
+        commit_fails(c, t_c, "c")
+        check_eq(committing(c), [t_c], "TxnList COMMITTING before the kill")
+    check_eq(log_file_bytes(b, topic), LIMIT - room,
+             "segment file size before the kill")
+    restart_unlimited(b)
+    with Conn(b.addr, timeout=15) as c:
+        # start-up recovery appended the COMMITTING transaction, once
+        d = txn_describe(c, t_c)
+        check_eq((d["state"], d["log_offset"], copies(b, topic, v_c)),
+                 (TXN_COMMITTED, len(acked), 1),
+                 "transaction c after the restart (state, offset, copies "
+                 "in the log)")
+        expected = acked + [v_c]
+        check_log(b, topic, expected, refused, "after the restart")
+        check_eq(txn_describe(c, t_p)["state"], TXN_PENDING,
+                 "the pending transaction after the restart")
+        # retrying its commit appends nothing more
+        commit_ok(c, b, topic, t_c, v_c, len(acked),
+                  "c retried after the restart")
+        check_log(b, topic, expected, refused, "after retrying c")
+        commit_ok(c, b, topic, t_p, v_p, len(expected),
+                  "p after the restart")
+        expected.append(v_p)
+        # the broker takes what it refused before
+        for k, v in enumerate(refused):
+            err, base, _ = timed_produce(c, topic, build_batch([(b"r", v)]),
+                                         -1, "produce %d after the restart"
+                                         % k)
+            check_eq((err, base), (ERR_NONE, len(expected)),
+                     "produce %d after the restart" % k)
+            expected.append(v)
+        check_eq(committing(c), [], "TxnList COMMITTING at the end")
+    check_log(b, topic, expected, (), "at the end")
+
+
+def test_restart_after_other_commit():
+    """A commit fails (disk full), space is freed, another transaction of
+    the partition commits, and the broker is killed before the failed one
+    is retried: start-up recovery must append it, once."""
+    b = limited_broker("diskfull-restart-other")
+    topic = "orders"
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        expected = fill(b, c, topic, free=16000)
+        room = LIMIT - log_file_bytes(b, topic)
+        v_a = value("a", 0, room + 4096)
+        v_b = value("b", 1, 2000)
+        t_a = prepare_ok(c, topic, v_a, "a")
+        t_b = prepare_ok(c, topic, v_b, "b")
+        commit_fails(c, t_a, "a")
+        lift_limit(b)
+        commit_ok(c, b, topic, t_b, v_b, len(expected),
+                  "b (after the limit was lifted)")
+        expected.append(v_b)
+    restart_unlimited(b)
+    with Conn(b.addr, timeout=15) as c:
+        d = txn_describe(c, t_a)
+        check_eq((d["state"], d["log_offset"], copies(b, topic, v_a)),
+                 (TXN_COMMITTED, len(expected), 1),
+                 "transaction a after the restart (state, offset, copies "
+                 "in the log)")
+        expected.append(v_a)
+        commit_ok(c, b, topic, t_a, v_a, len(expected) - 1,
+                  "a retried after the restart")
+    check_log(b, topic, expected, (), "after the restart")
+
+
+if __name__ == "__main__":
+    run([
+        ("produce_disk_full", test_produce_disk_full, 60),
+        ("txn_commit_disk_full", test_txn_commit_disk_full, 60),
+        ("txn_retry_order_after_disk_full",
+         test_txn_retry_order_after_disk_full, 60),
+        ("txn_other_commit_before_retry", test_txn_other_commit_before_retry,
+         60),
+        ("restart_after_disk_full", test_restart_after_disk_full, 60),
+        ("restart_after_other_commit", test_restart_after_other_commit, 60),
+    ])
