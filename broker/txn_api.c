@@ -457,7 +457,9 @@ typedef struct txn_job {
 	req *r;                  /* referenced */
 	enum job_kind kind;
 	halfstore_prepare_args pa;
-	uint8_t *batch;          /* owned copy for prepare */
+	uint8_t *batch;          /* prepare: the copy, in inline_batch (the same
+				    allocation: the request buffer is reused
+				    before the coordinator runs) */
 	char group[256], topic[256];
 	int64_t txn_id;
 	int decision;            /* DECIDE_* */
@@ -478,6 +480,7 @@ typedef struct txn_job {
 	bool ws_init;
 	ev_timer timer;
 	void (*after_wait)(struct txn_job *j);
+	uint8_t inline_batch[]; /* prepare only: rec.len bytes */
 } txn_job;
 
 static txn_job *job_of(loop_task *t)
@@ -491,7 +494,6 @@ static void txn_job_free(txn_job *j)
 		free(j->ws.nodes);
 	if (j->cr.t)
 		topic_unref(j->cr.t);
-	free(j->batch);
 	halfstore_txn_clear(&j->txn);
 	halfstore_txns_free(j->list, j->nlist);
 	free(j);
@@ -726,19 +728,16 @@ int api_txn_prepare(req *r, wire_rd *rd)
 		instance = wire_rd_str(rd);
 	if (rd->err)
 		return API_MALFORMED;
-	j = calloc(1, sizeof(*j));
+	j = calloc(1, sizeof(*j) + (rec.len > 0 ? (size_t)rec.len : 0));
 	if (!j)
 		return API_MALFORMED;
 	j->r = r;
+	j->batch = j->inline_batch;
 	err = prepare_check(srv, j, group, tname, part, rec, &t, &why);
 	if (!err && part == -1)
 		part = (int32_t)(atomic_fetch_add(&rr_partition, 1) % (unsigned)t->nparts);
 	if (t)
 		topic_unref(t);
-	if (!err && !(j->batch = malloc((size_t)rec.len))) {
-		err = KERR_KAFKA_STORAGE_ERROR;
-		why = "out of memory";
-	}
 	if (err) {
 		write_prepare_reply(r, err, why, -1, -1);
 		free(j);

