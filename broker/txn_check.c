@@ -17,7 +17,11 @@
  * skipped or checked twice at once), writes each into the chosen poll's
  * response and hands the polls back to their loops.  A transaction of a
  * group nobody polls for counts as an unanswered check (backoff; discarded
- * after transaction.check.max), as does a check whose lease ran out.  The
+ * after transaction.check.max), as does a check whose lease ran out.  A
+ * leased transaction that nobody could take (the group's pollers all
+ * between two polls, or the rate used up at hand-out) has its lease
+ * released in the next job and is due again RELEASE_DELAY_MS later, not
+ * after the whole lease (30 s), and without counting as a check.  The
  * producer answers with TxnEnd (commit, rollback, or 0 = unknown).
  *
  * Registrations: a poll's connection closing while it is parked
@@ -60,6 +64,9 @@
 #define MAX_BATCH 1000
 #define MAX_EXPIRE 256
 #define PURGE_INTERVAL_MS 1000
+/* A leased check nobody could take is due again this much later (a few
+ * ticks: pollers between two polls are back by then). */
+#define RELEASE_DELAY_MS 200
 #define PURGE_BATCH 1000
 #define PURGE_BATCH_MAX 8000
 
@@ -98,6 +105,8 @@ static size_t nlaters, caplaters;
 static bool job_in_flight;
 static int64_t *pend_none;      /* no producer to ask: record as checks */
 static size_t npend_none;
+static int64_t *pend_release;   /* leased, not handed out: release the lease */
+static size_t npend_release;
 static int64_t next_purge;      /* mono ms */
 static int64_t purge_batch = PURGE_BATCH; /* rows per purge job now */
 static server *srv_g;
@@ -351,6 +360,8 @@ typedef struct tick_job {
 	size_t ndue;
 	int64_t *none;          /* unanswered: record as checks */
 	size_t nnone;
+	int64_t *release;       /* leased but never handed out */
+	size_t nrelease;
 	later *marks;           /* durable now: record COMMITTED */
 	size_t nmarks;
 	bool purge;
@@ -381,6 +392,8 @@ static int tick_run(coord_job *job, sqlite3 *db)
 			blog(BLOG_WARN, "transaction %lld discarded after %d unanswered checks",
 			     (long long)t->none[i], pol.max_checks);
 	}
+	for (size_t i = 0; i < t->nrelease; i++)
+		(void)halfstore_release_lease(db, t->release[i], wall + RELEASE_DELAY_MS);
 	run_marks(db, t);
 	if (t->purge) {
 		/* a failure rolls back only the purge (its own savepoint) */
@@ -418,8 +431,18 @@ static void hand_out(tick_job *t)
 			}
 			continue;
 		}
+		if (rc == CHECKSCHED_E_BUSY || rc == CHECKSCHED_E_RATE || rc == CHECKSCHED_E_FULL) {
+			/* nobody took it: due again soon, not after the lease */
+			int64_t *nr = realloc(pend_release, sizeof(*nr) * (npend_release + 1));
+
+			if (nr) {
+				pend_release = nr;
+				pend_release[npend_release++] = x->txn_id;
+			}
+			continue;
+		}
 		if (rc != CHECKSCHED_OK || !(p = find_poll(id)))
-			continue; /* busy or rate: the lease runs out, it comes back */
+			continue; /* out already, or its poll vanished: the lease runs out */
 		wire_w_i64(&p->r->resp, x->txn_id);
 		wire_w_str(&p->r->resp, x->topic);
 		wire_w_i32(&p->r->resp, x->partition);
@@ -475,6 +498,7 @@ static void tick_done(loop_task *lt)
 		     (long long)t->purged, (long long)txn_api_retention_ms());
 	halfstore_txns_free(t->due, t->ndue);
 	free(t->none);
+	free(t->release);
 	free(t->marks);
 	free(t);
 }
@@ -521,6 +545,15 @@ static bool take_none(tick_job *t)
 	return true;
 }
 
+/* Lock held: the leases to release (hand_out could not place them). */
+static void take_release(tick_job *t)
+{
+	t->release = pend_release;
+	t->nrelease = npend_release;
+	pend_release = NULL;
+	npend_release = 0;
+}
+
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	tick_job *t = NULL;
@@ -539,7 +572,9 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 		t->purge = t->now >= next_purge;
 		t->purge_limit = purge_batch;
 		take_marks(t);
-		go = take_none(t) && (t->nnone || t->budget > 0 || t->purge || t->nmarks);
+		take_release(t);
+		go = take_none(t) &&
+		     (t->nnone || t->nrelease || t->budget > 0 || t->purge || t->nmarks);
 		job_in_flight = go;
 		if (!go)
 			marks_done(t, false);
@@ -549,6 +584,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 		if (t) {
 			free(t->none);
 			free(t->marks);
+			free(t->release);
 		}
 		free(t);
 		return;
@@ -582,6 +618,9 @@ void txn_check_stop(void)
 	free(pend_none);
 	pend_none = NULL;
 	npend_none = 0;
+	free(pend_release);
+	pend_release = NULL;
+	npend_release = 0;
 	free(regs);
 	regs = NULL;
 	nregs = capregs = 0;

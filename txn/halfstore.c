@@ -736,6 +736,35 @@ int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t leas
 
 /* ---- check answers, resume, discard ---- */
 
+int halfstore_release_lease(sqlite3 *db, int64_t txn_id, int64_t next_check_ms)
+{
+	sqlite3_stmt *st;
+	halfstore_txn t;
+	int rc;
+
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	rc = prep(db,
+		  "UPDATE txn_half SET lease_until_ms = 0, next_check_ms = ?2"
+		  " WHERE txn_id = ?1 AND state = 'PENDING' AND lease_until_ms > 0",
+		  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, txn_id);
+		sqlite3_bind_int64(st, 2, next_check_ms);
+		rc = run(st);
+	}
+	if (rc == 0 && sqlite3_changes(db) == 0) {
+		/* why not: gone, or not a leased PENDING row */
+		rc = fetch(db, txn_id, false, &t);
+		if (rc == HALFSTORE_OK) {
+			rc = HALFSTORE_E_STATE;
+			halfstore_txn_clear(&t);
+		}
+	}
+	return sp_end(db, rc);
+}
+
 int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer answer,
 			   int64_t now_ms, const checksched_policy *policy,
 			   enum halfstore_state *state)

@@ -234,6 +234,14 @@ int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n);
 int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t lease_ms,
 			 halfstore_txn **out, size_t *n);
 
+/* A check leased by halfstore_due_checks that was never handed to a
+ * producer (the group's pollers were all busy between two polls, or the
+ * check rate ran out): lease released, due again at next_check_ms,
+ * check_count unchanged — instead of waiting out the whole lease.
+ * HALFSTORE_OK, HALFSTORE_E_STATE (not PENDING, or not leased: nothing
+ * changes), HALFSTORE_E_NOT_FOUND or -errno. */
+int halfstore_release_lease(sqlite3 *db, int64_t txn_id, int64_t next_check_ms);
+
 /* A check of a PENDING txn got no decision: check_count + 1, lease
  * released; next_check_ms = checksched_next_check(policy, check_count,
  * now_ms), or, at policy->max_checks, -> DISCARDED with a reason.

@@ -227,6 +227,39 @@ def test_check_back():
 
 
 
+def test_busy_poller_gets_the_rest_soon():
+    """A transaction leased for a group whose only poller is busy between
+    two polls (CHECKSCHED_E_BUSY) is released and offered again within a
+    few ticks — not after its 30 s lease — and that does not count as a
+    check (check_count still 0 when it is finally handed out)."""
+    b = Broker(name="txn-busy-poller")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        txns = [prepare(c, "busy", "orders", 0, [(b"k", b"v%d" % i)], timeout_ms=100)
+                for i in range(6)]
+    with Conn(b.addr) as poller:
+        first = check_poll(poller, "busy", 3000, max_txns=1)
+        check_eq(len(first), 1, "one check in the first poll (max_txns 1)")
+        # busy: registered, no parked poll, while the ticker leases the
+        # other five (each tick, 100 ms)
+        time.sleep(1.0)
+        got = {first[0][0]: first[0][3]}
+        check_eq(end(poller, "busy", first[0][0], COMMIT)[0], ERR_NONE, "commit")
+        t0 = time.monotonic()
+        while len(got) < 6 and time.monotonic() - t0 < 8:
+            for txn, _, _, checks, _ in check_poll(poller, "busy", 500):
+                check(txn not in got, "txn %d offered twice" % txn)
+                got[txn] = checks
+                check_eq(end(poller, "busy", txn, COMMIT)[0], ERR_NONE, "commit")
+        took = time.monotonic() - t0
+        check_eq(sorted(got), sorted(txns), "every transaction checked, well before "
+                 "the 30 s lease (%.1f s)" % took)
+        check_eq(set(got.values()), {0}, "a released lease is not a check")
+    check_eq(sorted(values(b.addr, "orders")), sorted(b"v%d" % i for i in range(6)),
+             "all six committed once")
+
+
 # ---- concurrent commits of one partition --------------------------------
 
 def test_concurrent_commits_all_land():
@@ -756,6 +789,7 @@ if __name__ == "__main__":
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
+        ("busy_poller_gets_the_rest_soon", test_busy_poller_gets_the_rest_soon, 60),
         ("concurrent_commits_all_land", test_concurrent_commits_all_land,
          60),
         ("prepare_v1_partition_and_origin",

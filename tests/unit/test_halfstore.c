@@ -365,6 +365,37 @@ static void test_halfstore_failed_end_changes_nothing(void **state)
 
 /* ---- checks ---- */
 
+/* A lease nobody took is released: due again at the given time, not at the
+ * lease end, and not counted as a check; only a leased PENDING row can be
+ * released. */
+static void test_halfstore_release_lease(void **state)
+{
+	sqlite3 *db = open_db();
+	halfstore_txn *v = NULL;
+	size_t n = 0;
+	int64_t a = prepare1(db, "g", 0), b = prepare1(db, "g", 0);
+
+	(void)state;
+	assert_int_equal(halfstore_due_checks(db, 6000, 10, 30000, &v, &n), 0);
+	assert_int_equal(n, 2);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_release_lease(db, a, 6200), HALFSTORE_OK);
+	assert_int_equal(halfstore_due_checks(db, 6199, 10, 30000, &v, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(halfstore_due_checks(db, 6200, 10, 30000, &v, &n), 0);
+	assert_int_equal(n, 1); /* a again; b keeps its lease */
+	assert_int_equal(v[0].txn_id, a);
+	assert_int_equal(v[0].check_count, 0);
+	halfstore_txns_free(v, n);
+	/* not leased any more (or never): nothing changes */
+	assert_int_equal(halfstore_release_lease(db, prepare1(db, "g", 0), 1), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_end(db, b, HALFSTORE_ROLLBACK, 0, 6300, NULL), 0);
+	assert_int_equal(halfstore_release_lease(db, b, 6400), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_release_lease(db, 999999, 1), HALFSTORE_E_NOT_FOUND);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 static void test_halfstore_due_checks_lease(void **state)
 {
 	sqlite3 *db = open_db();
@@ -862,6 +893,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_commit_seq_per_partition),
 		cmocka_unit_test(test_halfstore_failed_end_changes_nothing),
 		cmocka_unit_test(test_halfstore_due_checks_lease),
+		cmocka_unit_test(test_halfstore_release_lease),
 		cmocka_unit_test(test_halfstore_check_answer_backoff_then_discard),
 		cmocka_unit_test(test_halfstore_check_answer_after_end_changes_nothing),
 		cmocka_unit_test(test_halfstore_resume_discarded),
