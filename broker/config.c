@@ -71,6 +71,15 @@ static const struct key broker_keys[] = {
 	  "check-backs handed out per second, over all producer groups (> 0)" },
 	{ "transaction.check.burst", K_INT64, C(transaction_check_burst), 1, 1000000, "200",
 	  "check-backs handed out at once above transaction.check.rate" },
+	{ "transaction.check.lease.ms", K_INT64, C(transaction_check_lease_ms), 1, INT32_MAX, "30000",
+	  "how long a check-back handed to a producer waits for its answer before it counts as "
+	  "unanswered (also how long a producer that stopped polling stays registered)" },
+	{ "transaction.check.backoff.ms", K_INT64, C(transaction_check_backoff_ms), 1, INT32_MAX,
+	  "6000", "wait before checking again after the first unanswered (or UNKNOWN) check" },
+	{ "transaction.check.backoff.max.ms", K_INT64, C(transaction_check_backoff_max_ms), 1,
+	  INT32_MAX, "300000", "the waits between checks double up to this" },
+	{ "transaction.check.max.outstanding", K_INT32, C(transaction_check_max_outstanding), 1,
+	  10000000, "10000", "check-backs out (handed to producers, not yet answered) at once" },
 	{ "offsets.retention.minutes", K_INT64, C(offsets_retention_minutes), 1, INT32_MAX, "10080",
 	  "committed offsets of a group with no members are deleted this long after its last commit" },
 	/* Defaults of the topic-level keys. */
@@ -336,6 +345,13 @@ int config_validate(const config *c, char *err, size_t errlen)
 	/* the check-back token bucket needs a rate it can count in */
 	if (!(c->transaction_check_rate >= 0.001)) {
 		snprintf(err, errlen, "transaction.check.rate must be at least 0.001 checks/s");
+		return -1;
+	}
+	if (c->transaction_check_backoff_max_ms < c->transaction_check_backoff_ms) {
+		snprintf(err, errlen, "transaction.check.backoff.max.ms (%lld) is below "
+			 "transaction.check.backoff.ms (%lld)",
+			 (long long)c->transaction_check_backoff_max_ms,
+			 (long long)c->transaction_check_backoff_ms);
 		return -1;
 	}
 	if (c->data_dir[0] == '\0') {

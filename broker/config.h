@@ -63,6 +63,10 @@ typedef struct config {
 	int64_t transaction_retention_ms;  /* ended txns are purged after this */
 	double transaction_check_rate;     /* check-backs handed out per second */
 	int64_t transaction_check_burst;   /* ... at once above the rate */
+	int64_t transaction_check_lease_ms; /* a check out waits this long for its answer */
+	int64_t transaction_check_backoff_ms;     /* wait after the 1st unanswered check */
+	int64_t transaction_check_backoff_max_ms; /* waits double up to this */
+	int32_t transaction_check_max_outstanding; /* checks out at once */
 	topic_conf topic_defaults; /* message.max.bytes, log.segment.bytes, ... */
 	produce_limit client_limit; /* per client id (quota.h); rates 0: off */
 } config;

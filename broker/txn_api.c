@@ -119,6 +119,10 @@ void txn_api_init(const config *cfg)
 	policy.max_checks = cfg->transaction_check_max;
 	policy.rate = cfg->transaction_check_rate;
 	policy.burst = (uint64_t)cfg->transaction_check_burst;
+	policy.lease_ms = cfg->transaction_check_lease_ms;
+	policy.backoff_base_ms = cfg->transaction_check_backoff_ms;
+	policy.backoff_cap_ms = cfg->transaction_check_backoff_max_ms;
+	policy.max_outstanding = (uint32_t)cfg->transaction_check_max_outstanding;
 	retention_ms = cfg->transaction_retention_ms;
 	read_crash_point();
 }

@@ -17,8 +17,10 @@ Env: SLUICED, SLOWSYNC (fsync case; empty = skipped).
 """
 import os
 import socket
+import subprocess
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 
@@ -258,6 +260,46 @@ def test_busy_poller_gets_the_rest_soon():
         check_eq(set(got.values()), {0}, "a released lease is not a check")
     check_eq(sorted(values(b.addr, "orders")), sorted(b"v%d" % i for i in range(6)),
              "all six committed once")
+
+
+def test_check_lease_and_backoff_keys():
+    """transaction.check.lease.ms / .backoff.ms: a check handed out and
+    never answered counts as unanswered after the lease (0.5 s here, not
+    30 s) and is offered again after the backoff (0.3 s), with check_count
+    1; a backoff cap below the backoff is refused at start, with the key
+    named; the keys are listed by --help and --print-config."""
+    b = Broker(name="txn-lease-keys", sets={
+        "transaction.timeout.ms": 200, "transaction.check.lease.ms": 500,
+        "transaction.check.backoff.ms": 300, "transaction.check.max.outstanding": 50})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        txn = prepare(c, "lease", "orders", 0, [(b"k", b"v")])
+    with Conn(b.addr) as poller:
+        first = check_poll(poller, "lease", 3000)
+        check_eq([x[0] for x in first], [txn], "first check")
+        t0 = time.monotonic()
+        again = []
+        while not again and time.monotonic() - t0 < 10:
+            again = check_poll(poller, "lease", 500)  # the first is never answered
+        took = time.monotonic() - t0
+        check_eq([(x[0], x[3]) for x in again], [(txn, 1)],
+                 "offered again after lease + backoff, counted once")
+        check(0.6 <= took < 3.0, "lease 0.5 s + backoff 0.3 s, not 30 s: %.2f s" % took)
+        check_eq(end(poller, "lease", txn, COMMIT)[0], ERR_NONE, "commit")
+    exe = os.environ["SLUICED"]
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10).stdout
+    for key in ("transaction.check.lease.ms", "transaction.check.backoff.ms",
+                "transaction.check.backoff.max.ms", "transaction.check.max.outstanding"):
+        check(key in out, "%s in --help" % key)
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([exe, "-d", d, "-l", "127.0.0.1:0",
+                            "--set", "transaction.check.backoff.ms=1000",
+                            "--set", "transaction.check.backoff.max.ms=500"],
+                           capture_output=True, text=True, timeout=20)
+        check(r.returncode != 0, "a cap below the backoff is refused")
+        check("transaction.check.backoff.max.ms" in r.stderr, "the error names the key: %r"
+              % r.stderr[-300:])
 
 
 # ---- concurrent commits of one partition --------------------------------
@@ -790,6 +832,7 @@ if __name__ == "__main__":
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
         ("busy_poller_gets_the_rest_soon", test_busy_poller_gets_the_rest_soon, 60),
+        ("check_lease_and_backoff_keys", test_check_lease_and_backoff_keys, 60),
         ("concurrent_commits_all_land", test_concurrent_commits_all_land,
          60),
         ("prepare_v1_partition_and_origin",
