@@ -216,11 +216,19 @@ def test_retention_ms():
     new_batches = produce_values(b.addr, topic, n_old, n_new)
     first_new = new_batches[0][0]
 
-    def moved():
+    seen = []
+
+    def settled():
+        # retention may take more than one pass (every 200 ms): wait until
+        # the log start has moved and then stayed put for three readings
+        # 0.3 s apart, or a fetch from it can race the next deletion
+        # (OFFSET_OUT_OF_RANGE, as Kafka answers below the log start)
         with Conn(b.addr) as c:
             err, _, earliest = c.list_offset1(topic, 0, EARLIEST)
-        return earliest > 0 and earliest
-    earliest = wait_for(moved, 15, 0.2, "retention.ms to delete segments "
+        seen.append(earliest)
+        last = seen[-3:]
+        return len(last) == 3 and last[0] > 0 and len(set(last)) == 1 and earliest
+    earliest = wait_for(settled, 20, 0.3, "retention.ms to delete segments "
                         "holding only hour-old records")
     log("  earliest after retention.ms: %d (first new record at %d)"
         % (earliest, first_new))
