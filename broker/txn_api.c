@@ -358,11 +358,19 @@ static int recover_sequence(sqlite3 *db, halfstore_txn *v, size_t n)
 		rc = -1;
 	for (size_t k = 0; k < n && rc == 0; k++) {
 		halfstore_txn t;
+		int hs;
 
 		if (v[k].commit_seq >= 0)
 			continue;
-		if (halfstore_end(db, v[k].txn_id, HALFSTORE_COMMIT, 0, now_ms(), &t) < 0 ||
-		    t.commit_seq < 0) {
+		/* t is written on OK, OK_ALREADY, E_CONFLICT, E_DISCARDED */
+		hs = halfstore_end(db, v[k].txn_id, HALFSTORE_COMMIT, 0, now_ms(), &t);
+		if (hs != HALFSTORE_OK && hs != HALFSTORE_OK_ALREADY) {
+			if (hs == HALFSTORE_E_CONFLICT || hs == HALFSTORE_E_DISCARDED)
+				halfstore_txn_clear(&t);
+			rc = -1;
+			break;
+		}
+		if (t.commit_seq < 0) { /* cannot be: it was just sequenced */
 			halfstore_txn_clear(&t);
 			rc = -1;
 			break;
