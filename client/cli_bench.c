@@ -444,6 +444,16 @@ static sluice_txn_decision_t txn_bench_local(sluice_txn_producer_t *p, int64_t t
 	return SLUICE_TXN_COMMIT;
 }
 
+/* Counts a failed transaction, keeping the first error's text (any thread). */
+static void txn_bench_failed(struct txn_bench *b, const char *errstr)
+{
+	pthread_mutex_lock(&b->lock);
+	if (!b->first_err[0])
+		snprintf(b->first_err, sizeof(b->first_err), "%s", errstr);
+	pthread_mutex_unlock(&b->lock);
+	atomic_fetch_add(&b->failed, 1);
+}
+
 static void *txn_bench_worker(void *arg)
 {
 	struct txn_bench *b = arg;
@@ -461,11 +471,7 @@ static void *txn_bench_worker(void *arg)
 				      (size_t)b->o->size, NULL, 0, txn_bench_local, NULL, &res, errstr,
 				      sizeof(errstr));
 		if (err) {
-			pthread_mutex_lock(&b->lock);
-			if (!b->first_err[0])
-				snprintf(b->first_err, sizeof(b->first_err), "%s", errstr);
-			pthread_mutex_unlock(&b->lock);
-			atomic_fetch_add(&b->failed, 1);
+			txn_bench_failed(b, errstr);
 			continue;
 		}
 		lathist_add(h, (now_ns() - t0) / 1000);
@@ -514,11 +520,7 @@ static void txn_slot_done(struct txn_slot *s, sluice_err_t err, const char *errs
 	struct txn_bench *b = s->b;
 
 	if (err) {
-		pthread_mutex_lock(&b->lock);
-		if (!b->first_err[0])
-			snprintf(b->first_err, sizeof(b->first_err), "%s", errstr);
-		pthread_mutex_unlock(&b->lock);
-		atomic_fetch_add(&b->failed, 1);
+		txn_bench_failed(b, errstr);
 	} else {
 		lathist_add(&b->h, (now_ns() - s->t0) / 1000);
 		atomic_fetch_add(&b->done, 1);
@@ -561,11 +563,7 @@ static void txn_slot_start(struct txn_slot *s)
 	err = sluice_txn_prepare_async(b->p, b->o->topic, SLUICE_PARTITION_ANY, NULL, 0, b->value,
 				       (size_t)b->o->size, NULL, 0, txn_bench_prepared, s);
 	if (err) { /* not queued: no callback comes, the slot retires */
-		pthread_mutex_lock(&b->lock);
-		if (!b->first_err[0])
-			snprintf(b->first_err, sizeof(b->first_err), "%s", sluice_err2str(err));
-		pthread_mutex_unlock(&b->lock);
-		atomic_fetch_add(&b->failed, 1);
+		txn_bench_failed(b, sluice_err2str(err));
 		atomic_fetch_sub(&b->active, 1);
 	}
 }

@@ -481,6 +481,24 @@ def test_txn_retry_order_after_disk_full():
     check_log(b, topic, expected, (), "after the retried commits")
 
 
+def a_fails_then_b_commits(b, c, topic):
+    """On a topic filled close to the limit: a's commit fails (disk full),
+    the space is freed, and another transaction b of the partition commits
+    first.  Returns (values expected in the log, a's txn id, a's value)."""
+    c.create_topic(topic, 1, TOPIC_CONF)
+    expected = fill(b, c, topic, free=16000)
+    room = LIMIT - log_file_bytes(b, topic)
+    v_a = value("a", 0, room + 4096)
+    v_b = value("b", 1, 2000)
+    t_a = prepare_ok(c, topic, v_a, "a")
+    t_b = prepare_ok(c, topic, v_b, "b")
+    commit_fails(c, t_a, "a")
+    lift_limit(b)
+    commit_ok(c, b, topic, t_b, v_b, len(expected), "b (after the limit was lifted)")
+    expected.append(v_b)
+    return expected, t_a, v_a
+
+
 def test_txn_other_commit_before_retry():
     """A commit fails (disk full); space is freed; another transaction of
     the same partition commits first; then the failed one is retried: it
@@ -488,19 +506,7 @@ def test_txn_other_commit_before_retry():
     b = limited_broker("diskfull-txn-other")
     topic = "orders"
     with Conn(b.addr, timeout=15) as c:
-        c.create_topic(topic, 1, TOPIC_CONF)
-        expected = fill(b, c, topic, free=16000)
-        room = LIMIT - log_file_bytes(b, topic)
-        v_a = value("a", 0, room + 4096)
-        v_b = value("b", 1, 2000)
-        t_a = prepare_ok(c, topic, v_a, "a")
-        t_b = prepare_ok(c, topic, v_b, "b")
-        commit_fails(c, t_a, "a")
-        lift_limit(b)
-        # another producer commits first on the same partition...
-        commit_ok(c, b, topic, t_b, v_b, len(expected),
-                  "b (after the limit was lifted)")
-        expected.append(v_b)
+        expected, t_a, v_a = a_fails_then_b_commits(b, c, topic)
         # ...then the failed commit is retried: appended, once
         commit_ok(c, b, topic, t_a, v_a, len(expected),
                   "a retried after b committed")
@@ -581,18 +587,7 @@ def test_restart_after_other_commit():
     b = limited_broker("diskfull-restart-other")
     topic = "orders"
     with Conn(b.addr, timeout=15) as c:
-        c.create_topic(topic, 1, TOPIC_CONF)
-        expected = fill(b, c, topic, free=16000)
-        room = LIMIT - log_file_bytes(b, topic)
-        v_a = value("a", 0, room + 4096)
-        v_b = value("b", 1, 2000)
-        t_a = prepare_ok(c, topic, v_a, "a")
-        t_b = prepare_ok(c, topic, v_b, "b")
-        commit_fails(c, t_a, "a")
-        lift_limit(b)
-        commit_ok(c, b, topic, t_b, v_b, len(expected),
-                  "b (after the limit was lifted)")
-        expected.append(v_b)
+        expected, t_a, v_a = a_fails_then_b_commits(b, c, topic)
     restart_unlimited(b)
     with Conn(b.addr, timeout=15) as c:
         d = txn_describe(c, t_a)
