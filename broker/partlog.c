@@ -55,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -785,12 +786,14 @@ int partlog_sync(partlog *pl, int64_t *synced_end)
 
 /* ---- append ---- */
 
-static bool need_roll(const partlog *pl, const segment *a, size_t len, int64_t now_ms)
+/* Whether a batch of len bytes must go to a new segment, the active one a
+ * holding `size` bytes up to offset `end` and first written at first_ms (-1:
+ * not yet).  Append lock held. */
+static bool need_roll(const partlog *pl, const segment *a, uint64_t size, int64_t end,
+		      int64_t first_ms, size_t len, int64_t now_ms)
 {
-	uint64_t size = segment_size(a);
 	uint64_t seg_bytes = atomic_load_explicit(&pl->segment_bytes, memory_order_relaxed);
 	int64_t seg_ms = atomic_load_explicit(&pl->segment_ms, memory_order_relaxed);
-	int64_t end = atomic_load_explicit(&pl->end, memory_order_relaxed);
 
 	if (size == 0)
 		return false;
@@ -799,7 +802,7 @@ static bool need_roll(const partlog *pl, const segment *a, size_t len, int64_t n
 	/* Index entries hold offsets relative to the base as uint32. */
 	if (end - segment_base(a) > UINT32_MAX)
 		return true;
-	return seg_ms > 0 && pl->first_ms >= 0 && now_ms - pl->first_ms > seg_ms;
+	return seg_ms > 0 && first_ms >= 0 && now_ms - first_ms > seg_ms;
 }
 
 /* Starts a new active segment at the current end.  Append lock held. */
@@ -838,41 +841,108 @@ static void publish(partlog *pl)
 	store_max(&pl->hw, atomic_load_explicit(&pl->end, memory_order_relaxed));
 }
 
-int partlog_append(partlog *pl, uint8_t *batch, size_t len, int64_t max_ts, int64_t now_ms,
-		   int64_t *base_offset)
+/* Whether b can be appended at all: 0, -EINVAL (not one whole batch, a
+ * negative lastOffsetDelta) or PARTLOG_E_TOO_LARGE. */
+static int check_batch(const partlog_batch *b, uint64_t seg_bytes)
+{
+	if (b->len < RECBATCH_HEADER_SIZE || recbatch_size(b->batch, b->len) != b->len ||
+	    (int32_t)wire_get32(b->batch + RECBATCH_OFF_LAST_DELTA) < 0)
+		return -EINVAL;
+	if (b->len > seg_bytes || b->len > UINT32_MAX)
+		return PARTLOG_E_TOO_LARGE;
+	return 0;
+}
+
+/* One run: batches that land in the active segment, written by one
+ * segment_append_v.  About 6 KiB: lives on the appender's stack. */
+struct run {
+	struct iovec iov[SEGMENT_APPEND_MAX];
+	int64_t max_ts[SEGMENT_APPEND_MAX];
+	int k;          /* batches in the run */
+	uint64_t bytes; /* their total length */
+	int64_t end;    /* pl->end after them */
+};
+
+/* Rolls if v[0] calls for it, then takes v[0] and as many following
+ * batches as pass check_batch and fit in the active segment as n
+ * partlog_append calls would see it (need_roll on the running size, end
+ * and first_ms), at most SEGMENT_APPEND_MAX, and assigns their offsets
+ * from pl->end.  v[0] passed check_batch.  Returns 0 or -errno (a failed
+ * roll).  Append lock held. */
+static int run_plan(partlog *pl, partlog_batch *v, size_t n, uint64_t seg_bytes, int64_t now_ms,
+		    struct run *run)
+{
+	int64_t end = atomic_load_explicit(&pl->end, memory_order_relaxed), first_ms;
+	uint64_t size;
+	int r;
+
+	if (need_roll(pl, pl->active, segment_size(pl->active), end, pl->first_ms, v[0].len,
+		      now_ms) &&
+	    (r = roll(pl)))
+		return r;
+	size = segment_size(pl->active);
+	/* After the run's first batch, first_ms is set as partlog_append sets it. */
+	first_ms = pl->first_ms >= 0 ? pl->first_ms : now_ms;
+	run->k = 0;
+	run->bytes = 0;
+	for (size_t i = 0; i < n && run->k < SEGMENT_APPEND_MAX; i++) {
+		if (i > 0 && (check_batch(&v[i], seg_bytes) ||
+			      need_roll(pl, pl->active, size + run->bytes, end, first_ms, v[i].len,
+					now_ms)))
+			break;
+		recbatch_set_base_offset(v[i].batch, end);
+		run->iov[run->k] = (struct iovec){ .iov_base = v[i].batch, .iov_len = v[i].len };
+		run->max_ts[run->k++] = v[i].max_ts;
+		run->bytes += v[i].len;
+		end += (int64_t)(int32_t)wire_get32(v[i].batch + RECBATCH_OFF_LAST_DELTA) + 1;
+	}
+	run->end = end;
+	return 0;
+}
+
+int partlog_append_v(partlog *pl, partlog_batch *v, size_t n, int64_t now_ms,
+		     size_t *nappended)
 {
 	uint64_t seg_bytes = atomic_load_explicit(&pl->segment_bytes, memory_order_relaxed);
 	uint32_t interval = atomic_load_explicit(&pl->index_interval, memory_order_relaxed);
-	int32_t delta;
-	int64_t off;
-	int r;
-
-	if (len < RECBATCH_HEADER_SIZE || recbatch_size(batch, len) != len)
-		return -EINVAL;
-	delta = (int32_t)wire_get32(batch + RECBATCH_OFF_LAST_DELTA);
-	if (delta < 0)
-		return -EINVAL;
-	if (len > seg_bytes || len > UINT32_MAX)
-		return PARTLOG_E_TOO_LARGE;
+	struct run run;
+	size_t done = 0;
+	int r = 0;
 
 	pthread_mutex_lock(&pl->append_lock);
-	if (need_roll(pl, pl->active, len, now_ms) && (r = roll(pl)))
-		goto out;
-	off = atomic_load_explicit(&pl->end, memory_order_relaxed);
-	recbatch_set_base_offset(batch, off);
-	r = segment_append(pl->active, batch, len, max_ts, interval);
-	if (r)
-		goto out;
-	if (pl->first_ms < 0)
-		pl->first_ms = now_ms;
-	atomic_store_explicit(&pl->end, off + delta + 1, memory_order_release);
-	atomic_fetch_add_explicit(&pl->size_bytes, len, memory_order_relaxed);
-	atomic_store(&pl->dirty, true);
-	if (!atomic_load_explicit(&pl->synced, memory_order_relaxed))
-		publish(pl);
-	*base_offset = off;
-out:
+	while (done < n) {
+		r = check_batch(&v[done], seg_bytes);
+		if (!r)
+			r = run_plan(pl, v + done, n - done, seg_bytes, now_ms, &run);
+		if (!r)
+			r = segment_append_v(pl->active, run.iov, run.k, run.max_ts, interval);
+		if (r)
+			break;
+		for (int i = 0; i < run.k; i++)
+			v[done + i].base_offset = (int64_t)wire_get64(v[done + i].batch);
+		done += (size_t)run.k;
+		if (pl->first_ms < 0)
+			pl->first_ms = now_ms;
+		atomic_store_explicit(&pl->end, run.end, memory_order_release);
+		atomic_fetch_add_explicit(&pl->size_bytes, run.bytes, memory_order_relaxed);
+		atomic_store(&pl->dirty, true);
+		if (!atomic_load_explicit(&pl->synced, memory_order_relaxed))
+			publish(pl);
+	}
 	pthread_mutex_unlock(&pl->append_lock);
+	*nappended = done;
+	return r;
+}
+
+int partlog_append(partlog *pl, uint8_t *batch, size_t len, int64_t max_ts, int64_t now_ms,
+		   int64_t *base_offset)
+{
+	partlog_batch b = { .batch = batch, .len = len, .max_ts = max_ts, .base_offset = -1 };
+	size_t done;
+	int r = partlog_append_v(pl, &b, 1, now_ms, &done);
+
+	if (!r)
+		*base_offset = b.base_offset;
 	return r;
 }
 

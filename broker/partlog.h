@@ -8,8 +8,8 @@
  * counter, the visible end (high watermark).
  *
  * Threads:
- *  - partlog_append: any event-loop thread; appends to one partlog are
- *    serialized by an internal mutex (the append lock).
+ *  - partlog_append, partlog_append_v: any event-loop thread; appends to one
+ *    partlog are serialized by an internal mutex (the append lock).
  *  - Readers (partlog_read, partlog_hw, partlog_start_offset,
  *    partlog_end_offset, partlog_offset_for_time): any thread, concurrently
  *    with appends; they never take the append lock.  They see only offsets
@@ -21,7 +21,7 @@
  *    references are gone).  partlog_set_conf may also be called while the
  *    partlog is in use: it only swaps the values (atomic loads).
  *
- * Visibility: in page-cache mode (conf.synced = false) partlog_append
+ * Visibility: in page-cache mode (conf.synced = false) an append
  * publishes the new end at once; in synced mode the end moves only when
  * partlog_sync has made the bytes durable, so consumers only see synced data.
  *
@@ -80,9 +80,35 @@ void partlog_set_conf(partlog *pl, const partlog_conf *conf);
  * is the batch's first offset and the result is 0.  On a failed or short
  * write the segment is truncated back so no partial batch stays, and -errno
  * (e.g. -ENOSPC) is returned.  `max_ts` is the batch's largest timestamp
- * (for the time index); `now_ms` the wall clock (for segment_ms). */
+ * (for the time index); `now_ms` the wall clock (for segment_ms).  Returns
+ * -EINVAL if batch is not one whole batch (length field) or has a negative
+ * lastOffsetDelta, PARTLOG_E_TOO_LARGE if len > segment_bytes.  On failure
+ * *base_offset is unchanged.  It is partlog_append_v with n = 1. */
 int partlog_append(partlog *pl, uint8_t *batch, size_t len, int64_t max_ts,
 		   int64_t now_ms, int64_t *base_offset);
+
+/* One batch of a partlog_append_v. */
+typedef struct partlog_batch {
+	uint8_t *batch;      /* in: a RecordBatch v2 (its base offset is set here) */
+	size_t len;
+	int64_t max_ts;      /* in: largest timestamp, for the time index */
+	int64_t base_offset; /* out: where it landed, once appended */
+} partlog_batch;
+
+/* Appends v[0..n) in order, as n partlog_append calls would (same offsets,
+ * segment rolls, visibility, errors), with one log write per run
+ * of batches that land in the same segment (at most SEGMENT_APPEND_MAX,
+ * 256, per run) and at most one write per index file per run.  Stops at
+ * the first batch that cannot be appended: *nappended (always set) counts
+ * the prefix v[0..*nappended) that is in the log with base_offset set, and
+ * the return value is that batch's error (PARTLOG_E_TOO_LARGE, -EINVAL,
+ * -errno; a failed write leaves nothing of its run, whose batches keep a
+ * rewritten baseOffset but no base_offset); 0 when all n are appended
+ * (also for n = 0).  Each run is published (page-cache mode) as soon as it
+ * is written.  The batch buffers are modified (baseOffset) and not kept
+ * after the call.  Same thread rules as partlog_append. */
+int partlog_append_v(partlog *pl, partlog_batch *v, size_t n, int64_t now_ms,
+		     size_t *nappended);
 
 /* Published end offset (high watermark): offsets below it are readable. */
 int64_t partlog_hw(const partlog *pl);

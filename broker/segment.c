@@ -127,14 +127,33 @@ struct walker {
 	uint8_t buf[WALK_BUF];
 };
 
-/* What one appended or scanned batch does to the indexes. */
+/* Where the indexes stand for the next batch: what its entries are
+ * compared with (see the format comment). */
+struct index_tail {
+	uint64_t last_pos; /* position of the last offset entry, 0 if none */
+	int64_t last_ts;   /* ts of the last time entry, -1 if none */
+	int64_t max_ts;    /* largest batch timestamp so far, -1 if none */
+	uint32_t max_rel;  /* rel of the first batch with max_ts */
+};
+
+/* What one appended or scanned batch adds to the indexes. */
 struct index_plan {
 	bool add_idx;
 	bool add_tidx;
 	struct idx_ent ie;
 	struct tidx_ent te;
-	int64_t max_ts;
-	uint32_t max_rel;
+};
+
+/* The index entries of one segment_append_v group, planned (and encoded as
+ * they go to disk) before anything is written; they are contiguous in the
+ * index files.  About 5 KiB: lives on the writer's stack. */
+struct append_plan {
+	uint8_t idx[SEGMENT_APPEND_MAX * SEGMENT_INDEX_ENTRY_SIZE];
+	uint8_t tidx[SEGMENT_APPEND_MAX * SEGMENT_TIMEINDEX_ENTRY_SIZE];
+	size_t n_idx, n_tidx;
+	struct index_tail tail; /* after the last batch of the group */
+	uint64_t size;          /* segment size after the group */
+	int64_t end;            /* end offset after the group */
 };
 
 /* ---- small helpers ---- */
@@ -214,14 +233,14 @@ static int grow(void **arr, size_t *cap, size_t need, size_t elem)
 	return 0;
 }
 
-/* Room for one more entry in each index.  Caller holds s->lock (realloc
- * moves what readers may be searching). */
-static int reserve_one(segment *s)
+/* Room for ni more offset and nt more time entries.  Caller holds s->lock
+ * (realloc moves what readers may be searching). */
+static int reserve(segment *s, size_t ni, size_t nt)
 {
-	int r = grow((void **)&s->idx, &s->cap_idx, s->n_idx + 1, sizeof(*s->idx));
+	int r = grow((void **)&s->idx, &s->cap_idx, s->n_idx + ni, sizeof(*s->idx));
 
 	if (!r)
-		r = grow((void **)&s->tidx, &s->cap_tidx, s->n_tidx + 1, sizeof(*s->tidx));
+		r = grow((void **)&s->tidx, &s->cap_tidx, s->n_tidx + nt, sizeof(*s->tidx));
 	return r;
 }
 
@@ -235,6 +254,16 @@ static void put_tidx(uint8_t *p, const struct tidx_ent *e)
 {
 	wire_put64(p, (uint64_t)e->ts);
 	wire_put32(p + 8, e->rel);
+}
+
+static struct idx_ent get_idx(const uint8_t *p)
+{
+	return (struct idx_ent){ wire_get32(p), wire_get32(p + 4) };
+}
+
+static struct tidx_ent get_tidx(const uint8_t *p)
+{
+	return (struct tidx_ent){ (int64_t)wire_get64(p), wire_get32(p + 8) };
 }
 
 /* ---- header walking ---- */
@@ -282,48 +311,55 @@ static int walk_hdr(struct walker *w, uint64_t pos, struct bhdr *h)
 
 /* ---- index rules (see the format comment) ---- */
 
-static void index_plan(const segment *s, uint64_t pos, uint32_t rel, int64_t ts,
-		       uint32_t interval, struct index_plan *p)
+/* Caller holds s->lock, or is the writer (the only one changing it). */
+static void index_tail_of(const segment *s, struct index_tail *t)
 {
-	uint64_t last_pos = s->n_idx ? s->idx[s->n_idx - 1].pos : 0;
-	int64_t last_ts = s->n_tidx ? s->tidx[s->n_tidx - 1].ts : -1;
-
-	p->max_ts = s->max_ts;
-	p->max_rel = s->max_rel;
-	if (ts > p->max_ts) {
-		p->max_ts = ts;
-		p->max_rel = rel;
-	}
-	p->add_idx = pos > last_pos && pos - last_pos >= interval;
-	p->add_tidx = p->add_idx && p->max_ts > last_ts;
-	p->ie.rel = rel;
-	p->ie.pos = (uint32_t)pos;
-	p->te.ts = p->max_ts;
-	p->te.rel = p->max_rel;
+	t->last_pos = s->n_idx ? s->idx[s->n_idx - 1].pos : 0;
+	t->last_ts = s->n_tidx ? s->tidx[s->n_tidx - 1].ts : -1;
+	t->max_ts = s->max_ts;
+	t->max_rel = s->max_rel;
 }
 
-/* Caller holds s->lock and reserved room (reserve_one). */
-static void index_apply(segment *s, const struct index_plan *p)
+/* Plans the entries for the batch at pos (offset base + rel, largest
+ * timestamp ts) and moves *t past it, so that a group of batches is
+ * planned exactly as one by one. */
+static void index_plan(struct index_tail *t, uint64_t pos, uint32_t rel, int64_t ts,
+		       uint32_t interval, struct index_plan *p)
 {
+	if (ts > t->max_ts) {
+		t->max_ts = ts;
+		t->max_rel = rel;
+	}
+	p->add_idx = pos > t->last_pos && pos - t->last_pos >= interval;
+	p->add_tidx = p->add_idx && t->max_ts > t->last_ts;
+	p->ie.rel = rel;
+	p->ie.pos = (uint32_t)pos;
+	p->te.ts = t->max_ts;
+	p->te.rel = t->max_rel;
 	if (p->add_idx)
-		s->idx[s->n_idx++] = p->ie;
+		t->last_pos = pos;
 	if (p->add_tidx)
-		s->tidx[s->n_tidx++] = p->te;
-	s->max_ts = p->max_ts;
-	s->max_rel = p->max_rel;
+		t->last_ts = t->max_ts;
 }
 
 /* Plans and applies one batch in memory only (load, recovery).  Caller
  * holds s->lock. */
 static int index_note(segment *s, uint64_t pos, uint32_t rel, int64_t ts, uint32_t interval)
 {
+	struct index_tail t;
 	struct index_plan p;
-	int r = reserve_one(s);
+	int r = reserve(s, 1, 1);
 
 	if (r)
 		return r;
-	index_plan(s, pos, rel, ts, interval, &p);
-	index_apply(s, &p);
+	index_tail_of(s, &t);
+	index_plan(&t, pos, rel, ts, interval, &p);
+	if (p.add_idx)
+		s->idx[s->n_idx++] = p.ie;
+	if (p.add_tidx)
+		s->tidx[s->n_tidx++] = p.te;
+	s->max_ts = t.max_ts;
+	s->max_rel = t.max_rel;
 	return 0;
 }
 
@@ -823,62 +859,111 @@ int segment_recover(segment *s, uint64_t pos, int64_t expected, uint32_t interva
 
 /* ---- writer ---- */
 
-int segment_append(segment *s, const uint8_t *batch, size_t len, int64_t max_ts,
-		   uint32_t interval)
+/* Checks batches[0..n) (each header as segment_append_v says, offsets
+ * contiguous, the file stays below 4 GiB) and plans their index entries
+ * into *ap.  Writer only, no lock: nothing it reads changes under it. */
+static int plan_group(const segment *s, const struct iovec *batches, int n,
+		      const int64_t *max_ts, uint32_t interval, struct append_plan *ap)
 {
 	uint64_t pos = atomic_load_explicit(&s->size, memory_order_relaxed);
-	int64_t off = (int64_t)wire_get64(batch);
-	int32_t delta = (int32_t)wire_get32(batch + RECBATCH_OFF_LAST_DELTA);
-	uint8_t e[SEGMENT_TIMEINDEX_ENTRY_SIZE];
-	struct index_plan p;
+	int64_t next = -1;
+
+	index_tail_of(s, &ap->tail);
+	ap->n_idx = ap->n_tidx = 0;
+	for (int i = 0; i < n; i++) {
+		const uint8_t *b = batches[i].iov_base;
+		size_t len = batches[i].iov_len;
+		struct index_plan p;
+		int32_t delta;
+		int64_t off;
+
+		if (len < RECBATCH_HEADER_SIZE)
+			return -EINVAL;
+		off = (int64_t)wire_get64(b);
+		delta = (int32_t)wire_get32(b + RECBATCH_OFF_LAST_DELTA);
+		if (delta < 0 || off < s->base || off - s->base > UINT32_MAX ||
+		    (i > 0 && off != next) || len > UINT32_MAX - pos)
+			return -EINVAL;
+		index_plan(&ap->tail, pos, (uint32_t)(off - s->base), max_ts[i], interval, &p);
+		if (p.add_idx)
+			put_idx(ap->idx + ap->n_idx++ * SEGMENT_INDEX_ENTRY_SIZE, &p.ie);
+		if (p.add_tidx)
+			put_tidx(ap->tidx + ap->n_tidx++ * SEGMENT_TIMEINDEX_ENTRY_SIZE, &p.te);
+		pos += len;
+		next = off + delta + 1;
+	}
+	ap->size = pos;
+	ap->end = next;
+	return 0;
+}
+
+int segment_append_v(segment *s, const struct iovec *batches, int n, const int64_t *max_ts,
+		     uint32_t interval)
+{
+	uint64_t pos = atomic_load_explicit(&s->size, memory_order_relaxed);
+	/* The writer reads its own counts without the lock. */
+	size_t n_idx = s->n_idx, n_tidx = s->n_tidx;
+	struct append_plan ap;
 	int r;
 
-	if (len < RECBATCH_HEADER_SIZE || delta < 0 || off < s->base || off - s->base > UINT32_MAX ||
-	    pos + len > UINT32_MAX)
+	if (n < 1 || n > SEGMENT_APPEND_MAX)
 		return -EINVAL;
+	r = plan_group(s, batches, n, max_ts, interval, &ap);
+	if (r)
+		return r;
 	/* Memory first: nothing can fail after the bytes are on disk. */
 	pthread_mutex_lock(&s->lock);
-	r = reserve_one(s);
+	r = reserve(s, ap.n_idx, ap.n_tidx);
 	pthread_mutex_unlock(&s->lock);
 	if (r)
 		return r;
-	index_plan(s, pos, (uint32_t)(off - s->base), max_ts, interval, &p);
 
-	r = fileio_pwrite_all(s->fd, batch, len, (off_t)pos);
+	r = fileio_pwritev_all(s->fd, batches, n, (off_t)pos);
 	if (r)
 		goto undo_log;
-	if (p.add_idx) {
-		put_idx(e, &p.ie);
-		r = fileio_pwrite_all(s->idx_fd, e, SEGMENT_INDEX_ENTRY_SIZE,
-				      (off_t)(s->n_idx * SEGMENT_INDEX_ENTRY_SIZE));
+	if (ap.n_idx) {
+		r = fileio_pwrite_all(s->idx_fd, ap.idx, ap.n_idx * SEGMENT_INDEX_ENTRY_SIZE,
+				      (off_t)(n_idx * SEGMENT_INDEX_ENTRY_SIZE));
 		if (r)
 			goto undo_idx;
 	}
-	if (p.add_tidx) {
-		put_tidx(e, &p.te);
-		r = fileio_pwrite_all(s->tidx_fd, e, SEGMENT_TIMEINDEX_ENTRY_SIZE,
-				      (off_t)(s->n_tidx * SEGMENT_TIMEINDEX_ENTRY_SIZE));
+	if (ap.n_tidx) {
+		r = fileio_pwrite_all(s->tidx_fd, ap.tidx, ap.n_tidx * SEGMENT_TIMEINDEX_ENTRY_SIZE,
+				      (off_t)(n_tidx * SEGMENT_TIMEINDEX_ENTRY_SIZE));
 		if (r)
 			goto undo_tidx;
 	}
 	pthread_mutex_lock(&s->lock);
-	index_apply(s, &p);
+	for (size_t i = 0; i < ap.n_idx; i++)
+		s->idx[s->n_idx++] = get_idx(ap.idx + i * SEGMENT_INDEX_ENTRY_SIZE);
+	for (size_t i = 0; i < ap.n_tidx; i++)
+		s->tidx[s->n_tidx++] = get_tidx(ap.tidx + i * SEGMENT_TIMEINDEX_ENTRY_SIZE);
+	s->max_ts = ap.tail.max_ts;
+	s->max_rel = ap.tail.max_rel;
 	pthread_mutex_unlock(&s->lock);
-	atomic_store_explicit(&s->size, pos + len, memory_order_relaxed);
-	atomic_store_explicit(&s->end, off + delta + 1, memory_order_relaxed);
+	atomic_store_explicit(&s->size, ap.size, memory_order_relaxed);
+	atomic_store_explicit(&s->end, ap.end, memory_order_relaxed);
 	return 0;
 
 	/* Truncate errors are ignored: the in-memory size did not move, so
 	 * the next append overwrites whatever stayed, and recovery cuts it
 	 * after a crash. */
 undo_tidx:
-	fileio_truncate(s->tidx_fd, (off_t)(s->n_tidx * SEGMENT_TIMEINDEX_ENTRY_SIZE));
+	fileio_truncate(s->tidx_fd, (off_t)(n_tidx * SEGMENT_TIMEINDEX_ENTRY_SIZE));
 undo_idx:
-	if (p.add_idx)
-		fileio_truncate(s->idx_fd, (off_t)(s->n_idx * SEGMENT_INDEX_ENTRY_SIZE));
+	if (ap.n_idx)
+		fileio_truncate(s->idx_fd, (off_t)(n_idx * SEGMENT_INDEX_ENTRY_SIZE));
 undo_log:
 	fileio_truncate(s->fd, (off_t)pos);
 	return r;
+}
+
+int segment_append(segment *s, const uint8_t *batch, size_t len, int64_t max_ts,
+		   uint32_t interval)
+{
+	struct iovec v = { .iov_base = (void *)batch, .iov_len = len };
+
+	return segment_append_v(s, &v, 1, &max_ts, interval);
 }
 
 int segment_sync(segment *s)

@@ -9,9 +9,9 @@
  * valid while sendfile() uses it even after retention unlinked the files.
  *
  * Threads and locks:
- *  - Writers (segment_append, segment_recover) run under the owner's append
- *    lock (partlog's), or before the segment is shared (open/recovery).
- *    One writer at a time.
+ *  - Writers (segment_append, segment_append_v, segment_recover) run under
+ *    the owner's append lock (partlog's), or before the segment is shared
+ *    (open/recovery).  One writer at a time.
  *  - segment_sync / segment_close_index: partlog's sync thread.
  *  - Readers (segment_find, segment_find_time, segment_lookup*,
  *    segment_max_timestamp, segment_visible): any thread.  They take the
@@ -30,6 +30,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 enum segment_err {
 	SEGMENT_OK = 0,
@@ -39,6 +40,8 @@ enum segment_err {
 #define SEGMENT_NAME_DIGITS 20
 #define SEGMENT_INDEX_ENTRY_SIZE 8      /* uint32 relative offset, uint32 position */
 #define SEGMENT_TIMEINDEX_ENTRY_SIZE 12 /* int64 timestamp, uint32 relative offset */
+/* Most batches one segment_append_v takes (well below IOV_MAX, 1024). */
+#define SEGMENT_APPEND_MAX 256
 
 typedef struct segment segment;
 
@@ -90,11 +93,27 @@ int segment_recover(segment *s, uint64_t pos, int64_t expected, uint32_t interva
 
 /* ---- writer ---- */
 
-/* Appends one batch whose baseOffset is already the segment's end offset,
- * at the current size, with one pwrite (through fileio), then the index
- * entries it calls for.  `max_ts` is the batch's largest timestamp.  On any
- * failure the .log and the index files are truncated back and the segment
- * is unchanged; returns 0 or -errno. */
+/* Appends batches[0..n), 1 <= n <= SEGMENT_APPEND_MAX, at the current
+ * size: RecordBatch v2 whose baseOffsets are already assigned, the first
+ * one the segment's end offset, each next one the previous baseOffset +
+ * lastOffsetDelta + 1.  max_ts[i] is batch i's largest timestamp.  The
+ * result (the three files, the in-memory indexes, size, end offset) is
+ * exactly that of n segment_append calls in a row, index entries in the
+ * middle of the group included, but written with one fileio_pwritev_all
+ * for the .log and at most one fileio_pwrite_all per index file (memory
+ * is reserved first: nothing can fail once the bytes are on disk).
+ * Nothing is published: the caller raises `visible` (segment_publish).
+ * Returns 0, or -EINVAL (n out of range, a batch shorter than its header,
+ * a negative lastOffsetDelta, an offset before the base, more than
+ * UINT32_MAX past it or not contiguous, the .log would reach 4 GiB) with
+ * nothing written, or -errno (-ENOMEM, a failed write: the .log and index
+ * files are truncated back, nothing of the group stays, the segment is
+ * unchanged).  The caller's iovecs and buffers are only read, and not
+ * kept after the call.  Writer only (see the thread rules above). */
+int segment_append_v(segment *s, const struct iovec *batches, int n, const int64_t *max_ts,
+		     uint32_t interval);
+/* segment_append_v of the one batch [batch, batch + len) with largest
+ * timestamp max_ts. */
 int segment_append(segment *s, const uint8_t *batch, size_t len, int64_t max_ts,
 		   uint32_t interval);
 

@@ -2,7 +2,8 @@
  * test_partlog.c — a partition log: offsets, reads, rolling, retention,
  * synced visibility, reopen and crash recovery from damaged tails, the
  * recovery checkpoint, disk-full through the fileio seam, time lookups,
- * and readers running beside an appender.
+ * readers running beside an appender, and multi-batch appends
+ * (partlog_append_v) matching single appends with one write per segment.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -48,8 +50,10 @@ struct written {
 
 struct fx {
 	char dir[64];
+	char dir2[64]; /* a second log beside it, for comparisons */
 	partlog_conf conf;
 	partlog *pl;
+	partlog *pl2;
 	struct written w[MAX_BATCHES];
 	int n;
 };
@@ -69,6 +73,7 @@ static int setup(void **state)
 		return -1;
 	/* A subdirectory: partlog_open creates it. */
 	snprintf(f->dir, sizeof(f->dir), "%s/t-0", base);
+	snprintf(f->dir2, sizeof(f->dir2), "%s/t-1", base);
 	f->conf = (partlog_conf){
 		.segment_bytes = 1 << 20,
 		.segment_ms = -1,
@@ -87,6 +92,7 @@ static int teardown(void **state)
 	char base[64];
 
 	partlog_close(f->pl);
+	partlog_close(f->pl2);
 	fileio_reset();
 	snprintf(base, sizeof(base), "%.*s", (int)(strrchr(f->dir, '/') - f->dir), f->dir);
 	nftw(base, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
@@ -1119,6 +1125,366 @@ static void test_partlog_readers_beside_appender(void **state)
 	assert_true(deleted > 0);
 }
 
+/* ---- multi-batch appends (partlog_append_v) ---- */
+
+static void vbatch_make(partlog_batch *v, int records, int64_t ts, size_t vlen)
+{
+	size_t len;
+
+	v->batch = make_batch(records, ts, vlen, &len);
+	v->len = len;
+	v->max_ts = ts;
+	v->base_offset = -1;
+}
+
+static void vbatch_free(partlog_batch *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].batch);
+}
+
+/* Records in f->w a batch that partlog_append_v put at base (the segment
+ * and position as the size rule says, like append_at). */
+static void note_appended(struct fx *f, const partlog_batch *v, int records)
+{
+	struct written *w = &f->w[f->n];
+
+	w->seg = seg_of_next(f, v->len, 0);
+	w->pos = f->n && w->seg == f->w[f->n - 1].seg ? f->w[f->n - 1].pos + f->w[f->n - 1].len : 0;
+	w->base = v->base_offset;
+	w->count = records;
+	w->len = v->len;
+	w->ts = v->max_ts;
+	assert_int_equal(w->base, f->n ? f->w[f->n - 1].base + f->w[f->n - 1].count : 0);
+	assert_int_equal((int64_t)wire_get64(v->batch), w->base);
+	f->n++;
+}
+
+/* The .log fd of pl's segment starting at base. */
+static int log_fd(partlog *pl, int64_t base)
+{
+	partlog_range r;
+	int fd;
+
+	assert_int_equal(partlog_read(pl, base, 1, &r), 0);
+	assert_int_equal(r.first_offset, base);
+	fd = r.fd;
+	partlog_range_release(&r);
+	return fd;
+}
+
+/* fileio seam: counts the writes to each fd and the pwritev calls; every
+ * write still happens. */
+#define MAX_FDS 64
+static int count_fd[MAX_FDS], count_n[MAX_FDS], n_counted_fds, pwritev_calls;
+
+static void count_write(int fd)
+{
+	for (int i = 0; i < n_counted_fds; i++) {
+		if (count_fd[i] == fd) {
+			count_n[i]++;
+			return;
+		}
+	}
+	assert_true(n_counted_fds < MAX_FDS);
+	count_fd[n_counted_fds] = fd;
+	count_n[n_counted_fds++] = 1;
+}
+
+static ssize_t pwrite_counting(int fd, const void *buf, size_t n, off_t pos)
+{
+	count_write(fd);
+	return pwrite(fd, buf, n, pos);
+}
+
+static ssize_t pwritev_counting(int fd, const struct iovec *iov, int cnt, off_t pos)
+{
+	count_write(fd);
+	pwritev_calls++;
+	return pwritev(fd, iov, cnt, pos);
+}
+
+static int writes_to(int fd)
+{
+	for (int i = 0; i < n_counted_fds; i++)
+		if (count_fd[i] == fd)
+			return count_n[i];
+	return 0;
+}
+
+static void check_same_file(const struct fx *f, int64_t base, const char *ext)
+{
+	char pa[PATH_MAX], pb[PATH_MAX];
+	uint64_t la, lb;
+	uint8_t *a, *b;
+	int fa, fb;
+
+	seg_path(f, base, ext, pa);
+	snprintf(pb, sizeof(pb), "%s%s", f->dir2, pa + strlen(f->dir));
+	la = file_size(pa);
+	lb = file_size(pb);
+	assert_int_equal(la, lb);
+	a = malloc(la + 1);
+	b = malloc(lb + 1);
+	assert_true(a && b);
+	fa = open(pa, O_RDONLY);
+	fb = open(pb, O_RDONLY);
+	assert_true(fa >= 0 && fb >= 0);
+	assert_int_equal(pread(fa, a, la, 0), (ssize_t)la);
+	assert_int_equal(pread(fb, b, lb, 0), (ssize_t)lb);
+	assert_memory_equal(a, b, la);
+	close(fa);
+	close(fb);
+	free(a);
+	free(b);
+}
+
+static void swap_logs(struct fx *f)
+{
+	partlog *t = f->pl;
+
+	f->pl = f->pl2;
+	f->pl2 = t;
+}
+
+#define NV 40
+
+static void test_partlog_append_v_matches_single_appends(void **state)
+{
+	static const char *const exts[] = { ".log", ".index", ".timeindex" };
+	struct fx *f = *state;
+	partlog_batch v[NV];
+	size_t len, na = 0;
+	uint8_t *b = make_batch(2, 0, 100, &len);
+	int segs = 0, multi = 0;
+
+	free(b);
+	f->conf.segment_bytes = 5 * len;
+	f->conf.index_interval_bytes = (uint32_t)len; /* entries inside runs */
+	open_log(f, NULL);
+	assert_int_equal(partlog_open(f->dir2, &f->conf, &f->pl2, NULL), 0);
+	/* f->pl, the reference: one partlog_append per batch. */
+	for (int i = 0; i < NV; i++) {
+		int records = 1 + i % 3;
+		int64_t ts = 1000 + 3 * i - (i % 4 == 1 ? 7 : 0);
+		size_t vlen = (size_t)(60 + (i * 29) % 90);
+
+		append(f, records, ts, vlen);
+		vbatch_make(&v[i], records, ts, vlen);
+	}
+
+	n_counted_fds = pwritev_calls = 0;
+	fileio.pwrite = pwrite_counting;
+	fileio.pwritev = pwritev_counting;
+	assert_int_equal(partlog_append_v(f->pl2, v, NV, 1000, &na), 0);
+	fileio_reset();
+	assert_int_equal(na, NV);
+	for (int i = 0; i < NV; i++)
+		assert_int_equal(v[i].base_offset, f->w[i].base);
+	assert_int_equal(partlog_end_offset(f->pl2), partlog_end_offset(f->pl));
+	assert_int_equal(partlog_hw(f->pl2), partlog_hw(f->pl));
+	assert_int_equal(partlog_size_bytes(f->pl2), partlog_size_bytes(f->pl));
+
+	/* One log write per segment touched, at most one per index file. */
+	for (int i = 0; i < NV; i++) {
+		int k = 1;
+
+		if (i > 0 && f->w[i].seg == f->w[i - 1].seg)
+			continue;
+		segs++;
+		while (i + k < NV && f->w[i + k].seg == f->w[i].seg)
+			k++;
+		multi += k > 1;
+		assert_int_equal(writes_to(log_fd(f->pl2, f->w[i].seg)), 1);
+		for (size_t e = 0; e < 3; e++)
+			check_same_file(f, f->w[i].seg, exts[e]);
+	}
+	assert_true(segs >= 4);
+	assert_int_equal(pwritev_calls, multi);
+	for (int i = 0; i < n_counted_fds; i++)
+		assert_int_equal(count_n[i], 1);
+
+	/* The same reads and time lookups from both. */
+	check_read_every_offset(f, 0);
+	check_offset_for_time(f, 990, 1130);
+	swap_logs(f);
+	assert_int_equal(count_logs(f), segs);
+	check_read_every_offset(f, 0);
+	check_offset_for_time(f, 990, 1130);
+	vbatch_free(v, NV);
+}
+
+static void test_partlog_append_v_stops_at_too_large(void **state)
+{
+	struct fx *f = *state;
+	partlog_batch v[10], w[2];
+	size_t len, na = 99;
+	uint8_t *b = make_batch(2, 0, 100, &len);
+
+	free(b);
+	f->conf.segment_bytes = 3 * len + 10; /* three batches per segment */
+	open_log(f, NULL);
+	append(f, 2, 5, 100);
+	for (int i = 0; i < 10; i++)
+		vbatch_make(&v[i], i == 6 ? 1 : 2, 10 + i, i == 6 ? 4 * len : 100);
+
+	/* Runs of 2 (filling segment 0), 3 and 1, then batch 6 is refused. */
+	assert_int_equal(partlog_append_v(f->pl, v, 10, 1000, &na), PARTLOG_E_TOO_LARGE);
+	assert_int_equal(na, 6);
+	for (int i = 0; i < 6; i++)
+		note_appended(f, &v[i], 2);
+	for (int i = 6; i < 10; i++)
+		assert_int_equal(v[i].base_offset, -1);
+	assert_int_equal(partlog_end_offset(f->pl), 14);
+	assert_int_equal(partlog_hw(f->pl), 14);
+	assert_int_equal(partlog_size_bytes(f->pl), 7 * len);
+	assert_int_equal(count_logs(f), 3);
+	check_read_every_offset(f, 0);
+
+	/* The rest goes on from there. */
+	assert_int_equal(partlog_append_v(f->pl, v + 7, 3, 1000, &na), 0);
+	assert_int_equal(na, 3);
+	for (int i = 7; i < 10; i++)
+		note_appended(f, &v[i], 2);
+	assert_int_equal(partlog_end_offset(f->pl), 20);
+
+	/* A bad header stops the same way, with -EINVAL. */
+	vbatch_make(&w[0], 1, 30, 10);
+	vbatch_make(&w[1], 1, 31, 10);
+	wire_put32(w[1].batch + RECBATCH_OFF_LAST_DELTA, 0xffffffffu);
+	assert_int_equal(partlog_append_v(f->pl, w, 2, 1000, &na), -EINVAL);
+	assert_int_equal(na, 1);
+	note_appended(f, &w[0], 1);
+	assert_int_equal(w[1].base_offset, -1);
+	assert_int_equal(partlog_end_offset(f->pl), 21);
+	check_read_every_offset(f, 0);
+	vbatch_free(v, 10);
+	vbatch_free(w, 2);
+}
+
+/* fileio seam: the second pwritev writes half, then it and every later
+ * write fail with ENOSPC. */
+static bool disk_full;
+
+static ssize_t pwrite_unless_full(int fd, const void *buf, size_t n, off_t pos)
+{
+	if (disk_full) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return pwrite(fd, buf, n, pos);
+}
+
+static ssize_t pwritev_second_fails(int fd, const struct iovec *iov, int cnt, off_t pos)
+{
+	struct iovec win[64];
+	size_t total = 0, left;
+	int m = 0;
+
+	if (++pwritev_calls < 2)
+		return pwritev(fd, iov, cnt, pos);
+	if (disk_full) {
+		errno = ENOSPC;
+		return -1;
+	}
+	disk_full = true;
+	assert_true(cnt <= 64);
+	for (int i = 0; i < cnt; i++)
+		total += iov[i].iov_len;
+	for (left = total / 2; left > 0; m++) {
+		win[m] = iov[m];
+		if (win[m].iov_len > left)
+			win[m].iov_len = left;
+		left -= win[m].iov_len;
+	}
+	return pwritev(fd, win, m, pos);
+}
+
+static void test_partlog_append_v_io_failure_keeps_first_run(void **state)
+{
+	struct fx *f = *state;
+	partlog_batch v[10];
+	char p[PATH_MAX];
+	size_t len, na = 99;
+	uint8_t *b = make_batch(2, 0, 100, &len);
+	partlog_range r;
+	uint64_t t;
+
+	free(b);
+	f->conf.segment_bytes = 4 * len + 10; /* four batches per segment */
+	f->conf.index_interval_bytes = 1;     /* index writes in every run */
+	open_log(f, NULL);
+	for (int i = 0; i < 10; i++)
+		vbatch_make(&v[i], 2, 20 + i, 100);
+
+	/* Run 1 (batches 0-3) fills segment 0; run 2 goes to a new segment
+	 * and its pwritev stops half way. */
+	pwritev_calls = 0;
+	disk_full = false;
+	fileio.pwrite = pwrite_unless_full;
+	fileio.pwritev = pwritev_second_fails;
+	assert_int_equal(partlog_append_v(f->pl, v, 10, 1000, &na), -ENOSPC);
+	fileio_reset();
+	assert_true(disk_full);
+	assert_int_equal(na, 4);
+	for (int i = 0; i < 4; i++)
+		note_appended(f, &v[i], 2);
+	for (int i = 4; i < 10; i++)
+		assert_int_equal(v[i].base_offset, -1);
+	assert_int_equal(partlog_end_offset(f->pl), 8);
+	assert_int_equal(partlog_hw(f->pl), 8);
+	assert_int_equal(partlog_size_bytes(f->pl), 4 * len);
+	seg_path(f, 0, ".log", p);
+	assert_int_equal(file_size(p), 4 * len);
+	/* The rolled-to segment holds nothing of run 2. */
+	seg_path(f, 8, ".log", p);
+	assert_int_equal(file_size(p), 0);
+	seg_path(f, 8, ".index", p);
+	assert_int_equal(file_size(p), 0);
+	check_read_every_offset(f, 0);
+	assert_int_equal(partlog_read(f->pl, 8, 1000, &r), 0);
+	assert_int_equal(r.len, 0);
+	partlog_range_release(&r);
+
+	/* Space is back: the rest lands from offset 8 on. */
+	assert_int_equal(partlog_append_v(f->pl, v + 4, 6, 1000, &na), 0);
+	assert_int_equal(na, 6);
+	for (int i = 4; i < 10; i++)
+		note_appended(f, &v[i], 2);
+	check_read_every_offset(f, 0);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	reopen(f, &t);
+	assert_int_equal(t, 0);
+	check_read_every_offset(f, 0);
+	vbatch_free(v, 10);
+}
+
+static void test_partlog_append_v_rolls_by_time(void **state)
+{
+	struct fx *f = *state;
+	partlog_batch v[3];
+	size_t na;
+
+	f->conf.segment_ms = 100;
+	open_log(f, NULL);
+	append_at(f, 1, 0, 10, 1000);
+	for (int i = 0; i < 3; i++)
+		vbatch_make(&v[i], 1, 0, 10);
+	/* The first batch rolls; the new segment's clock starts with it. */
+	assert_int_equal(partlog_append_v(f->pl, v, 3, 1101, &na), 0);
+	assert_int_equal(na, 3);
+	assert_int_equal(count_logs(f), 2);
+	assert_true(seg_exists(f, 1));
+	assert_int_equal(v[2].base_offset, 3);
+	assert_int_equal(partlog_append_v(f->pl, v, 1, 1201, &na), 0);
+	assert_int_equal(count_logs(f), 2);
+	assert_int_equal(partlog_append_v(f->pl, v + 1, 2, 1202, &na), 0);
+	assert_int_equal(count_logs(f), 3);
+	assert_true(seg_exists(f, 5));
+	assert_int_equal(v[2].base_offset, 6);
+	vbatch_free(v, 3);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1148,6 +1514,10 @@ int main(void)
 		T(test_partlog_offset_for_time_sees_only_hw),
 		T(test_partlog_destroy_removes_everything),
 		T(test_partlog_readers_beside_appender),
+		T(test_partlog_append_v_matches_single_appends),
+		T(test_partlog_append_v_stops_at_too_large),
+		T(test_partlog_append_v_io_failure_keeps_first_run),
+		T(test_partlog_append_v_rolls_by_time),
 	};
 #undef T
 
