@@ -17,6 +17,8 @@
 # Every run reports the CPU other processes used meanwhile: on a shared
 # machine read the latency figures with it.  SLUICED overrides the broker.
 set -eu
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -37,12 +39,7 @@ mkdir -p "$dir/data"
 "$sluiced" -d "$dir/data" -l 127.0.0.1:0 --port-file "$dir/port" >"$dir/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
-i=0
-while [ ! -s "$dir/port" ]; do
-	i=$((i + 1))
-	[ $i -lt 100 ] || { echo "sluiced did not start:" >&2; cat "$dir/log" >&2; exit 1; }
-	sleep 0.1
-done
+wait_port "$dir"
 b=127.0.0.1:$(cat "$dir/port")
 echo "sluiced $sluiced (pid $pid) on $b; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 

@@ -15,10 +15,14 @@
 # ${TMPDIR:-/tmp}) with a fresh 1-partition topic, then measures the disk's
 # synchronous 16 KiB write latency with dd (the floor under every durable
 # step; it moves with the host's load, so compare builds within a round).
-# Prints one line per run: round, build, txn/s, p50 and p99 in µs.
+# Prints one line per run: round, build, txn/s, p50 and p99 in µs, then
+# the broker's "coordinator:" line (batches and WAL syncs: jobs per batch,
+# SQL time, the wait for a syncer, sync and completion times) if it logs one.
 set -eu
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-[ $# -ge 2 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
 rounds=$1
 shift
 conc=${C:-32}
@@ -54,12 +58,7 @@ while [ "$r" -le "$rounds" ]; do
 		"$b/broker/sluiced" -d "$dir/data" -l 127.0.0.1:0 --port-file "$dir/port" \
 			--set "log.durability=$durability" >"$dir/log" 2>&1 &
 		pid=$!
-		i=0
-		while [ ! -s "$dir/port" ]; do
-			i=$((i + 1))
-			[ $i -lt 100 ] || { echo "sluiced did not start:" >&2; cat "$dir/log" >&2; exit 1; }
-			sleep 0.1
-		done
+		wait_port "$dir"
 		addr=127.0.0.1:$(cat "$dir/port")
 		"$b/client/sluice" -b "$addr" topic create tt --partitions 1 >/dev/null
 		# shellcheck disable=SC2086 # $extra is empty or one word
@@ -68,6 +67,8 @@ while [ "$r" -le "$rounds" ]; do
 		stop_broker
 		echo "$r $spec $(echo "$line" |
 			sed -E 's/.*: ([0-9]+) msgs\/s.*p50 ([0-9]+) us, p99 ([0-9]+) us.*/\1 txn\/s p50 \2 p99 \3/')"
+		# where the coordinator's time went (builds since session 4 log it at exit)
+		sed -n 's/.*INFO coordinator: /   /p' "$dir/log"
 	done
 	dd if=/dev/zero of="$dir/ddf" bs=16k count=1000 oflag=dsync conv=notrunc 2>&1 | tail -1 |
 		awk '{ printf "   dd 16 KiB O_DSYNC: %.0f us per write\n", $(NF-3) * 1e6 / 1000 }'

@@ -73,7 +73,31 @@ struct coord {
 	uint64_t next_done;        /* the round to complete next */
 	bool completing;           /* a syncer is running completions */
 	struct round rounds[ROUND_SLOTS]; /* by ticket % ROUND_SLOTS */
+	void (*round_hook)(void *arg);    /* set before start, then read-only */
+	void *round_arg;
+	/* Where a job's time goes (logged at close, docs/benchmarks.md):
+	 * batches by the coordinator thread; rounds under slock. */
+	uint64_t n_batches, batch_jobs, batch_ns;
+	uint64_t n_rounds, round_jobs, queued_ns, sync_ns, complete_ns;
+	uint64_t shead_since;      /* under slock: when shead got its oldest job */
 };
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t count_jobs(const coord_job *j)
+{
+	uint64_t n = 0;
+
+	for (; j; j = j->next)
+		n++;
+	return n;
+}
 
 static const char schema_v1[] =
 	"CREATE TABLE IF NOT EXISTS topics("
@@ -314,10 +338,18 @@ static void *coord_main(void *arg)
 		stop = c->stop;
 		pthread_mutex_unlock(&c->lock);
 		if (jobs) {
+			uint64_t t0 = mono_ns(), t1;
+
 			pthread_mutex_lock(&c->dblock);
 			run_batch(c, jobs);
 			pthread_mutex_unlock(&c->dblock);
+			t1 = mono_ns();
+			c->n_batches++;
+			c->batch_jobs += count_jobs(jobs);
+			c->batch_ns += t1 - t0;
 			pthread_mutex_lock(&c->slock);
+			if (!c->shead)
+				c->shead_since = t1;
 			append_jobs(&c->shead, &c->stail, jobs, last);
 			pthread_cond_signal(&c->scond);
 			pthread_mutex_unlock(&c->slock);
@@ -342,16 +374,21 @@ static int sync_wal(coord *c)
 }
 
 /* Runs the hooks and posts the done of one synced round (no lock held). */
-static void complete_round(coord_job *jobs, int rc)
+static void complete_round(coord *c, coord_job *jobs, int rc)
 {
+	bool hooked = false;
 	coord_job *next;
 
 	for (coord_job *j = jobs; j; j = j->next) {
 		if (rc != SQLITE_OK && j->rc == SQLITE_OK)
 			j->rc = rc; /* committed, but maybe not durable: say so */
-		if (j->after_commit && j->rc == SQLITE_OK)
+		if (j->after_commit && j->rc == SQLITE_OK) {
 			j->after_commit(j);
+			hooked = true;
+		}
 	}
+	if (hooked && c->round_hook)
+		c->round_hook(c->round_arg);
 	for (coord_job *j = jobs; j; j = next) {
 		next = j->next; /* j may be freed by its done() */
 		if (j->w)
@@ -371,18 +408,21 @@ static void complete_rounds(coord *c)
 	for (;;) {
 		struct round *r = &c->rounds[c->next_done % ROUND_SLOTS];
 		coord_job *jobs;
+		uint64_t t0;
 		int rc;
 
 		if (!r->synced)
 			break;
+		t0 = mono_ns();
 		jobs = r->jobs;
 		rc = r->rc;
 		*r = (struct round){ 0 };
 		c->next_done++;
 		pthread_cond_broadcast(&c->scond); /* a slot is free */
 		pthread_mutex_unlock(&c->slock);
-		complete_round(jobs, rc);
+		complete_round(c, jobs, rc);
 		pthread_mutex_lock(&c->slock);
+		c->complete_ns += mono_ns() - t0;
 	}
 	c->completing = false;
 }
@@ -395,7 +435,7 @@ static void *sync_main(void *arg)
 	for (;;) {
 		struct round *r;
 		coord_job *jobs;
-		uint64_t ticket;
+		uint64_t ticket, t0, njobs;
 		int rc;
 
 		/* a round needs a free slot: at most ROUND_SLOTS not completed
@@ -405,12 +445,18 @@ static void *sync_main(void *arg)
 				goto out;
 			pthread_cond_wait(&c->scond, &c->slock);
 		}
+		t0 = mono_ns();
 		jobs = c->shead;
 		c->shead = c->stail = NULL;
 		ticket = c->next_round++;
+		c->queued_ns += t0 - c->shead_since;
 		pthread_mutex_unlock(&c->slock);
+		njobs = count_jobs(jobs);
 		rc = sync_wal(c);
 		pthread_mutex_lock(&c->slock);
+		c->n_rounds++;
+		c->round_jobs += njobs;
+		c->sync_ns += mono_ns() - t0;
 		r = &c->rounds[ticket % ROUND_SLOTS];
 		r->jobs = jobs;
 		r->rc = rc;
@@ -466,6 +512,12 @@ int coord_unlock_db(coord *c)
 	return rc;
 }
 
+void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg)
+{
+	c->round_hook = fn;
+	c->round_arg = arg;
+}
+
 void coord_submit(coord *c, coord_job *job)
 {
 	job->next = NULL;
@@ -488,6 +540,20 @@ void coord_submit_lazy(coord *c, coord_job *job)
 	pthread_mutex_unlock(&c->lock);
 }
 
+/* One line on where the jobs' time went, for benchmarks. */
+static void log_stats(const coord *c)
+{
+	double nb = c->n_batches ? (double)c->n_batches : 1, nr = c->n_rounds ? (double)c->n_rounds : 1;
+
+	if (!c->n_batches)
+		return;
+	blog(BLOG_INFO, "coordinator: %llu batches (%.1f jobs, %.0f us of SQL each); %llu WAL syncs "
+			"(%.1f jobs; each waited %.0f us for a syncer, synced in %.0f us, completed in %.0f us)",
+	     (unsigned long long)c->n_batches, (double)c->batch_jobs / nb, (double)c->batch_ns / nb / 1e3,
+	     (unsigned long long)c->n_rounds, (double)c->round_jobs / nr, (double)c->queued_ns / nr / 1e3,
+	     (double)c->sync_ns / nr / 1e3, (double)c->complete_ns / nr / 1e3);
+}
+
 void coord_close(coord *c)
 {
 	if (!c)
@@ -499,6 +565,7 @@ void coord_close(coord *c)
 		pthread_mutex_unlock(&c->lock);
 		pthread_join(c->thread, NULL);
 		stop_syncers(c);
+		log_stats(c);
 	}
 	stmtcache_forget(c->db); /* main's, from start-up */
 	sqlite3_close(c->db);

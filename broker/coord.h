@@ -44,7 +44,9 @@ typedef struct coord_job {
 	 * the job or the batch failed.  The database is not held then: use
 	 * coord_lock_db to touch it.  Lets work that must follow the SQLite order exactly (the
 	 * log appends of transaction commits, in commit-sequence order) happen
-	 * in that order.  Must not block on anything but short locks. */
+	 * in that order.  Must not block on anything but short locks.  What
+	 * a hook only queues, the round hook (coord_set_round_hook) can do
+	 * once for the whole round. */
 	void (*after_commit)(struct coord_job *job);
 	/* Posted to w (or run on the coordinator thread if w is NULL) after the
 	 * commit; job->rc holds the outcome (0 or SQLite error). */
@@ -66,13 +68,23 @@ sqlite3 *coord_lock_db(coord *c);
 int coord_unlock_db(coord *c);
 int coord_start(coord *c);
 void coord_submit(coord *c, coord_job *job);
+/* Optional, before coord_start: fn(arg) runs on the WAL-sync thread that
+ * completes a round, after the round's after_commit hooks (only if one of
+ * them ran) and before any of its jobs' done is posted; rounds complete
+ * one at a time, in order, so what the hooks queued and fn consume needs
+ * no lock of its own.  Lets per-job work become per-round work (the
+ * transaction commits: one log write per partition per round,
+ * txn_commit.h). */
+void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg);
 /* The same for a job that may wait: it does not wake the coordinator, so it
  * runs with the next batch that something else starts, or within
  * COORD_LAZY_MS.  For bookkeeping off the critical path (the COMMITTED
  * marks), which then costs no thread wake-up of its own. */
 #define COORD_LAZY_MS 5
 void coord_submit_lazy(coord *c, coord_job *job);
-/* Drains queued jobs, stops the thread, closes the database.  Accepts NULL. */
+/* Drains queued jobs, stops the thread, logs where the jobs' time went
+ * ("coordinator: N batches ...", docs/benchmarks.md), closes the
+ * database.  Accepts NULL. */
 void coord_close(coord *c);
 
 /* Catalogue helpers (run inside jobs or at start-up on main). */

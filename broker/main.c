@@ -24,6 +24,7 @@
 #include "syncer.h"
 #include "topics.h"
 #include "txn_api.h"
+#include "txn_commit.h"
 
 #define SLUICE_VERSION "0.1.0"
 
@@ -272,7 +273,7 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	txn_api_init(&cfg);
-	if (txn_api_recover(coord_db(co), reg) < 0)
+	if (txn_commit_recover(coord_db(co), reg) < 0)
 		goto fail;
 	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;
@@ -287,6 +288,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	txn_commit_start(&srv);
 	if (syncer_start(&srv, &srv.syncer) < 0 || coord_start(co) < 0)
 		goto fail;
 	topics_set_reaper(reg, reaper, srv.syncer);

@@ -9,28 +9,11 @@
  *   1002 TxnCheckPoll v0-1 check-back long-poll (txn_check.c)
  *
  * Exactly once: a commit first moves the txn to COMMITTING in SQLite with a
- * per-partition commit sequence (txn/halfstore.c), then appends the batch as
- * an idempotent batch of the reserved producer id HALFSTORE_COMMIT_PID with
- * that sequence, then records the offset (COMMITTED), then answers.  A
- * retried end, or start-up recovery of a COMMITTING txn, appends again: the
- * partition's idempotent-producer state answers a duplicate with its
- * original offset, and a sequence at or below the last one appended is
- * taken as appended long ago.
- *
- * That last rule is only true if the appends of a partition happen in
- * commit_seq order, so they all run in the after_commit hooks of the end
- * jobs (coord.h, on a WAL-sync thread of the coordinator, one round at a
- * time): those run one after another in job order, right after the commit
- * that gave the sequences is durable, which is the sequence order.  An
- * append that wrote nothing (disk full) releases its sequence
- * (halfstore_unseq, synchronously in the same hook through coord_lock_db:
- * the statement commits on its own and is synced before the hook goes on);
- * the retried end takes a new one in the coordinator's order, so it is
- * appended after everything sequenced before it.  (Taking the new sequence
- * at the failure, as first built, lost the commit when later ones were
- * appended before the retry: its sequence then read as "appended long
- * ago".)  An end job that read the sequence before it was released finds
- * it in the partition's failed-sequence ring and answers "retry" instead.
+ * per-partition commit sequence (txn/halfstore.c); the end job's
+ * after_commit hook then hands it to txn_commit.h, which appends the batch
+ * once (as an idempotent batch of a reserved producer id, in commit_seq
+ * order, one log write per partition per coordinator round) or records
+ * why it cannot; then the answer, then COMMITTED (a lazy job).
  *
  * Durability (fsync): COMMITTED is recorded, and the answer sent, only once
  * the partition's high watermark covers the batch, i.e. after its
@@ -39,9 +22,8 @@
  * COMMIT_SYNC_TIMEOUT_S hands the mark to the ticker (txn_check_mark_later).
  *
  * Threads: handlers and replies on loops; halfstore calls in coordinator
- * jobs (or, for the fix-ups above, under coord_lock_db); appends on
- * the coordinator's WAL-sync threads (one at a time); sync waits on the
- * request's loop.
+ * jobs; appends on the coordinator's WAL-sync threads (txn_commit.h);
+ * sync waits on the request's loop.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -53,13 +35,12 @@
 #include "api.h"
 #include "blog.h"
 #include "coord.h"
-#include "crc32c.h"
 #include "halfstore.h"
 #include "kerr.h"
 #include "recbatch.h"
-#include "syncer.h"
 #include "topics.h"
 #include "txn_api.h"
+#include "txn_commit.h"
 #include "waiters.h"
 
 #define COMMIT_SYNC_TIMEOUT_S 30.0
@@ -102,9 +83,7 @@ static void read_crash_point(void)
 		blog(BLOG_WARN, "SLUICED_CRASH_AT=%s: test hook armed, the broker will exit there", e);
 }
 
-/* Calls _exit(137) if SLUICED_CRASH_AT named p: a crash there, minus the
- * kernel's part (the page cache survives, as with kill -9). */
-static void txn_api_crash_point(enum txn_crash_point p)
+void txn_api_crash_point(enum txn_crash_point p)
 {
 	if (crash_at == TXN_CRASH_NONE || crash_at != p)
 		return;
@@ -138,310 +117,6 @@ uint64_t txn_api_instance_id(wire_str instance)
 		h *= 0x100000001b3ULL;
 	}
 	return h | 1;
-}
-
-/* ---- the append ---- */
-
-enum {
-	APPEND_E_GONE = 1,      /* the topic or partition no longer exists */
-	APPEND_E_TOO_LARGE = 2, /* bigger than the topic's segment.bytes */
-	APPEND_E_STALE = 3,     /* an append with this sequence failed: it is
-				   released, a retried end sequences it anew */
-};
-
-/* Under p->pid_lock: the failed-append ring (topics.h). */
-static bool seq_failed(const partition *p, int64_t seq)
-{
-	for (size_t i = 0; i < sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]); i++)
-		if (p->txn_failed_seq[i] == seq + 1)
-			return true;
-	return false;
-}
-
-static void note_failed_seq(partition *p, int64_t seq)
-{
-	size_t n = sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]);
-
-	p->txn_failed_seq[p->txn_failed_next++ % n] = seq + 1;
-}
-
-typedef struct commit_res {
-	topic *t;        /* referenced */
-	partition *p;
-	int64_t offset;  /* -1: appended long ago, offset no longer known */
-	int64_t need;    /* the log must be durable up to here before COMMITTED */
-} commit_res;
-
-/* Rewrites the producer fields of a committed batch and its CRC. */
-static void stamp_commit(uint8_t *batch, size_t len, int64_t commit_seq)
-{
-	wire_put64(batch + RECBATCH_OFF_PRODUCER_ID, HALFSTORE_COMMIT_PID);
-	wire_put16(batch + RECBATCH_OFF_PRODUCER_EPOCH, (uint16_t)halfstore_commit_epoch(commit_seq));
-	wire_put32(batch + RECBATCH_OFF_BASE_SEQ, (uint32_t)halfstore_commit_base_seq(commit_seq));
-	wire_put32(batch + RECBATCH_OFF_CRC,
-		   crc32c(0, batch + RECBATCH_OFF_ATTR, len - RECBATCH_OFF_ATTR));
-}
-
-/* Under p->pid_lock: appends t's stamped batch unless it is in the log
- * already.  0 with res->offset/need, PARTLOG_E_TOO_LARGE or -errno. */
-static int append_locked(partition *p, halfstore_txn *t, commit_res *res)
-{
-	int32_t last = t->record_count - 1;
-	int16_t epoch = halfstore_commit_epoch(t->commit_seq);
-	int32_t seq = halfstore_commit_base_seq(t->commit_seq);
-	int64_t base = -1;
-	int verdict = pidstate_check(p->pids, HALFSTORE_COMMIT_PID, epoch, seq, seq + last, &base);
-	int rc = 0;
-
-	if (seq_failed(p, t->commit_seq)) {
-		/* read before its failure released it: not in the log */
-		rc = APPEND_E_STALE;
-	} else if (verdict == PIDSTATE_DUPLICATE) {
-		res->offset = base;
-		res->need = base + last + 1;
-	} else if (verdict == PIDSTATE_FENCED ||
-		   (verdict == PIDSTATE_OUT_OF_ORDER &&
-		    pidstate_last_seq(p->pids, HALFSTORE_COMMIT_PID, epoch) >= seq)) {
-		/* appended long ago (out of the dedup window): never twice */
-		res->offset = -1;
-		res->need = partlog_end_offset(p->log);
-	} else {
-		/* the reserved producer may skip sequences (a commit whose
-		 * topic vanished, a re-sequenced one), so gaps are accepted */
-		rc = partlog_append(p->log, t->batch, t->batch_len,
-				    (int64_t)wire_get64(t->batch + RECBATCH_OFF_MAX_TS), now_ms(), &base);
-		if (rc == 0) {
-			pidstate_record(p->pids, HALFSTORE_COMMIT_PID, epoch, seq, seq + last, base,
-					base + last);
-			res->offset = base;
-			res->need = base + last + 1;
-		} else if (rc < 0) {
-			note_failed_seq(p, t->commit_seq);
-		}
-	}
-	return rc;
-}
-
-/* Appends a COMMITTING txn's batch once.  Call in commit_seq order per
- * partition (the WAL-sync thread, or main at start-up).  Returns 0 with
- * *res (the caller drops res->t), APPEND_E_GONE, APPEND_E_TOO_LARGE, or
- * -errno (nothing of it reached the log); *res is written only on 0. */
-static int append_commit(topics *reg, syncer *sy, halfstore_txn *t, commit_res *res)
-{
-	topic *tp = topics_get(reg, t->topic, strlen(t->topic));
-	commit_res out = { .t = tp, .offset = -1, .need = 0 };
-	partition *p;
-	int rc = 0;
-
-	if (!tp || t->partition < 0 || t->partition >= tp->nparts) {
-		rc = APPEND_E_GONE;
-		goto done;
-	}
-	p = &tp->parts[t->partition];
-	out.p = p;
-	if (!t->batch) {
-		/* the batch is dropped once the offset is recorded: appended */
-		out.need = partlog_end_offset(p->log);
-	} else {
-		stamp_commit(t->batch, t->batch_len, t->commit_seq);
-		pthread_mutex_lock(&p->pid_lock);
-		rc = append_locked(p, t, &out);
-		pthread_mutex_unlock(&p->pid_lock);
-		if (rc == PARTLOG_E_TOO_LARGE)
-			rc = APPEND_E_TOO_LARGE;
-	}
-	if (rc == 0 && sy) {
-		if (partition_synced(p)) {
-			if (partlog_hw(p->log) < out.need)
-				syncer_mark_dirty(sy, p);
-		} else if (out.offset >= 0) {
-			partition_wake(p);
-		}
-	}
-done:
-	if (rc != 0) {
-		BLOG_RL(BLOG_ERROR, "txn %lld: append to %s-%d failed: %s", (long long)t->txn_id, t->topic,
-			t->partition,
-			rc < 0 ? strerror(-rc)
-			: rc == APPEND_E_GONE ? "no such topic or partition"
-			: rc == APPEND_E_STALE ? "an earlier append of this commit failed (sequence released)"
-					       : "batch too large");
-		if (tp)
-			topic_unref(tp);
-	} else {
-		*res = out;
-	}
-	return rc;
-}
-
-/* After a failed append (WAL-sync thread or start-up): the txn can never
- * be appended (discarded with a reason) or gets a new sequence (retried
- * later).  Returns the Kafka error for the answer and writes its message. */
-static int16_t append_failed(sqlite3 *db, halfstore_txn *t, int rc, char *msg, size_t cap)
-{
-	bool unseq = false;
-	int16_t err;
-	int hs;
-
-	if (rc == APPEND_E_GONE || rc == APPEND_E_TOO_LARGE) {
-		const char *why = rc == APPEND_E_GONE ? "topic deleted"
-						      : "batch larger than the topic's segment.bytes";
-
-		hs = halfstore_discard(db, t->txn_id, why, now_ms());
-		if (hs == HALFSTORE_OK)
-			t->state = HALFSTORE_DISCARDED;
-		err = rc == APPEND_E_GONE ? KERR_UNKNOWN_TOPIC_OR_PARTITION : KERR_MESSAGE_TOO_LARGE;
-		snprintf(msg, cap, "%s: transaction discarded, nothing appended", why);
-	} else {
-		/* sequenced anew by the retried end (halfstore.h) */
-		hs = halfstore_unseq(db, t->txn_id);
-		unseq = true;
-		err = KERR_KAFKA_STORAGE_ERROR;
-		snprintf(msg, cap, "append failed (%s); nothing appended, retry the commit",
-			 strerror(-rc));
-	}
-	blog(hs == HALFSTORE_OK ? BLOG_WARN : BLOG_ERROR, "txn %lld: %s (%s)", (long long)t->txn_id, msg,
-	     hs == HALFSTORE_OK ? (unseq ? "commit sequence released" : "discarded")
-				: halfstore_strerror(hs));
-	return err;
-}
-
-/* ---- start-up recovery ---- */
-
-/* Syncs the fsync-durability partitions in v (main, before the syncer
- * runs: it does what the syncer's round would).  Every one, even when
- * nothing was appended now: a batch found in the log may have been written
- * by the previous process and never synced.  v is in partition order, so
- * one sync per run of the same partition.  0 or -errno. */
-static int recover_sync(commit_res *v, size_t n)
-{
-	partition *prev = NULL;
-	int rc = 0;
-
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		partition *p = v[i].p;
-		int64_t end;
-
-		if (!p || p == prev || !partition_synced(p))
-			continue;
-		prev = p;
-		rc = partlog_sync(p->log, &end);
-		if (rc == 0) {
-			p->ckpt_stale = true;
-			p->synced_end = end;
-		}
-	}
-	return rc;
-}
-
-/* Start-up, main: COMMITTING rows whose append failed (no commit_seq,
- * listed after the others of their partition) get their new sequence now,
- * durably (synchronous=FULL for that commit) before anything is appended,
- * as a retried end would.  v[i] is replaced by the sequenced row.  0 or -1
- * (logged). */
-static int recover_sequence(sqlite3 *db, halfstore_txn *v, size_t n)
-{
-	sqlite3_stmt *st;
-	int sync = 2, rc = 0;
-	size_t i;
-
-	for (i = 0; i < n && v[i].commit_seq >= 0; i++)
-		;
-	if (i == n)
-		return 0; /* none */
-	if (sqlite3_prepare_v2(db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK) {
-		if (sqlite3_step(st) == SQLITE_ROW)
-			sync = sqlite3_column_int(st, 0);
-		sqlite3_finalize(st);
-	}
-	if (sqlite3_exec(db, "PRAGMA synchronous=FULL; BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-		rc = -1;
-	for (size_t k = 0; k < n && rc == 0; k++) {
-		halfstore_txn t;
-		int hs;
-
-		if (v[k].commit_seq >= 0)
-			continue;
-		/* t is written on OK, OK_ALREADY, E_CONFLICT, E_DISCARDED */
-		hs = halfstore_end(db, v[k].txn_id, HALFSTORE_COMMIT, 0, now_ms(), &t);
-		if (hs != HALFSTORE_OK && hs != HALFSTORE_OK_ALREADY) {
-			if (hs == HALFSTORE_E_CONFLICT || hs == HALFSTORE_E_DISCARDED)
-				halfstore_txn_clear(&t);
-			rc = -1;
-			break;
-		}
-		if (t.commit_seq < 0) { /* cannot be: it was just sequenced */
-			halfstore_txn_clear(&t);
-			rc = -1;
-			break;
-		}
-		halfstore_txn_clear(&v[k]);
-		v[k] = t;
-	}
-	if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-		rc = -1;
-	if (rc != 0) {
-		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-		blog(BLOG_ERROR, "transactions: cannot sequence the commits whose append failed: %s",
-		     sqlite3_errmsg(db));
-	}
-	sqlite3_exec(db, sync == 1 ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", NULL,
-		     NULL, NULL);
-	return rc;
-}
-
-int txn_api_recover(sqlite3 *db, topics *reg)
-{
-	halfstore_txn *v = NULL;
-	commit_res *res = NULL;
-	size_t n = 0;
-	int rc = halfstore_committing(db, &v, &n);
-	int ret = -1;
-
-	if (rc != HALFSTORE_OK) {
-		blog(BLOG_ERROR, "transactions: cannot list COMMITTING: %s", halfstore_strerror(rc));
-		goto out;
-	}
-	res = calloc(n + 1, sizeof(*res));
-	if (!res)
-		goto out;
-	if (recover_sequence(db, v, n) != 0)
-		goto out;
-	/* in commit_seq order per partition, as at run time */
-	for (size_t i = 0; i < n; i++) {
-		char msg[160];
-
-		rc = append_commit(reg, NULL, &v[i], &res[i]);
-		if (rc != 0)
-			append_failed(db, &v[i], rc, msg, sizeof(msg)); /* res[i].p stays NULL */
-	}
-	rc = recover_sync(res, n);
-	if (rc < 0) {
-		blog(BLOG_ERROR, "transactions: cannot sync recovered commits: %s", strerror(-rc));
-		goto out;
-	}
-	/* one transaction for every mark: one WAL sync */
-	sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-	for (size_t i = 0; i < n; i++) {
-		if (!res[i].p)
-			continue;
-		rc = halfstore_mark_committed(db, v[i].txn_id, res[i].offset);
-		blog(rc < 0 ? BLOG_ERROR : BLOG_INFO, "transactions: recovered commit of txn %lld: %s (offset %lld)",
-		     (long long)v[i].txn_id, rc < 0 ? halfstore_strerror(rc) : "appended once",
-		     (long long)res[i].offset);
-	}
-	if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-		blog(BLOG_ERROR, "transactions: cannot record recovered commits (they stay COMMITTING)");
-	}
-	ret = 0;
-out:
-	for (size_t i = 0; res && i < n; i++)
-		if (res[i].t)
-			topic_unref(res[i].t);
-	free(res);
-	halfstore_txns_free(v, n);
-	return ret;
 }
 
 int txn_api_drop_topic(sqlite3 *db, const char *name)
@@ -486,8 +161,9 @@ typedef struct txn_job {
 	int32_t limit;
 	int64_t after;
 	unsigned state_mask;
-	/* commit, after the append */
-	commit_res cr;           /* cr.t referenced until handed on */
+	/* commit: staged by the after_commit hook, appended by the round's */
+	txn_commit cm;           /* cm.t referenced until handed on */
+	bool staged;
 	waitset ws;              /* waiting for the sync (fsync durability) */
 	bool ws_init;
 	ev_timer timer;
@@ -504,8 +180,8 @@ static void txn_job_free(txn_job *j)
 {
 	if (j->ws_init)
 		free(j->ws.nodes);
-	if (j->cr.t)
-		topic_unref(j->cr.t);
+	if (j->cm.t)
+		topic_unref(j->cm.t);
 	halfstore_txn_clear(&j->txn);
 	halfstore_txns_free(j->list, j->nlist);
 	free(j);
@@ -808,8 +484,8 @@ static void submit_mark(txn_job *j)
  * the batch is durable.  Finishes j. */
 static void hand_over(txn_job *j)
 {
-	txn_check_mark_later(j->txn_id, j->cr.offset, j->cr.t, j->cr.p, j->cr.need);
-	j->cr.t = NULL;
+	txn_check_mark_later(j->txn_id, j->cm.offset, j->cm.t, j->cm.p, j->cm.need);
+	j->cm.t = NULL;
 	finish_job(j);
 }
 
@@ -827,10 +503,10 @@ static void sync_timed_out(txn_job *j)
  * memory to wait. */
 static int durable_or_wait(txn_job *j)
 {
-	partition *p = j->cr.p;
+	partition *p = j->cm.p;
 
 	for (int pass = 0; pass < 2; pass++) {
-		if (partlog_hw(p->log) >= j->cr.need)
+		if (partlog_hw(p->log) >= j->cm.need)
 			return 1;
 		if (pass == 0 && waitset_add(&j->ws, p) < 0)
 			return -1;
@@ -917,43 +593,31 @@ static void commit_wait(txn_job *j)
 	ev_timer_start(r->w->loop, &j->timer);
 }
 
-/* Coordinator thread, once the end job's batch committed (COMMITTING is
- * durable): the append, in commit_seq order (see the top).  Sets j->cr on
- * success, or j->kerr and its message. */
+/* On the WAL-sync thread completing the round, once the end job's batch
+ * committed (COMMITTING is durable): queues the append for the round hook
+ * (txn_commit.h), which appends in commit_seq order before done is
+ * posted. */
 static void end_after_commit(coord_job *job)
 {
 	txn_job *j = (txn_job *)job;
-	server *srv = j->r->w->srv;
-	int rc;
 
 	if (j->decision != DECIDE_COMMIT || j->txn.state != HALFSTORE_COMMITTING ||
 	    (j->hs_rc != HALFSTORE_OK && j->hs_rc != HALFSTORE_OK_ALREADY))
 		return;
-	txn_api_crash_point(TXN_CRASH_COMMIT_MARKED_COMMITTING);
-	rc = append_commit(srv->topics, srv->syncer, &j->txn, &j->cr);
-	if (rc == APPEND_E_STALE) {
-		j->kerr = KERR_KAFKA_STORAGE_ERROR;
-		snprintf(j->msg, sizeof(j->msg), "an earlier append of this commit failed; nothing "
-			 "appended, retry the commit");
-		return;
-	}
-	if (rc != 0) {
-		sqlite3 *db = coord_lock_db(srv->coord);
-
-		j->kerr = append_failed(db, &j->txn, rc, j->msg, sizeof(j->msg));
-		if (coord_unlock_db(srv->coord) != SQLITE_OK)
-			j->kerr = KERR_KAFKA_STORAGE_ERROR;
-		return;
-	}
-	txn_api_crash_point(TXN_CRASH_COMMIT_APPENDED);
-	j->offset = j->cr.offset;
+	j->cm.txn = &j->txn;
+	j->staged = true;
+	txn_commit_stage(&j->cm);
 }
 
 static void end_done(loop_task *t)
 {
 	txn_job *j = job_of(t);
 
-	if (j->cr.p) {
+	if (j->staged && j->cm.kerr) {
+		j->kerr = j->cm.kerr;
+		snprintf(j->msg, sizeof(j->msg), "%s", j->cm.msg);
+	} else if (j->staged && j->cm.p) {
+		j->offset = j->cm.offset;
 		commit_wait(j);
 		return;
 	}

@@ -3,10 +3,10 @@
  * (txn_api.c and txn_check.c; formats in docs/protocol.md, design in
  * docs/transactions.md).
  *
- * Threads: txn_api_init and txn_api_recover on main at start-up, before the
- * coordinator thread starts (they use its database directly); the handlers
- * on any loop; txn_api_drop_topic on the coordinator thread inside a job;
- * txn_check_stop after the loops and the coordinator have stopped.
+ * Threads: txn_api_init on main at start-up, before the coordinator
+ * thread starts; the handlers on any loop; txn_api_drop_topic on the
+ * coordinator thread inside a job; txn_check_stop after the loops and the
+ * coordinator have stopped.  The commit appends are txn_commit.h's.
  */
 #ifndef SLUICE_TXN_API_H
 #define SLUICE_TXN_API_H
@@ -38,13 +38,13 @@ enum txn_crash_point {
 
 struct checksched_policy;
 
+/* Any thread: calls _exit(137) if SLUICED_CRASH_AT named p — a crash
+ * there, minus the kernel's part (the page cache survives, as with
+ * kill -9). */
+void txn_api_crash_point(enum txn_crash_point p);
+
 /* Reads the transaction.* keys and SLUICED_CRASH_AT. */
 void txn_api_init(const config *cfg);
-/* Appends (exactly once) every transaction left COMMITTING by a crash, syncs
- * the fsync-durability partitions it touched, then marks them COMMITTED.
- * Keeps db for the coordinator thread's own fix-ups (see txn_api.c).
- * Returns 0 or -1. */
-int txn_api_recover(sqlite3 *db, topics *reg);
 /* DeleteTopics, in its catalogue job: the topic's PENDING half messages
  * become DISCARDED ("topic deleted").  SQLITE_OK or SQLITE_ERROR (logged). */
 int txn_api_drop_topic(sqlite3 *db, const char *name);

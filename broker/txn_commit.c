@@ -1,0 +1,576 @@
+/*
+ * txn_commit.c — see txn_commit.h.
+ *
+ * A round's commits are appended partition by partition: under the
+ * partition's pid_lock each commit is classified (failed before, duplicate,
+ * appended long ago, or new), the new ones go to the log with one
+ * partlog_append_v (one write per segment they land in), and the
+ * idempotent-producer state records them.  A retried end of the same
+ * transaction in the same round has the same sequence as a commit staged
+ * just before it: it follows that one (same offset, or same error) instead
+ * of being appended twice.  The SQLite fix-ups of failed appends happen
+ * after every partition is done, under one coord_lock_db (one WAL sync).
+ */
+#include "txn_commit.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blog.h"
+#include "coord.h"
+#include "crc32c.h"
+#include "kerr.h"
+#include "partlog.h"
+#include "pidstate.h"
+#include "recbatch.h"
+#include "syncer.h"
+#include "txn_api.h"
+
+enum {
+	APPEND_E_GONE = 1,      /* the topic or partition no longer exists */
+	APPEND_E_TOO_LARGE = 2, /* bigger than the topic's segment.bytes */
+	APPEND_E_STALE = 3,     /* an append with this sequence failed: it is
+				   released, a retried end sequences it anew */
+	CM_UNDONE = 100,        /* not classified yet */
+	CM_QUEUED = 101,        /* new: in the partition's write */
+	CM_FOLLOW = 102,        /* same sequence as v[lead], staged before it */
+};
+
+/* The round's stage and the scratch of one partition's write: owned by the
+ * thread completing rounds (or main at start-up, before that runs). */
+static struct {
+	txn_commit **v;
+	size_t n, cap;
+	partlog_batch *pb;
+	size_t *pbi;         /* pb[k] is the batch of v[pbi[k]] */
+	size_t pb_cap, pbi_cap;
+	server *srv;
+} stage;
+
+/* Under p->pid_lock: the failed-append ring (topics.h). */
+static bool seq_failed(const partition *p, int64_t seq)
+{
+	for (size_t i = 0; i < sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]); i++)
+		if (p->txn_failed_seq[i] == seq + 1)
+			return true;
+	return false;
+}
+
+static void note_failed_seq(partition *p, int64_t seq)
+{
+	size_t n = sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]);
+
+	p->txn_failed_seq[p->txn_failed_next++ % n] = seq + 1;
+}
+
+/* Rewrites the producer fields of a committed batch and its CRC. */
+static void stamp_commit(uint8_t *batch, size_t len, int64_t commit_seq)
+{
+	wire_put64(batch + RECBATCH_OFF_PRODUCER_ID, HALFSTORE_COMMIT_PID);
+	wire_put16(batch + RECBATCH_OFF_PRODUCER_EPOCH, (uint16_t)halfstore_commit_epoch(commit_seq));
+	wire_put32(batch + RECBATCH_OFF_BASE_SEQ, (uint32_t)halfstore_commit_base_seq(commit_seq));
+	wire_put32(batch + RECBATCH_OFF_CRC,
+		   crc32c(0, batch + RECBATCH_OFF_ATTR, len - RECBATCH_OFF_ATTR));
+}
+
+static bool grow(void **v, size_t *cap, size_t need, size_t size)
+{
+	size_t c = *cap ? *cap : 64;
+	void *nv;
+
+	if (need <= *cap)
+		return true;
+	while (c < need)
+		c *= 2;
+	nv = realloc(*v, c * size);
+	if (!nv)
+		return false;
+	*v = nv;
+	*cap = c;
+	return true;
+}
+
+static bool same_partition(const txn_commit *a, const txn_commit *b)
+{
+	return a->txn->partition == b->txn->partition && strcmp(a->txn->topic, b->txn->topic) == 0;
+}
+
+static void set_ok(txn_commit *c, int64_t offset, int64_t need)
+{
+	c->rc = 0;
+	c->offset = offset;
+	c->need = need;
+}
+
+/* Under p->pid_lock: what to do with c (stamped).  Queues a new one in the
+ * write scratch at *m. */
+static void classify(partition *p, txn_commit **v, size_t k, size_t *m, int64_t *last_queued)
+{
+	txn_commit *c = v[k];
+	halfstore_txn *t = c->txn;
+	int32_t last = t->record_count - 1;
+	int16_t epoch = halfstore_commit_epoch(t->commit_seq);
+	int32_t seq = halfstore_commit_base_seq(t->commit_seq);
+	int64_t base = -1;
+	int verdict = pidstate_check(p->pids, HALFSTORE_COMMIT_PID, epoch, seq, seq + last, &base);
+
+	if (seq_failed(p, t->commit_seq)) {
+		c->rc = APPEND_E_STALE; /* read before its failure released it */
+	} else if (verdict == PIDSTATE_DUPLICATE) {
+		set_ok(c, base, base + last + 1);
+	} else if (verdict == PIDSTATE_FENCED ||
+		   (verdict == PIDSTATE_OUT_OF_ORDER &&
+		    pidstate_last_seq(p->pids, HALFSTORE_COMMIT_PID, epoch) >= seq)) {
+		/* appended long ago (out of the dedup window): never twice */
+		set_ok(c, -1, partlog_end_offset(p->log));
+	} else if (*m && t->commit_seq <= *last_queued) {
+		/* sequences are taken in increasing order: a lower or equal
+		 * one not known to pidstate is a retried end of a commit
+		 * queued in this round */
+		c->rc = APPEND_E_STALE;
+		for (size_t q = 0; q < *m; q++) {
+			if (v[stage.pbi[q]]->txn->commit_seq == t->commit_seq) {
+				c->rc = CM_FOLLOW;
+				c->lead = stage.pbi[q];
+			}
+		}
+	} else {
+		/* the reserved producer may skip sequences (a commit whose
+		 * topic vanished, a re-sequenced one), so gaps are accepted */
+		stage.pb[*m] = (partlog_batch){
+			.batch = t->batch,
+			.len = t->batch_len,
+			.max_ts = (int64_t)wire_get64(t->batch + RECBATCH_OFF_MAX_TS),
+		};
+		stage.pbi[(*m)++] = k;
+		*last_queued = t->commit_seq;
+		c->rc = CM_QUEUED;
+	}
+}
+
+/* Under p->pid_lock: writes the m queued batches, records them in pidstate;
+ * a batch too large is skipped with its error, an I/O error fails the rest
+ * (nothing of them is in the log). */
+static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
+{
+	size_t done = 0;
+	bool appended = false;
+
+	while (done < m) {
+		size_t na = 0;
+		int r = partlog_append_v(p->log, stage.pb + done, m - done, now, &na);
+
+		for (size_t q = done; q < done + na; q++) {
+			txn_commit *c = v[stage.pbi[q]];
+			int32_t seq = halfstore_commit_base_seq(c->txn->commit_seq);
+			int32_t last = c->txn->record_count - 1;
+			int64_t base = stage.pb[q].base_offset;
+
+			pidstate_record(p->pids, HALFSTORE_COMMIT_PID,
+					halfstore_commit_epoch(c->txn->commit_seq), seq, seq + last, base,
+					base + last);
+			set_ok(c, base, base + last + 1);
+			appended = true;
+		}
+		done += na;
+		if (r == 0)
+			break;
+		if (r == PARTLOG_E_TOO_LARGE) {
+			v[stage.pbi[done++]]->rc = APPEND_E_TOO_LARGE;
+			continue;
+		}
+		for (; done < m; done++) {
+			txn_commit *c = v[stage.pbi[done]];
+
+			c->rc = r < 0 ? r : -EIO;
+			note_failed_seq(p, c->txn->commit_seq);
+		}
+	}
+	return appended;
+}
+
+/* Appends every commit of v[i]'s partition from v[i] on (rc CM_UNDONE). */
+static void append_partition(topics *reg, syncer *sy, txn_commit **v, size_t n, size_t i,
+			     int64_t now)
+{
+	const halfstore_txn *t0 = v[i]->txn;
+	topic *tp = topics_get(reg, t0->topic, strlen(t0->topic));
+	int64_t last_queued = -1, need = 0;
+	bool appended = false;
+	size_t m = 0;
+	partition *p;
+
+	if (!tp || t0->partition < 0 || t0->partition >= tp->nparts) {
+		for (size_t k = i; k < n; k++)
+			if (v[k]->rc == CM_UNDONE && same_partition(v[k], v[i]))
+				v[k]->rc = APPEND_E_GONE;
+		if (tp)
+			topic_unref(tp);
+		return;
+	}
+	p = &tp->parts[t0->partition];
+	pthread_mutex_lock(&p->pid_lock);
+	for (size_t k = i; k < n; k++) {
+		txn_commit *c = v[k];
+
+		if (c->rc != CM_UNDONE || !same_partition(c, v[i]))
+			continue;
+		if (!c->txn->batch) {
+			/* the batch is dropped once the offset is recorded */
+			set_ok(c, -1, partlog_end_offset(p->log));
+			continue;
+		}
+		stamp_commit(c->txn->batch, c->txn->batch_len, c->txn->commit_seq);
+		classify(p, v, k, &m, &last_queued);
+	}
+	if (m)
+		appended = write_queued(p, v, m, now);
+	pthread_mutex_unlock(&p->pid_lock);
+	for (size_t k = i; k < n; k++) {
+		txn_commit *c = v[k];
+
+		if (c->rc != 0 || c->p || !same_partition(c, v[i]))
+			continue;
+		topic_ref(tp);
+		c->t = tp;
+		c->p = p;
+		if (c->need > need)
+			need = c->need;
+	}
+	if (sy && need) {
+		if (partition_synced(p)) {
+			if (partlog_hw(p->log) < need)
+				syncer_mark_dirty(sy, p);
+		} else if (appended) {
+			partition_wake(p);
+		}
+	}
+	topic_unref(tp);
+}
+
+/* Appends v[0..n) (commit_seq order within each partition).  Returns 1 if
+ * any failed in a way settle() records in SQLite, 0 if not, -1 if there
+ * was no memory to start (nothing appended; each is answered "retry"). */
+static int append_all(topics *reg, syncer *sy, txn_commit **v, size_t n)
+{
+	int64_t now = now_ms();
+	int failed = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		v[i]->rc = CM_UNDONE;
+		v[i]->t = NULL;
+		v[i]->p = NULL;
+	}
+	if (!grow((void **)&stage.pb, &stage.pb_cap, n, sizeof(*stage.pb)) ||
+	    !grow((void **)&stage.pbi, &stage.pbi_cap, n, sizeof(*stage.pbi))) {
+		blog(BLOG_ERROR, "txn commits: no memory to append %zu of them", n);
+		for (size_t i = 0; i < n; i++)
+			v[i]->rc = APPEND_E_STALE;
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (v[i]->rc == CM_UNDONE)
+			append_partition(reg, sy, v, n, i, now);
+	for (size_t i = 0; i < n; i++) {
+		txn_commit *c = v[i];
+
+		if (c->rc == CM_FOLLOW)
+			continue;
+		if (c->rc != 0) {
+			BLOG_RL(BLOG_ERROR, "txn %lld: append to %s-%d failed: %s",
+				(long long)c->txn->txn_id, c->txn->topic, c->txn->partition,
+				c->rc < 0 ? strerror(-c->rc)
+				: c->rc == APPEND_E_GONE ? "no such topic or partition"
+				: c->rc == APPEND_E_STALE ? "an earlier append of this commit failed "
+							    "(sequence released)"
+							  : "batch too large");
+			if (c->rc != APPEND_E_STALE)
+				failed = 1;
+		}
+	}
+	return failed;
+}
+
+/* After a failed append (c->rc): the txn can never be appended (discarded
+ * with a reason) or gets a new sequence (retried later).  Sets c->kerr and
+ * c->msg. */
+static void append_failed(sqlite3 *db, txn_commit *c)
+{
+	halfstore_txn *t = c->txn;
+	bool unseq = false;
+	int hs;
+
+	if (c->rc == APPEND_E_GONE || c->rc == APPEND_E_TOO_LARGE) {
+		const char *why = c->rc == APPEND_E_GONE ? "topic deleted"
+							 : "batch larger than the topic's segment.bytes";
+
+		hs = halfstore_discard(db, t->txn_id, why, now_ms());
+		if (hs == HALFSTORE_OK)
+			t->state = HALFSTORE_DISCARDED;
+		c->kerr = c->rc == APPEND_E_GONE ? KERR_UNKNOWN_TOPIC_OR_PARTITION : KERR_MESSAGE_TOO_LARGE;
+		snprintf(c->msg, sizeof(c->msg), "%s: transaction discarded, nothing appended", why);
+	} else {
+		/* sequenced anew by the retried end (halfstore.h) */
+		hs = halfstore_unseq(db, t->txn_id);
+		unseq = true;
+		c->kerr = KERR_KAFKA_STORAGE_ERROR;
+		snprintf(c->msg, sizeof(c->msg), "append failed (%s); nothing appended, retry the commit",
+			 strerror(-c->rc));
+	}
+	blog(hs == HALFSTORE_OK ? BLOG_WARN : BLOG_ERROR, "txn %lld: %s (%s)", (long long)t->txn_id,
+	     c->msg, hs == HALFSTORE_OK ? (unseq ? "commit sequence released" : "discarded")
+					: halfstore_strerror(hs));
+}
+
+static bool needs_fixup(const txn_commit *c)
+{
+	return c->rc != 0 && c->rc != APPEND_E_STALE && c->rc != CM_FOLLOW;
+}
+
+/* The answers: failures recorded in db (NULL: could not lock it), then the
+ * duplicates take their first copy's outcome. */
+static void settle(sqlite3 *db, txn_commit **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		txn_commit *c = v[i];
+
+		if (c->rc == APPEND_E_STALE) {
+			c->kerr = KERR_KAFKA_STORAGE_ERROR;
+			snprintf(c->msg, sizeof(c->msg),
+				 "an earlier append of this commit failed; nothing appended, retry the commit");
+		} else if (needs_fixup(c)) {
+			if (db) {
+				append_failed(db, c);
+			} else {
+				c->kerr = KERR_KAFKA_STORAGE_ERROR;
+				snprintf(c->msg, sizeof(c->msg), "append failed; retry the commit");
+			}
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		txn_commit *c = v[i], *lead;
+
+		if (c->rc != CM_FOLLOW)
+			continue;
+		lead = v[c->lead];
+		c->kerr = lead->rc == 0 ? 0 : KERR_KAFKA_STORAGE_ERROR;
+		if (lead->rc != 0)
+			snprintf(c->msg, sizeof(c->msg), "%s", lead->msg);
+		if (lead->rc == 0) {
+			topic_ref(lead->t);
+			c->t = lead->t;
+			c->p = lead->p;
+			c->offset = lead->offset;
+			c->need = lead->need;
+		}
+		c->rc = lead->rc == 0 ? 0 : APPEND_E_STALE;
+	}
+}
+
+void txn_commit_start(server *srv)
+{
+	stage.srv = srv;
+	coord_set_round_hook(srv->coord, txn_commit_flush, srv);
+}
+
+void txn_commit_stage(txn_commit *c)
+{
+	c->kerr = 0;
+	c->msg[0] = '\0';
+	c->t = NULL;
+	c->p = NULL;
+	c->offset = -1;
+	c->need = 0;
+	if (!grow((void **)&stage.v, &stage.cap, stage.n + 1, sizeof(*stage.v))) {
+		/* no room to queue it: append what is queued, then it alone */
+		txn_commit_flush(stage.srv);
+		if (!stage.cap) {
+			txn_commit *one[1] = { c };
+			server *srv = stage.srv;
+			int failed = append_all(srv->topics, srv->syncer, one, 1);
+			sqlite3 *db = failed > 0 ? coord_lock_db(srv->coord) : NULL;
+
+			settle(db, one, 1);
+			if (db && coord_unlock_db(srv->coord) != SQLITE_OK && c->kerr == 0)
+				c->kerr = KERR_KAFKA_STORAGE_ERROR;
+			return;
+		}
+	}
+	stage.v[stage.n++] = c;
+}
+
+void txn_commit_flush(void *arg)
+{
+	server *srv = arg;
+	size_t n = stage.n;
+	sqlite3 *db = NULL;
+	int failed;
+
+	if (!n)
+		return;
+	txn_api_crash_point(TXN_CRASH_COMMIT_MARKED_COMMITTING);
+	failed = append_all(srv->topics, srv->syncer, stage.v, n);
+	for (size_t i = 0; i < n; i++)
+		if (stage.v[i]->rc == 0)
+			txn_api_crash_point(TXN_CRASH_COMMIT_APPENDED);
+	if (failed > 0)
+		db = coord_lock_db(srv->coord);
+	settle(db, stage.v, n);
+	if (db && coord_unlock_db(srv->coord) != SQLITE_OK) {
+		/* the fix-ups may not be durable: answer "retry" */
+		for (size_t i = 0; i < n; i++)
+			if (stage.v[i]->rc != 0)
+				stage.v[i]->kerr = KERR_KAFKA_STORAGE_ERROR;
+	}
+	stage.n = 0;
+}
+
+/* ---- start-up recovery ---- */
+
+/* Syncs the fsync-durability partitions in v (main, before the syncer
+ * runs: it does what the syncer's round would).  Every one, even when
+ * nothing was appended now: a batch found in the log may have been written
+ * by the previous process and never synced.  v is in partition order, so
+ * one sync per run of the same partition.  0 or -errno. */
+static int recover_sync(txn_commit *v, size_t n)
+{
+	partition *prev = NULL;
+	int rc = 0;
+
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		partition *p = v[i].p;
+		int64_t end;
+
+		if (!p || p == prev || !partition_synced(p))
+			continue;
+		prev = p;
+		rc = partlog_sync(p->log, &end);
+		if (rc == 0) {
+			p->ckpt_stale = true;
+			p->synced_end = end;
+		}
+	}
+	return rc;
+}
+
+/* Start-up, main: COMMITTING rows whose append failed (no commit_seq,
+ * listed after the others of their partition) get their new sequence now,
+ * durably (synchronous=FULL for that commit) before anything is appended,
+ * as a retried end would.  v[i] is replaced by the sequenced row.  0 or -1
+ * (logged). */
+static int recover_sequence(sqlite3 *db, halfstore_txn *v, size_t n)
+{
+	sqlite3_stmt *st;
+	int sync = 2, rc = 0;
+	size_t i;
+
+	for (i = 0; i < n && v[i].commit_seq >= 0; i++)
+		;
+	if (i == n)
+		return 0; /* none */
+	if (sqlite3_prepare_v2(db, "PRAGMA synchronous", -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			sync = sqlite3_column_int(st, 0);
+		sqlite3_finalize(st);
+	}
+	if (sqlite3_exec(db, "PRAGMA synchronous=FULL; BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+		rc = -1;
+	for (size_t k = 0; k < n && rc == 0; k++) {
+		halfstore_txn t;
+		int hs;
+
+		if (v[k].commit_seq >= 0)
+			continue;
+		/* t is written on OK, OK_ALREADY, E_CONFLICT, E_DISCARDED */
+		hs = halfstore_end(db, v[k].txn_id, HALFSTORE_COMMIT, 0, now_ms(), &t);
+		if (hs != HALFSTORE_OK && hs != HALFSTORE_OK_ALREADY) {
+			if (hs == HALFSTORE_E_CONFLICT || hs == HALFSTORE_E_DISCARDED)
+				halfstore_txn_clear(&t);
+			rc = -1;
+			break;
+		}
+		if (t.commit_seq < 0) { /* cannot be: it was just sequenced */
+			halfstore_txn_clear(&t);
+			rc = -1;
+			break;
+		}
+		halfstore_txn_clear(&v[k]);
+		v[k] = t;
+	}
+	if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+		rc = -1;
+	if (rc != 0) {
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		blog(BLOG_ERROR, "transactions: cannot sequence the commits whose append failed: %s",
+		     sqlite3_errmsg(db));
+	}
+	sqlite3_exec(db, sync == 1 ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", NULL,
+		     NULL, NULL);
+	return rc;
+}
+
+/* Records the recovered commits COMMITTED, in one transaction (one WAL
+ * sync). */
+static void recover_mark(sqlite3 *db, txn_commit *c, size_t n)
+{
+	sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+	for (size_t i = 0; i < n; i++) {
+		int rc;
+
+		if (c[i].kerr)
+			continue;
+		rc = halfstore_mark_committed(db, c[i].txn->txn_id, c[i].offset);
+		blog(rc < 0 ? BLOG_ERROR : BLOG_INFO, "transactions: recovered commit of txn %lld: %s (offset %lld)",
+		     (long long)c[i].txn->txn_id, rc < 0 ? halfstore_strerror(rc) : "appended once",
+		     (long long)c[i].offset);
+	}
+	if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		blog(BLOG_ERROR, "transactions: cannot record recovered commits (they stay COMMITTING)");
+	}
+}
+
+int txn_commit_recover(sqlite3 *db, topics *reg)
+{
+	halfstore_txn *v = NULL;
+	txn_commit *c = NULL, **pc = NULL;
+	size_t n = 0;
+	int rc = halfstore_committing(db, &v, &n);
+	int ret = -1;
+
+	if (rc != HALFSTORE_OK) {
+		blog(BLOG_ERROR, "transactions: cannot list COMMITTING: %s", halfstore_strerror(rc));
+		goto out;
+	}
+	c = calloc(n + 1, sizeof(*c));
+	pc = calloc(n + 1, sizeof(*pc));
+	if (!c || !pc)
+		goto out;
+	if (recover_sequence(db, v, n) != 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		c[i].txn = &v[i];
+		pc[i] = &c[i];
+	}
+	/* in commit_seq order per partition, as at run time */
+	if (append_all(reg, NULL, pc, n) < 0)
+		goto out;
+	settle(db, pc, n); /* failures: discarded or sequenced anew (kerr set) */
+	rc = recover_sync(c, n);
+	if (rc < 0) {
+		blog(BLOG_ERROR, "transactions: cannot sync recovered commits: %s", strerror(-rc));
+		goto out;
+	}
+	recover_mark(db, c, n);
+	ret = 0;
+out:
+	for (size_t i = 0; c && i < n; i++)
+		if (c[i].t)
+			topic_unref(c[i].t);
+	free(c);
+	free(pc);
+	halfstore_txns_free(v, n);
+	return ret;
+}

@@ -1,0 +1,64 @@
+/*
+ * txn_commit.h — appends committed transactions to the topic logs, exactly
+ * once (docs/transactions.md "Exactly-once commit").
+ *
+ * Owns the commit producer: a COMMITTING transaction's batch is stamped as
+ * an idempotent batch of the reserved producer id HALFSTORE_COMMIT_PID with
+ * its commit_seq, checked against the partition's idempotent-producer state
+ * (a duplicate answers its original offset, a sequence at or below the last
+ * one appended is "appended long ago"), and appended otherwise.  That rule
+ * holds only if a partition's commits are appended in commit_seq order, so
+ * the live appends run on the coordinator's round completion (coord.h), in
+ * job order = sequence order: the end jobs' after_commit hooks stage them
+ * (txn_commit_stage) and the round hook appends everything staged with one
+ * log write per partition (txn_commit_flush).  An append that wrote nothing
+ * releases its sequence in SQLite (halfstore_unseq) and remembers it in
+ * the partition's failed-sequence ring (topics.h), so a late end that read
+ * the old sequence answers "retry" instead of "appended long ago".
+ *
+ * Threads: txn_commit_start on main before the coordinator starts;
+ * txn_commit_stage and txn_commit_flush on the WAL-sync thread completing a
+ * round (one at a time, in round order: the stage is that thread's);
+ * txn_commit_recover on main at start-up, before the coordinator starts.
+ */
+#ifndef SLUICE_TXN_COMMIT_H
+#define SLUICE_TXN_COMMIT_H
+
+#include <sqlite3.h>
+#include <stdint.h>
+
+#include "halfstore.h"
+#include "server.h"
+#include "topics.h"
+
+/* One commit to append.  The caller owns it (inside its end job) and keeps
+ * it until the round is flushed. */
+typedef struct txn_commit {
+	halfstore_txn *txn; /* borrowed: COMMITTING with commit_seq; its batch
+			       is stamped in place */
+	/* results, after txn_commit_flush: */
+	int16_t kerr;       /* 0: in the log; else the answer's Kafka error */
+	char msg[160];      /* kerr's message */
+	topic *t;           /* kerr 0: referenced, the caller drops it */
+	partition *p;       /* kerr 0: where it is */
+	int64_t offset;     /* kerr 0: base offset; -1 appended long ago */
+	int64_t need;       /* kerr 0: the log must be durable up to here */
+	/* private */
+	int rc;
+	size_t lead;        /* a duplicate in the same round: its first copy */
+} txn_commit;
+
+/* Registers the round hook on srv->coord (before coord_start). */
+void txn_commit_start(server *srv);
+/* Queues c for this round's appends (clears its results first). */
+void txn_commit_stage(txn_commit *c);
+/* The round hook: appends everything staged, partition by partition in
+ * stage order, and records the failures in SQLite (coord_lock_db). */
+void txn_commit_flush(void *srv);
+
+/* Start-up: appends (exactly once) every transaction left COMMITTING by a
+ * crash, syncs the fsync-durability partitions it touched, then marks them
+ * COMMITTED.  Returns 0 or -1 (logged). */
+int txn_commit_recover(sqlite3 *db, topics *reg);
+
+#endif
