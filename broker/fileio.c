@@ -29,26 +29,6 @@ void fileio_reset(void)
 	fileio.ftruncate = ftruncate;
 }
 
-int fileio_pwrite_all(int fd, const void *buf, size_t n, off_t pos)
-{
-	const char *p = buf;
-
-	while (n > 0) {
-		ssize_t w = fileio.pwrite(fd, p, n, pos);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (w == 0)
-			return -ENOSPC;
-		p += w;
-		n -= (size_t)w;
-		pos += w;
-	}
-	return 0;
-}
 
 /* One system call for iov[i..cnt) minus the first `done` bytes of iov[i]. */
 static ssize_t pwritev_step(int fd, const struct iovec *iov, int cnt, size_t done, off_t pos)
@@ -107,6 +87,13 @@ int fileio_pwritev_all(int fd, const struct iovec *iov, int iovcnt, off_t pos)
 			}
 		}
 	}
+}
+
+int fileio_pwrite_all(int fd, const void *buf, size_t n, off_t pos)
+{
+	struct iovec v = { .iov_base = (void *)buf, .iov_len = n };
+
+	return fileio_pwritev_all(fd, &v, 1, pos);
 }
 
 int fileio_datasync(int fd)

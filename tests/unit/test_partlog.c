@@ -35,6 +35,7 @@
 #define MAX_BATCHES 4096
 
 #include "batchgen.h"
+#include "writecount.h"
 
 /* ---- fixture ---- */
 
@@ -1173,45 +1174,6 @@ static int log_fd(partlog *pl, int64_t base)
 	return fd;
 }
 
-/* fileio seam: counts the writes to each fd and the pwritev calls; every
- * write still happens. */
-#define MAX_FDS 64
-static int count_fd[MAX_FDS], count_n[MAX_FDS], n_counted_fds, pwritev_calls;
-
-static void count_write(int fd)
-{
-	for (int i = 0; i < n_counted_fds; i++) {
-		if (count_fd[i] == fd) {
-			count_n[i]++;
-			return;
-		}
-	}
-	assert_true(n_counted_fds < MAX_FDS);
-	count_fd[n_counted_fds] = fd;
-	count_n[n_counted_fds++] = 1;
-}
-
-static ssize_t pwrite_counting(int fd, const void *buf, size_t n, off_t pos)
-{
-	count_write(fd);
-	return pwrite(fd, buf, n, pos);
-}
-
-static ssize_t pwritev_counting(int fd, const struct iovec *iov, int cnt, off_t pos)
-{
-	count_write(fd);
-	pwritev_calls++;
-	return pwritev(fd, iov, cnt, pos);
-}
-
-static int writes_to(int fd)
-{
-	for (int i = 0; i < n_counted_fds; i++)
-		if (count_fd[i] == fd)
-			return count_n[i];
-	return 0;
-}
-
 static void check_same_file(const struct fx *f, int64_t base, const char *ext)
 {
 	char pa[PATH_MAX], pb[PATH_MAX];
@@ -1273,9 +1235,7 @@ static void test_partlog_append_v_matches_single_appends(void **state)
 		vbatch_make(&v[i], records, ts, vlen);
 	}
 
-	n_counted_fds = pwritev_calls = 0;
-	fileio.pwrite = pwrite_counting;
-	fileio.pwritev = pwritev_counting;
+	count_writes();
 	assert_int_equal(partlog_append_v(f->pl2, v, NV, 1000, &na), 0);
 	fileio_reset();
 	assert_int_equal(na, NV);
@@ -1377,10 +1337,6 @@ static ssize_t pwrite_unless_full(int fd, const void *buf, size_t n, off_t pos)
 
 static ssize_t pwritev_second_fails(int fd, const struct iovec *iov, int cnt, off_t pos)
 {
-	struct iovec win[64];
-	size_t total = 0, left;
-	int m = 0;
-
 	if (++pwritev_calls < 2)
 		return pwritev(fd, iov, cnt, pos);
 	if (disk_full) {
@@ -1388,16 +1344,7 @@ static ssize_t pwritev_second_fails(int fd, const struct iovec *iov, int cnt, of
 		return -1;
 	}
 	disk_full = true;
-	assert_true(cnt <= 64);
-	for (int i = 0; i < cnt; i++)
-		total += iov[i].iov_len;
-	for (left = total / 2; left > 0; m++) {
-		win[m] = iov[m];
-		if (win[m].iov_len > left)
-			win[m].iov_len = left;
-		left -= win[m].iov_len;
-	}
-	return pwritev(fd, win, m, pos);
+	return pwritev_first_half(fd, iov, cnt, pos);
 }
 
 static void test_partlog_append_v_io_failure_keeps_first_run(void **state)

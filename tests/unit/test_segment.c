@@ -32,6 +32,7 @@
 #define MAX_BATCHES (SEGMENT_APPEND_MAX + 8)
 
 #include "batchgen.h"
+#include "writecount.h"
 
 /* ---- fixture: a directory and a record of what was appended ---- */
 
@@ -540,52 +541,6 @@ static void note_group(struct fx *f, const struct group *g, int from, int k)
 	}
 }
 
-/* fileio seam: counts the writes to each fd and the pwritev calls; every
- * write still happens. */
-#define MAX_FDS 32
-static int count_fd[MAX_FDS], count_n[MAX_FDS], n_counted_fds, pwritev_calls;
-
-static void count_write(int fd)
-{
-	for (int i = 0; i < n_counted_fds; i++) {
-		if (count_fd[i] == fd) {
-			count_n[i]++;
-			return;
-		}
-	}
-	assert_true(n_counted_fds < MAX_FDS);
-	count_fd[n_counted_fds] = fd;
-	count_n[n_counted_fds++] = 1;
-}
-
-static ssize_t pwrite_counting(int fd, const void *buf, size_t n, off_t pos)
-{
-	count_write(fd);
-	return pwrite(fd, buf, n, pos);
-}
-
-static ssize_t pwritev_counting(int fd, const struct iovec *iov, int cnt, off_t pos)
-{
-	count_write(fd);
-	pwritev_calls++;
-	return pwritev(fd, iov, cnt, pos);
-}
-
-static void count_writes(void)
-{
-	n_counted_fds = pwritev_calls = 0;
-	fileio.pwrite = pwrite_counting;
-	fileio.pwritev = pwritev_counting;
-}
-
-static int writes_to(int fd)
-{
-	for (int i = 0; i < n_counted_fds; i++)
-		if (count_fd[i] == fd)
-			return count_n[i];
-	return 0;
-}
-
 static int max_writes_per_fd(void)
 {
 	int m = 0;
@@ -791,10 +746,6 @@ static ssize_t pwrite_half(int fd, const void *buf, size_t n, off_t pos)
 
 static ssize_t pwritev_half(int fd, const struct iovec *iov, int cnt, off_t pos)
 {
-	struct iovec win[MAX_BATCHES];
-	size_t total = 0, left;
-	int m = 0;
-
 	pwritev_calls++;
 	if (++write_calls < fail_at)
 		return pwritev(fd, iov, cnt, pos);
@@ -802,16 +753,7 @@ static ssize_t pwritev_half(int fd, const struct iovec *iov, int cnt, off_t pos)
 		errno = ENOSPC;
 		return -1;
 	}
-	assert_true(cnt <= MAX_BATCHES);
-	for (int i = 0; i < cnt; i++)
-		total += iov[i].iov_len;
-	for (left = total / 2; left > 0; m++) {
-		win[m] = iov[m];
-		if (win[m].iov_len > left)
-			win[m].iov_len = left;
-		left -= win[m].iov_len;
-	}
-	return pwritev(fd, win, m, pos);
+	return pwritev_first_half(fd, iov, cnt, pos);
 }
 
 /* Everything a failed append must leave as it was. */
