@@ -314,13 +314,15 @@ def test_concurrent_commits_all_land():
     ago" and its commit acknowledged with offset -1 but lost — 595 of 2000
     in one run before the appends moved to the coordinator thread.  The two
     ends of one transaction usually share a coordinator round, whose
-    commits are appended with one write per partition: the second must
-    follow the first, not be appended again.)"""
+    commits are appended with one write per partition — across segment
+    rolls here: 2 KiB segments —, and the second must follow the first,
+    not be appended again.)"""
     n, conns, parts = 1000, 8, 2
     b = Broker(name="txn-concurrent", sets={"num.network.threads": 2})
     b.start()
     with Conn(b.addr) as c:
-        c.create_topic("s", parts)
+        # small segments: a round's appends cross segment rolls
+        c.create_topic("s", parts, configs={"segment.bytes": 2048})
         bodies = [txn_prepare_body("g", "s", i % parts,
                                    build_batch([(None, b"m%04d" % i)]),
                                    version=0)
@@ -362,6 +364,10 @@ def test_concurrent_commits_all_land():
         for i in range(p, n, parts):
             check_eq(answers[txns[i]][0][3], at[b"m%04d" % i],
                      "offset answered for txn %d" % txns[i])
+        segs = [f for f in os.listdir(os.path.join(b.data_dir, "s-%d" % p))
+                if f.endswith(".log")]
+        check(len(segs) >= 10, "partition %d rolled its segments: %d"
+              % (p, len(segs)))
 
 
 # ---- version 1: partitions and producer instances ----------------------
