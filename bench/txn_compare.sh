@@ -16,13 +16,14 @@
 # synchronous 16 KiB write latency with dd (the floor under every durable
 # step; it moves with the host's load, so compare builds within a round).
 # Prints one line per run: round, build, txn/s, p50 and p99 in µs, then
-# the broker's "coordinator:" line (batches and WAL syncs: jobs per batch,
-# SQL time, the wait for a syncer, sync and completion times) if it logs one.
+# the client's prepare / end latencies and the broker's "coordinator:" line
+# (batches and WAL syncs: jobs per batch, SQL time, the wait for a syncer,
+# sync and completion times) where the build reports them.
 set -eu
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-[ $# -ge 2 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21p' "$0" >&2; exit 2; }
 rounds=$1
 shift
 conc=${C:-32}
@@ -62,12 +63,15 @@ while [ "$r" -le "$rounds" ]; do
 		addr=127.0.0.1:$(cat "$dir/port")
 		"$b/client/sluice" -b "$addr" topic create tt --partitions 1 >/dev/null
 		# shellcheck disable=SC2086 # $extra is empty or one word
-		line=$("$b/client/sluice" -b "$addr" bench txn -t tt -d "$dur" -c "$conc" $extra \
-			2>/dev/null | grep '^txn: .* msgs of' || true)
+		out=$("$b/client/sluice" -b "$addr" bench txn -t tt -d "$dur" -c "$conc" $extra \
+			2>/dev/null || true)
+		line=$(echo "$out" | grep '^txn: .* msgs of' || true)
 		stop_broker
 		echo "$r $spec $(echo "$line" |
 			sed -E 's/.*: ([0-9]+) msgs\/s.*p50 ([0-9]+) us, p99 ([0-9]+) us.*/\1 txn\/s p50 \2 p99 \3/')"
-		# where the coordinator's time went (builds since session 4 log it at exit)
+		# the two round trips (pipelined mode) and where the coordinator's
+		# time went (builds since session 4 print and log them)
+		echo "$out" | sed -n 's/^txn: prepare/   prepare/p'
 		sed -n 's/.*INFO coordinator: /   /p' "$dir/log"
 	done
 	dd if=/dev/zero of="$dir/ddf" bs=16k count=1000 oflag=dsync conv=notrunc 2>&1 | tail -1 |

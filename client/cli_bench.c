@@ -13,7 +13,9 @@
  *          latency = prepare sent to commit answered.  By default all of
  *          them are pipelined on the producer's asynchronous connection
  *          (sluice_txn_prepare_async / sluice_txn_end_async, callbacks on
- *          its I/O thread); --threads runs one thread per transaction
+ *          its I/O thread), and the two round trips are also reported
+ *          apart (prepare sent → answered, end sent → answered); --threads
+ *          runs one thread per transaction
  *          calling sluice_txn_send().  Run the broker with
  *          log.durability=fsync for the durable figure (docs/benchmarks.md).
  * A progress line per second goes to stderr; the summary to stdout.
@@ -433,6 +435,8 @@ struct txn_bench {
 	int64_t end_ns; /* duration mode; 0 = count mode */
 	pthread_mutex_t lock; /* hist merge, first error */
 	struct lathist h;
+	/* pipelined mode (I/O thread): the two round trips of a transaction */
+	struct lathist h_prepare, h_end;
 	char first_err[512];
 };
 
@@ -509,7 +513,7 @@ static sluice_txn_producer_t *txn_bench_producer(const struct cli_global *g)
 
 struct txn_slot {
 	struct txn_bench *b;
-	int64_t t0;
+	int64_t t0, t_end; /* prepare sent; end sent */
 };
 
 static void txn_slot_start(struct txn_slot *s);
@@ -522,7 +526,10 @@ static void txn_slot_done(struct txn_slot *s, sluice_err_t err, const char *errs
 	if (err) {
 		txn_bench_failed(b, errstr);
 	} else {
-		lathist_add(&b->h, (now_ns() - s->t0) / 1000);
+		int64_t t = now_ns();
+
+		lathist_add(&b->h, (t - s->t0) / 1000);
+		lathist_add(&b->h_end, (t - s->t_end) / 1000);
 		atomic_fetch_add(&b->done, 1);
 	}
 	txn_slot_start(s);
@@ -543,8 +550,11 @@ static void txn_bench_prepared(sluice_txn_producer_t *p, sluice_err_t err, int64
 	struct txn_slot *s = opaque;
 
 	(void)partition;
-	if (!err)
+	if (!err) {
+		s->t_end = now_ns();
+		lathist_add(&s->b->h_prepare, (s->t_end - s->t0) / 1000);
 		err = sluice_txn_end_async(p, txn_id, SLUICE_TXN_COMMIT, txn_bench_ended, s);
+	}
 	if (err)
 		txn_slot_done(s, err, errstr[0] ? errstr : sluice_err2str(err));
 }
@@ -624,6 +634,10 @@ static int bench_txn(const struct cli_global *g, const struct bench_opts *o)
 	summary("txn", atomic_load(&b->done), o->size, (double)(now_ns() - t0) / 1e9, &b->h);
 	printf("txn: %d concurrent (%s), %lld failed\n", o->concurrency,
 	       o->txn_threads ? "one thread each" : "pipelined", atomic_load(&b->failed));
+	if (!o->txn_threads && b->h_end.count)
+		printf("txn: prepare p50 %.0f us, p99 %.0f us; end p50 %.0f us, p99 %.0f us\n",
+		       lathist_pct(&b->h_prepare, 50), lathist_pct(&b->h_prepare, 99),
+		       lathist_pct(&b->h_end, 50), lathist_pct(&b->h_end, 99));
 	if (atomic_load(&b->failed)) {
 		fprintf(stderr, "sluice: first failure: %s\n", b->first_err);
 		rc = EXIT_UNDELIVERED;
