@@ -27,12 +27,15 @@ static void conn_process(conn *c);
 static void conn_flush(conn *c);
 
 /* A conn may be closed from deep inside request processing (a failed write
- * during req_finish).  `busy` counts the frames on the stack that use c; a
- * close while busy only marks it dead and the outermost frame frees it. */
+ * during req_finish).  `busy` counts the frames on the stack that use c,
+ * plus one while it waits on the worker's flush list (conn_defer_end); a
+ * close while busy only marks it dead and the last of them frees it. */
 struct conn_ext {
 	conn c;
 	int busy;
 	bool dead;
+	bool flush_queued;       /* on w->flush_list (holds a busy count) */
+	conn *flush_next;
 };
 
 #define EXT(c) ((struct conn_ext *)(c))
@@ -277,6 +280,56 @@ void req_add_file(req *r, partlog_range *range)
 	range->seg = NULL;
 }
 
+/* Resumes reading once the queue has room again (it paused at
+ * max.inflight.requests.per.connection).  c is entered. */
+static void maybe_resume(conn *c)
+{
+	if (c->paused && c->nreq < c->w->srv->cfg->max_inflight_per_conn) {
+		c->paused = false;
+		ev_io_start(c->w->loop, &c->rio);
+		conn_process(c);
+	}
+}
+
+static void queue_flush(conn *c)
+{
+	struct conn_ext *x = EXT(c);
+
+	if (x->flush_queued)
+		return;
+	x->flush_queued = true;
+	enter(c);
+	x->flush_next = c->w->flush_list;
+	c->w->flush_list = c;
+}
+
+static void flush_queued(worker *w)
+{
+	while (w->flush_list) {
+		conn *c = w->flush_list;
+
+		w->flush_list = EXT(c)->flush_next;
+		EXT(c)->flush_queued = false;
+		if (!EXT(c)->dead) {
+			conn_flush(c);
+			if (!EXT(c)->dead)
+				maybe_resume(c);
+		}
+		leave(c); /* frees c if it was closed meanwhile */
+	}
+}
+
+void conn_defer_begin(worker *w)
+{
+	w->defer_flush++;
+}
+
+void conn_defer_end(worker *w)
+{
+	if (--w->defer_flush == 0)
+		flush_queued(w);
+}
+
 void req_finish(req *r)
 {
 	conn *c = r->conn;
@@ -292,15 +345,15 @@ void req_finish(req *r)
 	}
 	wire_patch32(&r->resp, 0, (int32_t)(r->resp.len + r->file_bytes - 4));
 	r->done = true;
+	if (c->w->defer_flush > 0) {
+		queue_flush(c);
+		return;
+	}
 	enter(c);
 	conn_flush(c);
-	if (leave(c) && c->paused && c->nreq < c->w->srv->cfg->max_inflight_per_conn) {
-		c->paused = false;
-		ev_io_start(c->w->loop, &c->rio);
-		enter(c);
-		conn_process(c);
-		leave(c);
-	}
+	if (!EXT(c)->dead)
+		maybe_resume(c);
+	leave(c);
 }
 
 /* ---- writing ---- */
@@ -318,30 +371,96 @@ static void pop_head(conn *c)
 	req_unref(r);
 }
 
-/* Writes as much of r as the socket takes.  1: all written; 0: would
- * block; -1: error (connection closed). */
-static int write_req(conn *c, req *r)
+/* r's response as parts: its own list, or the whole buffer as one. */
+static const out_part *req_parts(const req *r, out_part *whole, int *n)
 {
-	out_part whole = { PART_MEM, 0, r->resp.len, { 0 } };
-	out_part *parts = r->parts ? r->parts : &whole;
-	int nparts = r->parts ? r->nparts : 1;
+	if (r->parts) {
+		*n = r->nparts;
+		return r->parts;
+	}
+	*whole = (out_part){ PART_MEM, 0, r->resp.len, { 0 } };
+	*n = 1;
+	return whole;
+}
 
-	while (c->part_idx < nparts) {
-		out_part *p = &parts[c->part_idx];
+/* The memory parts to write next, from the write cursor on, across
+ * consecutive finished responses, up to a file part, an unfinished
+ * response or cap iovecs.  Returns the count (>= 1 when the head's current
+ * part is in memory). */
+static int gather(const conn *c, struct iovec *iov, int cap)
+{
+	int k = 0, idx = c->part_idx;
+	size_t skip = c->part_off;
+
+	for (const req *r = c->q_head; r && r->done && k < cap; r = r->next) {
+		out_part whole;
+		int nparts;
+		const out_part *parts = req_parts(r, &whole, &nparts);
+
+		if (r->no_response)
+			continue; /* nothing to send: popped on the way */
+		for (int i = idx; i < nparts; i++) {
+			if (parts[i].kind != PART_MEM || k == cap)
+				return k;
+			iov[k].iov_base = r->resp.data + parts[i].off + skip;
+			iov[k++].iov_len = parts[i].len - skip;
+			skip = 0;
+		}
+		idx = 0;
+	}
+	return k;
+}
+
+/* Moves the write cursor over n bytes written, popping every response
+ * written whole (and the answerless ones after it). */
+static void advance(conn *c, size_t n)
+{
+	while (c->q_head && c->q_head->done) {
+		req *r = c->q_head;
+		out_part whole;
+		int nparts;
+		const out_part *parts = req_parts(r, &whole, &nparts);
+		size_t left;
+
+		if (r->no_response || c->part_idx == nparts) {
+			pop_head(c);
+			continue;
+		}
+		if (n == 0)
+			return;
+		left = parts[c->part_idx].len - c->part_off;
+		if (n < left) {
+			c->part_off += n;
+			return;
+		}
+		n -= left;
+		c->part_idx++;
+		c->part_off = 0;
+	}
+}
+
+/* Writes finished responses in request order, as much as the socket takes:
+ * the memory parts of consecutive responses with one writev, a segment
+ * range with sendfile.  Stops at an unfinished response (write watcher
+ * off) or a full socket (watcher on); may close c. */
+static void conn_flush(conn *c)
+{
+	struct iovec iov[IOV_MAX_PARTS];
+
+	for (;;) {
+		const out_part *p;
+		out_part whole;
+		int nparts;
 		ssize_t n;
+		req *r;
 
+		advance(c, 0); /* answerless responses at the head */
+		r = c->q_head;
+		if (!r || !r->done)
+			break;
+		p = &req_parts(r, &whole, &nparts)[c->part_idx];
 		if (p->kind == PART_MEM) {
-			struct iovec iov[IOV_MAX_PARTS];
-			int k = 0;
-
-			for (int i = c->part_idx; i < nparts && k < IOV_MAX_PARTS && parts[i].kind == PART_MEM; i++) {
-				size_t skip = i == c->part_idx ? c->part_off : 0;
-
-				iov[k].iov_base = r->resp.data + parts[i].off + skip;
-				iov[k].iov_len = parts[i].len - skip;
-				k++;
-			}
-			n = writev(c->fd, iov, k);
+			n = writev(c->fd, iov, gather(c, iov, IOV_MAX_PARTS));
 		} else {
 			off_t off = p->range.pos + (off_t)c->part_off;
 
@@ -350,50 +469,18 @@ static int write_req(conn *c, req *r)
 				/* The file is shorter than the range: it was
 				 * truncated under us; the frame cannot be completed. */
 				conn_close(c, BLOG_ERROR, "segment file shorter than the range being sent");
-				return -1;
+				return;
 			}
 		}
 		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				return 0;
-			conn_close(c, BLOG_DEBUG, strerror(errno));
-			return -1;
-		}
-		/* advance the cursor over n bytes */
-		while (n > 0 && c->part_idx < nparts) {
-			size_t left = parts[c->part_idx].len - c->part_off;
-
-			if ((size_t)n < left) {
-				c->part_off += (size_t)n;
-				n = 0;
-			} else {
-				n -= (ssize_t)left;
-				c->part_idx++;
-				c->part_off = 0;
+			if (errno == EAGAIN || errno == EINTR) {
+				ev_io_start(c->w->loop, &c->wio);
+				return;
 			}
-		}
-	}
-	return 1;
-}
-
-static void conn_flush(conn *c)
-{
-	while (c->q_head && c->q_head->done) {
-		req *r = c->q_head;
-		int rc;
-
-		if (r->no_response) {
-			pop_head(c);
-			continue;
-		}
-		rc = write_req(c, r);
-		if (rc < 0)
-			return;
-		if (rc == 0) {
-			ev_io_start(c->w->loop, &c->wio);
+			conn_close(c, BLOG_DEBUG, strerror(errno));
 			return;
 		}
-		pop_head(c);
+		advance(c, (size_t)n);
 	}
 	ev_io_stop(c->w->loop, &c->wio);
 }
@@ -404,13 +491,9 @@ static void on_write(struct ev_loop *loop, ev_io *io, int revents)
 
 	enter(c);
 	conn_flush(c);
-	if (leave(c) && c->paused && c->nreq < c->w->srv->cfg->max_inflight_per_conn) {
-		c->paused = false;
-		ev_io_start(loop, &c->rio);
-		enter(c);
-		conn_process(c);
-		leave(c);
-	}
+	if (!EXT(c)->dead)
+		maybe_resume(c);
+	leave(c);
 }
 
 /* ---- reading ---- */
@@ -425,6 +508,9 @@ static void bad_input(conn *c, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	/* the answers to the requests before the bad one still go out */
+	if (EXT(c)->flush_queued)
+		conn_flush(c);
 	conn_close(c, BLOG_WARN, msg);
 }
 
@@ -545,6 +631,7 @@ static bool rbuf_room(conn *c)
 static void on_read(struct ev_loop *loop, ev_io *io, int revents)
 {
 	conn *c = io->data;
+	worker *w = c->w;
 	ssize_t n;
 
 	if (!rbuf_room(c)) {
@@ -565,7 +652,9 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
 		return;
 	}
 	c->rlen += (size_t)n;
+	conn_defer_begin(w); /* the answers to this read: one write */
 	enter(c);
 	conn_process(c);
-	leave(c);
+	leave(c); /* may free c */
+	conn_defer_end(w);
 }

@@ -7,6 +7,15 @@
  * request's own buffer, or a byte range of a segment file sent with
  * sendfile(2) — Fetch data never passes through user space.
  *
+ * Writing: a response is written when it is finished, except inside a
+ * deferral (conn_defer_begin/end: the handling of one read, one batch of
+ * tasks posted to the loop), where the finished responses are written
+ * together at its end: one writev for all consecutive finished responses
+ * held in memory, so a round of transaction answers or a read full of
+ * pipelined requests costs one system call per connection, not one per
+ * response.  Responses released by timers (the flow-control pacer) go
+ * out at once, as their timing is the point.
+ *
  * Connection states: READING (normal), PAUSED (too many requests awaiting
  * responses: reading stops until the queue drains, which pushes back on the
  * client through TCP), CLOSING (flushing nothing more; freed at once).
@@ -81,9 +90,14 @@ void conn_close(conn *c, int level, const char *reason);
 /* Broker shutdown: answers what waits (parked produce requests get an
  * error, long-polls what they have), writes what the socket takes, closes. */
 void conn_shutdown(conn *c);
+/* Loop thread: responses finished from here to the matching end are
+ * written together at the end (nests). */
+void conn_defer_begin(worker *w);
+void conn_defer_end(worker *w);
 
 /* Completes r: patches the frame size, marks it done and writes what can be
- * written.  Does nothing when r->conn is NULL (the connection has gone).
+ * written — at the end of the current deferral if one is open (see the
+ * top).  Does nothing when r->conn is NULL (the connection has gone).
  * Never drops a reference: asynchronous work that held one calls
  * req_unref(r) after req_finish(r). */
 void req_finish(req *r);

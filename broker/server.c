@@ -117,12 +117,15 @@ static void on_async(struct ev_loop *loop, ev_async *a, int revents)
 	t = w->q_head;
 	w->q_head = w->q_tail = NULL;
 	pthread_mutex_unlock(&w->q_lock);
+	/* a round of SQLite answers: one write per connection (conn.h) */
+	conn_defer_begin(w);
 	while (t) {
 		loop_task *next = t->next; /* t may be freed by its fn */
 
 		t->fn(t);
 		t = next;
 	}
+	conn_defer_end(w);
 	if (atomic_load(&w->stop)) {
 		while (w->conns)
 			conn_shutdown(w->conns);

@@ -57,6 +57,8 @@ typedef struct worker {
 	loop_task *q_head, *q_tail;
 	atomic_bool stop;
 	struct conn *conns;        /* owned: every open connection of this loop */
+	int defer_flush;           /* > 0: req_finish queues (conn_defer_begin) */
+	struct conn *flush_list;   /* connections with responses to write (conn.c) */
 } worker;
 
 typedef struct server {
