@@ -21,7 +21,7 @@ from harness import (API_API_VERSIONS, API_FETCH, API_PRODUCE, Broker,  # noqa: 
                      ERR_INVALID_RECORD, ERR_MESSAGE_TOO_LARGE, ERR_NONE,
                      ERR_UNKNOWN_TOPIC_OR_PARTITION, ERR_UNSUPPORTED_VERSION,
                      Reader, build_batch, check, check_api_ranges,
-                     check_eq, frame, log, produce_body,
+                     check_eq, fetch_body, frame, log, produce_body,
                      request_header, run, sanity_roundtrip)
 
 SOCKET_REQUEST_MAX = 1 << 20       # socket.request.max.bytes for this broker
@@ -527,6 +527,83 @@ def pipelined_requests_answered_in_order(b):
 
 
 @case
+def slow_reader_gets_every_answer_whole(b):
+    """300 pipelined requests sent at once, their answers mixing memory
+    parts and sendfile parts (ApiVersions; Fetch of the partition's
+    batches; acks=0 Produce, no answer), read slowly through a 4 KiB
+    receive buffer.  The broker writes the finished answers of a read
+    together (one writev over many of them) and picks up mid-iovec after
+    every short write: each answer must arrive whole, in order, and
+    parse."""
+    with Conn(b.addr) as c:
+        for i in range(3):
+            err, _ = c.produce1(OK_TOPIC, 0, build_batch(
+                [(b"s", bytes([65 + i]) * 3000)]))
+            check_eq(err, ERR_NONE, "produce for the slow reader")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(30)
+    s.connect(("127.0.0.1", b.port))
+    reqs, want = [], []
+    for i in range(300):
+        corr = 1000 + i
+        if i % 3 == 0:
+            reqs.append(frame(request_header(API_API_VERSIONS, 0, corr)))
+            want.append((corr, API_API_VERSIONS))
+        elif i % 3 == 1:
+            reqs.append(frame(request_header(API_FETCH, 4, corr) + fetch_body(
+                [(OK_TOPIC, 0, 0, 1 << 20)], max_wait_ms=0)))
+            want.append((corr, API_FETCH))
+        else:
+            reqs.append(frame(request_header(API_PRODUCE, 3, corr) +
+                              produce_body([(OK_TOPIC, 0, build_batch(
+                                  [(None, b"acks0-%d" % i)]))], acks=0)))
+    sender = threading.Thread(target=s.sendall, args=(b"".join(reqs),),
+                              daemon=True)
+    sender.start()
+    buf = bytearray()
+    got = 0
+    while got < len(want):
+        chunk = s.recv(700)
+        check(chunk, "connection closed after %d of %d answers"
+              % (got, len(want)))
+        buf += chunk
+        if got % 40 == 0:
+            time.sleep(0.002)  # a slow reader: the socket fills up
+        while len(buf) >= 4:
+            (size,) = struct.unpack(">i", buf[:4])
+            if len(buf) < 4 + size:
+                break
+            r = Reader(bytes(buf[4:4 + size]))
+            del buf[:4 + size]
+            corr, api = want[got]
+            check_eq(r.i32(), corr, "answer %d in order" % got)
+            if api == API_API_VERSIONS:
+                check_eq(r.i16(), ERR_NONE, "ApiVersions error")
+            else:
+                r.i32()  # throttle
+                check_eq(r.i32(), 1, "Fetch: one topic")
+                check_eq(r.string(), OK_TOPIC, "Fetch: the topic")
+                check_eq(r.i32(), 1, "Fetch: one partition")
+                check_eq(r.i32(), 0, "Fetch: partition 0")
+                check_eq(r.i16(), ERR_NONE, "Fetch error")
+                r.i64()  # high watermark
+                r.i64()  # last stable offset
+                aborted = r.i32()
+                check(aborted in (-1, 0), "no aborted transactions")
+                records = r.bytes_()
+                check(records is not None and len(records) > 9000,
+                      "Fetch answer %d carries the batches (%r bytes)"
+                      % (got, None if records is None else len(records)))
+                check_eq(r.remaining(), 0, "Fetch answer %d: nothing after"
+                         " the records" % got)
+            got += 1
+    check_eq(bytes(buf), b"", "no bytes after the last answer")
+    sender.join(10)
+    s.close()
+
+
+@case
 def acks_zero_gets_no_answer(b):
     with Conn(b.addr) as c:
         c.send_request(API_PRODUCE, 3, c.produce_request(
@@ -546,7 +623,7 @@ TESTS = [
     batch_over_message_max, disconnect_mid_request, disconnect_mid_response,
     connection_limit, fd_exhaustion_at_accept, fetch_long_poll_timeout,
     fetch_long_poll_woken_by_produce, pipelined_requests_answered_in_order,
-    acks_zero_gets_no_answer,
+    slow_reader_gets_every_answer_whole, acks_zero_gets_no_answer,
 ]
 
 
