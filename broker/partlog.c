@@ -125,6 +125,8 @@ struct partlog {
 	struct ckpt ckpt;  /* last written (or read at open) */
 	bool ckpt_valid;   /* ckpt holds a slot that is on disk */
 	bool ckpt_new;     /* the file was created: fsync the directory once */
+	bool index_unsynced; /* a partlog_sync_data left the active segment's
+				indexes to the next checkpoint */
 };
 
 static int grow(void **arr, size_t *cap, size_t need, size_t elem)
@@ -631,6 +633,26 @@ fail:
 
 /* ---- sync thread: sync, checkpoint ---- */
 
+/* The active segment's indexes, left unsynced by partlog_sync_data: a
+ * checkpoint promises them. */
+static int sync_index(partlog *pl)
+{
+	segment *a;
+	int r;
+
+	if (!pl->index_unsynced)
+		return 0;
+	pthread_mutex_lock(&pl->append_lock);
+	a = pl->active;
+	segment_ref(a);
+	pthread_mutex_unlock(&pl->append_lock);
+	r = segment_sync_index(a);
+	segment_unref(a);
+	if (!r)
+		pl->index_unsynced = false;
+	return r;
+}
+
 int partlog_checkpoint(partlog *pl)
 {
 	struct ckpt c = {
@@ -639,8 +661,10 @@ int partlog_checkpoint(partlog *pl)
 		.pos = pl->synced_pos,
 		.end = pl->synced_end,
 	};
-	int r;
+	int r = sync_index(pl);
 
+	if (r)
+		return r;
 	if (pl->ckpt_valid && pl->ckpt.base == c.base && pl->ckpt.pos == c.pos &&
 	    pl->ckpt.end == c.end)
 		return 0;
@@ -739,27 +763,38 @@ static void sync_finish(partlog *pl, struct sync_snap *sn, bool ok)
 	segment_unref(sn->active);
 }
 
-static int sync_files(partlog *pl, const struct sync_snap *sn)
+/* Rolled segments in full; the active one's .log, and its indexes too
+ * unless data_only (then they wait for the checkpoint). */
+static int sync_files(partlog *pl, const struct sync_snap *sn, bool data_only)
 {
 	int r = 0;
 
 	for (size_t i = 0; i < sn->n_pending && !r; i++)
 		r = segment_sync(sn->pending[i]);
 	if (!r && sn->dirty)
-		r = segment_sync(sn->active);
+		r = segment_sync_data(sn->active);
+	if (!r && (sn->dirty || pl->index_unsynced)) {
+		if (data_only) {
+			pl->index_unsynced = true;
+		} else {
+			r = segment_sync_index(sn->active);
+			if (!r)
+				pl->index_unsynced = false;
+		}
+	}
 	if (!r && sn->dir_dirty)
 		r = fileio_fsync(pl->dirfd);
 	return r;
 }
 
-int partlog_sync(partlog *pl, int64_t *synced_end)
+static int sync_log(partlog *pl, int64_t *synced_end, bool data_only)
 {
 	struct sync_snap sn;
 	int r = sync_snapshot(pl, &sn);
 
 	if (r)
 		return r;
-	r = sync_files(pl, &sn);
+	r = sync_files(pl, &sn, data_only);
 	if (r) {
 		sync_finish(pl, &sn, false);
 		return r;
@@ -782,6 +817,16 @@ int partlog_sync(partlog *pl, int64_t *synced_end)
 		*synced_end = sn.end;
 	sync_finish(pl, &sn, true);
 	return 0;
+}
+
+int partlog_sync(partlog *pl, int64_t *synced_end)
+{
+	return sync_log(pl, synced_end, false);
+}
+
+int partlog_sync_data(partlog *pl, int64_t *synced_end)
+{
+	return sync_log(pl, synced_end, true);
 }
 
 /* ---- append ---- */

@@ -14,8 +14,8 @@
  *    partlog_end_offset, partlog_offset_for_time): any thread, concurrently
  *    with appends; they never take the append lock.  They see only offsets
  *    below the published high watermark.
- *  - partlog_sync, partlog_checkpoint, partlog_retention: the broker's sync
- *    thread only (one caller at a time).
+ *  - partlog_sync, partlog_sync_data, partlog_checkpoint, partlog_retention:
+ *    the broker's sync thread only (one caller at a time).
  *  - partlog_open / partlog_close / partlog_set_conf: the owner, when no other
  *    thread uses the partlog (start-up, shutdown, topic deletion after all
  *    references are gone).  partlog_set_conf may also be called while the
@@ -153,9 +153,17 @@ bool partlog_dirty(const partlog *pl);
  * synced mode publishes the synced end as the new high watermark.
  * *synced_end receives the end offset now durable.  Returns 0 or -errno. */
 int partlog_sync(partlog *pl, int64_t *synced_end);
+/* The same, but the active segment's index files are left for the next
+ * partlog_checkpoint (rolled segments are synced whole): what an
+ * acknowledgement needs is the batches; after a crash the indexes past
+ * the checkpoint are rebuilt from the log anyway.  One fdatasync instead
+ * of three per sync of a busy partition. */
+int partlog_sync_data(partlog *pl, int64_t *synced_end);
 /* Records the last synced position in recovery.ckpt (two alternating slots
  * with a sequence number and a CRC, so a torn write falls back to the other
- * slot).  Returns 0 or -errno. */
+ * slot), after syncing the index files a partlog_sync_data left, so that
+ * everything before the position, indexes included, is durable.  Returns
+ * 0 or -errno. */
 int partlog_checkpoint(partlog *pl);
 /* Deletes whole old segments (never the active one) by retention_ms
  * (segment's largest timestamp older than now - retention_ms) and

@@ -966,15 +966,27 @@ int segment_append(segment *s, const uint8_t *batch, size_t len, int64_t max_ts,
 	return segment_append_v(s, &v, 1, &max_ts, interval);
 }
 
-int segment_sync(segment *s)
+int segment_sync_data(segment *s)
 {
-	int r = fileio_datasync(s->fd);
+	return fileio_datasync(s->fd);
+}
 
-	if (!r && s->idx_fd >= 0)
+int segment_sync_index(segment *s)
+{
+	int r = 0;
+
+	if (s->idx_fd >= 0)
 		r = fileio_datasync(s->idx_fd);
 	if (!r && s->tidx_fd >= 0)
 		r = fileio_datasync(s->tidx_fd);
 	return r;
+}
+
+int segment_sync(segment *s)
+{
+	int r = segment_sync_data(s);
+
+	return r ? r : segment_sync_index(s);
 }
 
 void segment_close_index(segment *s)

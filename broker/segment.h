@@ -12,7 +12,8 @@
  *  - Writers (segment_append, segment_append_v, segment_recover) run under
  *    the owner's append lock (partlog's), or before the segment is shared
  *    (open/recovery).  One writer at a time.
- *  - segment_sync / segment_close_index: partlog's sync thread.
+ *  - segment_sync, segment_sync_data, segment_sync_index,
+ *    segment_close_index: partlog's sync thread.
  *  - Readers (segment_find, segment_find_time, segment_lookup*,
  *    segment_max_timestamp, segment_visible): any thread.  They take the
  *    segment's own index lock (held for a binary search or a lazy load,
@@ -119,6 +120,12 @@ int segment_append(segment *s, const uint8_t *batch, size_t len, int64_t max_ts,
 
 /* fdatasync()s the .log and the index files still open.  0 or -errno. */
 int segment_sync(segment *s);
+/* The two halves of segment_sync: the .log only; the index files only
+ * (indexes are rebuilt from the log after a crash, so a sync that only
+ * has to make appended batches durable can leave them to a later
+ * segment_sync_index — partlog.h's checkpoint). */
+int segment_sync_data(segment *s);
+int segment_sync_index(segment *s);
 /* Closes the index fds of a segment that will not be written any more
  * (rolled and synced); later index reads reopen the files. */
 void segment_close_index(segment *s);

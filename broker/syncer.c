@@ -36,7 +36,7 @@ static void sync_one(partition *p)
 
 	if (!partlog_dirty(p->log))
 		return;
-	rc = partlog_sync(p->log, &end);
+	rc = partlog_sync_data(p->log, &end); /* indexes: at the checkpoint */
 	if (rc < 0) {
 		BLOG_RL(BLOG_ERROR, "fdatasync %s-%d: %s", p->topic->name, p->index, strerror(-rc));
 		return;

@@ -1432,6 +1432,69 @@ static void test_partlog_append_v_rolls_by_time(void **state)
 	vbatch_free(v, 3);
 }
 
+/* ---- data-only syncs (partlog_sync_data) ---- */
+
+static int synced_fd[16], n_synced;
+
+static int fdatasync_recording(int fd)
+{
+	if (n_synced < 16)
+		synced_fd[n_synced] = fd;
+	n_synced++;
+	return fdatasync(fd);
+}
+
+/* partlog_sync_data syncs the active .log alone; the checkpoint then syncs
+ * the two index files it left (before its own slot write), and a sync with
+ * nothing new syncs nothing; reopening from that checkpoint finds every
+ * batch and answers lookups. */
+static void test_partlog_sync_data_leaves_indexes_to_checkpoint(void **state)
+{
+	struct fx *f = *state;
+	int log;
+
+	f->conf.index_interval_bytes = 1; /* an index entry per batch */
+	f->conf.synced = true;
+	open_log(f, NULL);
+	for (int i = 0; i < 6; i++)
+		append(f, 2, 100 + i, 80);
+	n_synced = 0;
+	fileio.fdatasync = fdatasync_recording;
+	assert_int_equal(partlog_sync_data(f->pl, NULL), 0);
+	fileio_reset();
+	assert_int_equal(partlog_hw(f->pl), 12); /* acknowledged: visible */
+	log = log_fd(f->pl, 0);
+	assert_int_equal(n_synced, 1);
+	assert_int_equal(synced_fd[0], log);
+
+	n_synced = 0;
+	fileio.fdatasync = fdatasync_recording;
+	assert_int_equal(partlog_checkpoint(f->pl), 0);
+	fileio_reset();
+	assert_true(n_synced >= 3); /* .index, .timeindex, then the slot */
+	for (int i = 0; i < 2; i++)
+		assert_int_not_equal(synced_fd[i], log);
+
+	n_synced = 0;
+	fileio.fdatasync = fdatasync_recording;
+	assert_int_equal(partlog_sync_data(f->pl, NULL), 0);
+	assert_int_equal(partlog_checkpoint(f->pl), 0);
+	fileio_reset();
+	assert_int_equal(n_synced, 0); /* nothing new: no sync at all */
+
+	append(f, 1, 200, 80);
+	n_synced = 0;
+	fileio.fdatasync = fdatasync_recording;
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	fileio_reset();
+	assert_int_equal(n_synced, 3); /* the full sync: .log and both indexes */
+
+	reopen(f, NULL);
+	assert_int_equal(partlog_end_offset(f->pl), 13);
+	check_read_every_offset(f, 0);
+	check_offset_for_time(f, 100, 200);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1460,6 +1523,7 @@ int main(void)
 		T(test_partlog_offset_for_time),
 		T(test_partlog_offset_for_time_sees_only_hw),
 		T(test_partlog_destroy_removes_everything),
+		T(test_partlog_sync_data_leaves_indexes_to_checkpoint),
 		T(test_partlog_readers_beside_appender),
 		T(test_partlog_append_v_matches_single_appends),
 		T(test_partlog_append_v_stops_at_too_large),
