@@ -607,29 +607,31 @@ int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
 
 	if (log_offset < -1) /* -1: appended, offset no longer known */
 		return HALFSTORE_E_INVALID;
-	rc = sp_begin(db);
+	/* The usual case is one statement, atomic on its own (no savepoint,
+	 * no read first: this runs once per commit). */
+	rc = prep(db,
+		  "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2, batch = NULL"
+		  " WHERE txn_id = ?1 AND state = 'COMMITTING'",
+		  &st);
 	if (rc)
 		return rc;
+	sqlite3_bind_int64(st, 1, txn_id);
+	sqlite3_bind_int64(st, 2, log_offset);
+	rc = run(st);
+	if (rc)
+		return rc;
+	if (sqlite3_changes(db) == 1)
+		return HALFSTORE_OK;
+	/* not COMMITTING: what it is instead (nothing changed) */
 	rc = fetch(db, txn_id, false, &t);
 	if (rc != HALFSTORE_OK)
-		return sp_end(db, rc);
-	if (t.state == HALFSTORE_COMMITTED) {
+		return rc;
+	if (t.state == HALFSTORE_COMMITTED)
 		rc = t.log_offset == log_offset ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
-	} else if (t.state != HALFSTORE_COMMITTING) {
+	else
 		rc = HALFSTORE_E_STATE;
-	} else {
-		rc = prep(db,
-			  "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2, batch = NULL"
-			  " WHERE txn_id = ?1",
-			  &st);
-		if (rc == 0) {
-			sqlite3_bind_int64(st, 1, txn_id);
-			sqlite3_bind_int64(st, 2, log_offset);
-			rc = run(st);
-		}
-	}
 	halfstore_txn_clear(&t);
-	return sp_end(db, rc);
+	return rc;
 }
 
 /* ---- unseq ---- */
