@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "crc32c.h"
+#include "grow.h"
 #include "fileio.h"
 #include "recbatch.h"
 #include "segment.h"
@@ -131,20 +132,7 @@ struct partlog {
 
 static int grow(void **arr, size_t *cap, size_t need, size_t elem)
 {
-	size_t ncap;
-	void *p;
-
-	if (need <= *cap)
-		return 0;
-	ncap = *cap ? *cap * 2 : 8;
-	while (ncap < need)
-		ncap *= 2;
-	p = realloc(*arr, ncap * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = ncap;
-	return 0;
+	return grow_array(arr, cap, need, elem, 8);
 }
 
 static void conf_store(partlog *pl, const partlog_conf *c)

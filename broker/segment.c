@@ -58,6 +58,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "grow.h"
 #include "recbatch.h"
 #include "wire.h"
 
@@ -217,20 +218,7 @@ static ssize_t pread_full(int fd, void *buf, size_t n, uint64_t pos)
 
 static int grow(void **arr, size_t *cap, size_t need, size_t elem)
 {
-	size_t ncap;
-	void *p;
-
-	if (need <= *cap)
-		return 0;
-	ncap = *cap ? *cap * 2 : 64;
-	while (ncap < need)
-		ncap *= 2;
-	p = realloc(*arr, ncap * elem);
-	if (!p)
-		return -ENOMEM;
-	*arr = p;
-	*cap = ncap;
-	return 0;
+	return grow_array(arr, cap, need, elem, 64);
 }
 
 /* Room for ni more offset and nt more time entries.  Caller holds s->lock

@@ -20,6 +20,7 @@
 
 #include "blog.h"
 #include "coord.h"
+#include "grow.h"
 #include "crc32c.h"
 #include "kerr.h"
 #include "partlog.h"
@@ -77,19 +78,7 @@ static void stamp_commit(uint8_t *batch, size_t len, int64_t commit_seq)
 
 static bool grow(void **v, size_t *cap, size_t need, size_t size)
 {
-	size_t c = *cap ? *cap : 64;
-	void *nv;
-
-	if (need <= *cap)
-		return true;
-	while (c < need)
-		c *= 2;
-	nv = realloc(*v, c * size);
-	if (!nv)
-		return false;
-	*v = nv;
-	*cap = c;
-	return true;
+	return grow_array(v, cap, need, size, 64) == 0;
 }
 
 static bool same_partition(const txn_commit *a, const txn_commit *b)

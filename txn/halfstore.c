@@ -599,38 +599,60 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
 
 /* ---- mark_committed ---- */
 
+/* Runs a conditional UPDATE of txn_id (bound in st).  HALFSTORE_OK if it
+ * changed the row; else HALFSTORE_E_NOT_FOUND, or HALFSTORE_E_STATE with
+ * the row in *why if why is not NULL (the caller clears it); or -errno. */
+static int guarded_update(sqlite3 *db, sqlite3_stmt *st, int64_t txn_id, halfstore_txn *why)
+{
+	int rc = run(st);
+	halfstore_txn t;
+
+	if (rc)
+		return rc;
+	if (sqlite3_changes(db) > 0)
+		return HALFSTORE_OK;
+	rc = fetch(db, txn_id, false, &t);
+	if (rc != HALFSTORE_OK)
+		return rc;
+	if (why)
+		*why = t;
+	else
+		halfstore_txn_clear(&t);
+	return HALFSTORE_E_STATE;
+}
+
+/* guarded_update of the fixed statement sql with ?1 = txn_id, ?2 = v: one
+ * statement, atomic on its own, so no savepoint. */
+static int guarded_i64(sqlite3 *db, const char *sql, int64_t txn_id, int64_t v, halfstore_txn *why)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db, sql, &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, txn_id);
+	sqlite3_bind_int64(st, 2, v);
+	return guarded_update(db, st, txn_id, why);
+}
+
 int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
 {
 	halfstore_txn t;
-	sqlite3_stmt *st;
 	int rc;
 
 	if (log_offset < -1) /* -1: appended, offset no longer known */
 		return HALFSTORE_E_INVALID;
-	/* The usual case is one statement, atomic on its own (no savepoint,
-	 * no read first: this runs once per commit). */
-	rc = prep(db,
-		  "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2, batch = NULL"
-		  " WHERE txn_id = ?1 AND state = 'COMMITTING'",
-		  &st);
-	if (rc)
-		return rc;
-	sqlite3_bind_int64(st, 1, txn_id);
-	sqlite3_bind_int64(st, 2, log_offset);
-	rc = run(st);
-	if (rc)
-		return rc;
-	if (sqlite3_changes(db) == 1)
-		return HALFSTORE_OK;
-	/* not COMMITTING: what it is instead (nothing changed) */
-	rc = fetch(db, txn_id, false, &t);
-	if (rc != HALFSTORE_OK)
-		return rc;
-	if (t.state == HALFSTORE_COMMITTED)
-		rc = t.log_offset == log_offset ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
-	else
-		rc = HALFSTORE_E_STATE;
-	halfstore_txn_clear(&t);
+	/* no read first: this runs once per commit */
+	rc = guarded_i64(db,
+			 "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2, batch = NULL"
+			 " WHERE txn_id = ?1 AND state = 'COMMITTING'",
+			 txn_id, log_offset, &t);
+	if (rc == HALFSTORE_E_STATE) {
+		/* not COMMITTING: nothing changed; already COMMITTED? */
+		if (t.state == HALFSTORE_COMMITTED)
+			rc = t.log_offset == log_offset ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
+		halfstore_txn_clear(&t);
+	}
 	return rc;
 }
 
@@ -740,31 +762,11 @@ int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t leas
 
 int halfstore_release_lease(sqlite3 *db, int64_t txn_id, int64_t next_check_ms)
 {
-	sqlite3_stmt *st;
-	halfstore_txn t;
-	int rc;
-
-	rc = sp_begin(db);
-	if (rc)
-		return rc;
-	rc = prep(db,
-		  "UPDATE txn_half SET lease_until_ms = 0, next_check_ms = ?2"
-		  " WHERE txn_id = ?1 AND state = 'PENDING' AND lease_until_ms > 0",
-		  &st);
-	if (rc == 0) {
-		sqlite3_bind_int64(st, 1, txn_id);
-		sqlite3_bind_int64(st, 2, next_check_ms);
-		rc = run(st);
-	}
-	if (rc == 0 && sqlite3_changes(db) == 0) {
-		/* why not: gone, or not a leased PENDING row */
-		rc = fetch(db, txn_id, false, &t);
-		if (rc == HALFSTORE_OK) {
-			rc = HALFSTORE_E_STATE;
-			halfstore_txn_clear(&t);
-		}
-	}
-	return sp_end(db, rc);
+	/* not a leased PENDING row: E_STATE */
+	return guarded_i64(db,
+			   "UPDATE txn_half SET lease_until_ms = 0, next_check_ms = ?2"
+			   " WHERE txn_id = ?1 AND state = 'PENDING' AND lease_until_ms > 0",
+			   txn_id, next_check_ms, NULL);
 }
 
 int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer answer,
@@ -825,44 +827,13 @@ int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer an
 	return rc;
 }
 
-/* Runs a one-row UPDATE of txn_id (bound as ?1, and extra bound by the
- * caller-provided binder) guarded by a state condition; tells apart "not
- * there" and "wrong state" when nothing changed. */
-static int guarded_update(sqlite3 *db, sqlite3_stmt *st, int64_t txn_id)
-{
-	int rc = run(st);
-	halfstore_txn t;
-
-	if (rc)
-		return rc;
-	if (sqlite3_changes(db) > 0)
-		return HALFSTORE_OK;
-	rc = fetch(db, txn_id, false, &t);
-	if (rc != HALFSTORE_OK)
-		return rc;
-	halfstore_txn_clear(&t);
-	return HALFSTORE_E_STATE;
-}
-
 int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms)
 {
-	sqlite3_stmt *st;
-	int rc;
-
-	rc = sp_begin(db);
-	if (rc)
-		return rc;
-	rc = prep(db,
-		  "UPDATE txn_half SET state = 'PENDING', check_count = 0, next_check_ms = ?2,"
-		  " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL"
-		  " WHERE txn_id = ?1 AND state = 'DISCARDED'",
-		  &st);
-	if (rc == 0) {
-		sqlite3_bind_int64(st, 1, txn_id);
-		sqlite3_bind_int64(st, 2, now_ms);
-		rc = guarded_update(db, st, txn_id);
-	}
-	return sp_end(db, rc);
+	return guarded_i64(db,
+			   "UPDATE txn_half SET state = 'PENDING', check_count = 0, next_check_ms = ?2,"
+			   " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL"
+			   " WHERE txn_id = ?1 AND state = 'DISCARDED'",
+			   txn_id, now_ms, NULL);
 }
 
 int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms)
@@ -881,7 +852,7 @@ int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t n
 		sqlite3_bind_int64(st, 1, txn_id);
 		sqlite3_bind_int64(st, 2, now_ms);
 		sqlite3_bind_text(st, 3, reason ? reason : "discarded", -1, SQLITE_STATIC);
-		rc = guarded_update(db, st, txn_id);
+		rc = guarded_update(db, st, txn_id, NULL);
 	}
 	return sp_end(db, rc);
 }

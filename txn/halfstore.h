@@ -13,10 +13,10 @@
  * the surrounding COMMIT returns, so many prepares and ends share one
  * commit (group commit).  Each mutating function is atomic on its own: it
  * runs in a nested SAVEPOINT ("halfstore") that it rolls back on failure,
- * or is a single statement (halfstore_mark_committed's usual case), so a
- * negative return leaves the database as it was before the call.  (Called
- * outside any transaction, that savepoint is a transaction of its own —
- * handy in tests.)
+ * or is a single statement (mark_committed's usual case, release_lease,
+ * resume), so a negative return leaves the database as it was before the
+ * call.  (Called outside any transaction, that savepoint is a transaction
+ * of its own — handy in tests.)
  *
  * States and transitions (the only ones there are):
  *

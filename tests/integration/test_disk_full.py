@@ -396,6 +396,16 @@ def commit_ok(c, b, topic, txn, v, offset, what):
              "TxnDescribe of %s after its commit" % what)
 
 
+def recovered_once(c, b, topic, txn, v, offset, what):
+    """After a restart: txn is COMMITTED at `offset` and its message is in
+    the log exactly once (start-up recovery appended it)."""
+    d = txn_describe(c, txn)
+    check_eq((d["state"], d["log_offset"], copies(b, topic, v)),
+             (TXN_COMMITTED, offset, 1),
+             "transaction %s after the restart (state, offset, copies in "
+             "the log)" % what)
+
+
 def committing(c):
     return sorted(txn_list(c, GROUP, state_mask=1 << TXN_COMMITTING))
 
@@ -552,11 +562,7 @@ def test_restart_after_disk_full():
     restart_unlimited(b)
     with Conn(b.addr, timeout=15) as c:
         # start-up recovery appended the COMMITTING transaction, once
-        d = txn_describe(c, t_c)
-        check_eq((d["state"], d["log_offset"], copies(b, topic, v_c)),
-                 (TXN_COMMITTED, len(acked), 1),
-                 "transaction c after the restart (state, offset, copies "
-                 "in the log)")
+        recovered_once(c, b, topic, t_c, v_c, len(acked), "c")
         expected = acked + [v_c]
         check_log(b, topic, expected, refused, "after the restart")
         check_eq(txn_describe(c, t_p)["state"], TXN_PENDING,
@@ -590,11 +596,7 @@ def test_restart_after_other_commit():
         expected, t_a, v_a = a_fails_then_b_commits(b, c, topic)
     restart_unlimited(b)
     with Conn(b.addr, timeout=15) as c:
-        d = txn_describe(c, t_a)
-        check_eq((d["state"], d["log_offset"], copies(b, topic, v_a)),
-                 (TXN_COMMITTED, len(expected), 1),
-                 "transaction a after the restart (state, offset, copies "
-                 "in the log)")
+        recovered_once(c, b, topic, t_a, v_a, len(expected), "a")
         expected.append(v_a)
         commit_ok(c, b, topic, t_a, v_a, len(expected) - 1,
                   "a retried after the restart")
