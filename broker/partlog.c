@@ -674,9 +674,20 @@ void partlog_close(partlog *pl)
 	partlog_free(pl);
 }
 
+static void publish(partlog *pl);
+
 void partlog_set_conf(partlog *pl, const partlog_conf *conf)
 {
+	bool was_synced = atomic_load(&pl->synced);
+
 	conf_store(pl, conf);
+	if (was_synced && !conf->synced) {
+		/* page cache from now on: what synced mode held back is
+		 * visible at once, as if appended now */
+		pthread_mutex_lock(&pl->append_lock);
+		publish(pl);
+		pthread_mutex_unlock(&pl->append_lock);
+	}
 }
 
 bool partlog_dirty(const partlog *pl)
@@ -787,14 +798,14 @@ static int sync_log(partlog *pl, int64_t *synced_end, bool data_only)
 		sync_finish(pl, &sn, false);
 		return r;
 	}
-	if (atomic_load(&pl->synced)) {
-		/* Segments first, then hw: a reader that sees the new hw
-		 * (acquire) sees the sizes that back it. */
-		for (size_t i = 0; i < sn.n_pending; i++)
-			segment_publish(sn.pending[i], segment_size(sn.pending[i]));
-		segment_publish(sn.active, sn.size);
-		store_max(&pl->hw, sn.end);
-	}
+	/* Segments first, then hw: a reader that sees the new hw (acquire)
+	 * sees the sizes that back it.  In page-cache mode too (both only
+	 * rise): bytes appended in synced mode before a switch to page cache
+	 * are published here at the latest, not only by the next append. */
+	for (size_t i = 0; i < sn.n_pending; i++)
+		segment_publish(sn.pending[i], segment_size(sn.pending[i]));
+	segment_publish(sn.active, sn.size);
+	store_max(&pl->hw, sn.end);
 	/* Rolled segments are never written again. */
 	for (size_t i = 0; i < sn.n_pending; i++)
 		segment_close_index(sn.pending[i]);

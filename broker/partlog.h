@@ -19,7 +19,8 @@
  *  - partlog_open / partlog_close / partlog_set_conf: the owner, when no other
  *    thread uses the partlog (start-up, shutdown, topic deletion after all
  *    references are gone).  partlog_set_conf may also be called while the
- *    partlog is in use: it only swaps the values (atomic loads).
+ *    partlog is in use: it swaps the values (atomic loads) and, leaving
+ *    synced mode, publishes under the append lock.
  *
  * Visibility: in page-cache mode (conf.synced = false) an append
  * publishes the new end at once; in synced mode the end moves only when
@@ -71,6 +72,8 @@ int partlog_open(const char *dir, const partlog_conf *conf, partlog **out,
  * on a clean shutdown), closes files, frees.  Accepts NULL. */
 void partlog_close(partlog *pl);
 
+/* Switching synced mode off publishes everything appended so far (the
+ * caller then wakes the partition's waiters). */
 void partlog_set_conf(partlog *pl, const partlog_conf *conf);
 
 /* Appends one batch already validated by recbatch_validate.  Assigns

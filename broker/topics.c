@@ -389,6 +389,10 @@ int topic_set_conf(topic *t, const topic_conf *conf, const topic_overrides *ov)
 	for (int i = 0; i < t->nparts; i++)
 		partlog_set_conf(t->parts[i].log, &conf->log);
 	pthread_mutex_unlock(&t->conf_lock);
+	/* Requests waiting for a sync (acks=-1 produces, commits) re-check:
+	 * leaving fsync durability may have made their offsets visible. */
+	for (int i = 0; i < t->nparts; i++)
+		partition_wake(&t->parts[i]);
 	free_overrides(ok, ovv, on);
 	return 0;
 }

@@ -25,14 +25,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (API_PRODUCE, Broker, Conn, ERR_NONE,  # noqa: E402
+from harness import (API_ALTER_CONFIGS, API_PRODUCE, Broker, Conn, ERR_NONE,  # noqa: E402
                      EXIT_SKIP, Writer, build_batch, check,
                      check_eq, fetch_all, log, parse_produce, produce_body,
                      run)
 
 ERR_THROTTLING = 89
 API_DESCRIBE_CONFIGS = 32
-API_ALTER_CONFIGS = 33
 
 
 def describe(c, topic):

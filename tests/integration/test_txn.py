@@ -25,7 +25,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Broker, Conn, ERR_NONE, Writer, build_batch,  # noqa: E402
+from harness import (API_ALTER_CONFIGS, Broker, Conn, ERR_NONE, Writer,  # noqa: E402
+                     build_batch,
                      check, check_eq, fetch_all, produce_body, run)
 from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
                      API_TXN_END as API_END, API_TXN_PREPARE as API_PREPARE,
@@ -303,6 +304,73 @@ def test_check_lease_and_backoff_keys():
 
 
 # ---- concurrent commits of one partition --------------------------------
+
+def test_commits_while_durability_flips():
+    """A page-cache topic's commits are appended and answered right after
+    their SQLite commit, an fsync topic's only after its WAL sync
+    (coord_job.early).  A partition's commits must still reach the log in
+    commit sequence order when its topic changes durability under load: a
+    lower sequence appended after a higher one reads as "appended long ago"
+    and is acknowledged but lost.  600 commits from six connections while
+    another flips the topic between fsync and pagecache every few ms: each
+    is answered at an offset and is in the log exactly once there."""
+    n, conns = 600, 6
+    b = Broker(name="txn-durability-flips", sets={"num.network.threads": 2})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("f", 1)
+        bodies = [txn_prepare_body("g", "f", 0, build_batch([(None, b"v%04d" % i)]),
+                                   version=0) for i in range(n)]
+        txns = [parse_txn_prepare(r, 0)[2]
+                for r in pipeline(c, API_PREPARE, 0, bodies, window=100)]
+    answers = {}
+    done = threading.Event()
+    flips = [0]
+
+    def flipper():
+        with Conn(b.addr) as c:
+            while not done.is_set():
+                mode = ("fsync", "pagecache")[flips[0] % 2]
+                w = Writer().i32(1).i8(2).string("f").i32(1)
+                w.string("durability").string(mode).i8(0)
+                r = c.request(API_ALTER_CONFIGS, 0, w.getvalue())
+                r.i32()
+                r.i32()
+                check_eq(r.i16(), ERR_NONE, "AlterConfigs durability=" + mode)
+                flips[0] += 1
+                time.sleep(0.003)
+
+    def committer(k):
+        mine = txns[k::conns]
+        with Conn(b.addr) as c:
+            for i, r in enumerate(pipeline(
+                    c, API_END, 0, [txn_end_body("g", t, TXN_COMMIT) for t in mine],
+                    window=8)):
+                answers[mine[i]] = parse_txn_end(r)
+    fl = threading.Thread(target=flipper, daemon=True)
+    fl.start()
+    threads = [threading.Thread(target=committer, args=(k,), daemon=True)
+               for k in range(conns)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    done.set()
+    fl.join(10)
+    log("  %d durability flips during the commits" % flips[0])
+    check(flips[0] >= 4, "the durability flipped while committing")
+    check_eq(len(answers), n, "every commit answered")
+    bad = [(t, a) for t, a in answers.items()
+           if a[:3] != (ERR_NONE, None, ST_COMMITTED) or a[3] < 0]
+    check_eq(bad[:5], [], "commits not answered COMMITTED at an offset")
+    recs = fetch_all(b.addr, "f", 0)
+    check_eq(sorted(r.value for r in recs), [b"v%04d" % i for i in range(n)],
+             "each committed message exactly once")
+    at = {r.value: r.offset for r in recs}
+    for i in range(n):
+        check_eq(answers[txns[i]][3], at[b"v%04d" % i], "offset answered for txn %d" % txns[i])
+    b.stop()
+
 
 def test_concurrent_commits_all_land():
     """Commits of two partitions from eight connections (both event loops)
@@ -903,6 +971,7 @@ if __name__ == "__main__":
         ("check_back", test_check_back, 60),
         ("busy_poller_gets_the_rest_soon", test_busy_poller_gets_the_rest_soon, 60),
         ("check_lease_and_backoff_keys", test_check_lease_and_backoff_keys, 60),
+        ("commits_while_durability_flips", test_commits_while_durability_flips, 90),
         ("concurrent_commits_all_land", test_concurrent_commits_all_land,
          60),
         ("prepare_v1_partition_and_origin",
