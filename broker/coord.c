@@ -80,6 +80,10 @@ struct coord {
 	uint64_t n_batches, batch_jobs, batch_ns;
 	uint64_t n_rounds, round_jobs, queued_ns, sync_ns, complete_ns;
 	uint64_t shead_since;      /* under slock: when shead got its oldest job */
+	/* under slock: jobs with an after_commit handed to the syncers and
+	 * not completed yet (while > 0, no job completes early) */
+	uint64_t hooked_pending;
+	uint64_t n_early;          /* coordinator thread: jobs completed early */
 };
 
 static uint64_t mono_ns(void)
@@ -259,6 +263,15 @@ static int exec_cached(sqlite3 *db, const char *sql)
 	return rc;
 }
 
+static uint64_t count_hooked(const coord_job *j)
+{
+	uint64_t n = 0;
+
+	for (; j; j = j->next)
+		n += j->after_commit != NULL;
+	return n;
+}
+
 static void run_batch(coord *c, coord_job *jobs)
 {
 	bool in_tx = exec_cached(c->db, "BEGIN IMMEDIATE") == SQLITE_OK;
@@ -269,6 +282,7 @@ static void run_batch(coord *c, coord_job *jobs)
 			j->rc = SQLITE_ERROR;
 			continue;
 		}
+		j->early = false;
 		if (j->atomic) {
 			j->rc = j->run(j, c->db);
 			continue;
@@ -315,6 +329,57 @@ static bool wait_lazy(coord *c)
 	return pthread_cond_timedwait(&c->cond, &c->lock, &ts) == ETIMEDOUT;
 }
 
+static void complete_round(coord *c, coord_job *jobs, int rc);
+
+/* True if the committed batch jobs may complete its early jobs now: some
+ * are early, no late job of the batch has an after_commit, and no earlier
+ * round with one is waiting for its sync (hooks run in job order). */
+static bool early_allowed(coord *c, const coord_job *jobs)
+{
+	bool any = false, ok;
+
+	for (const coord_job *j = jobs; j; j = j->next) {
+		bool early = j->early && j->rc == SQLITE_OK;
+
+		if (!early && j->after_commit)
+			return false;
+		any |= early;
+	}
+	if (!any)
+		return false;
+	pthread_mutex_lock(&c->slock);
+	ok = c->hooked_pending == 0;
+	pthread_mutex_unlock(&c->slock);
+	return ok;
+}
+
+/* Coordinator thread, after the batch's COMMIT: completes its early jobs
+ * (coord_job.early) at once and returns the others, in order, for the
+ * syncers (*last: the new tail, NULL with the list). */
+static coord_job *complete_early(coord *c, coord_job *jobs, coord_job **last)
+{
+	coord_job *early = NULL, **etail = &early, *late = NULL, **ltail = &late, *next;
+
+	if (!early_allowed(c, jobs))
+		return jobs;
+	*last = NULL;
+	for (coord_job *j = jobs; j; j = next) {
+		next = j->next;
+		j->next = NULL;
+		if (j->early && j->rc == SQLITE_OK) {
+			*etail = j;
+			etail = &j->next;
+			c->n_early++;
+		} else {
+			*ltail = j;
+			ltail = &j->next;
+			*last = j;
+		}
+	}
+	complete_round(c, early, SQLITE_OK);
+	return late;
+}
+
 static void *coord_main(void *arg)
 {
 	coord *c = arg;
@@ -347,9 +412,15 @@ static void *coord_main(void *arg)
 			c->n_batches++;
 			c->batch_jobs += count_jobs(jobs);
 			c->batch_ns += t1 - t0;
+			jobs = complete_early(c, jobs, &last);
+		}
+		if (jobs) {
+			uint64_t hooked = count_hooked(jobs);
+
 			pthread_mutex_lock(&c->slock);
 			if (!c->shead)
-				c->shead_since = t1;
+				c->shead_since = mono_ns();
+			c->hooked_pending += hooked;
 			append_jobs(&c->shead, &c->stail, jobs, last);
 			pthread_cond_signal(&c->scond);
 			pthread_mutex_unlock(&c->slock);
@@ -408,7 +479,7 @@ static void complete_rounds(coord *c)
 	for (;;) {
 		struct round *r = &c->rounds[c->next_done % ROUND_SLOTS];
 		coord_job *jobs;
-		uint64_t t0;
+		uint64_t t0, hooked;
 		int rc;
 
 		if (!r->synced)
@@ -416,12 +487,14 @@ static void complete_rounds(coord *c)
 		t0 = mono_ns();
 		jobs = r->jobs;
 		rc = r->rc;
+		hooked = count_hooked(jobs); /* done() may free the jobs */
 		*r = (struct round){ 0 };
 		c->next_done++;
 		pthread_cond_broadcast(&c->scond); /* a slot is free */
 		pthread_mutex_unlock(&c->slock);
 		complete_round(c, jobs, rc);
 		pthread_mutex_lock(&c->slock);
+		c->hooked_pending -= hooked;
 		c->complete_ns += mono_ns() - t0;
 	}
 	c->completing = false;
@@ -547,9 +620,11 @@ static void log_stats(const coord *c)
 
 	if (!c->n_batches)
 		return;
-	blog(BLOG_INFO, "coordinator: %llu batches (%.1f jobs, %.0f us of SQL each); %llu WAL syncs "
+	blog(BLOG_INFO, "coordinator: %llu batches (%.1f jobs, %.0f us of SQL each; %llu jobs completed "
+			"early); %llu WAL syncs "
 			"(%.1f jobs; each waited %.0f us for a syncer, synced in %.0f us, completed in %.0f us)",
 	     (unsigned long long)c->n_batches, (double)c->batch_jobs / nb, (double)c->batch_ns / nb / 1e3,
+	     (unsigned long long)c->n_early,
 	     (unsigned long long)c->n_rounds, (double)c->round_jobs / nr, (double)c->queued_ns / nr / 1e3,
 	     (double)c->sync_ns / nr / 1e3, (double)c->complete_ns / nr / 1e3);
 }

@@ -15,7 +15,9 @@
  * threads fdatasync the WAL after each batch — while the coordinator
  * already runs the next one — and only then, in batch order, run the
  * after_commit hooks and post the jobs' done: an answer still means
- * "durable", but batches overlap their syncs.
+ * "durable", but batches overlap their syncs.  Jobs marked early complete
+ * on the coordinator thread right after their batch's COMMIT instead
+ * (coord_job.early).
  *
  * Threads: coord_open, coord_db and the load functions run on main before
  * coord_start; coord_submit from any thread afterwards.
@@ -48,6 +50,17 @@ typedef struct coord_job {
 	 * a hook only queues, the round hook (coord_set_round_hook) can do
 	 * once for the whole round. */
 	void (*after_commit)(struct coord_job *job);
+	/* Set by run() (coordinator thread; coord clears it before): what the
+	 * job wrote only has to survive a process crash, not a power loss, so
+	 * it may complete — after_commit, the round hook, done — on the
+	 * coordinator thread right after its batch's COMMIT, before the WAL
+	 * sync (SQLite has written the WAL by then: a kill -9 keeps it).  For
+	 * the transaction ends of page-cache durability topics, whose log
+	 * appends are not synced either.  Honoured only when no job of the
+	 * batch with an after_commit is late and no earlier round with one is
+	 * still waiting for its sync, so hooks still run in job order; else
+	 * the job completes with its round as usual. */
+	bool early;
 	/* Posted to w (or run on the coordinator thread if w is NULL) after the
 	 * commit; job->rc holds the outcome (0 or SQLite error). */
 	worker *w;
@@ -69,10 +82,11 @@ int coord_unlock_db(coord *c);
 int coord_start(coord *c);
 void coord_submit(coord *c, coord_job *job);
 /* Optional, before coord_start: fn(arg) runs on the WAL-sync thread that
- * completes a round, after the round's after_commit hooks (only if one of
- * them ran) and before any of its jobs' done is posted; rounds complete
- * one at a time, in order, so what the hooks queued and fn consume needs
- * no lock of its own.  Lets per-job work become per-round work (the
+ * completes a round (or on the coordinator thread for a batch's early
+ * jobs), after the round's after_commit hooks (only if one of them ran)
+ * and before any of its jobs' done is posted; rounds complete one at a
+ * time, in order, and never at the same time as early ones, so what the
+ * hooks queued and fn consume needs no lock of its own.  Lets per-job work become per-round work (the
  * transaction commits: one log write per partition per round,
  * txn_commit.h). */
 void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg);

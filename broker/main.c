@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,6 +242,14 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 	int lock_fd = -1, sig = 0, rc;
 
+	/* glibc hands free memory at the top of an arena back to the kernel
+	 * (madvise, then page faults to get it again) once more than 128 KiB
+	 * is free there.  Rows the coordinator reads are freed by the loops,
+	 * so under transactional load its arena kept shrinking and growing:
+	 * ~2,000 madvise calls a second on the coordinator thread, 30-60 us
+	 * each, and the transaction rate fell by a third (docs/benchmarks.md,
+	 * session 5).  Up to 64 MiB stays with the process instead. */
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	config_defaults(&cfg);
 	rc = parse_args(argc, argv, &cfg, &port_file);
 	if (rc)

@@ -82,6 +82,18 @@ int32_t pidstate_last_seq(const pidstate *ps, int64_t pid, int16_t epoch)
 	return ps->e[i].b[ps->e[i].n - 1].last_seq;
 }
 
+int pidstate_last(const pidstate *ps, int64_t pid, int16_t *epoch, int32_t *last_seq)
+{
+	bool found;
+	size_t i = find(ps, pid, &found);
+
+	if (!found || ps->e[i].n == 0)
+		return -ENOENT;
+	*epoch = ps->e[i].epoch;
+	*last_seq = ps->e[i].b[ps->e[i].n - 1].last_seq;
+	return 0;
+}
+
 int pidstate_check(const pidstate *ps, int64_t pid, int16_t epoch, int32_t first_seq,
 		   int32_t last_seq, int64_t *dup_base)
 {

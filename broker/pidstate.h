@@ -66,5 +66,8 @@ size_t pidstate_count(const pidstate *ps);
 /* Last sequence recorded for pid in epoch, or -1 (unknown pid or other
  * epoch). */
 int32_t pidstate_last_seq(const pidstate *ps, int64_t pid, int16_t epoch);
+/* The epoch and last sequence of pid's latest batch: 0, or -ENOENT if pid
+ * has none. */
+int pidstate_last(const pidstate *ps, int64_t pid, int16_t *epoch, int32_t *last_seq);
 
 #endif

@@ -15,6 +15,10 @@
  * order, one log write per partition per coordinator round) or records
  * why it cannot; then the answer, then COMMITTED (a lazy job).
  *
+ * Durability (page cache): the append and the answer follow the SQLite
+ * COMMIT of COMMITTING at once, without its WAL sync (coord_job.early): a
+ * kill -9 keeps both; a power loss may keep neither in this durability.
+ *
  * Durability (fsync): COMMITTED is recorded, and the answer sent, only once
  * the partition's high watermark covers the batch, i.e. after its
  * fdatasync: the request waits on its loop like an acks=-1 produce
@@ -22,7 +26,8 @@
  * COMMIT_SYNC_TIMEOUT_S hands the mark to the ticker (txn_check_mark_later).
  *
  * Threads: handlers and replies on loops; halfstore calls in coordinator
- * jobs; appends on the coordinator's WAL-sync threads (txn_commit.h);
+ * jobs; appends on the coordinator's WAL-sync threads, or for page-cache
+ * topics on the coordinator thread (txn_commit.h);
  * sync waits on the request's loop.
  */
 #include <errno.h>
@@ -201,6 +206,21 @@ static int run_resume(sqlite3 *db, txn_job *j, int64_t now)
 	return rc;
 }
 
+/* True unless t's partition exists and is in page-cache durability: then
+ * its end is answered as its appends are, without waiting for a sync
+ * (coord_job.early; docs/transactions.md "Exactly-once commit"). */
+static bool topic_synced(server *srv, const halfstore_txn *t)
+{
+	topic *tp = topics_get(srv->topics, t->topic, strlen(t->topic));
+	bool synced = true;
+
+	if (tp && t->partition >= 0 && t->partition < tp->nparts)
+		synced = partition_synced(&tp->parts[t->partition]);
+	if (tp)
+		topic_unref(tp);
+	return synced;
+}
+
 static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 {
 	enum halfstore_state st = (enum halfstore_state)-1;
@@ -217,6 +237,7 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 	default:
 		rc = halfstore_end(db, j->txn_id, (enum halfstore_decision)j->decision, j->flags, now,
 				   &j->txn);
+		j->job.early = rc >= 0 && j->txn.topic && !topic_synced(j->r->w->srv, &j->txn);
 		break;
 	}
 	return rc;
@@ -593,10 +614,12 @@ static void commit_wait(txn_job *j)
 	ev_timer_start(r->w->loop, &j->timer);
 }
 
-/* On the WAL-sync thread completing the round, once the end job's batch
- * committed (COMMITTING is durable): queues the append for the round hook
- * (txn_commit.h), which appends in commit_seq order before done is
- * posted. */
+/* Once the end job's batch committed — on the WAL-sync thread completing
+ * the round (COMMITTING is durable), or for a page-cache durability topic
+ * on the coordinator thread right after the COMMIT (coord_job.early:
+ * COMMITTING survives a kill -9, as the append does) — queues the append
+ * for the round hook (txn_commit.h), which appends in commit_seq order
+ * before done is posted. */
 static void end_after_commit(coord_job *job)
 {
 	txn_job *j = (txn_job *)job;

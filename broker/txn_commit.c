@@ -521,6 +521,43 @@ static void recover_mark(sqlite3 *db, txn_commit *c, size_t n)
 	}
 }
 
+/* Start-up, main: every partition's next commit_seq above the last commit
+ * its log holds (halfstore_seq_floor says why), before anything takes a
+ * new one.  0 or -1 (logged). */
+static int recover_seq_floor(sqlite3 *db, topics *reg)
+{
+	topic **list = NULL;
+	int n = 0, rc;
+
+	if (topics_list(reg, &list, &n) < 0)
+		return -1;
+	rc = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+	for (int i = 0; i < n && rc == 0; i++) {
+		for (int32_t k = 0; k < list[i]->nparts && rc == 0; k++) {
+			partition *p = &list[i]->parts[k];
+			int16_t epoch;
+			int32_t last;
+			bool found;
+
+			pthread_mutex_lock(&p->pid_lock);
+			found = pidstate_last(p->pids, HALFSTORE_COMMIT_PID, &epoch, &last) == 0;
+			pthread_mutex_unlock(&p->pid_lock);
+			if (found)
+				rc = halfstore_seq_floor(db, list[i]->name, k,
+							 (int64_t)epoch * HALFSTORE_SEQ_SPAN + last + 1);
+		}
+	}
+	if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+		rc = -1;
+	if (rc != 0) {
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		blog(BLOG_ERROR, "transactions: cannot raise the commit sequences past the logs: %s",
+		     sqlite3_errmsg(db));
+	}
+	topics_list_free(list, n);
+	return rc;
+}
+
 int txn_commit_recover(sqlite3 *db, topics *reg)
 {
 	halfstore_txn *v = NULL;
@@ -537,7 +574,7 @@ int txn_commit_recover(sqlite3 *db, topics *reg)
 	pc = calloc(n + 1, sizeof(*pc));
 	if (!c || !pc)
 		goto out;
-	if (recover_sequence(db, v, n) != 0)
+	if (recover_seq_floor(db, reg) != 0 || recover_sequence(db, v, n) != 0)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		c[i].txn = &v[i];

@@ -18,7 +18,10 @@
  *
  * Threads: txn_commit_start on main before the coordinator starts;
  * txn_commit_stage and txn_commit_flush on the WAL-sync thread completing a
- * round (one at a time, in round order: the stage is that thread's);
+ * round, or on the coordinator thread completing a batch's early jobs (the
+ * ends of page-cache durability topics, coord_job.early); one at a time, in
+ * round order (coord.h never runs the two at once), so the stage needs no
+ * lock;
  * txn_commit_recover on main at start-up, before the coordinator starts.
  */
 #ifndef SLUICE_TXN_COMMIT_H
@@ -56,7 +59,8 @@ void txn_commit_stage(txn_commit *c);
  * stage order, and records the failures in SQLite (coord_lock_db). */
 void txn_commit_flush(void *srv);
 
-/* Start-up: appends (exactly once) every transaction left COMMITTING by a
+/* Start-up: raises each partition's next commit sequence past the last
+ * commit its log holds (halfstore_seq_floor), appends (exactly once) every transaction left COMMITTING by a
  * crash, syncs the fsync-durability partitions it touched, then marks them
  * COMMITTED.  Returns 0 or -1 (logged). */
 int txn_commit_recover(sqlite3 *db, topics *reg);

@@ -11,9 +11,11 @@
  * txn:     --concurrency transactions in flight, each prepare → (empty
  *          local transaction answering COMMIT) → commit, back to back;
  *          latency = prepare sent to commit answered.  By default all of
- *          them are pipelined on the producer's asynchronous connection
- *          (sluice_txn_prepare_async / sluice_txn_end_async, callbacks on
- *          its I/O thread), and the two round trips are also reported
+ *          them are pipelined on the producer's two asynchronous
+ *          connections (sluice_txn_prepare_async on one,
+ *          sluice_txn_end_async on the other, so a commit's answer does
+ *          not wait in order behind prepares' answers; callbacks on its
+ *          I/O thread), and the two round trips are also reported
  *          apart (prepare sent → answered, end sent → answered); --threads
  *          runs one thread per transaction
  *          calling sluice_txn_send().  Run the broker with
@@ -76,7 +78,8 @@ static void usage_bench(FILE *f)
 		"  -c, --concurrency N    txn: transactions in flight at once (default 32)\n"
 		"  -T, --threads          txn: one thread per transaction calling\n"
 		"                         sluice_txn_send() (default: all pipelined\n"
-		"                         on one connection with the async calls)\n"
+		"                         with the async calls, prepares on one\n"
+		"                         connection and ends on another)\n"
 		"  -h, --help\n"
 		"Prints a progress line each second on stderr, then msgs/s, MB/s and\n"
 		"latency p50/p99/p99.9 (produce: produce() to delivery report; e2e:\n"

@@ -9,7 +9,12 @@
  * calling thread takes one for the whole call, so concurrent calls run in
  * parallel on separate sockets, and gives it back); a topic → partition
  * count cache for key partitioning (under `lock`); the check thread and
- * its connection (that thread only).
+ * its connection (that thread only); the I/O thread of the asynchronous
+ * calls and its two connections (that thread only): prepares pipelined on
+ * one, ends (first sends and retries) on the other.  A connection answers
+ * in request order, so an end sharing the prepares' connection would wait
+ * for the answers of every prepare sent before it (each held by the
+ * broker's fsync) even when the broker has its own answer ready sooner.
  *
  * Threads: every public call is thread-safe.  The check thread long-polls
  * TxnCheckPoll (v1 carries transaction.instance.id, so the broker asks this
@@ -71,6 +76,15 @@ struct aop {
 	char errstr[256];
 };
 
+/* One of the I/O thread's connections (indexed by AK_*), connected lazily
+ * and retried after reconnect.backoff.ms independently of the other. */
+enum { AK_PREPARE, AK_END, AK_N };
+struct aconn {
+	struct kconn kc; /* aop_cb gets &kc: aconn_of() finds the rest */
+	struct sluice_txn_producer *p;
+	int64_t reconnect_at_ms;
+};
+
 struct sluice_txn_producer {
 	struct sluice_conf *conf; /* owned; read-only after new() */
 	char instance[256];
@@ -83,21 +97,20 @@ struct sluice_txn_producer {
 	bool check_started;
 	atomic_bool stop;
 	/* Asynchronous calls: the queue and free list under alock, the rest
-	 * (akc, retries) owned by the I/O thread. */
+	 * (ac, retries) owned by the I/O thread. */
 	pthread_mutex_t alock;
 	struct aop *aq_head, *aq_tail; /* queued, not yet sent */
 	struct aop *afree;
 	bool astop, wake_pending, io_started;
 	int wakefd;
 	pthread_t io_thr;
-	struct kconn akc;
-	struct aop *retries;  /* ends waiting for their retry */
-	int64_t reconnect_at_ms;
+	struct aconn ac[AK_N];
+	struct aop *retries;  /* ends waiting for their retry (on ac[AK_END]) */
 };
 
-static struct sluice_txn_producer *container_of_akc(struct kconn *c)
+static struct aconn *aconn_of(struct kconn *c)
 {
-	return (struct sluice_txn_producer *)((char *)c - offsetof(struct sluice_txn_producer, akc));
+	return (struct aconn *)((char *)c - offsetof(struct aconn, kc));
 }
 
 /* ---- connection pool ---- */
@@ -347,7 +360,13 @@ out:
 	return err;
 }
 
-/* ---- asynchronous calls: one pipelined connection on an I/O thread ---- */
+/* ---- asynchronous calls: two pipelined connections on an I/O thread ---- */
+
+/* The connection op goes on: ends never queue behind prepares' answers. */
+static struct kconn *aop_conn(struct sluice_txn_producer *p, const struct aop *op)
+{
+	return &p->ac[op->kind == AOP_PREPARE ? AK_PREPARE : AK_END].kc;
+}
 
 static struct aop *aop_get(struct sluice_txn_producer *p)
 {
@@ -463,7 +482,7 @@ static void end_retry_later(struct sluice_txn_producer *p, struct aop *op, sluic
 static void aop_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *resp, void *ctx)
 {
 	struct aop *op = ctx;
-	struct sluice_txn_producer *p = container_of_akc(c);
+	struct sluice_txn_producer *p = aconn_of(c)->p;
 	int64_t txn_id = -1, offset = -1;
 	int32_t part = -1;
 	sluice_err_t e = (sluice_err_t)err;
@@ -489,9 +508,10 @@ static void aop_cb(struct kconn *c, struct kreq *req, int err, struct kbuf *resp
 	aop_complete(p, op, e, op->txn_id, -1, offset);
 }
 
-/* Sends op on the I/O thread's connection (up). */
+/* Sends op on its connection (up). */
 static void aop_send(struct sluice_txn_producer *p, struct aop *op)
 {
+	struct kconn *kc = aop_conn(p, op);
 	struct kreq *r;
 
 	if (op->kind == AOP_PREPARE) {
@@ -505,16 +525,16 @@ static void aop_send(struct sluice_txn_producer *p, struct aop *op)
 			.batch_len = op->b.len,
 		};
 
-		r = txnwire_prepare_req(&p->akc, &a, &op->ver, op->errstr, sizeof(op->errstr));
+		r = txnwire_prepare_req(kc, &a, &op->ver, op->errstr, sizeof(op->errstr));
 	} else {
-		r = txnwire_end_req(&p->akc, p->conf->txn_group, op->txn_id, op->decision, 0, &op->ver,
+		r = txnwire_end_req(kc, p->conf->txn_group, op->txn_id, op->decision, 0, &op->ver,
 				    op->errstr, sizeof(op->errstr));
 	}
 	if (!r) {
 		aop_complete(p, op, (sluice_err_t)op->ver, -1, -1, -1);
 		return;
 	}
-	kconn_send(&p->akc, r, aop_cb, op);
+	kconn_send(kc, r, aop_cb, op);
 }
 
 /* Sends (or, with the broker unreachable, fails or defers) each op of the
@@ -526,7 +546,7 @@ static void aops_dispatch(struct sluice_txn_producer *p, struct aop *list)
 
 		list = op->next;
 		op->next = NULL;
-		if (kconn_up(&p->akc))
+		if (kconn_up(aop_conn(p, op)))
 			aop_send(p, op);
 		else if (op->kind == AOP_END)
 			end_retry_later(p, op, SLUICE_ERR_TRANSPORT);
@@ -556,12 +576,26 @@ static struct aop *due_retries(struct sluice_txn_producer *p, int64_t now, int64
 	return due;
 }
 
-static void aio_connect(struct sluice_txn_producer *p, int64_t now)
+static void aio_connect(struct sluice_txn_producer *p, struct aconn *a, int64_t now)
 {
-	if (kconn_up(&p->akc) || now < p->reconnect_at_ms)
+	if (kconn_up(&a->kc) || now < a->reconnect_at_ms)
 		return;
-	if (kconn_connect(&p->akc, p->conf->request_timeout_ms) != 0)
-		p->reconnect_at_ms = kclock_ms() + p->conf->reconnect_backoff_ms;
+	if (kconn_connect(&a->kc, p->conf->request_timeout_ms) != 0)
+		a->reconnect_at_ms = kclock_ms() + p->conf->reconnect_backoff_ms;
+}
+
+/* Connects (if down and not backing off) each connection that list or the
+ * retries have work for. */
+static void aio_connect_needed(struct sluice_txn_producer *p, const struct aop *list,
+			       int64_t now)
+{
+	bool need[AK_N] = { [AK_END] = p->retries != NULL };
+
+	for (; list && !(need[AK_PREPARE] && need[AK_END]); list = list->next)
+		need[list->kind == AOP_PREPARE ? AK_PREPARE : AK_END] = true;
+	for (int i = 0; i < AK_N; i++)
+		if (need[i])
+			aio_connect(p, &p->ac[i], now);
 }
 
 static void *aio_main(void *arg)
@@ -569,7 +603,8 @@ static void *aio_main(void *arg)
 	struct sluice_txn_producer *p = arg;
 
 	for (;;) {
-		struct pollfd pfd[2];
+		struct pollfd pfd[1 + AK_N];
+		int pconn[1 + AK_N]; /* pfd[i] is ac[pconn[i]] (i >= 1) */
 		struct aop *list;
 		int64_t now = kclock_ms(), next = now + 100;
 		int timeout, n = 1;
@@ -586,19 +621,23 @@ static void *aio_main(void *arg)
 			break;
 		}
 		if (list || p->retries)
-			aio_connect(p, now);
+			aio_connect_needed(p, list, now);
 		aops_dispatch(p, list);
 		aops_dispatch(p, due_retries(p, now, &next));
-		if (kconn_up(&p->akc)) {
-			int tc = kconn_check_timeouts(&p->akc, now);
+		pfd[0] = (struct pollfd){ .fd = p->wakefd, .events = POLLIN };
+		for (int i = 0; i < AK_N; i++) {
+			struct kconn *kc = &p->ac[i].kc;
+			int tc;
 
+			if (!kconn_up(kc))
+				continue;
+			tc = kconn_check_timeouts(kc, now); /* may close it */
 			if (now + tc < next)
 				next = now + tc;
-		}
-		pfd[0] = (struct pollfd){ .fd = p->wakefd, .events = POLLIN };
-		if (kconn_up(&p->akc)) {
-			pfd[1] = (struct pollfd){ .fd = p->akc.fd, .events = kconn_events(&p->akc) };
-			n = 2;
+			if (!kconn_up(kc))
+				continue;
+			pfd[n] = (struct pollfd){ .fd = kc->fd, .events = kconn_events(kc) };
+			pconn[n++] = i;
 		}
 		timeout = next > now ? (int)(next - now) : 0;
 		if (poll(pfd, (nfds_t)n, timeout) <= 0)
@@ -608,8 +647,11 @@ static void *aio_main(void *arg)
 
 			(void)eventfd_read(p->wakefd, &v);
 		}
-		if (n == 2 && pfd[1].revents)
-			kconn_io(&p->akc, pfd[1].revents, kclock_ms());
+		/* Callbacks only queue new calls (sent at the next turn) and
+		 * never close a connection: each polled fd is still open. */
+		for (int i = 1; i < n; i++)
+			if (pfd[i].revents)
+				kconn_io(&p->ac[pconn[i]].kc, pfd[i].revents, kclock_ms());
 	}
 	return NULL;
 }
@@ -626,7 +668,8 @@ static void aio_stop(struct sluice_txn_producer *p)
 		return;
 	(void)eventfd_write(p->wakefd, 1);
 	pthread_join(p->io_thr, NULL);
-	kconn_close(&p->akc, SLUICE_ERR_DESTROYED, NULL); /* in-flight callbacks */
+	for (int i = 0; i < AK_N; i++) /* in-flight callbacks */
+		kconn_close(&p->ac[i].kc, SLUICE_ERR_DESTROYED, NULL);
 	left = p->aq_head;
 	p->aq_head = p->aq_tail = NULL;
 	while (left) {
@@ -829,7 +872,10 @@ sluice_txn_producer_t *sluice_txn_producer_new(sluice_conf_t *conf, char *errstr
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_mutex_init(&p->alock, NULL);
 	p->wakefd = -1;
-	kconn_init(&p->akc, conf);
+	for (int i = 0; i < AK_N; i++) {
+		kconn_init(&p->ac[i].kc, conf);
+		p->ac[i].p = p;
+	}
 	if (conf->txn_instance[0])
 		snprintf(p->instance, sizeof(p->instance), "%s", conf->txn_instance);
 	else

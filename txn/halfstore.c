@@ -487,6 +487,23 @@ static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t c
 	return rc;
 }
 
+int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64_t next_seq)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db,
+		      "INSERT INTO txn_seq(topic, partition, next_seq) VALUES(?1, ?2, ?3)"
+		      " ON CONFLICT(topic, partition) DO UPDATE"
+		      " SET next_seq = max(next_seq, excluded.next_seq)",
+		      &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, partition);
+	sqlite3_bind_int64(st, 3, next_seq);
+	return run(st);
+}
+
 /* Gives a COMMITTING txn without a sequence the next one of its partition.
  * 0 or -errno. */
 static int sequence(sqlite3 *db, const halfstore_txn *t)

@@ -219,6 +219,14 @@ int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset);
  * (not COMMITTING), HALFSTORE_E_NOT_FOUND or -errno. */
 int halfstore_unseq(sqlite3 *db, int64_t txn_id);
 
+/* Start-up: the partition's next commit_seq becomes at least next_seq (the
+ * log holds commits up to next_seq - 1 that SQLite may have lost: in
+ * page-cache durability a commit is appended before its COMMITTING row is
+ * synced, and a power loss can keep the one without the other).  Without
+ * it a new commit could take a sequence the log already has and be taken
+ * for a duplicate.  0 or -errno. */
+int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64_t next_seq);
+
 /* Everything in COMMITTING (crash recovery: re-append them all), batches
  * included, ordered by topic, partition, commit_seq — those without one
  * (halfstore_unseq) last in their partition, by txn_id.  HALFSTORE_OK with

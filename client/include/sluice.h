@@ -807,9 +807,12 @@ sluice_err_t sluice_txn_end(sluice_txn_producer_t *p, int64_t txn_id,
 			    sluice_txn_decision_t decision, int64_t *offset, char *errstr,
 			    size_t errstr_size);
 
-/* The same two steps without blocking, pipelined on one connection: many
- * transactions in flight from one thread (an event-driven service, or a
- * gateway that hands the local transaction to its own workers).
+/* The same two steps without blocking, pipelined: many transactions in
+ * flight from one thread (an event-driven service, or a gateway that hands
+ * the local transaction to its own workers).  Prepares share one
+ * connection and ends another: a connection is answered in request order,
+ * so an end there would wait for the answers of the prepares sent before
+ * it, which the broker gives only once their half messages are durable.
  *
  * sluice_txn_prepare_async() queues the half message and returns at once
  * (SLUICE_ERR_NO_ERROR, or an argument/size error without calling cb);

@@ -13,7 +13,8 @@
 * `sluice txn list|describe|commit|rollback|resume|prepare` end to end,
   including a DISCARDED transaction resumed and resolved by an operator;
 * the asynchronous calls (sluice_txn_prepare_async / _end_async): 600
-  transactions 32 at a time on one connection, every callback exactly once,
+  transactions 32 at a time (prepares on one connection, ends on another),
+  every callback exactly once,
   the log holding exactly the committed ones at the offsets reported;
   destroy with prepares in flight completes every callback once (OK or
   DESTROYED); the broker killed (SIGKILL) under a pipelined stream → every

@@ -15,6 +15,9 @@ broker dies at.
   partitions): after the restart every commit that was acknowledged is in
   the log exactly once, no message is there twice, and retrying every
   commit appends each of the others exactly once.
+* A power loss in page-cache durability that keeps a commit's log append
+  but loses its COMMITTING row (simulated by restoring sluice.db): a later
+  commit is still appended, not taken for a duplicate.
 
 Env: SLUICED.
 """
@@ -25,6 +28,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_TXN_END, API_TXN_PREPARE, Broker, Conn,  # noqa: E402
                      ConnectionClosed, ERR_NONE, TXN_COMMIT, TXN_COMMITTED,
+                     TXN_PENDING,
                      build_batch, check, check_eq, fetch_all, log,
                      parse_txn_end, parse_txn_prepare, pipeline, run,
                      txn_describe, txn_end, txn_end_body, txn_list,
@@ -101,6 +105,45 @@ def crash_at(point):
 
 def make_case(point):
     return lambda: crash_at(point)
+
+
+def test_power_loss_keeps_later_commits():
+    """Page-cache durability answers a commit once it is appended, before
+    the SQLite WAL holding its COMMITTING row is synced.  A power loss can
+    then keep the log's copy and lose the row (the transaction is PENDING
+    again and its commit sequence free).  Simulated: sluice.db is put back
+    as it was before the commit, after a kill -9.  A later commit must still
+    be appended: start-up raises the partition's next commit sequence past
+    the log's last commit (without it, the next commit reuses the lost one's
+    sequence and is taken for a duplicate: answered, never appended)."""
+    import shutil
+    b = Broker(name="txn-power-loss")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        t1 = txn_prepare(c, "shop", "orders", 0, [(b"k", b"first")])[2]
+        t2 = txn_prepare(c, "shop", "orders", 0, [(b"k", b"second")])[2]
+    saved = os.path.join(b.workdir, "db-before-commit")
+    os.mkdir(saved)
+    for f in ("sluice.db", "sluice.db-wal"):
+        shutil.copy(os.path.join(b.data_dir, f), saved)
+    with Conn(b.addr) as c:
+        err, msg, state, off = txn_end(c, "shop", t1, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 0),
+                 "first commit (%s)" % msg)
+    b.kill9()
+    os.remove(os.path.join(b.data_dir, "sluice.db-shm"))
+    for f in ("sluice.db", "sluice.db-wal"):
+        shutil.copy(os.path.join(saved, f), b.data_dir)
+    b.start()
+    with Conn(b.addr) as c:
+        check_eq(txn_describe(c, t1)["state"], TXN_PENDING,
+                 "the first commit's row, lost with the database")
+        err, msg, state, off = txn_end(c, "shop", t2, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
+                 "a commit after the loss goes to the next offset (%s)" % msg)
+    check_eq(payloads(b.addr, "orders", 1), [b"first", b"second"],
+             "the later commit is in the log")
 
 
 N = 1000
@@ -183,4 +226,6 @@ if __name__ == "__main__":
     run([("kill_at_" + p, make_case(p), 90) for p in POINTS] + [
         ("kill9_during_concurrent_commits",
          test_kill9_during_concurrent_commits, 180),
+        ("power_loss_keeps_later_commits",
+         test_power_loss_keeps_later_commits, 60),
     ])

@@ -338,6 +338,35 @@ static void test_halfstore_commit_seq_per_partition(void **state)
 	sqlite3_close(db);
 }
 
+/* The start-up floor (halfstore_seq_floor): raises a partition's next
+ * sequence past what its log holds, never lowers it, and works for a
+ * partition that never took one. */
+static void test_halfstore_seq_floor(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	int64_t b = prepare_n(db, "g", "orders", 0, 1, 1, 0);
+	int64_t c = prepare_n(db, "g", "orders", 1, 1, 1, 0);
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 0);
+	halfstore_txn_clear(&t);
+	/* the log has sequences up to 6: the next commit takes 7 */
+	assert_int_equal(halfstore_seq_floor(db, "orders", 0, 7), 0);
+	assert_int_equal(halfstore_seq_floor(db, "orders", 0, 3), 0); /* never lowers */
+	assert_int_equal(halfstore_seq_floor(db, "orders", 1, 5), 0); /* no row yet */
+	assert_int_equal(halfstore_end(db, b, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 7);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, c, HALFSTORE_COMMIT, 0, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, 5);
+	halfstore_txn_clear(&t);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 /* A failing statement in the middle of end() leaves nothing behind: the
  * sequence taken before the failure is given back. */
 static void test_halfstore_failed_end_changes_nothing(void **state)
@@ -903,6 +932,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_list_pages_by_group_and_state),
 		cmocka_unit_test(test_halfstore_purge_ended_after_retention),
 		cmocka_unit_test(test_halfstore_drop_topic_discards_pending),
+		cmocka_unit_test(test_halfstore_seq_floor),
 		cmocka_unit_test(test_halfstore_queries_use_indexes),
 		cmocka_unit_test(test_halfstore_due_checks_100k_is_index_fast),
 	};
