@@ -17,7 +17,10 @@
  * after_commit hooks and post the jobs' done: an answer still means
  * "durable", but batches overlap their syncs.  Jobs marked early complete
  * on the coordinator thread right after their batch's COMMIT instead
- * (coord_job.early).
+ * (coord_job.early).  A checkpointer thread, with a second connection of
+ * its own, copies the WAL into the database file every 200 ms, so that
+ * SQLite's automatic checkpoint in a coordinator COMMIT (at 10,000 frames:
+ * it restarts the WAL) finds little to do.
  *
  * Threads: coord_open, coord_db and the load functions run on main before
  * coord_start; coord_submit from any thread afterwards.

@@ -16,6 +16,7 @@ discarding a topic's half messages.
 Env: SLUICED, SLOWSYNC (fsync case; empty = skipped).
 """
 import os
+import re
 import socket
 import subprocess
 import sqlite3
@@ -835,6 +836,37 @@ def test_purge_after_retention():
     check_eq(values(b.addr, "o"), [b"c"], "the log is untouched")
 
 
+def test_checkpoints_run_beside_the_coordinator():
+    """sluice.db's WAL is copied into the database file by the
+    checkpointer thread (coord.c), every 200 ms, not only by SQLite's
+    automatic checkpoint in the coordinator's commits, which the broker
+    raises to 10,000 frames (a checkpoint there makes every job wait): a
+    few thousand half messages, far below that threshold, reach the
+    database file within a second while the broker runs."""
+    b = Broker(name="txn-checkpointer")
+    b.start()
+    dbf = os.path.join(b.data_dir, "sluice.db")
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        time.sleep(0.5)
+        size0 = os.path.getsize(dbf)
+        bodies = [txn_prepare_body("g", "o", 0,
+                                   build_batch([(None, b"x" * 300)]), version=0)
+                  for _ in range(3000)]
+        for r in pipeline(c, API_PREPARE, 0, bodies, window=50):
+            check_eq(parse_txn_prepare(r, 0)[0], ERR_NONE, "prepare")
+    wal = os.path.getsize(dbf + "-wal")
+    check(wal < 10000 * 4096, "the WAL (%d bytes) is below the automatic "
+          "checkpoint's threshold: only the checkpointer can have copied it"
+          % wal)
+    wait_for(lambda: os.path.getsize(dbf) > size0 + 500000, 3.0,
+             what="sluice.db to grow from %d bytes: the half messages "
+             "checkpointed into it while the broker runs" % size0)
+    b.stop()
+    check(re.search(r"coordinator: .*; [1-9][0-9]* checkpoints", b.log_text()),
+          "the coordinator's exit line counts the checkpointer's runs")
+
+
 def test_purge_catches_up_with_a_backlog():
     """A backlog of 30,000 expired ended transactions (written into
     sluice.db while the broker was down) is purged in a few ticks: the
@@ -972,6 +1004,8 @@ if __name__ == "__main__":
         ("busy_poller_gets_the_rest_soon", test_busy_poller_gets_the_rest_soon, 60),
         ("check_lease_and_backoff_keys", test_check_lease_and_backoff_keys, 60),
         ("commits_while_durability_flips", test_commits_while_durability_flips, 90),
+        ("checkpoints_run_beside_the_coordinator",
+         test_checkpoints_run_beside_the_coordinator, 60),
         ("concurrent_commits_all_land", test_concurrent_commits_all_land,
          60),
         ("prepare_v1_partition_and_origin",
