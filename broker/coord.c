@@ -466,17 +466,18 @@ static bool early_allowed(coord *c, const coord_job *jobs)
 	return ok;
 }
 
-/* Coordinator thread, after the batch's COMMIT: completes its early jobs
- * (coord_job.early) at once and returns the others, in order, for the
- * syncers (*last: the new tail, NULL with the list). */
-static coord_job *complete_early(coord *c, coord_job *jobs, coord_job **last)
+/* Coordinator thread, after the batch's COMMIT: takes the early jobs
+ * (coord_job.early) out of *jobs if they may complete now, and returns
+ * them; *jobs keeps the others, in order, for the syncers (*last: its new
+ * tail). */
+static coord_job *take_early(coord *c, coord_job **jobs, coord_job **last)
 {
-	coord_job *early = NULL, **etail = &early, *late = NULL, **ltail = &late, *next;
+	coord_job *early = NULL, **etail = &early, **ltail = jobs, *next;
 
-	if (!early_allowed(c, jobs))
-		return jobs;
+	if (!early_allowed(c, *jobs))
+		return NULL;
 	*last = NULL;
-	for (coord_job *j = jobs; j; j = next) {
+	for (coord_job *j = *jobs; j; j = next) {
 		next = j->next;
 		j->next = NULL;
 		if (j->early && j->rc == SQLITE_OK) {
@@ -489,8 +490,22 @@ static coord_job *complete_early(coord *c, coord_job *jobs, coord_job **last)
 			*last = j;
 		}
 	}
-	complete_round(c, early, SQLITE_OK);
-	return late;
+	*ltail = NULL;
+	return early;
+}
+
+/* Hands committed jobs..last to the WAL-sync threads. */
+static void hand_to_syncers(coord *c, coord_job *jobs, coord_job *last)
+{
+	uint64_t hooked = count_hooked(jobs);
+
+	pthread_mutex_lock(&c->slock);
+	if (!c->shead)
+		c->shead_since = mono_ns();
+	c->hooked_pending += hooked;
+	append_jobs(&c->shead, &c->stail, jobs, last);
+	pthread_cond_signal(&c->scond);
+	pthread_mutex_unlock(&c->slock);
 }
 
 static void *coord_main(void *arg)
@@ -498,7 +513,7 @@ static void *coord_main(void *arg)
 	coord *c = arg;
 
 	for (;;) {
-		coord_job *jobs, *last;
+		coord_job *jobs, *last, *early;
 		bool stop;
 
 		pthread_mutex_lock(&c->lock);
@@ -525,21 +540,15 @@ static void *coord_main(void *arg)
 			c->n_batches++;
 			c->batch_jobs += count_jobs(jobs);
 			c->batch_ns += t1 - t0;
-			jobs = complete_early(c, jobs, &last);
-		}
-		if (jobs) {
-			uint64_t hooked = count_hooked(jobs);
-
-			pthread_mutex_lock(&c->slock);
-			if (!c->shead)
-				c->shead_since = mono_ns();
-			c->hooked_pending += hooked;
-			append_jobs(&c->shead, &c->stail, jobs, last);
-			pthread_cond_signal(&c->scond);
-			pthread_mutex_unlock(&c->slock);
-		}
-		if (stop && !jobs)
+			early = take_early(c, &jobs, &last);
+			/* the others' sync first: it is the longer wait */
+			if (jobs)
+				hand_to_syncers(c, jobs, last);
+			if (early)
+				complete_round(c, early, SQLITE_OK);
+		} else if (stop) {
 			break;
+		}
 	}
 	pthread_mutex_lock(&c->dblock);
 	stmtcache_forget(c->db); /* this thread's statements */
