@@ -58,7 +58,7 @@
  * checkpoint, which restarts the WAL, is short.  SQLite's default (every
  * 1000 frames, all on the coordinator: ~2.5 ms six times a second under
  * a transactional load, every job waiting) put the p99 of a transaction's
- * end at 3.6-4 ms; with this 1.1-1.3 ms (docs/benchmarks.md, session 5).
+ * end at 3.3-4.5 ms; with this 1.4-1.9 ms (docs/benchmarks.md, session 5).
  * The WAL stays below about CKPT_AUTO_PAGES x 4 KiB. */
 #define CKPT_INTERVAL_MS 200
 #define CKPT_AUTO_PAGES 10000

@@ -306,6 +306,16 @@ def test_check_lease_and_backoff_keys():
 
 # ---- concurrent commits of one partition --------------------------------
 
+def in_threads(fn, n, timeout=60):
+    """Runs fn(0) .. fn(n - 1) on n threads at once and waits for them."""
+    threads = [threading.Thread(target=fn, args=(k,), daemon=True)
+               for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)
+
+
 def test_commits_while_durability_flips():
     """A page-cache topic's commits are appended and answered right after
     their SQLite commit, an fsync topic's only after its WAL sync
@@ -350,12 +360,7 @@ def test_commits_while_durability_flips():
                 answers[mine[i]] = parse_txn_end(r)
     fl = threading.Thread(target=flipper, daemon=True)
     fl.start()
-    threads = [threading.Thread(target=committer, args=(k,), daemon=True)
-               for k in range(conns)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    in_threads(committer, conns)
     done.set()
     fl.join(10)
     log("  %d durability flips during the commits" % flips[0])
@@ -408,12 +413,7 @@ def test_concurrent_commits_all_land():
                     [txn_end_body("g", t, TXN_COMMIT) for t in mine],
                     window=16)):
                 answers.setdefault(mine[i], []).append(parse_txn_end(r))
-    threads = [threading.Thread(target=committer, args=(k,), daemon=True)
-               for k in range(conns)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    in_threads(committer, conns)
     check_eq(len(answers), n, "every commit answered")
     # the second end: the first's offset, or -1 ("appended, offset no
     # longer known": more than pidstate's window of 5 commits of the
