@@ -17,7 +17,9 @@
  *
  * Durability (page cache): the append and the answer follow the SQLite
  * COMMIT of COMMITTING at once, without its WAL sync (coord_job.early): a
- * kill -9 keeps both; a power loss may keep neither in this durability.
+ * kill -9 keeps both; a power loss can lose the commit, or keep its append
+ * but not its row, whose check-back may then append it again
+ * (docs/transactions.md "When the append happens").
  *
  * Durability (fsync): COMMITTED is recorded, and the answer sent, only once
  * the partition's high watermark covers the batch, i.e. after its
@@ -208,7 +210,7 @@ static int run_resume(sqlite3 *db, txn_job *j, int64_t now)
 
 /* True unless t's partition exists and is in page-cache durability: then
  * its end is answered as its appends are, without waiting for a sync
- * (coord_job.early; docs/transactions.md "Exactly-once commit"). */
+ * (coord_job.early; docs/transactions.md "When the append happens"). */
 static bool topic_synced(server *srv, const halfstore_txn *t)
 {
 	topic *tp = topics_get(srv->topics, t->topic, strlen(t->topic));
