@@ -448,6 +448,23 @@ int halfstore_prepare(sqlite3 *db, const halfstore_prepare_args *a, int64_t now_
 
 /* ---- end ---- */
 
+int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64_t next_seq)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db,
+		      "INSERT INTO txn_seq(topic, partition, next_seq) VALUES(?1, ?2, ?3)"
+		      " ON CONFLICT(topic, partition) DO UPDATE"
+		      " SET next_seq = max(next_seq, excluded.next_seq)",
+		      &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, partition);
+	sqlite3_bind_int64(st, 3, next_seq);
+	return run(st);
+}
+
 /* Takes record_count sequences from txn_seq for (topic, partition).
  * 0 with *seq, or -errno. */
 static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t count,
@@ -472,36 +489,10 @@ static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t c
 	/* A batch's sequences stay inside one epoch: skip to the next one. */
 	if (s % HALFSTORE_SEQ_SPAN + count > HALFSTORE_SEQ_SPAN)
 		s = (s / HALFSTORE_SEQ_SPAN + 1) * HALFSTORE_SEQ_SPAN;
-	rc = prep(db,
-		  "INSERT INTO txn_seq(topic, partition, next_seq) VALUES(?1, ?2, ?3)"
-		  " ON CONFLICT(topic, partition) DO UPDATE SET next_seq = excluded.next_seq",
-		  &st);
-	if (rc)
-		return rc;
-	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, partition);
-	sqlite3_bind_int64(st, 3, s + count);
-	rc = run(st);
+	rc = halfstore_seq_floor(db, topic, partition, s + count); /* above s: raises it */
 	if (rc == 0)
 		*seq = s;
 	return rc;
-}
-
-int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64_t next_seq)
-{
-	sqlite3_stmt *st;
-	int rc = prep(db,
-		      "INSERT INTO txn_seq(topic, partition, next_seq) VALUES(?1, ?2, ?3)"
-		      " ON CONFLICT(topic, partition) DO UPDATE"
-		      " SET next_seq = max(next_seq, excluded.next_seq)",
-		      &st);
-
-	if (rc)
-		return rc;
-	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, partition);
-	sqlite3_bind_int64(st, 3, next_seq);
-	return run(st);
 }
 
 /* Gives a COMMITTING txn without a sequence the next one of its partition.
