@@ -77,11 +77,12 @@ struct coord {
 	pthread_t thread, sync_threads[SYNCERS];
 	int nsyncers;
 	bool started;
-	pthread_mutex_t lock;      /* protects head, tail, stop, lazy_only */
+	pthread_mutex_t lock;      /* protects the two queues and stop */
 	pthread_cond_t cond;
-	coord_job *head, *tail;
+	coord_job *head, *tail;    /* coord_submit */
+	coord_job *lhead, *ltail;  /* coord_submit_lazy */
+	uint64_t lazy_since;       /* when lhead was queued (mono ns) */
 	bool stop;
-	bool lazy_only;            /* every queued job came from coord_submit_lazy */
 	pthread_mutex_t slock;     /* protects everything below */
 	pthread_cond_t scond;
 	coord_job *shead, *stail;  /* committed, waiting for a syncer */
@@ -427,19 +428,57 @@ static void append_jobs(coord_job **head, coord_job **tail, coord_job *first, co
 	*tail = last;
 }
 
-/* lock held, only lazy jobs queued: waits for more work up to
- * COORD_LAZY_MS.  Returns true once that time is up. */
-static bool wait_lazy(coord *c)
-{
-	struct timespec ts;
+#define LAZY_NS ((uint64_t)COORD_LAZY_MS * 1000000u)
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += COORD_LAZY_MS * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
+/* lock held: waits for the next batch and takes it (*last: its tail), or
+ * returns NULL once stopping with nothing queued.  Jobs of coord_submit
+ * first; the lazy ones go with them only once they have waited
+ * COORD_LAZY_MS, and otherwise in a batch of their own when nothing else is
+ * queued — at once if the coordinator has just run a batch (ran), else
+ * after COORD_LAZY_MS — so they do not lengthen the batches others wait
+ * for. */
+static coord_job *take_work(coord *c, bool ran, coord_job **last)
+{
+	for (;;) {
+		uint64_t now = mono_ns(), wait_ns;
+		bool lazy_old = c->lhead && now - c->lazy_since >= LAZY_NS;
+		coord_job *jobs = NULL;
+		struct timespec ts;
+
+		if (c->head || (c->lhead && (ran || lazy_old || c->stop))) {
+			if (c->head) {
+				jobs = c->head;
+				*last = c->tail;
+			}
+			if (c->lhead && (!c->head || lazy_old)) {
+				if (jobs)
+					(*last)->next = c->lhead;
+				else
+					jobs = c->lhead;
+				*last = c->ltail;
+				c->lhead = c->ltail = NULL;
+			}
+			c->head = c->tail = NULL;
+			return jobs;
+		}
+		if (c->stop)
+			return NULL;
+		if (!c->lhead) {
+			pthread_cond_wait(&c->cond, &c->lock);
+			continue;
+		}
+		/* only lazy jobs: not worth a wake-up of their own yet */
+		wait_ns = c->lazy_since + LAZY_NS - now; /* > 0: not lazy_old */
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += (time_t)(wait_ns / 1000000000u);
+		ts.tv_nsec += (long)(wait_ns % 1000000000u);
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+		ran = false;
 	}
-	return pthread_cond_timedwait(&c->cond, &c->lock, &ts) == ETIMEDOUT;
 }
 
 static void complete_round(coord *c, coord_job *jobs, int rc);
@@ -512,24 +551,17 @@ static void *coord_main(void *arg)
 {
 	coord *c = arg;
 
+	bool ran = false;
+
 	for (;;) {
-		coord_job *jobs, *last, *early;
+		coord_job *jobs, *last = NULL, *early;
 		bool stop;
 
 		pthread_mutex_lock(&c->lock);
-		while ((!c->head || c->lazy_only) && !c->stop) {
-			if (!c->head) {
-				pthread_cond_wait(&c->cond, &c->lock);
-			} else if (wait_lazy(c)) {
-				break; /* the lazy jobs waited long enough */
-			}
-		}
-		c->lazy_only = false;
-		jobs = c->head;
-		last = c->tail;
-		c->head = c->tail = NULL;
+		jobs = take_work(c, ran, &last);
 		stop = c->stop;
 		pthread_mutex_unlock(&c->lock);
+		ran = jobs != NULL;
 		if (jobs) {
 			uint64_t t0 = mono_ns(), t1;
 
@@ -720,7 +752,6 @@ void coord_submit(coord *c, coord_job *job)
 	job->next = NULL;
 	pthread_mutex_lock(&c->lock);
 	append_jobs(&c->head, &c->tail, job, job);
-	c->lazy_only = false;
 	pthread_cond_signal(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 }
@@ -729,11 +760,12 @@ void coord_submit_lazy(coord *c, coord_job *job)
 {
 	job->next = NULL;
 	pthread_mutex_lock(&c->lock);
-	if (!c->head) {
-		c->lazy_only = true;
-		pthread_cond_signal(&c->cond); /* to start its COORD_LAZY_MS wait */
+	if (!c->lhead) {
+		c->lazy_since = mono_ns();
+		if (!c->head) /* it may sleep untimed: start its COORD_LAZY_MS wait */
+			pthread_cond_signal(&c->cond);
 	}
-	append_jobs(&c->head, &c->tail, job, job);
+	append_jobs(&c->lhead, &c->ltail, job, job);
 	pthread_mutex_unlock(&c->lock);
 }
 

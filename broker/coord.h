@@ -93,10 +93,12 @@ void coord_submit(coord *c, coord_job *job);
  * transaction commits: one log write per partition per round,
  * txn_commit.h). */
 void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg);
-/* The same for a job that may wait: it does not wake the coordinator, so it
- * runs with the next batch that something else starts, or within
- * COORD_LAZY_MS.  For bookkeeping off the critical path (the COMMITTED
- * marks), which then costs no thread wake-up of its own. */
+/* The same for a job that may wait: it does not wake the coordinator and
+ * runs in a batch of its own when nothing else is queued (right after
+ * another batch, or after COORD_LAZY_MS), or with the others once it has
+ * waited COORD_LAZY_MS.  For bookkeeping off the critical path (the
+ * COMMITTED marks): it costs no thread wake-up of its own and does not
+ * lengthen the batches that answers wait for. */
 #define COORD_LAZY_MS 5
 void coord_submit_lazy(coord *c, coord_job *job);
 /* Drains queued jobs, stops the thread, logs where the jobs' time went
