@@ -463,6 +463,7 @@ static coord_job *take_work(coord *c, bool ran, coord_job **last)
 		}
 		if (c->stop)
 			return NULL;
+		ran = false; /* from now on the coordinator has been idle */
 		if (!c->lhead) {
 			pthread_cond_wait(&c->cond, &c->lock);
 			continue;
@@ -477,7 +478,6 @@ static coord_job *take_work(coord *c, bool ran, coord_job **last)
 			ts.tv_nsec -= 1000000000L;
 		}
 		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
-		ran = false;
 	}
 }
 
