@@ -82,6 +82,7 @@ struct coord {
 	coord_job *head, *tail;    /* coord_submit */
 	coord_job *lhead, *ltail;  /* coord_submit_lazy */
 	uint64_t lazy_since;       /* when lhead was queued (mono ns) */
+	bool head_after_lazy;      /* a queued job has after_lazy */
 	bool stop;
 	pthread_mutex_t slock;     /* protects everything below */
 	pthread_cond_t scond;
@@ -432,8 +433,9 @@ static void append_jobs(coord_job **head, coord_job **tail, coord_job *first, co
 
 /* lock held: waits for the next batch and takes it (*last: its tail), or
  * returns NULL once stopping with nothing queued.  Jobs of coord_submit
- * first; the lazy ones go with them only once they have waited
- * COORD_LAZY_MS, and otherwise in a batch of their own when nothing else is
+ * first; the lazy ones go with them (before them) only once they have
+ * waited COORD_LAZY_MS or when one of them is after_lazy, and otherwise in
+ * a batch of their own when nothing else is
  * queued — at once if the coordinator has just run a batch (ran), else
  * after COORD_LAZY_MS — so they do not lengthen the batches others wait
  * for. */
@@ -446,19 +448,19 @@ static coord_job *take_work(coord *c, bool ran, coord_job **last)
 		struct timespec ts;
 
 		if (c->head || (c->lhead && (ran || lazy_old || c->stop))) {
-			if (c->head) {
-				jobs = c->head;
-				*last = c->tail;
-			}
-			if (c->lhead && (!c->head || lazy_old)) {
-				if (jobs)
-					(*last)->next = c->lhead;
-				else
-					jobs = c->lhead;
+			if (c->lhead && (!c->head || lazy_old || c->head_after_lazy)) {
+				/* lazy first: queued before the after_lazy job */
+				jobs = c->lhead;
 				*last = c->ltail;
+				(*last)->next = c->head;
 				c->lhead = c->ltail = NULL;
+			} else {
+				jobs = c->head;
 			}
+			if (c->head)
+				*last = c->tail;
 			c->head = c->tail = NULL;
+			c->head_after_lazy = false;
 			return jobs;
 		}
 		if (c->stop)
@@ -752,6 +754,7 @@ void coord_submit(coord *c, coord_job *job)
 	job->next = NULL;
 	pthread_mutex_lock(&c->lock);
 	append_jobs(&c->head, &c->tail, job, job);
+	c->head_after_lazy |= job->after_lazy;
 	pthread_cond_signal(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 }

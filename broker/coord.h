@@ -64,6 +64,10 @@ typedef struct coord_job {
 	 * still waiting for its sync, so hooks still run in job order; else
 	 * the job completes with its round as usual. */
 	bool early;
+	/* Set by the submitter: the job reads what lazy jobs queued before it
+	 * write (an operator's view of a transaction whose COMMITTED mark is
+	 * queued), so they run first, in its batch. */
+	bool after_lazy;
 	/* Posted to w (or run on the coordinator thread if w is NULL) after the
 	 * commit; job->rc holds the outcome (0 or SQLite error). */
 	worker *w;

@@ -356,6 +356,8 @@ static void submit(txn_job *j, void (*done)(loop_task *), void (*after)(coord_jo
 	j->job.done.fn = done;
 	/* one halfstore call, atomic on its own (halfstore.h), or read-only */
 	j->job.atomic = j->kind != JOB_END || j->decision != DECIDE_RESUME;
+	/* an operator's view includes the COMMITTED marks queued before it */
+	j->job.after_lazy = j->kind == JOB_LIST || j->kind == JOB_DESCRIBE;
 	if (j->kind == JOB_MARK)
 		coord_submit_lazy(j->r->w->srv->coord, &j->job);
 	else
