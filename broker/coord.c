@@ -62,7 +62,8 @@
  * The WAL stays below about CKPT_AUTO_PAGES x 4 KiB. */
 #define CKPT_INTERVAL_MS 200
 #define CKPT_AUTO_PAGES 10000
-#define CKPT_AUTO_PAGES_STR "10000"
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 struct round {
 	coord_job *jobs;
@@ -202,23 +203,31 @@ static int schema_upgrade(sqlite3 *db)
 	return 0;
 }
 
+/* Waits on cv (m held) for at most ns nanoseconds. */
+static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t ns)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts); /* the condvars' clock */
+	ts.tv_sec += (time_t)(ns / 1000000000u);
+	ts.tv_nsec += (long)(ns % 1000000000u);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(cv, m, &ts);
+}
+
 static void *ckpt_main(void *arg)
 {
 	coord *c = arg;
 
 	pthread_mutex_lock(&c->ckpt_lock);
 	while (!c->ckpt_stop) {
-		struct timespec ts;
 		uint64_t t0;
 		int rc, wal = -1;
 
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += CKPT_INTERVAL_MS * 1000000L;
-		while (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&c->ckpt_cond, &c->ckpt_lock, &ts);
+		timed_wait(&c->ckpt_cond, &c->ckpt_lock, (uint64_t)CKPT_INTERVAL_MS * 1000000u);
 		if (c->ckpt_stop)
 			break;
 		pthread_mutex_unlock(&c->ckpt_lock);
@@ -351,7 +360,7 @@ int coord_open(const char *path, coord **out)
 		goto fail;
 	open_wal(c, path);
 	/* checkpoints: mostly by the checkpointer (coord_start) */
-	if (exec(c->db, "PRAGMA wal_autocheckpoint=" CKPT_AUTO_PAGES_STR))
+	if (exec(c->db, "PRAGMA wal_autocheckpoint=" STR(CKPT_AUTO_PAGES)))
 		goto fail;
 	*out = c;
 	return 0;
@@ -442,10 +451,9 @@ static void append_jobs(coord_job **head, coord_job **tail, coord_job *first, co
 static coord_job *take_work(coord *c, bool ran, coord_job **last)
 {
 	for (;;) {
-		uint64_t now = mono_ns(), wait_ns;
+		uint64_t now = mono_ns();
 		bool lazy_old = c->lhead && now - c->lazy_since >= LAZY_NS;
-		coord_job *jobs = NULL;
-		struct timespec ts;
+		coord_job *jobs;
 
 		if (c->head || (c->lhead && (ran || lazy_old || c->stop))) {
 			if (c->lhead && (!c->head || lazy_old || c->head_after_lazy)) {
@@ -470,16 +478,9 @@ static coord_job *take_work(coord *c, bool ran, coord_job **last)
 			pthread_cond_wait(&c->cond, &c->lock);
 			continue;
 		}
-		/* only lazy jobs: not worth a wake-up of their own yet */
-		wait_ns = c->lazy_since + LAZY_NS - now; /* > 0: not lazy_old */
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += (time_t)(wait_ns / 1000000000u);
-		ts.tv_nsec += (long)(wait_ns % 1000000000u);
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+		/* only lazy jobs: not worth a wake-up of their own yet (> 0:
+		 * not lazy_old) */
+		timed_wait(&c->cond, &c->lock, c->lazy_since + LAZY_NS - now);
 	}
 }
 
@@ -552,7 +553,6 @@ static void hand_to_syncers(coord *c, coord_job *jobs, coord_job *last)
 static void *coord_main(void *arg)
 {
 	coord *c = arg;
-
 	bool ran = false;
 
 	for (;;) {

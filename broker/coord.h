@@ -93,9 +93,9 @@ void coord_submit(coord *c, coord_job *job);
  * jobs), after the round's after_commit hooks (only if one of them ran)
  * and before any of its jobs' done is posted; rounds complete one at a
  * time, in order, and never at the same time as early ones, so what the
- * hooks queued and fn consume needs no lock of its own.  Lets per-job work become per-round work (the
- * transaction commits: one log write per partition per round,
- * txn_commit.h). */
+ * hooks queued and fn consume needs no lock of its own.  Lets per-job
+ * work become per-round work (the transaction commits: one log write per
+ * partition per round, txn_commit.h). */
 void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg);
 /* The same for a job that may wait: it does not wake the coordinator and
  * runs in a batch of its own when nothing else is queued (right after
