@@ -133,6 +133,30 @@ static void on_async(struct ev_loop *loop, ev_async *a, int revents)
 	}
 }
 
+/* This thread's deferred wake-ups (worker_post_defer): the loops that got
+ * a task since and are not woken yet.  Past DEFER_MAX loops, posts wake at
+ * once. */
+#define DEFER_MAX 16
+static __thread struct {
+	int depth;
+	int n;
+	worker *w[DEFER_MAX];
+} deferred;
+
+/* True if w's wake-up is left to worker_post_flush. */
+static bool defer_wake(worker *w)
+{
+	if (deferred.depth == 0)
+		return false;
+	for (int i = 0; i < deferred.n; i++)
+		if (deferred.w[i] == w)
+			return true;
+	if (deferred.n == DEFER_MAX)
+		return false;
+	deferred.w[deferred.n++] = w;
+	return true;
+}
+
 void worker_post(worker *w, loop_task *t)
 {
 	t->next = NULL;
@@ -143,7 +167,22 @@ void worker_post(worker *w, loop_task *t)
 		w->q_head = t;
 	w->q_tail = t;
 	pthread_mutex_unlock(&w->q_lock);
-	ev_async_send(w->loop, &w->async_w);
+	if (!defer_wake(w))
+		ev_async_send(w->loop, &w->async_w);
+}
+
+void worker_post_defer(void)
+{
+	deferred.depth++;
+}
+
+void worker_post_flush(void)
+{
+	if (--deferred.depth > 0)
+		return;
+	for (int i = 0; i < deferred.n; i++)
+		ev_async_send(deferred.w[i]->loop, &deferred.w[i]->async_w);
+	deferred.n = 0;
 }
 
 int server_listen(server *srv)

@@ -88,6 +88,13 @@ void server_free(server *srv);
 
 /* Any thread: queue t to run on w's loop. */
 void worker_post(worker *w, loop_task *t);
+/* Any thread, in pairs that may nest: between them, this thread's
+ * worker_post() calls queue their task but wake each loop only once, at the
+ * outermost worker_post_flush().  For a thread that completes many jobs at
+ * once (the SQLite coordinator, a WAL syncer): a loop woken per task spends
+ * its time in wake-ups, and the poster in eventfd writes. */
+void worker_post_defer(void);
+void worker_post_flush(void);
 
 /* Wall clock in ms (record timestamps, segment ages). */
 int64_t now_ms(void);

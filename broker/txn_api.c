@@ -274,6 +274,10 @@ static int txn_run(coord_job *job, sqlite3 *db)
 		break;
 	case JOB_MARK:
 		j->hs_rc = run_mark(db, j);
+		/* nobody waits for the mark, and a lost one is recovered at
+		 * start-up: no WAL sync of its own (a batch of marks alone
+		 * costs the device nothing) */
+		j->job.early = true;
 		break;
 	case JOB_LIST:
 		j->hs_rc = halfstore_list(db, j->group[0] ? j->group : NULL, j->state_mask,

@@ -135,6 +135,7 @@ void partition_wake(partition *p)
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load(&p->nwaiters) == 0)
 		return;
+	worker_post_defer(); /* one wake-up per loop, after the unlock */
 	pthread_mutex_lock(&p->wait_lock);
 	while (p->waiters) {
 		pwaiter *n = p->waiters;
@@ -145,4 +146,5 @@ void partition_wake(partition *p)
 			worker_post(ws->w, &ws->task);
 	}
 	pthread_mutex_unlock(&p->wait_lock);
+	worker_post_flush();
 }

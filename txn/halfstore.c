@@ -420,9 +420,7 @@ int halfstore_prepare(sqlite3 *db, const halfstore_prepare_args *a, int64_t now_
 	count = batch_records(a->batch, a->batch_len);
 	if (count < 0)
 		return HALFSTORE_E_INVALID;
-	rc = sp_begin(db);
-	if (rc)
-		return rc;
+	/* one INSERT, atomic on its own: no savepoint (once per transaction) */
 	rc = prep(db,
 		  "INSERT INTO txn_half(producer_group, topic, partition, batch, batch_len,"
 		  " record_count, state, created_ms, next_check_ms, origin)"
@@ -440,7 +438,6 @@ int halfstore_prepare(sqlite3 *db, const halfstore_prepare_args *a, int64_t now_
 		sqlite3_bind_int64(st, 9, (int64_t)a->origin);
 		rc = run(st);
 	}
-	rc = sp_end(db, rc);
 	if (rc == 0)
 		*txn_id = sqlite3_last_insert_rowid(db);
 	return rc;
@@ -497,7 +494,7 @@ static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t c
 
 /* Gives a COMMITTING txn without a sequence the next one of its partition.
  * 0 or -errno. */
-static int sequence(sqlite3 *db, const halfstore_txn *t)
+static int sequence(sqlite3 *db, halfstore_txn *t)
 {
 	sqlite3_stmt *st;
 	int64_t seq;
@@ -510,10 +507,33 @@ static int sequence(sqlite3 *db, const halfstore_txn *t)
 		sqlite3_bind_int64(st, 2, seq);
 		rc = run(st);
 	}
+	if (rc == 0)
+		t->commit_seq = seq;
 	return rc;
 }
 
-static int end_apply(sqlite3 *db, const halfstore_txn *t, enum halfstore_decision decision,
+/* What end_apply's UPDATEs did to the row, done to its copy *t: so the
+ * caller gets the row after the end without reading it again (halfstore_end
+ * runs once per transaction). */
+static void end_applied(halfstore_txn *t, enum halfstore_state state, int64_t now_ms,
+			int64_t seq)
+{
+	t->state = state;
+	t->ended_ms = now_ms;
+	t->lease_until_ms = 0;
+	free(t->discard_reason);
+	t->discard_reason = NULL;
+	if (state == HALFSTORE_ROLLED_BACK) {
+		free(t->batch);
+		t->batch = NULL;
+	} else {
+		t->commit_seq = seq;
+	}
+}
+
+/* Ends PENDING (or DISCARDED) *t with decision; on success *t is the row
+ * as it is now (end_applied). */
+static int end_apply(sqlite3 *db, halfstore_txn *t, enum halfstore_decision decision,
 		     int64_t now_ms)
 {
 	sqlite3_stmt *st;
@@ -529,7 +549,10 @@ static int end_apply(sqlite3 *db, const halfstore_txn *t, enum halfstore_decisio
 			return rc;
 		sqlite3_bind_int64(st, 1, t->txn_id);
 		sqlite3_bind_int64(st, 2, now_ms);
-		return run(st);
+		rc = run(st);
+		if (rc == 0)
+			end_applied(t, HALFSTORE_ROLLED_BACK, now_ms, seq);
+		return rc;
 	}
 	if (seq < 0) {
 		rc = take_seq(db, t->topic, t->partition, t->record_count, &seq);
@@ -545,7 +568,10 @@ static int end_apply(sqlite3 *db, const halfstore_txn *t, enum halfstore_decisio
 	sqlite3_bind_int64(st, 1, t->txn_id);
 	sqlite3_bind_int64(st, 2, now_ms);
 	sqlite3_bind_int64(st, 3, seq);
-	return run(st);
+	rc = run(st);
+	if (rc == 0)
+		end_applied(t, HALFSTORE_COMMITTING, now_ms, seq);
+	return rc;
 }
 
 int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision, unsigned flags,
@@ -559,7 +585,9 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
 	rc = sp_begin(db);
 	if (rc)
 		return rc;
-	rc = fetch(db, txn_id, false, &t);
+	/* with the batch if the caller wants the row: one read, kept up to
+	 * date by end_apply and sequence */
+	rc = fetch(db, txn_id, out != NULL, &t);
 	if (rc != HALFSTORE_OK)
 		return sp_end(db, rc);
 	switch (t.state) {
@@ -590,17 +618,10 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
 		rc = decision == HALFSTORE_ROLLBACK ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
 		break;
 	}
-	halfstore_txn_clear(&t);
-	if (rc >= 0 && out) {
-		int r = fetch(db, txn_id, true, &t);
-
-		if (r != HALFSTORE_OK)
-			rc = r < 0 ? r : -EIO; /* it was there a moment ago */
-	}
 	rc = sp_end(db, rc);
 	if (rc >= 0 && out)
 		*out = t;
-	else if (out)
+	else
 		halfstore_txn_clear(&t);
 	return rc;
 }

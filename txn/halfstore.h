@@ -13,8 +13,8 @@
  * the surrounding COMMIT returns, so many prepares and ends share one
  * commit (group commit).  Each mutating function is atomic on its own: it
  * runs in a nested SAVEPOINT ("halfstore") that it rolls back on failure,
- * or is a single statement (mark_committed's usual case, release_lease,
- * resume), so a negative return leaves the database as it was before the
+ * or is a single statement (prepare, mark_committed's usual case,
+ * release_lease, resume), so a negative return leaves the database as it was before the
  * call.  (Called outside any transaction, that savepoint is a transaction
  * of its own — handy in tests.)
  *

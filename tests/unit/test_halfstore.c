@@ -215,6 +215,74 @@ static void test_halfstore_commit_then_mark_committed(void **state)
 	sqlite3_close(db);
 }
 
+/* halfstore_end's *out is built from its one read plus what its UPDATEs
+ * changed: it must equal the row read back afterwards, on every path. */
+static void assert_end_out_is_row(sqlite3 *db, int64_t id, enum halfstore_decision d,
+				  unsigned flags, int64_t now, int want)
+{
+	halfstore_txn out, row;
+
+	assert_int_equal(halfstore_end(db, id, d, flags, now, &out), want);
+	assert_int_equal(halfstore_get(db, id, &row), HALFSTORE_OK);
+	assert_int_equal(out.txn_id, row.txn_id);
+	assert_string_equal(out.producer_group, row.producer_group);
+	assert_string_equal(out.topic, row.topic);
+	assert_int_equal(out.partition, row.partition);
+	assert_int_equal(out.batch_len, row.batch_len);
+	assert_int_equal(out.batch != NULL, row.batch != NULL);
+	if (out.batch)
+		assert_memory_equal(out.batch, row.batch, row.batch_len);
+	assert_int_equal(out.record_count, row.record_count);
+	assert_int_equal(out.state, row.state);
+	assert_int_equal(out.created_ms, row.created_ms);
+	assert_int_equal(out.ended_ms, row.ended_ms);
+	assert_int_equal(out.check_count, row.check_count);
+	assert_int_equal(out.next_check_ms, row.next_check_ms);
+	assert_int_equal(out.lease_until_ms, row.lease_until_ms);
+	assert_int_equal(out.commit_seq, row.commit_seq);
+	assert_int_equal(out.log_offset, row.log_offset);
+	assert_int_equal(out.origin, row.origin);
+	assert_int_equal(out.discard_reason != NULL, row.discard_reason != NULL);
+	if (out.discard_reason)
+		assert_string_equal(out.discard_reason, row.discard_reason);
+	halfstore_txn_clear(&out);
+	halfstore_txn_clear(&row);
+}
+
+static void test_halfstore_end_out_is_the_row(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t c = prepare1(db, "g", 1), r = prepare1(db, "g", 2), d = prepare1(db, "g", 3);
+	int64_t dr = prepare1(db, "g", 4), leased = prepare1(db, "g", 5);
+	halfstore_txn *due = NULL;
+	size_t n = 0;
+
+	(void)state;
+	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 10, HALFSTORE_OK);
+	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 11, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, c, HALFSTORE_ROLLBACK, 0, 12, HALFSTORE_E_CONFLICT);
+	/* its append wrote nothing: the retry sequences it anew */
+	assert_int_equal(halfstore_unseq(db, c), HALFSTORE_OK);
+	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 13, HALFSTORE_OK_ALREADY);
+	assert_int_equal(halfstore_mark_committed(db, c, 7), HALFSTORE_OK);
+	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 14, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, r, HALFSTORE_ROLLBACK, 0, 20, HALFSTORE_OK);
+	assert_end_out_is_row(db, r, HALFSTORE_ROLLBACK, 0, 21, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, r, HALFSTORE_COMMIT, 0, 22, HALFSTORE_E_CONFLICT);
+	/* discarded: refused, then an operator's decision (reason cleared) */
+	assert_int_equal(halfstore_discard(db, d, "operator", 30), HALFSTORE_OK);
+	assert_int_equal(halfstore_discard(db, dr, "operator", 30), HALFSTORE_OK);
+	assert_end_out_is_row(db, d, HALFSTORE_COMMIT, 0, 31, HALFSTORE_E_DISCARDED);
+	assert_end_out_is_row(db, d, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 32, HALFSTORE_OK);
+	assert_end_out_is_row(db, dr, HALFSTORE_ROLLBACK, HALFSTORE_F_OPERATOR, 33, HALFSTORE_OK);
+	/* a check lease is dropped by the end */
+	assert_int_equal(halfstore_due_checks(db, 1000000, 10, 5000, &due, &n), HALFSTORE_OK);
+	halfstore_txns_free(due, n);
+	assert_end_out_is_row(db, leased, HALFSTORE_COMMIT, 0, 40, HALFSTORE_OK);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 /* RocketMQ #5574: a retried commit must never produce a second append. */
 static void test_halfstore_double_commit_is_ok_already_same_seq(void **state)
 {
@@ -916,6 +984,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_prepare_stores_pending),
 		cmocka_unit_test(test_halfstore_prepare_rejects_bad_batch),
 		cmocka_unit_test(test_halfstore_commit_then_mark_committed),
+		cmocka_unit_test(test_halfstore_end_out_is_the_row),
 		cmocka_unit_test(test_halfstore_double_commit_is_ok_already_same_seq),
 		cmocka_unit_test(test_halfstore_opposite_decision_conflicts),
 		cmocka_unit_test(test_halfstore_unknown_txn_not_found),
