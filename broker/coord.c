@@ -38,13 +38,17 @@
  * after_commit hooks in job order, then the jobs' done.  So a job is only
  * answered once its commit is durable (as with synchronous=FULL), the
  * coordinator executes the next batch while the previous one syncs (group
- * commit across batches), and with two syncers a round committed while a
- * sync is in flight starts its own at once instead of waiting for that one
- * to end: fdatasyncs overlap in the device (measured here: one thread
- * 4,600 syncs/s at 216 us, two 7,700/s at 261 us each).  A later round's
- * sync also covers every earlier write, so completing in round order never
- * answers anything that is not durable. */
-#define SYNCERS 2
+ * commit across batches).  With more than one syncer a round committed
+ * while a sync is in flight starts its own at once instead of waiting for
+ * that one to end; a later round's sync also covers every earlier write, so
+ * completing in round order never answers anything that is not durable.
+ * One syncer is the default since the COMMITTED marks stopped asking for
+ * syncs: two overlapping fdatasyncs of the one WAL file each took about
+ * 1.5x as long as one alone (the second waits for the first's pages), and
+ * one syncer ran 0.99-1.33x (median 1.06x) the transaction rate of two at
+ * 32 in flight, 1.08x at 128, 0.97-0.98x in fsync durability
+ * (docs/benchmarks.md, session 6). */
+#define SYNCERS 1
 #define ROUND_SLOTS 4 /* > SYNCERS: a round per syncer in flight at most */
 
 /* Checkpoints (copying the WAL's pages into the database file, then

@@ -11,7 +11,7 @@
  * PRAGMA user_version.
  *
  * Durability: SQLite runs with synchronous=NORMAL (through the walvfs.h
- * shim: one WAL write per commit) and the coordinator's two WAL-sync
+ * shim: one WAL write per commit) and the coordinator's WAL-sync
  * threads fdatasync the WAL after each batch — while the coordinator
  * already runs the next one — and only then, in batch order, run the
  * after_commit hooks and post the jobs' done: an answer still means
@@ -59,7 +59,8 @@ typedef struct coord_job {
 	 * coordinator thread right after its batch's COMMIT, before the WAL
 	 * sync (SQLite has written the WAL by then: a kill -9 keeps it).  For
 	 * the transaction ends of page-cache durability topics, whose log
-	 * appends are not synced either.  Honoured only when no job of the
+	 * appends are not synced either, and the COMMITTED marks, which
+	 * nobody waits for (a batch of marks alone then costs no sync).  Honoured only when no job of the
 	 * batch with an after_commit is late and no earlier round with one is
 	 * still waiting for its sync, so hooks still run in job order; else
 	 * the job completes with its round as usual. */
