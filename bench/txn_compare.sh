@@ -17,13 +17,14 @@
 # step; it moves with the host's load, so compare builds within a round).
 # Prints one line per run: round, build, txn/s, p50 and p99 in µs, then
 # the client's prepare / end latencies and the broker's "coordinator:" line
-# (batches and WAL syncs: jobs per batch, SQL time, the wait for a syncer,
-# sync and completion times) where the build reports them.
+# (batches and WAL syncs: jobs per batch, SQL time, a job's wait for its
+# batch, the wait for a syncer, sync and completion times) where the build
+# reports them.
 set -eu
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-[ $# -ge 2 ] || { sed -n '2,21p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 rounds=$1
 shift
 conc=${C:-32}

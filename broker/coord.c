@@ -102,6 +102,7 @@ struct coord {
 	/* Where a job's time goes (logged at close, docs/benchmarks.md):
 	 * batches by the coordinator thread; rounds under slock. */
 	uint64_t n_batches, batch_jobs, batch_ns;
+	uint64_t n_started, start_wait_ns; /* coord_submit's jobs: submit to batch start */
 	uint64_t n_rounds, round_jobs, queued_ns, sync_ns, complete_ns;
 	uint64_t shead_since;      /* under slock: when shead got its oldest job */
 	/* The checkpointer: its thread owns ckpt_db; the rest under ckpt_lock. */
@@ -579,6 +580,12 @@ static void *coord_main(void *arg)
 		if (jobs) {
 			uint64_t t0 = mono_ns(), t1;
 
+			for (const coord_job *j = jobs; j; j = j->next) {
+				if (j->queued_ns) {
+					c->n_started++;
+					c->start_wait_ns += t0 - j->queued_ns;
+				}
+			}
 			pthread_mutex_lock(&c->dblock);
 			run_batch(c, jobs);
 			pthread_mutex_unlock(&c->dblock);
@@ -765,6 +772,7 @@ void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg)
 
 void coord_submit(coord *c, coord_job *job)
 {
+	job->queued_ns = mono_ns();
 	job->next = NULL;
 	pthread_mutex_lock(&c->lock);
 	append_jobs(&c->head, &c->tail, job, job);
@@ -775,6 +783,7 @@ void coord_submit(coord *c, coord_job *job)
 
 void coord_submit_lazy(coord *c, coord_job *job)
 {
+	job->queued_ns = 0; /* waits on purpose: not counted */
 	job->next = NULL;
 	pthread_mutex_lock(&c->lock);
 	if (!c->lhead) {
@@ -793,11 +802,12 @@ static void log_stats(const coord *c)
 
 	if (!c->n_batches)
 		return;
-	blog(BLOG_INFO, "coordinator: %llu batches (%.1f jobs, %.0f us of SQL each; %llu jobs completed "
-			"early); %llu WAL syncs "
+	blog(BLOG_INFO, "coordinator: %llu batches (%.1f jobs, %.0f us of SQL each; a job waited %.0f us "
+			"for its batch; %llu jobs completed early); %llu WAL syncs "
 			"(%.1f jobs; each waited %.0f us for a syncer, synced in %.0f us, completed in %.0f us); "
 			"%llu checkpoints (%.0f us each)",
 	     (unsigned long long)c->n_batches, (double)c->batch_jobs / nb, (double)c->batch_ns / nb / 1e3,
+	     c->n_started ? (double)c->start_wait_ns / (double)c->n_started / 1e3 : 0.,
 	     (unsigned long long)c->n_early,
 	     (unsigned long long)c->n_rounds, (double)c->round_jobs / nr, (double)c->queued_ns / nr / 1e3,
 	     (double)c->sync_ns / nr / 1e3, (double)c->complete_ns / nr / 1e3,

@@ -74,6 +74,7 @@ typedef struct coord_job {
 	worker *w;
 	loop_task done;
 	int rc;
+	uint64_t queued_ns;     /* coord: when coord_submit queued it (statistics) */
 } coord_job;
 
 /* Opens (creating) the database at path, WAL mode, schema.  Returns 0 or -1
