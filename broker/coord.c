@@ -32,7 +32,7 @@
 #define SCHEMA_VERSION 3
 
 /* Threads: the coordinator runs batches (SQL and a COMMIT that only writes
- * the WAL: synchronous=NORMAL) and queues them for the WAL syncers.  A
+ * the WAL: synchronous=NORMAL) and queues them for the WAL syncer(s).  A
  * syncer takes everything committed so far as one "round", fdatasyncs the
  * WAL, and then the rounds complete strictly in the order they were taken:
  * after_commit hooks in job order, then the jobs' done.  So a job is only
