@@ -175,9 +175,78 @@ static bool leave(conn *c)
 
 /* ---- requests ---- */
 
+/* Released requests stay on their loop for reuse, with their response
+ * buffer's memory: a request and its answer then cost no allocation (a
+ * transaction is two requests, each one message).  At most REQ_CACHE_MAX
+ * per loop, buffers up to REQ_CACHE_BUF bytes (a big fetch answer's buffer
+ * is freed).  Under ASan a cached request and its buffer are poisoned, so
+ * a use after the last req_unref is still caught. */
+#define REQ_CACHE_MAX 256
+#define REQ_CACHE_BUF (64 * 1024)
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+/* A zeroed request with an empty response buffer, from w's cache if it
+ * has one. */
+static req *req_alloc(worker *w)
+{
+	req *r = w->req_cache;
+	wire_buf keep;
+
+	if (!r)
+		return calloc(1, sizeof(*r));
+	UNPOISON(r, sizeof(*r));
+	w->req_cache = r->next;
+	w->req_cached--;
+	keep = r->resp;
+	UNPOISON(keep.data, keep.cap);
+	memset(r, 0, sizeof(*r));
+	r->resp = keep;
+	wire_buf_reset(&r->resp);
+	return r;
+}
+
+/* Frees r, or keeps it (and its response buffer) in its loop's cache. */
+static void req_release(req *r)
+{
+	worker *w = r->w;
+
+	if (w->req_cached >= REQ_CACHE_MAX || r->resp.cap > REQ_CACHE_BUF) {
+		wire_buf_free(&r->resp);
+		free(r);
+		return;
+	}
+	r->next = w->req_cache;
+	w->req_cache = r;
+	w->req_cached++;
+	POISON(r->resp.data, r->resp.cap);
+	POISON(r, sizeof(*r));
+}
+
+void req_cache_free(worker *w)
+{
+	while (w->req_cache) {
+		req *r = w->req_cache;
+
+		UNPOISON(r, sizeof(*r));
+		UNPOISON(r->resp.data, r->resp.cap);
+		w->req_cache = r->next;
+		wire_buf_free(&r->resp);
+		free(r);
+	}
+	w->req_cached = 0;
+}
+
 static req *req_new(conn *c, int16_t key, int16_t ver, int32_t corr)
 {
-	req *r = calloc(1, sizeof(*r));
+	req *r = req_alloc(c->w);
 
 	if (!r)
 		return NULL;
@@ -187,7 +256,6 @@ static req *req_new(conn *c, int16_t key, int16_t ver, int32_t corr)
 	r->api_key = key;
 	r->api_version = ver;
 	r->corr_id = corr;
-	wire_buf_init(&r->resp);
 	wire_w_i32(&r->resp, 0); /* frame size, patched by req_finish */
 	wire_w_i32(&r->resp, corr);
 	if (c->q_tail)
@@ -228,8 +296,7 @@ void req_unref(req *r)
 	free(r->parts);
 	if (r->free_state)
 		r->free_state(r);
-	wire_buf_free(&r->resp);
-	free(r);
+	req_release(r);
 }
 
 static out_part *add_part(req *r)

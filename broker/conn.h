@@ -113,5 +113,8 @@ void req_post_finish(req *r);
 
 void req_ref(req *r);
 void req_unref(req *r);
+/* Frees the requests w keeps for reuse (server_free, after the loop's last
+ * task ran). */
+void req_cache_free(worker *w);
 
 #endif

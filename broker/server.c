@@ -297,6 +297,7 @@ void server_free(server *srv)
 				t->fn(t);
 				t = next;
 			}
+			req_cache_free(w);
 			pacer_free(&w->pacer);
 			ev_loop_destroy(w->loop);
 		}

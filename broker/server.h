@@ -59,6 +59,8 @@ typedef struct worker {
 	struct conn *conns;        /* owned: every open connection of this loop */
 	int defer_flush;           /* > 0: req_finish queues (conn_defer_begin) */
 	struct conn *flush_list;   /* connections with responses to write (conn.c) */
+	struct req *req_cache;     /* owned: released requests kept for reuse (conn.c) */
+	int req_cached;
 } worker;
 
 typedef struct server {
