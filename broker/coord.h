@@ -60,10 +60,11 @@ typedef struct coord_job {
 	 * sync (SQLite has written the WAL by then: a kill -9 keeps it).  For
 	 * the transaction ends of page-cache durability topics, whose log
 	 * appends are not synced either, and the COMMITTED marks, which
-	 * nobody waits for (a batch of marks alone then costs no sync).  Honoured only when no job of the
-	 * batch with an after_commit is late and no earlier round with one is
-	 * still waiting for its sync, so hooks still run in job order; else
-	 * the job completes with its round as usual. */
+	 * nobody waits for (a batch of marks alone then costs no sync).
+	 * Honoured only when no job of the batch with an after_commit is late
+	 * and no earlier round with one is still waiting for its sync, so
+	 * hooks still run in job order; else the job completes with its round
+	 * as usual. */
 	bool early;
 	/* Set by the submitter: the job reads what lazy jobs queued before it
 	 * write (an operator's view of a transaction whose COMMITTED mark is
