@@ -549,6 +549,20 @@ static coord_job *take_early(coord *c, coord_job **jobs, coord_job **last)
 	return early;
 }
 
+/* Statistics of a batch about to run at t0 (coordinator thread): its jobs,
+ * and how long coord_submit's ones waited for it. */
+static void note_batch_start(coord *c, const coord_job *jobs, uint64_t t0)
+{
+	c->n_batches++;
+	for (const coord_job *j = jobs; j; j = j->next) {
+		c->batch_jobs++;
+		if (j->queued_ns) {
+			c->n_started++;
+			c->start_wait_ns += t0 - j->queued_ns;
+		}
+	}
+}
+
 /* Hands committed jobs..last to the WAL-sync threads. */
 static void hand_to_syncers(coord *c, coord_job *jobs, coord_job *last)
 {
@@ -578,21 +592,13 @@ static void *coord_main(void *arg)
 		pthread_mutex_unlock(&c->lock);
 		ran = jobs != NULL;
 		if (jobs) {
-			uint64_t t0 = mono_ns(), t1;
+			uint64_t t0 = mono_ns();
 
-			for (const coord_job *j = jobs; j; j = j->next) {
-				if (j->queued_ns) {
-					c->n_started++;
-					c->start_wait_ns += t0 - j->queued_ns;
-				}
-			}
+			note_batch_start(c, jobs, t0);
 			pthread_mutex_lock(&c->dblock);
 			run_batch(c, jobs);
 			pthread_mutex_unlock(&c->dblock);
-			t1 = mono_ns();
-			c->n_batches++;
-			c->batch_jobs += count_jobs(jobs);
-			c->batch_ns += t1 - t0;
+			c->batch_ns += mono_ns() - t0;
 			early = take_early(c, &jobs, &last);
 			/* the others' sync first: it is the longer wait */
 			if (jobs)
