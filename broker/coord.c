@@ -1,9 +1,10 @@
 /*
  * coord.c — see coord.h.
  *
- * Schema, version 3 (PRAGMA user_version = 3; version 2 added
+ * Schema, version 4 (PRAGMA user_version = 4; version 2 added
  * group_offsets, documented in group.c; version 3 the transaction tables,
- * documented in txn/halfstore.c).  Change it only by adding a
+ * documented in txn/halfstore.c; version 4 rewrote txn_half's CHECK,
+ * halfstore_schema_v2).  Change it only by adding a
  * migration step in schema_upgrade() and bumping the version; document the
  * tables in docs/storage.md.
  *
@@ -29,7 +30,7 @@
 #include "stmtcache.h"
 #include "walvfs.h"
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 
 /* Threads: the coordinator runs batches (SQL and a COMMIT that only writes
  * the WAL: synchronous=NORMAL) and queues them for the WAL syncer(s).  A
@@ -205,6 +206,17 @@ static int schema_upgrade(sqlite3 *db)
 		    exec(db, "PRAGMA user_version = 3") || exec(db, "COMMIT"))
 			return -1;
 	}
+	if (v < 4) {
+		if (exec(db, "BEGIN")) /* halfstore schema version 2 */
+			return -1;
+		if (halfstore_schema_v2(db) < 0) {
+			blog(BLOG_ERROR, "sluice.db: cannot rewrite txn_half's CHECK: %s", sqlite3_errmsg(db));
+			exec(db, "ROLLBACK");
+			return -1;
+		}
+		if (exec(db, "PRAGMA user_version = 4") || exec(db, "COMMIT"))
+			return -1;
+	}
 	return 0;
 }
 
@@ -366,14 +378,6 @@ int coord_open(const char *path, coord **out)
 	open_wal(c, path);
 	/* checkpoints: mostly by the checkpointer (coord_start) */
 	if (exec(c->db, "PRAGMA wal_autocheckpoint=" STR(CKPT_AUTO_PAGES)))
-		goto fail;
-	/* txn_half's CHECK(state IN (...)) builds a temporary b-tree of the
-	 * five names on every INSERT and UPDATE of a row (SQLite 3.40): about
-	 * a tenth of the coordinator's time under a transactional load.  The
-	 * states this connection writes are halfstore.c's constants; the
-	 * constraint stays in the schema and guards every other connection
-	 * (an operator's sqlite3 shell). */
-	if (exec(c->db, "PRAGMA ignore_check_constraints=ON"))
 		goto fail;
 	*out = c;
 	return 0;

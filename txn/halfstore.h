@@ -62,7 +62,16 @@
  * The broker runs it as a step of coord.c's schema_upgrade (it is its own
  * schema version 1, see halfstore.c for the layout and change rules). */
 extern const char halfstore_schema_sql[];
-#define HALFSTORE_SCHEMA_VERSION 1
+#define HALFSTORE_SCHEMA_VERSION 2
+/* Version 1 -> 2 in a database made by version 1 (coord.c's schema step
+ * 4): txn_half's CHECK on state rewritten from `state IN (...)`, which
+ * SQLite 3.40 runs as a temporary b-tree built for every row written,
+ * into the equivalent chain of `=` tests.  Only the constraint's text
+ * changes (SQLite's documented writable_schema procedure for CHECK
+ * constraints); nothing if the text is already the new one.  Runs in the
+ * caller's transaction, before any statement is prepared on db.  0 or
+ * -errno. */
+int halfstore_schema_v2(sqlite3 *db);
 
 /* Outcomes (0 and positive). */
 enum {

@@ -896,6 +896,95 @@ static void assert_plan_uses(sqlite3 *db, const char *sql, const char *index)
 		fail_msg("plan of [%s] does not use %s: %s", sql, index, plan);
 }
 
+/* How many times opcode appears in the program of sql (EXPLAIN). */
+static int count_opcode(sqlite3 *db, const char *sql, const char *opcode)
+{
+	char *explain = sqlite3_mprintf("EXPLAIN %s", sql);
+	sqlite3_stmt *st;
+	int n = 0;
+
+	assert_int_equal(sqlite3_prepare_v2(db, explain, -1, &st, NULL), SQLITE_OK);
+	while (sqlite3_step(st) == SQLITE_ROW)
+		n += strcmp((const char *)sqlite3_column_text(st, 1), opcode) == 0;
+	sqlite3_finalize(st);
+	sqlite3_free(explain);
+	return n;
+}
+
+/* The states' CHECK is enforced, without a temporary b-tree per row
+ * written (SQLite runs `state IN (...)` that way). */
+static void assert_state_check_cheap_and_enforced(sqlite3 *db)
+{
+	char *msg = NULL;
+
+	assert_int_equal(count_opcode(db, "UPDATE txn_half SET state = 'COMMITTED' WHERE txn_id = 1",
+				      "OpenEphemeral"), 0);
+	assert_int_equal(count_opcode(db, "INSERT INTO txn_half(producer_group, topic, partition,"
+					  " batch_len, record_count, state, created_ms, next_check_ms,"
+					  " origin) VALUES('g', 't', 0, 1, 1, 'PENDING', 0, 0, 0)",
+				      "OpenEphemeral"), 0);
+	assert_int_equal(sqlite3_exec(db, "UPDATE txn_half SET state = 'BOGUS'", NULL, NULL, &msg),
+			 SQLITE_CONSTRAINT);
+	sqlite3_free(msg);
+}
+
+static void test_halfstore_state_check_is_cheap(void **state)
+{
+	sqlite3 *db = open_db();
+
+	(void)state;
+	prepare1(db, "g", 0);
+	assert_state_check_cheap_and_enforced(db);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
+/* A database made by halfstore schema version 1 (CHECK(state IN ...)):
+ * halfstore_schema_v2 rewrites the constraint, keeps the rows, and does
+ * nothing the second time. */
+static void test_halfstore_schema_v2_migrates_v1(void **state)
+{
+	static const char v1_check[] =
+		"CHECK(state IN    ('PENDING','COMMITTING','COMMITTED','ROLLED_BACK','DISCARDED'))";
+	static const char v2_check[] =
+		"CHECK(state = 'PENDING' OR state = 'COMMITTING' OR state = 'COMMITTED' OR"
+		" state = 'ROLLED_BACK' OR state = 'DISCARDED')";
+	char *v1 = malloc(strlen(halfstore_schema_sql) + sizeof(v1_check));
+	const char *at = strstr(halfstore_schema_sql, v2_check);
+	sqlite3 *db = NULL;
+	int64_t id;
+
+	(void)state;
+	/* version 1's text: the same schema with the old CHECK */
+	assert_non_null(v1);
+	assert_non_null(at);
+	sprintf(v1, "%.*s%s%s", (int)(at - halfstore_schema_sql), halfstore_schema_sql, v1_check,
+		at + strlen(v2_check));
+	assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+	exec_ok(db, v1);
+	free(v1);
+	checksched_policy_default(&policy);
+	id = prepare1(db, "g", 0);
+	assert_int_equal(count_opcode(db, "UPDATE txn_half SET state = 'COMMITTED' WHERE txn_id = 1",
+				      "OpenEphemeral"), 1);
+	for (int pass = 0; pass < 2; pass++) {
+		exec_ok(db, "BEGIN");
+		assert_int_equal(halfstore_schema_v2(db), 0);
+		exec_ok(db, "COMMIT");
+		assert_int_equal(query_i64(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'txn_half'"
+					       " AND instr(sql, 'state = ''DISCARDED''') > 0"), 1);
+	}
+	assert_state_check_cheap_and_enforced(db);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM pragma_integrity_check WHERE"
+				       " integrity_check = 'ok'"), 1);
+	/* the rows and the statements prepared before still work */
+	assert_int_equal(state_of(db, id), HALFSTORE_PENDING);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 5, NULL), HALFSTORE_OK);
+	assert_int_equal(state_of(db, prepare1(db, "g", 1)), HALFSTORE_PENDING);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 static void test_halfstore_queries_use_indexes(void **state)
 {
 	sqlite3 *db = open_db();
@@ -1003,6 +1092,8 @@ int main(void)
 		cmocka_unit_test(test_halfstore_drop_topic_discards_pending),
 		cmocka_unit_test(test_halfstore_seq_floor),
 		cmocka_unit_test(test_halfstore_queries_use_indexes),
+		cmocka_unit_test(test_halfstore_state_check_is_cheap),
+		cmocka_unit_test(test_halfstore_schema_v2_migrates_v1),
 		cmocka_unit_test(test_halfstore_due_checks_100k_is_index_fast),
 	};
 
