@@ -206,11 +206,14 @@ static int schema_upgrade(sqlite3 *db)
 		    exec(db, "PRAGMA user_version = 3") || exec(db, "COMMIT"))
 			return -1;
 	}
-	if (v < 4) {
-		if (exec(db, "BEGIN")) /* halfstore schema version 2 */
+	if (v < 4) { /* halfstore schema version 2 */
+		int rc;
+
+		if (exec(db, "BEGIN"))
 			return -1;
-		if (halfstore_schema_v2(db) < 0) {
-			blog(BLOG_ERROR, "sluice.db: cannot rewrite txn_half's CHECK: %s", sqlite3_errmsg(db));
+		rc = halfstore_schema_v2(db);
+		if (rc < 0) {
+			blog(BLOG_ERROR, "sluice.db: cannot rewrite txn_half's CHECK: %s", strerror(-rc));
 			exec(db, "ROLLBACK");
 			return -1;
 		}
