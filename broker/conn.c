@@ -17,6 +17,7 @@
 
 #include "api.h"
 #include "blog.h"
+#include "poison.h"
 
 #define RBUF_MIN (64 * 1024)
 #define IOV_MAX_PARTS 64
@@ -183,15 +184,6 @@ static bool leave(conn *c)
  * a use after the last req_unref is still caught. */
 #define REQ_CACHE_MAX 256
 #define REQ_CACHE_BUF (64 * 1024)
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 /* A zeroed request with an empty response buffer, from w's cache if it
  * has one. */

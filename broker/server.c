@@ -16,6 +16,7 @@
 
 #include "blog.h"
 #include "conn.h"
+#include "txn_api.h"
 
 int64_t now_ms(void)
 {
@@ -298,6 +299,7 @@ void server_free(server *srv)
 				t = next;
 			}
 			req_cache_free(w);
+			txn_api_cache_free(w);
 			pacer_free(&w->pacer);
 			ev_loop_destroy(w->loop);
 		}

@@ -61,6 +61,8 @@ typedef struct worker {
 	struct conn *flush_list;   /* connections with responses to write (conn.c) */
 	struct req *req_cache;     /* owned: released requests kept for reuse (conn.c) */
 	int req_cached;
+	struct txn_job *txn_cache; /* owned: released txn jobs kept for reuse (txn_api.c) */
+	int txn_cached;
 } worker;
 
 typedef struct server {

@@ -44,6 +44,7 @@
 #include "coord.h"
 #include "halfstore.h"
 #include "kerr.h"
+#include "poison.h"
 #include "recbatch.h"
 #include "topics.h"
 #include "txn_api.h"
@@ -175,12 +176,98 @@ typedef struct txn_job {
 	bool ws_init;
 	ev_timer timer;
 	void (*after_wait)(struct txn_job *j);
+	/* reuse (job_alloc): kept when the job is released to its loop */
+	worker *home;            /* the loop of its request: released there */
+	struct txn_job *next_free; /* in home->txn_cache */
+	halfstore_buf rowbuf;    /* owned: end's row (txn) lives here */
+	size_t inline_cap;       /* bytes of inline_batch */
 	uint8_t inline_batch[]; /* prepare only: rec.len bytes */
 } txn_job;
 
 static txn_job *job_of(loop_task *t)
 {
 	return (txn_job *)((char *)t - offsetof(txn_job, job.done));
+}
+
+/* Released jobs stay on their request's loop for reuse (worker.txn_cache),
+ * with their inline batch room and row storage, so a transaction's two
+ * jobs (prepare; end, then its mark) allocate nothing: at most
+ * JOB_CACHE_MAX per loop, each keeping at most JOB_CACHE_BYTES.  A loop's
+ * jobs are released on it (their done tasks run there), or on main after
+ * the loops stopped (server_free, which then calls txn_api_cache_free).
+ * Under ASan a cached job is poisoned (poison.h). */
+#define JOB_CACHE_MAX 256
+#define JOB_CACHE_BYTES (64 * 1024)
+
+static void job_destroy(txn_job *j)
+{
+	free(j->rowbuf.p);
+	free(j);
+}
+
+/* A zeroed job of w's with room for inline_len batch bytes, or NULL. */
+static txn_job *job_alloc(worker *w, size_t inline_len)
+{
+	txn_job *j = w->txn_cache;
+	halfstore_buf keep = { 0 };
+	size_t cap = inline_len;
+
+	if (j) {
+		UNPOISON(j, sizeof(*j));
+		UNPOISON(j->inline_batch, j->inline_cap);
+		w->txn_cache = j->next_free;
+		w->txn_cached--;
+		keep = j->rowbuf;
+		UNPOISON(keep.p, keep.cap);
+		if (j->inline_cap >= inline_len) {
+			cap = j->inline_cap;
+		} else {
+			txn_job *n = realloc(j, sizeof(*j) + inline_len);
+
+			if (!n) {
+				job_destroy(j);
+				return NULL;
+			}
+			j = n;
+		}
+	} else if (!(j = malloc(sizeof(*j) + inline_len))) {
+		return NULL;
+	}
+	memset(j, 0, sizeof(*j));
+	j->home = w;
+	j->rowbuf = keep;
+	j->inline_cap = cap;
+	return j;
+}
+
+/* Frees j, or keeps it in its loop's cache. */
+static void job_release(txn_job *j)
+{
+	worker *w = j->home;
+
+	if (w->txn_cached >= JOB_CACHE_MAX || j->inline_cap + j->rowbuf.cap > JOB_CACHE_BYTES) {
+		job_destroy(j);
+		return;
+	}
+	j->next_free = w->txn_cache;
+	w->txn_cache = j;
+	w->txn_cached++;
+	POISON(j->rowbuf.p, j->rowbuf.cap);
+	POISON(j->inline_batch, j->inline_cap);
+	POISON(j, sizeof(*j));
+}
+
+void txn_api_cache_free(worker *w)
+{
+	while (w->txn_cache) {
+		txn_job *j = w->txn_cache;
+
+		UNPOISON(j, sizeof(*j));
+		UNPOISON(j->rowbuf.p, j->rowbuf.cap);
+		w->txn_cache = j->next_free;
+		job_destroy(j);
+	}
+	w->txn_cached = 0;
 }
 
 static void txn_job_free(txn_job *j)
@@ -191,7 +278,7 @@ static void txn_job_free(txn_job *j)
 		topic_unref(j->cm.t);
 	halfstore_txn_clear(&j->txn);
 	halfstore_txns_free(j->list, j->nlist);
-	free(j);
+	job_release(j);
 }
 
 /* Resume, then read the row back for the answer's state. */
@@ -237,8 +324,8 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 		rc = run_resume(db, j, now);
 		break;
 	default:
-		rc = halfstore_end(db, j->txn_id, (enum halfstore_decision)j->decision, j->flags, now,
-				   &j->txn);
+		rc = halfstore_end_into(db, j->txn_id, (enum halfstore_decision)j->decision, j->flags,
+					now, &j->rowbuf, &j->txn);
 		j->job.early = rc >= 0 && j->txn.topic && !topic_synced(j->r->w->srv, &j->txn);
 		break;
 	}
@@ -445,7 +532,7 @@ int api_txn_prepare(req *r, wire_rd *rd)
 		instance = wire_rd_str(rd);
 	if (rd->err)
 		return API_MALFORMED;
-	j = calloc(1, sizeof(*j) + (rec.len > 0 ? (size_t)rec.len : 0));
+	j = job_alloc(r->w, rec.len > 0 ? (size_t)rec.len : 0);
 	if (!j)
 		return API_MALFORMED;
 	j->r = r;
@@ -457,7 +544,7 @@ int api_txn_prepare(req *r, wire_rd *rd)
 		topic_unref(t);
 	if (err) {
 		write_prepare_reply(r, err, why, -1, -1);
-		free(j);
+		job_release(j);
 		req_finish(r);
 		return API_OK;
 	}
@@ -685,7 +772,7 @@ int api_txn_end(req *r, wire_rd *rd)
 		end_reject(r, "resume (decision 3) needs the operator flag");
 		return API_OK;
 	}
-	j = calloc(1, sizeof(*j));
+	j = job_alloc(r->w, 0);
 	if (!j)
 		return API_MALFORMED;
 	j->r = r;
@@ -744,7 +831,7 @@ int api_txn_list(req *r, wire_rd *rd)
 
 	if (rd->err)
 		return API_MALFORMED;
-	j = calloc(1, sizeof(*j));
+	j = job_alloc(r->w, 0);
 	if (!j)
 		return API_MALFORMED;
 	j->r = r;
@@ -786,7 +873,7 @@ int api_txn_describe(req *r, wire_rd *rd)
 
 	if (rd->err)
 		return API_MALFORMED;
-	j = calloc(1, sizeof(*j));
+	j = job_alloc(r->w, 0);
 	if (!j)
 		return API_MALFORMED;
 	j->r = r;

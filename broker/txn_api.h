@@ -60,6 +60,10 @@ int api_txn_list(req *r, wire_rd *rd);
 int api_txn_describe(req *r, wire_rd *rd);
 int api_txn_check_poll(req *r, wire_rd *rd);
 
+/* Frees w's cache of released jobs (server_free, after the loops
+ * stopped). */
+void txn_api_cache_free(worker *w);
+
 /* The check policy from the broker configuration. */
 const struct checksched_policy *txn_api_policy(void);
 /* transaction.retention.ms */

@@ -191,10 +191,12 @@ void halfstore_txn_clear(halfstore_txn *t)
 {
 	if (!t)
 		return;
-	free(t->producer_group);
-	free(t->topic);
-	free(t->batch);
-	free(t->discard_reason);
+	if (!t->buf) {
+		free(t->producer_group);
+		free(t->topic);
+		free(t->batch);
+		free(t->discard_reason);
+	}
 	memset(t, 0, sizeof(*t));
 }
 
@@ -326,18 +328,88 @@ static enum halfstore_state parse_state_col(sqlite3_stmt *st, int i)
 	return s;
 }
 
-/* Reads a row selected with COLS_BLOB or COLS_NOBLOB into *t (zeroed
- * first).  0, or -ENOMEM with *t cleared. */
-static int read_row(sqlite3_stmt *st, halfstore_txn *t)
+/* The malloc()ed copies of a row's strings and batch (read_row). */
+static int read_owned(sqlite3_stmt *st, halfstore_txn *t)
 {
 	int err = 0;
-	const void *b;
-	int blen;
+	const void *b = sqlite3_column_blob(st, 16);
+	int blen = sqlite3_column_bytes(st, 16);
 
-	memset(t, 0, sizeof(*t));
-	t->txn_id = sqlite3_column_int64(st, 0);
 	t->producer_group = col_str(st, 1, &err);
 	t->topic = col_str(st, 2, &err);
+	t->discard_reason = col_str(st, 15, &err);
+	if (b && blen > 0) {
+		t->batch = malloc((size_t)blen);
+		if (t->batch)
+			memcpy(t->batch, b, (size_t)blen);
+		else
+			err = -ENOMEM;
+	}
+	return err;
+}
+
+/* Column i's text (NULL: SQL NULL) copied to *at, which advances. */
+static char *put_text(const unsigned char *s, int len, char **at)
+{
+	char *d = *at;
+
+	if (!s)
+		return NULL;
+	memcpy(d, s, (size_t)len);
+	d[len] = '\0';
+	*at += len + 1;
+	return d;
+}
+
+/* A row's strings and batch copied into buf, grown if needed (read_row):
+ * the batch first, then the strings. */
+static int read_into(sqlite3_stmt *st, halfstore_txn *t, halfstore_buf *buf)
+{
+	const unsigned char *s[3];
+	int len[3], blen;
+	const int col[3] = { 1, 2, 15 };
+	const void *b;
+	size_t need;
+	char *at;
+
+	for (int i = 0; i < 3; i++) {
+		s[i] = sqlite3_column_text(st, col[i]);
+		len[i] = sqlite3_column_bytes(st, col[i]);
+	}
+	b = sqlite3_column_blob(st, 16);
+	blen = b ? sqlite3_column_bytes(st, 16) : 0;
+	need = (size_t)blen + (size_t)len[0] + (size_t)len[1] + (size_t)len[2] + 3;
+	if (need > buf->cap) {
+		size_t cap = (need + 1023) & ~(size_t)1023;
+		char *p = realloc(buf->p, cap);
+
+		if (!p)
+			return -ENOMEM;
+		buf->p = p;
+		buf->cap = cap;
+	}
+	at = buf->p;
+	if (blen > 0) {
+		t->batch = (uint8_t *)at;
+		memcpy(at, b, (size_t)blen);
+		at += blen;
+	}
+	t->producer_group = put_text(s[0], len[0], &at);
+	t->topic = put_text(s[1], len[1], &at);
+	t->discard_reason = put_text(s[2], len[2], &at);
+	return 0;
+}
+
+/* Reads a row selected with COLS_BLOB or COLS_NOBLOB into *t (zeroed
+ * first), its strings and batch malloc()ed, or in buf if not NULL
+ * (t->buf = buf).  0, or -ENOMEM with *t cleared. */
+static int read_row(sqlite3_stmt *st, halfstore_txn *t, halfstore_buf *buf)
+{
+	int err;
+
+	memset(t, 0, sizeof(*t));
+	t->buf = buf;
+	t->txn_id = sqlite3_column_int64(st, 0);
 	t->partition = sqlite3_column_int(st, 3);
 	t->batch_len = (size_t)sqlite3_column_int64(st, 4);
 	t->record_count = sqlite3_column_int(st, 5);
@@ -350,16 +422,7 @@ static int read_row(sqlite3_stmt *st, halfstore_txn *t)
 	t->commit_seq = col_i64(st, 12);
 	t->log_offset = col_i64(st, 13);
 	t->origin = (uint64_t)sqlite3_column_int64(st, 14);
-	t->discard_reason = col_str(st, 15, &err);
-	b = sqlite3_column_blob(st, 16);
-	blen = sqlite3_column_bytes(st, 16);
-	if (b && blen > 0) {
-		t->batch = malloc((size_t)blen);
-		if (t->batch)
-			memcpy(t->batch, b, (size_t)blen);
-		else
-			err = -ENOMEM;
-	}
+	err = buf ? read_into(st, t, buf) : read_owned(st, t);
 	if (err)
 		halfstore_txn_clear(t);
 	return err;
@@ -385,7 +448,7 @@ static int collect(sqlite3_stmt *st, halfstore_txn **out, size_t *n)
 			v = nv;
 			cap = ncap;
 		}
-		err = read_row(st, &v[cnt]);
+		err = read_row(st, &v[cnt], NULL);
 		if (err)
 			break;
 		cnt++;
@@ -405,7 +468,8 @@ static int collect(sqlite3_stmt *st, halfstore_txn **out, size_t *n)
 }
 
 /* Reads txn_id into *t.  HALFSTORE_OK, HALFSTORE_E_NOT_FOUND or -errno. */
-static int fetch(sqlite3 *db, int64_t txn_id, bool with_batch, halfstore_txn *t)
+static int fetch(sqlite3 *db, int64_t txn_id, bool with_batch, halfstore_txn *t,
+		 halfstore_buf *buf)
 {
 	sqlite3_stmt *st;
 	int rc;
@@ -419,7 +483,7 @@ static int fetch(sqlite3 *db, int64_t txn_id, bool with_batch, halfstore_txn *t)
 	sqlite3_bind_int64(st, 1, txn_id);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
-		rc = read_row(st, t);
+		rc = read_row(st, t, buf);
 	else if (rc == SQLITE_DONE)
 		rc = HALFSTORE_E_NOT_FOUND;
 	else
@@ -574,10 +638,12 @@ static void end_applied(halfstore_txn *t, enum halfstore_state state, int64_t no
 	t->state = state;
 	t->ended_ms = now_ms;
 	t->lease_until_ms = 0;
-	free(t->discard_reason);
+	if (!t->buf)
+		free(t->discard_reason);
 	t->discard_reason = NULL;
 	if (state == HALFSTORE_ROLLED_BACK) {
-		free(t->batch);
+		if (!t->buf)
+			free(t->batch);
 		t->batch = NULL;
 	} else {
 		t->commit_seq = seq;
@@ -630,6 +696,12 @@ static int end_apply(sqlite3 *db, halfstore_txn *t, enum halfstore_decision deci
 int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision, unsigned flags,
 		  int64_t now_ms, halfstore_txn *out)
 {
+	return halfstore_end_into(db, txn_id, decision, flags, now_ms, NULL, out);
+}
+
+int halfstore_end_into(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
+		       unsigned flags, int64_t now_ms, halfstore_buf *buf, halfstore_txn *out)
+{
 	halfstore_txn t;
 	int rc;
 
@@ -640,7 +712,7 @@ int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
 		return rc;
 	/* with the batch if the caller wants the row: one read, kept up to
 	 * date by end_apply and sequence */
-	rc = fetch(db, txn_id, out != NULL, &t);
+	rc = fetch(db, txn_id, out != NULL, &t, out ? buf : NULL);
 	if (rc != HALFSTORE_OK)
 		return sp_end(db, rc);
 	switch (t.state) {
@@ -693,7 +765,7 @@ static int guarded_update(sqlite3 *db, sqlite3_stmt *st, int64_t txn_id, halfsto
 		return rc;
 	if (sqlite3_changes(db) > 0)
 		return HALFSTORE_OK;
-	rc = fetch(db, txn_id, false, &t);
+	rc = fetch(db, txn_id, false, &t, NULL);
 	if (rc != HALFSTORE_OK)
 		return rc;
 	if (why)
@@ -749,7 +821,7 @@ int halfstore_unseq(sqlite3 *db, int64_t txn_id)
 	rc = sp_begin(db);
 	if (rc)
 		return rc;
-	rc = fetch(db, txn_id, false, &t);
+	rc = fetch(db, txn_id, false, &t, NULL);
 	if (rc != HALFSTORE_OK)
 		return sp_end(db, rc);
 	if (t.state != HALFSTORE_COMMITTING)
@@ -867,7 +939,7 @@ int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer an
 	rc = sp_begin(db);
 	if (rc)
 		return rc;
-	rc = fetch(db, txn_id, false, &t);
+	rc = fetch(db, txn_id, false, &t, NULL);
 	if (rc != HALFSTORE_OK)
 		return sp_end(db, rc);
 	if (t.state != HALFSTORE_PENDING) {
@@ -944,7 +1016,7 @@ int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t n
 int halfstore_get(sqlite3 *db, int64_t txn_id, halfstore_txn *out)
 {
 	halfstore_txn t;
-	int rc = fetch(db, txn_id, true, &t);
+	int rc = fetch(db, txn_id, true, &t, NULL);
 
 	if (rc == HALFSTORE_OK)
 		*out = t;

@@ -127,9 +127,20 @@ static inline int32_t halfstore_commit_base_seq(int64_t commit_seq)
 	return (int32_t)(commit_seq % HALFSTORE_SEQ_SPAN);
 }
 
+/* Storage a caller lends to the reads of one row at a time
+ * (halfstore_end_into): the row's strings and batch are copied into p,
+ * which is grown with realloc() when too small.  The caller owns p (frees
+ * it with free()); keeping one halfstore_buf per reader makes a row read
+ * allocate nothing once p is big enough. */
+typedef struct halfstore_buf {
+	char *p;
+	size_t cap;
+} halfstore_buf;
+
 /* One row of txn_half.  Strings and batch are malloc()ed and owned by the
- * struct (halfstore_txn_clear frees them); absent values are -1 (numbers)
- * or NULL (strings, batch). */
+ * struct (halfstore_txn_clear frees them) unless buf is set: then they
+ * point into *buf, which the struct borrows; absent values are -1
+ * (numbers) or NULL (strings, batch). */
 typedef struct halfstore_txn {
 	int64_t txn_id;
 	char *producer_group;
@@ -149,6 +160,7 @@ typedef struct halfstore_txn {
 	int64_t log_offset;      /* -1 unless COMMITTED */
 	uint64_t origin;         /* connection that prepared it (opaque) */
 	char *discard_reason;    /* NULL unless DISCARDED */
+	halfstore_buf *buf;      /* NULL, or where the strings and batch are */
 } halfstore_txn;
 
 /* What halfstore_prepare stores.  Borrowed for the call only. */
@@ -173,7 +185,8 @@ const char *halfstore_strerror(int rc); /* HALFSTORE_* or -errno */
 
 /* ---- struct helpers ---- */
 
-/* Frees what t owns and sets t to the empty value.  Accepts NULL. */
+/* Frees what t owns and sets t to the empty value (a borrowed buf is
+ * left to its owner).  Accepts NULL. */
 void halfstore_txn_clear(halfstore_txn *t);
 /* Clears and frees an array returned by a list function.  Accepts NULL. */
 void halfstore_txns_free(halfstore_txn *v, size_t n);
@@ -207,6 +220,11 @@ int halfstore_prepare(sqlite3 *db, const halfstore_prepare_args *a, int64_t now_
  * returns *out is not written. */
 int halfstore_end(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision, unsigned flags,
 		  int64_t now_ms, halfstore_txn *out);
+/* halfstore_end with *out's strings and batch in buf (out->buf = buf)
+ * instead of malloc()ed: the broker ends one transaction per request and
+ * reuses buf.  buf NULL: halfstore_end. */
+int halfstore_end_into(sqlite3 *db, int64_t txn_id, enum halfstore_decision decision,
+		       unsigned flags, int64_t now_ms, halfstore_buf *buf, halfstore_txn *out);
 
 /* The append of a COMMITTING txn landed at log_offset (-1: it was appended
  * but its offset is no longer known, e.g. found by dedup after a crash): -> COMMITTED (the

@@ -215,14 +215,34 @@ static void test_halfstore_commit_then_mark_committed(void **state)
 	sqlite3_close(db);
 }
 
+/* p (n bytes, or a string) lies inside buf. */
+static void assert_in_buf(const halfstore_buf *buf, const void *p, size_t n)
+{
+	const char *c = p;
+
+	if (!c)
+		return;
+	if (!n)
+		n = strlen(c) + 1;
+	assert_true(c >= buf->p && c + n <= buf->p + buf->cap);
+}
+
 /* halfstore_end's *out is built from its one read plus what its UPDATEs
- * changed: it must equal the row read back afterwards, on every path. */
-static void assert_end_out_is_row(sqlite3 *db, int64_t id, enum halfstore_decision d,
-				  unsigned flags, int64_t now, int want)
+ * changed: it must equal the row read back afterwards, on every path; with
+ * buf (halfstore_end_into), its strings and batch are in buf. */
+static void assert_end_out_is_row(sqlite3 *db, halfstore_buf *buf, int64_t id,
+				  enum halfstore_decision d, unsigned flags, int64_t now, int want)
 {
 	halfstore_txn out, row;
 
-	assert_int_equal(halfstore_end(db, id, d, flags, now, &out), want);
+	assert_int_equal(halfstore_end_into(db, id, d, flags, now, buf, &out), want);
+	assert_ptr_equal(out.buf, buf);
+	if (buf) {
+		assert_in_buf(buf, out.producer_group, 0);
+		assert_in_buf(buf, out.topic, 0);
+		assert_in_buf(buf, out.batch, out.batch_len);
+		assert_in_buf(buf, out.discard_reason, 0);
+	}
 	assert_int_equal(halfstore_get(db, id, &row), HALFSTORE_OK);
 	assert_int_equal(out.txn_id, row.txn_id);
 	assert_string_equal(out.producer_group, row.producer_group);
@@ -249,7 +269,7 @@ static void assert_end_out_is_row(sqlite3 *db, int64_t id, enum halfstore_decisi
 	halfstore_txn_clear(&row);
 }
 
-static void test_halfstore_end_out_is_the_row(void **state)
+static void end_out_scenario(halfstore_buf *buf)
 {
 	sqlite3 *db = open_db();
 	int64_t c = prepare1(db, "g", 1), r = prepare1(db, "g", 2), d = prepare1(db, "g", 3);
@@ -257,28 +277,75 @@ static void test_halfstore_end_out_is_the_row(void **state)
 	halfstore_txn *due = NULL;
 	size_t n = 0;
 
-	(void)state;
-	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 10, HALFSTORE_OK);
-	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 11, HALFSTORE_OK_ALREADY);
-	assert_end_out_is_row(db, c, HALFSTORE_ROLLBACK, 0, 12, HALFSTORE_E_CONFLICT);
+	assert_end_out_is_row(db, buf, c, HALFSTORE_COMMIT, 0, 10, HALFSTORE_OK);
+	assert_end_out_is_row(db, buf, c, HALFSTORE_COMMIT, 0, 11, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, buf, c, HALFSTORE_ROLLBACK, 0, 12, HALFSTORE_E_CONFLICT);
 	/* its append wrote nothing: the retry sequences it anew */
 	assert_int_equal(halfstore_unseq(db, c), HALFSTORE_OK);
-	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 13, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, buf, c, HALFSTORE_COMMIT, 0, 13, HALFSTORE_OK_ALREADY);
 	assert_int_equal(halfstore_mark_committed(db, c, 7), HALFSTORE_OK);
-	assert_end_out_is_row(db, c, HALFSTORE_COMMIT, 0, 14, HALFSTORE_OK_ALREADY);
-	assert_end_out_is_row(db, r, HALFSTORE_ROLLBACK, 0, 20, HALFSTORE_OK);
-	assert_end_out_is_row(db, r, HALFSTORE_ROLLBACK, 0, 21, HALFSTORE_OK_ALREADY);
-	assert_end_out_is_row(db, r, HALFSTORE_COMMIT, 0, 22, HALFSTORE_E_CONFLICT);
+	assert_end_out_is_row(db, buf, c, HALFSTORE_COMMIT, 0, 14, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, buf, r, HALFSTORE_ROLLBACK, 0, 20, HALFSTORE_OK);
+	assert_end_out_is_row(db, buf, r, HALFSTORE_ROLLBACK, 0, 21, HALFSTORE_OK_ALREADY);
+	assert_end_out_is_row(db, buf, r, HALFSTORE_COMMIT, 0, 22, HALFSTORE_E_CONFLICT);
 	/* discarded: refused, then an operator's decision (reason cleared) */
 	assert_int_equal(halfstore_discard(db, d, "operator", 30), HALFSTORE_OK);
 	assert_int_equal(halfstore_discard(db, dr, "operator", 30), HALFSTORE_OK);
-	assert_end_out_is_row(db, d, HALFSTORE_COMMIT, 0, 31, HALFSTORE_E_DISCARDED);
-	assert_end_out_is_row(db, d, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 32, HALFSTORE_OK);
-	assert_end_out_is_row(db, dr, HALFSTORE_ROLLBACK, HALFSTORE_F_OPERATOR, 33, HALFSTORE_OK);
+	assert_end_out_is_row(db, buf, d, HALFSTORE_COMMIT, 0, 31, HALFSTORE_E_DISCARDED);
+	assert_end_out_is_row(db, buf, d, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 32, HALFSTORE_OK);
+	assert_end_out_is_row(db, buf, dr, HALFSTORE_ROLLBACK, HALFSTORE_F_OPERATOR, 33, HALFSTORE_OK);
 	/* a check lease is dropped by the end */
 	assert_int_equal(halfstore_due_checks(db, 1000000, 10, 5000, &due, &n), HALFSTORE_OK);
 	halfstore_txns_free(due, n);
-	assert_end_out_is_row(db, leased, HALFSTORE_COMMIT, 0, 40, HALFSTORE_OK);
+	assert_end_out_is_row(db, buf, leased, HALFSTORE_COMMIT, 0, 40, HALFSTORE_OK);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
+static void test_halfstore_end_out_is_the_row(void **state)
+{
+	halfstore_buf buf = { 0 };
+
+	(void)state;
+	end_out_scenario(NULL);
+	end_out_scenario(&buf); /* one buf for every call, as a broker job */
+	free(buf.p);
+}
+
+/* halfstore_end_into grows buf when the row does not fit and otherwise
+ * reuses it; clearing the row leaves buf to its owner. */
+static void test_halfstore_end_into_reuses_buf(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = prepare1(db, "g", 1), b = prepare1(db, "g", 2);
+	halfstore_buf buf = { 0 };
+	halfstore_txn t;
+	char *first;
+
+	(void)state;
+	assert_int_equal(halfstore_end_into(db, a, HALFSTORE_COMMIT, 0, 10, &buf, &t), HALFSTORE_OK);
+	assert_non_null(buf.p);
+	assert_true(buf.cap >= BATCH_LEN + strlen("g") + strlen("orders") + 2);
+	assert_ptr_equal(t.batch, (uint8_t *)buf.p);
+	first = buf.p;
+	halfstore_txn_clear(&t);
+	assert_ptr_equal(buf.p, first); /* not freed */
+	assert_int_equal(halfstore_end_into(db, b, HALFSTORE_COMMIT, 0, 11, &buf, &t), HALFSTORE_OK);
+	assert_ptr_equal(buf.p, first); /* fitted: no allocation */
+	assert_string_equal(t.topic, "orders");
+	assert_int_equal(t.commit_seq, 1);
+	halfstore_txn_clear(&t);
+	/* a buffer too small is grown */
+	free(buf.p);
+	buf.p = malloc(4);
+	buf.cap = 4;
+	assert_int_equal(halfstore_end_into(db, b, HALFSTORE_COMMIT, 0, 12, &buf, &t),
+			 HALFSTORE_OK_ALREADY);
+	assert_true(buf.cap >= BATCH_LEN);
+	assert_in_buf(&buf, t.batch, t.batch_len);
+	assert_string_equal(t.producer_group, "g");
+	halfstore_txn_clear(&t);
+	free(buf.p);
 	stmtcache_forget(db);
 	sqlite3_close(db);
 }
@@ -1074,6 +1141,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_prepare_rejects_bad_batch),
 		cmocka_unit_test(test_halfstore_commit_then_mark_committed),
 		cmocka_unit_test(test_halfstore_end_out_is_the_row),
+		cmocka_unit_test(test_halfstore_end_into_reuses_buf),
 		cmocka_unit_test(test_halfstore_double_commit_is_ok_already_same_seq),
 		cmocka_unit_test(test_halfstore_opposite_decision_conflicts),
 		cmocka_unit_test(test_halfstore_unknown_txn_not_found),
