@@ -36,6 +36,13 @@ that runs into it.  `prlimit --pid PID --fsize=unlimited:unlimited`
   freed; another transaction of the same partition commits first; then the
   failed one is retried: it must be appended exactly once (not taken for
   "appended long ago" because a later commit sequence reached the log).
+* txn_stale_retry_across_rounds: in fsync durability (every fdatasync
+  slowed by SLOWSYNC), a second end of the same transaction, on another
+  connection, reads its commit sequence while the first end's round waits
+  for its WAL sync; the first append fails (disk full) and releases the
+  sequence; space is freed and the producer retries at once.  The second
+  end must be refused by the ring of failed sequences (56, nothing
+  appended) and the retry appended, once (without the ring: twice).
 * restart_after_disk_full: failed produces and a failed commit (COMMITTING)
   while full, then kill -9 with the limit still in force, and a restart
   without it: every batch of the log decodes (CRC), the acknowledged
@@ -51,16 +58,19 @@ Env: SLUICED.  Skipped (77) when prlimit is not installed.
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Broker, Conn, ConnectionClosed, DecodeError,  # noqa: E402
+from harness import (API_ALTER_CONFIGS, API_TXN_END, Broker,  # noqa: E402
+                     Conn, ConnectionClosed, DecodeError,
                      ERR_KAFKA_STORAGE_ERROR, ERR_NONE, LIST_OFFSETS_LATEST,
                      SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
-                     TXN_PENDING, TestFailure, build_batch, check, check_eq,
-                     decode_batches, log, run, run_cmd, txn_describe,
-                     txn_end, txn_list, txn_prepare)
+                     TXN_PENDING, TestFailure, Writer, build_batch, check,
+                     check_eq, decode_batches, log, need_program,
+                     parse_txn_end, run, run_cmd, txn_describe, txn_end,
+                     txn_end_body, txn_list, txn_prepare)
 
 LIMIT = 6 << 20            # RLIMIT_FSIZE of the broker: "the disk"
 SEGMENT_BYTES = 64 << 20   # the active segment grows into LIMIT, no roll
@@ -98,9 +108,9 @@ def sigxfsz_ignored(pid):
     return False
 
 
-def limited_broker(name):
+def limited_broker(name, env=None):
     prlimit_path()
-    b = Broker(name=name, max_file_bytes=LIMIT)
+    b = Broker(name=name, max_file_bytes=LIMIT, env=env)
     b.start()
     check_eq(fsize_limit(b.proc.pid), LIMIT, "the broker's RLIMIT_FSIZE")
     check(sigxfsz_ignored(b.proc.pid), "SIGXFSZ is not ignored by the "
@@ -526,6 +536,106 @@ def test_txn_other_commit_before_retry():
     check_log(b, topic, expected, (), "after the retried commit")
 
 
+SLOW_SYNC_MS = 400  # txn_stale_retry_across_rounds: each fdatasync
+
+
+def set_topic_configs(c, topic, conf):
+    """AlterConfigs v0 of topic: conf becomes its whole set of configs."""
+    w = Writer().i32(1).i8(2).string(topic).i32(len(conf))
+    for k, v in conf.items():
+        w.string(k).string(str(v))
+    r = c.request(API_ALTER_CONFIGS, 0, w.i8(0).getvalue())
+    r.i32()  # throttle
+    check_eq(r.i32(), 1, "AlterConfigs resources")
+    check_eq(r.i16(), ERR_NONE, "AlterConfigs of %s (%r)" % (topic, r.string()))
+
+
+def set_limit(b, limit):
+    """The running broker's soft RLIMIT_FSIZE becomes limit bytes."""
+    rc, out, err = run_cmd([prlimit_path(), "--pid", str(b.proc.pid),
+                            "--fsize=%d:unlimited" % limit], timeout=10)
+    check_eq(rc, 0, "prlimit exit status (stderr: %r)" % err)
+    check_eq(fsize_limit(b.proc.pid), limit, "RLIMIT_FSIZE after prlimit")
+
+
+def stale_round(b, c, c2, topic, expected, n, delay):
+    """One try of txn_stale_retry_across_rounds: c2's end follows c's by
+    delay seconds.  Returns c2's answer's message."""
+    room = 16000
+    set_limit(b, log_file_bytes(b, topic) + room)
+    v = value("a", n, room + 4096)
+    t = prepare_ok(c, topic, v, "a%d" % n)
+    end = txn_end_body(GROUP, t, TXN_COMMIT)
+    corr = c.send_request(API_TXN_END, 0, end)
+    time.sleep(delay)
+    corr2 = c2.send_request(API_TXN_END, 0, end)
+    err, msg, state, off = parse_txn_end(c.request_reply(corr))
+    check_eq((err, state), (ERR_KAFKA_STORAGE_ERROR, TXN_COMMITTING),
+             "the first commit of a%d, disk full (message %r)" % (n, msg))
+    lift_limit(b)
+    # the producer retries at once, before c2's round is appended
+    err, msg, state, off = txn_end(c, GROUP, t, TXN_COMMIT)
+    check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, len(expected)),
+             "the retry of a%d after space was freed (message %r)" % (n, msg))
+    err2, msg2, state2, off2 = parse_txn_end(c2.request_reply(corr2))
+    log("  a%d, second end %.2f s after the first: error %d (%r)"
+        % (n, delay, err2, msg2))
+    check_eq(copies(b, topic, v), 1, "copies of a%d in the log" % n)
+    check_eq(err2 in (ERR_NONE, ERR_KAFKA_STORAGE_ERROR) and
+             off2 in (-1, len(expected)), True,
+             "the second end of a%d: error %d, offset %d (message %r)"
+             % (n, err2, off2, msg2))
+    commit_ok(c2, b, topic, t, v, len(expected), "a%d, retried on c2" % n)
+    expected.append(v)
+    return msg2 or ""
+
+
+def test_txn_stale_retry_across_rounds():
+    """In fsync durability a round of commits is appended after its WAL
+    sync, while the coordinator runs the next batches.  An end retried on
+    another connection in that time reads the transaction's commit sequence
+    (COMMITTING: "already") before the first append fails and releases it.
+    If space is freed before the retry's round, that round must not append
+    with the released sequence (broker/txn_commit.c, the ring of failed
+    sequences): it answers KAFKA_STORAGE_ERROR.  Otherwise the producer's
+    own retry, sequenced anew, appends the message a second time.  Every
+    fdatasync is slowed (SLOWSYNC) so the rounds are far apart; the second
+    end can still land in the first one's round (then it shares its
+    answer), so this tries a few delays until the ring answered once."""
+    env = {"LD_PRELOAD": need_program("SLOWSYNC"),
+           "SLOWSYNC_MS": str(SLOW_SYNC_MS),
+           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
+                            ":verify_asan_link_order=0").lstrip(":")}
+    b = limited_broker("diskfull-txn-stale", env=env)
+    topic = "orders"
+    exercised = False
+    with Conn(b.addr, timeout=15) as c, Conn(b.addr, timeout=15) as c2:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        expected = fill(b, c, topic, free=16000)
+        set_topic_configs(c, topic, dict(TOPIC_CONF, durability="fsync"))
+        # An operator's read transaction on sluice.db: while it lasts,
+        # SQLite never restarts the WAL, whose header sync (slowed too)
+        # would hold the coordinator and put both ends in one batch.
+        reader = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"),
+                                 isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM txn_half").fetchone()
+        slow = SLOW_SYNC_MS / 1000.0
+        # The WAL syncer is idle once the prepare is answered, so the
+        # first end's round starts at once and the second end, half a sync
+        # later, is sequenced in a batch of its own before the append.
+        for n, delay in enumerate((0.5 * slow, 0.25 * slow, 0.75 * slow)):
+            if "earlier append" in stale_round(b, c, c2, topic, expected, n,
+                                               delay):
+                exercised = True
+                break
+        reader.close()
+    check(exercised, "the second end never read the released sequence "
+          "(it always shared the first one's round): the race was not "
+          "provoked")
+    check_log(b, topic, expected, (), "after the retries")
+
+
 # --------------------------------------------------------------------------
 # 3. kill -9 while full, restart without the limit.
 
@@ -610,6 +720,8 @@ if __name__ == "__main__":
         ("txn_retry_order_after_disk_full",
          test_txn_retry_order_after_disk_full, 60),
         ("txn_other_commit_before_retry", test_txn_other_commit_before_retry,
+         60),
+        ("txn_stale_retry_across_rounds", test_txn_stale_retry_across_rounds,
          60),
         ("restart_after_disk_full", test_restart_after_disk_full, 60),
         ("restart_after_other_commit", test_restart_after_other_commit, 60),
