@@ -62,7 +62,7 @@ static void fetch_free(req *r)
 	for (int i = 0; fs->topics && i < fs->ntopics; i++)
 		if (fs->topics[i].t)
 			topic_unref(fs->topics[i].t);
-	free(fs->ws.nodes);
+	waitset_free(&fs->ws);
 	free(fs->topics);
 	free(fs->entries);
 	free(fs);

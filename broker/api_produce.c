@@ -74,7 +74,7 @@ static void produce_free(req *r)
 	for (int i = 0; ps->topics && i < ps->ntopics; i++)
 		if (ps->topics[i].t)
 			topic_unref(ps->topics[i].t);
-	free(ps->ws.nodes);
+	waitset_free(&ps->ws);
 	free(ps->parked_copy);
 	free(ps->topics);
 	free(ps->entries);

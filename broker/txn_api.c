@@ -273,7 +273,7 @@ void txn_api_cache_free(worker *w)
 static void txn_job_free(txn_job *j)
 {
 	if (j->ws_init)
-		free(j->ws.nodes);
+		waitset_free(&j->ws);
 	if (j->cm.t)
 		topic_unref(j->cm.t);
 	halfstore_txn_clear(&j->txn);

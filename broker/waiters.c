@@ -25,9 +25,9 @@ void waitset_init(waitset *ws, worker *w, void (*wake)(waitset *), void (*orphan
 	ws->task.fn = ws_task;
 	atomic_init(&ws->pending, false);
 	ws->orphan = false;
-	ws->nodes = NULL;
+	ws->nodes = &ws->one;
 	ws->n = 0;
-	ws->cap = 0;
+	ws->cap = 1;
 	ws->wake = wake;
 	ws->orphaned = orphaned;
 }
@@ -78,13 +78,16 @@ int waitset_add(waitset *ws, partition *p)
 		if (ws->n == ws->cap) {
 			/* Nodes are linked into partition lists: never move a linked
 			 * one, so grow only while nothing is linked. */
-			int cap = ws->cap ? ws->cap * 2 : 4;
+			int cap = ws->cap < 4 ? 4 : ws->cap * 2;
+			bool inline_node = ws->nodes == &ws->one;
 			pwaiter *nodes;
 
 			waitset_clear(ws);
-			nodes = realloc(ws->nodes, sizeof(*nodes) * (size_t)cap);
+			nodes = realloc(inline_node ? NULL : ws->nodes, sizeof(*nodes) * (size_t)cap);
 			if (!nodes)
 				return -ENOMEM;
+			if (inline_node)
+				nodes[0] = ws->one;
 			ws->nodes = nodes;
 			ws->cap = cap;
 			/* re-link what was registered before */
@@ -115,9 +118,10 @@ void waitset_clear(waitset *ws)
 bool waitset_release(waitset *ws)
 {
 	waitset_clear(ws);
-	free(ws->nodes);
-	ws->nodes = NULL;
-	ws->n = ws->cap = 0;
+	waitset_free(ws);
+	ws->nodes = &ws->one;
+	ws->n = 0;
+	ws->cap = 1;
 	/* After the locks above, no waker can reach us; a task posted before
 	 * is in the loop's queue and will see `orphan`. */
 	if (atomic_load(&ws->pending)) {
@@ -125,6 +129,13 @@ bool waitset_release(waitset *ws)
 		return false;
 	}
 	return true;
+}
+
+void waitset_free(waitset *ws)
+{
+	if (ws->nodes != &ws->one)
+		free(ws->nodes);
+	ws->nodes = NULL;
 }
 
 void partition_wake(partition *p)

@@ -37,12 +37,15 @@ typedef struct waitset {
 	loop_task task;               /* posted to w when woken */
 	atomic_bool pending;          /* task posted and not yet run */
 	bool orphan;                  /* owner gone while pending: task frees */
-	pwaiter *nodes;               /* owned array, one per partition */
+	pwaiter *nodes;               /* one per partition: &one, or an owned array */
 	int n, cap;
+	pwaiter one;                  /* the first node: waiting on one partition
+					 (a commit, most produces) allocates nothing */
 	void (*wake)(struct waitset *ws);    /* on w's loop */
 	void (*orphaned)(struct waitset *ws); /* on w's loop: free the owner */
 } waitset;
 
+/* ws must not move from here on (its nodes may point into it). */
 void waitset_init(waitset *ws, worker *w, void (*wake)(waitset *), void (*orphaned)(waitset *));
 /* Registers on p (no-op if already registered there).  Returns 0 or -ENOMEM. */
 int waitset_add(waitset *ws, struct partition *p);
@@ -53,6 +56,9 @@ void waitset_clear(waitset *ws);
  * task is queued (then orphaned() runs later on the loop and releases it:
  * the caller takes a reference for it).  Call once. */
 bool waitset_release(waitset *ws);
+/* Frees what ws owns, for its owner's free function (after release, or if
+ * it never waited; a zeroed, never initialised waitset is accepted). */
+void waitset_free(waitset *ws);
 
 /* Any thread, after publishing a new high watermark for p. */
 void partition_wake(struct partition *p);
