@@ -58,9 +58,10 @@ typedef struct coord_job {
 	 * it may complete — after_commit, the round hook, done — on the
 	 * coordinator thread right after its batch's COMMIT, before the WAL
 	 * sync (SQLite has written the WAL by then: a kill -9 keeps it).  For
-	 * the transaction ends of page-cache durability topics, whose log
-	 * appends are not synced either, and the COMMITTED marks, which
-	 * nobody waits for (a batch of marks alone then costs no sync).
+	 * the transaction ends, whose log appends carry a commit marker that
+	 * start-up recovers a lost row from (txn_marker.h), and the COMMITTED
+	 * marks, which nobody waits for (a batch of marks alone then costs no
+	 * sync).
 	 * Honoured only when no job of the batch with an after_commit is late
 	 * and no earlier round with one is still waiting for its sync, so
 	 * hooks still run in job order; else the job completes with its round

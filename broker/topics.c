@@ -173,9 +173,9 @@ static int part_dir(const topics *reg, const char *name, int32_t i, char *out, s
 
 #define SNAPSHOT_NAME "producers.snapshot"
 
-/* Replays the idempotent-producer fields of every batch header from
- * `from` to the end of the log into p->pids. */
-static int replay_producers(partition *p, int64_t from)
+int partition_each_batch(partition *p, int64_t from,
+			 int (*fn)(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h),
+			 void *arg)
 {
 	uint8_t *buf = NULL;
 	size_t cap = 0;
@@ -190,6 +190,7 @@ static int replay_producers(partition *p, int64_t from)
 		if (rc != 0 || r.len == 0) {
 			if (rc == 0)
 				partlog_range_release(&r);
+			rc = rc > 0 ? -EIO : rc; /* out of range: the log changed */
 			break;
 		}
 		if (r.len > cap) {
@@ -218,17 +219,38 @@ static int replay_producers(partition *p, int64_t from)
 				rc = -EIO;
 				goto out;
 			}
-			if (h.producer_id >= 0 && h.base_offset >= from)
-				pidstate_observe(p->pids, h.producer_id, h.producer_epoch, h.base_sequence,
-						 h.base_sequence + h.last_offset_delta, h.base_offset,
-						 h.base_offset + h.last_offset_delta);
+			if (h.base_offset + h.last_offset_delta >= from) {
+				rc = fn(arg, buf + pos, size, &h);
+				if (rc != 0)
+					goto out;
+			}
 			off = h.base_offset + h.last_offset_delta + 1;
 			pos += size;
 		}
 	}
 out:
 	free(buf);
-	return rc > 0 ? -EIO : rc;
+	return rc;
+}
+
+static int observe_producer(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h)
+{
+	partition *p = arg;
+
+	(void)b;
+	(void)len;
+	if (h->producer_id >= 0)
+		pidstate_observe(p->pids, h->producer_id, h->producer_epoch, h->base_sequence,
+				 h->base_sequence + h->last_offset_delta, h->base_offset,
+				 h->base_offset + h->last_offset_delta);
+	return 0;
+}
+
+/* Replays the idempotent-producer fields of every batch header from
+ * `from` to the end of the log into p->pids. */
+static int replay_producers(partition *p, int64_t from)
+{
+	return partition_each_batch(p, from, observe_producer, p);
 }
 
 /* Snapshot (if valid and not ahead of the log) + replay of what follows. */

@@ -26,6 +26,7 @@
 #include "config.h"
 #include "partlog.h"
 #include "pidstate.h"
+#include "recbatch.h"
 #include "gate.h"
 #include "waiters.h"
 
@@ -128,6 +129,14 @@ void topic_each_override(topic *t, void (*fn)(const char *key, const char *value
 /* Removes the topic from the registry; files go when the last ref drops.
  * Returns TOPICS_OK or TOPICS_E_NOT_FOUND. */
 int topics_delete(topics *reg, const char *name);
+/* Start-up (main, before the loops run): calls fn(arg, batch, len, hdr) for
+ * each batch of p's log from the one holding offset `from` up to the high
+ * watermark, in offset order; the batch is valid until fn returns.  Stops
+ * when fn returns non-zero and returns that; else 0, or -errno if the log
+ * could not be read (-EIO: a batch header does not parse). */
+int partition_each_batch(partition *p, int64_t from,
+			 int (*fn)(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h),
+			 void *arg);
 /* Syncer: writes <dir>/producers.snapshot for p (idempotent producer state
  * of every batch below the durable end).  Returns 0 or -errno. */
 int partition_snapshot_producers(partition *p);

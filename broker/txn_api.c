@@ -15,12 +15,13 @@
  * order, one log write per partition per coordinator round) or records
  * why it cannot; then the answer, then COMMITTED (a lazy job).
  *
- * Durability (page cache): the append and the answer follow the SQLite
- * COMMIT of COMMITTING at once, without its WAL sync (coord_job.early): a
- * kill -9 keeps both; a power loss can lose the commit, or keep its append
- * but not its row, whose check-back may then append it again
- * (docs/transactions.md "When the append happens").
+ * The append (its commit marker first, txn_marker.h) follows the SQLite
+ * COMMIT of COMMITTING at once, without waiting for its WAL sync
+ * (coord_job.early): a kill -9 keeps both; after a power loss that keeps
+ * the log's copy but not the row, start-up finds the marker and records
+ * the commit (docs/transactions.md "When the append happens").
  *
+ * Durability (page cache): the answer follows the append at once.
  * Durability (fsync): COMMITTED is recorded, and the answer sent, only once
  * the partition's high watermark covers the batch, i.e. after its
  * fdatasync: the request waits on its loop like an acks=-1 produce
@@ -295,21 +296,6 @@ static int run_resume(sqlite3 *db, txn_job *j, int64_t now)
 	return rc;
 }
 
-/* True unless t's partition exists and is in page-cache durability: then
- * its end is answered as its appends are, without waiting for a sync
- * (coord_job.early; docs/transactions.md "When the append happens"). */
-static bool topic_synced(server *srv, const halfstore_txn *t)
-{
-	topic *tp = topics_get(srv->topics, t->topic, strlen(t->topic));
-	bool synced = true;
-
-	if (tp && t->partition >= 0 && t->partition < tp->nparts)
-		synced = partition_synced(&tp->parts[t->partition]);
-	if (tp)
-		topic_unref(tp);
-	return synced;
-}
-
 static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 {
 	enum halfstore_state st = (enum halfstore_state)-1;
@@ -326,7 +312,10 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 	default:
 		rc = halfstore_end_into(db, j->txn_id, (enum halfstore_decision)j->decision, j->flags,
 					now, &j->rowbuf, &j->txn);
-		j->job.early = rc >= 0 && j->txn.topic && !topic_synced(j->r->w->srv, &j->txn);
+		/* the append follows the COMMIT at once, for every durability:
+		 * its marker makes the log copy enough (txn_marker.h), so it
+		 * need not wait for the WAL sync of COMMITTING */
+		j->job.early = rc >= 0 && j->txn.topic;
 		break;
 	}
 	return rc;
@@ -709,12 +698,12 @@ static void commit_wait(txn_job *j)
 	ev_timer_start(r->w->loop, &j->timer);
 }
 
-/* Once the end job's batch committed — on the WAL-sync thread completing
- * the round (COMMITTING is durable), or for a page-cache durability topic
- * on the coordinator thread right after the COMMIT (coord_job.early:
- * COMMITTING survives a kill -9, as the append does) — queues the append
- * for the round hook (txn_commit.h), which appends in commit_seq order
- * before done is posted. */
+/* Once the end job's batch committed — on the coordinator thread right
+ * after the COMMIT (coord_job.early: COMMITTING survives a kill -9, as the
+ * append does, and the commit marker covers a power loss), or on the
+ * WAL-sync thread completing the round when its batch could not complete
+ * early — queues the append for the round hook (txn_commit.h), which
+ * appends in commit_seq order before done is posted. */
 static void end_after_commit(coord_job *job)
 {
 	txn_job *j = (txn_job *)job;

@@ -28,6 +28,7 @@
 #include "recbatch.h"
 #include "syncer.h"
 #include "txn_api.h"
+#include "txn_marker.h"
 
 enum {
 	APPEND_E_GONE = 1,      /* the topic or partition no longer exists */
@@ -44,9 +45,10 @@ enum {
 static struct {
 	txn_commit **v;
 	size_t n, cap;
-	partlog_batch *pb;
-	size_t *pbi;         /* pb[k] is the batch of v[pbi[k]] */
-	size_t pb_cap, pbi_cap;
+	partlog_batch *pb;   /* per queued commit q: pb[2q] its marker, pb[2q+1] its batch */
+	size_t *pbi;         /* queued commit q is v[pbi[q]] */
+	uint8_t (*mk)[TXN_MARKER_SIZE]; /* mk[q]: the marker of queued commit q */
+	size_t pb_cap, pbi_cap, mk_cap;
 	server *srv;
 } stage;
 
@@ -127,11 +129,20 @@ static void classify(partition *p, txn_commit **v, size_t k, size_t *m, int64_t 
 		}
 	} else {
 		/* the reserved producer may skip sequences (a commit whose
-		 * topic vanished, a re-sequenced one), so gaps are accepted */
-		stage.pb[*m] = (partlog_batch){
+		 * topic vanished, a re-sequenced one), so gaps are accepted;
+		 * its marker goes first, in the same write (txn_marker.h) */
+		int64_t max_ts = (int64_t)wire_get64(t->batch + RECBATCH_OFF_MAX_TS);
+
+		txn_marker_build(stage.mk[*m], t->txn_id, t->commit_seq, max_ts);
+		stage.pb[2 * *m] = (partlog_batch){
+			.batch = stage.mk[*m],
+			.len = TXN_MARKER_SIZE,
+			.max_ts = max_ts,
+		};
+		stage.pb[2 * *m + 1] = (partlog_batch){
 			.batch = t->batch,
 			.len = t->batch_len,
-			.max_ts = (int64_t)wire_get64(t->batch + RECBATCH_OFF_MAX_TS),
+			.max_ts = max_ts,
 		};
 		stage.pbi[(*m)++] = k;
 		*last_queued = t->commit_seq;
@@ -139,23 +150,26 @@ static void classify(partition *p, txn_commit **v, size_t k, size_t *m, int64_t 
 	}
 }
 
-/* Under p->pid_lock: writes the m queued batches, records them in pidstate;
- * a batch too large is skipped with its error, an I/O error fails the rest
- * (nothing of them is in the log). */
+/* Under p->pid_lock: writes the m queued commits, each its marker then its
+ * batch, and records them in pidstate; a batch too large is skipped with
+ * its error, an I/O error fails the rest (nothing of them is in the log).
+ * A marker whose batch did not follow it (too large, or a failed write
+ * after a segment roll) stays in the log alone: consumers skip it, and
+ * start-up only trusts a marker followed by its commit. */
 static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
 {
-	size_t done = 0;
+	size_t done = 0, n = 2 * m;
 	bool appended = false;
 
-	while (done < m) {
+	while (done < n) {
 		size_t na = 0;
-		int r = partlog_append_v(p->log, stage.pb + done, m - done, now, &na);
+		int r = partlog_append_v(p->log, stage.pb + done, n - done, now, &na);
 
-		for (size_t q = done; q < done + na; q++) {
-			txn_commit *c = v[stage.pbi[q]];
+		for (size_t i = done | 1; i < done + na; i += 2) {
+			txn_commit *c = v[stage.pbi[i / 2]];
 			int32_t seq = halfstore_commit_base_seq(c->txn->commit_seq);
 			int32_t last = c->txn->record_count - 1;
-			int64_t base = stage.pb[q].base_offset;
+			int64_t base = stage.pb[i].base_offset;
 
 			pidstate_record(p->pids, HALFSTORE_COMMIT_PID,
 					halfstore_commit_epoch(c->txn->commit_seq), seq, seq + last, base,
@@ -167,15 +181,17 @@ static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
 		if (r == 0)
 			break;
 		if (r == PARTLOG_E_TOO_LARGE) {
-			v[stage.pbi[done++]]->rc = APPEND_E_TOO_LARGE;
+			v[stage.pbi[done / 2]]->rc = APPEND_E_TOO_LARGE;
+			done = (done / 2 + 1) * 2; /* on to the next marker */
 			continue;
 		}
-		for (; done < m; done++) {
-			txn_commit *c = v[stage.pbi[done]];
+		for (size_t q = done / 2; q < m; q++) {
+			txn_commit *c = v[stage.pbi[q]];
 
 			c->rc = r < 0 ? r : -EIO;
 			note_failed_seq(p, c->txn->commit_seq);
 		}
+		break;
 	}
 	return appended;
 }
@@ -252,8 +268,9 @@ static int append_all(topics *reg, syncer *sy, txn_commit **v, size_t n)
 		v[i]->t = NULL;
 		v[i]->p = NULL;
 	}
-	if (!grow((void **)&stage.pb, &stage.pb_cap, n, sizeof(*stage.pb)) ||
-	    !grow((void **)&stage.pbi, &stage.pbi_cap, n, sizeof(*stage.pbi))) {
+	if (!grow((void **)&stage.pb, &stage.pb_cap, 2 * n, sizeof(*stage.pb)) ||
+	    !grow((void **)&stage.pbi, &stage.pbi_cap, n, sizeof(*stage.pbi)) ||
+	    !grow((void **)&stage.mk, &stage.mk_cap, n, sizeof(*stage.mk))) {
 		blog(BLOG_ERROR, "txn commits: no memory to append %zu of them", n);
 		for (size_t i = 0; i < n; i++)
 			v[i]->rc = APPEND_E_STALE;
@@ -521,10 +538,116 @@ static void recover_mark(sqlite3 *db, txn_commit *c, size_t n)
 	}
 }
 
-/* Start-up, main: every partition's next commit_seq above the last commit
- * its log holds (halfstore_seq_floor says why), before anything takes a
- * new one.  0 or -1 (logged). */
-static int recover_seq_floor(sqlite3 *db, topics *reg)
+/* Start-up, main: the commit sequence that follows the last commit in p's
+ * log, from pidstate.  False if the log holds none. */
+static bool log_next_seq(partition *p, int64_t *next)
+{
+	int16_t epoch;
+	int32_t last;
+	bool found;
+
+	pthread_mutex_lock(&p->pid_lock);
+	found = pidstate_last(p->pids, HALFSTORE_COMMIT_PID, &epoch, &last) == 0;
+	pthread_mutex_unlock(&p->pid_lock);
+	if (found)
+		*next = (int64_t)epoch * HALFSTORE_SEQ_SPAN + last + 1;
+	return found;
+}
+
+/* A commit found in the log behind its marker. */
+struct found {
+	int64_t txn_id, commit_seq, offset;
+};
+
+/* The walk of one partition's log tail for marker + commit pairs at or
+ * above next_seq. */
+struct marker_scan {
+	int64_t next_seq;
+	bool have;                   /* the previous batch was a marker */
+	int64_t mk_txn, mk_seq, mk_off;
+	struct found *v;
+	size_t n, cap;
+};
+
+static int scan_batch(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h)
+{
+	struct marker_scan *sc = arg;
+	bool pair = sc->have && h->base_offset == sc->mk_off + 1 &&
+		    h->producer_id == HALFSTORE_COMMIT_PID &&
+		    h->producer_epoch == halfstore_commit_epoch(sc->mk_seq) &&
+		    h->base_sequence == halfstore_commit_base_seq(sc->mk_seq);
+	int64_t txn, seq;
+
+	if (txn_marker_parse(b, len, &txn, &seq)) {
+		sc->have = true;
+		sc->mk_txn = txn;
+		sc->mk_seq = seq;
+		sc->mk_off = h->base_offset;
+		return 0;
+	}
+	sc->have = false;
+	if (!pair || sc->mk_seq < sc->next_seq)
+		return 0;
+	if (!grow((void **)&sc->v, &sc->cap, sc->n + 1, sizeof(*sc->v)))
+		return -ENOMEM;
+	sc->v[sc->n++] = (struct found){ sc->mk_txn, sc->mk_seq, h->base_offset };
+	return 0;
+}
+
+/* Start-up, main: the commits of p whose rows a power loss took (the log
+ * holds sequences at or above SQLite's next_seq) are found by their
+ * markers and recorded COMMITTED (docs/transactions.md "Commit markers"):
+ * their check-back would otherwise append them a second time.  0 or -1
+ * (logged). */
+static int reattach_partition(sqlite3 *db, topic *tp, partition *p)
+{
+	struct marker_scan sc = { 0 };
+	int64_t last_off, from, log_next;
+	int rc;
+
+	if (!log_next_seq(p, &log_next))
+		return 0;
+	rc = halfstore_seq_state(db, tp->name, p->index, &sc.next_seq, &last_off);
+	if (rc != 0 || log_next <= sc.next_seq)
+		return rc == 0 ? 0 : -1;
+	from = last_off > partlog_start_offset(p->log) ? last_off : partlog_start_offset(p->log);
+	rc = partition_each_batch(p, from, scan_batch, &sc);
+	for (size_t i = 0; rc == 0 && i < sc.n; i++) {
+		const struct found *f = &sc.v[i];
+		int hs = halfstore_reattach(db, f->txn_id, tp->name, p->index, f->commit_seq, f->offset,
+					    now_ms());
+
+		if (hs < 0)
+			rc = hs;
+		blog(hs == HALFSTORE_OK || hs == HALFSTORE_OK_ALREADY ? BLOG_WARN : BLOG_ERROR,
+		     "transactions: txn %lld found committed in %s-%d at offset %lld after its row was "
+		     "lost: %s",
+		     (long long)f->txn_id, tp->name, p->index, (long long)f->offset,
+		     hs == HALFSTORE_OK ? "recorded COMMITTED" : halfstore_strerror(hs));
+	}
+	if (rc != 0)
+		blog(BLOG_ERROR, "transactions: cannot search %s-%d for commits whose rows were lost: %s",
+		     tp->name, p->index, strerror(-rc));
+	free(sc.v);
+	return rc == 0 ? 0 : -1;
+}
+
+/* Start-up, main: p's next commit_seq above the last commit its log holds
+ * (halfstore_seq_floor says why), before anything takes a new one.  0 or
+ * -1. */
+static int raise_seq_floor(sqlite3 *db, topic *tp, partition *p)
+{
+	int64_t next;
+
+	if (!log_next_seq(p, &next))
+		return 0;
+	return halfstore_seq_floor(db, tp->name, p->index, next) == 0 ? 0 : -1;
+}
+
+/* Start-up, main: fn for every partition, all in one SQLite transaction
+ * (rolled back, and `what` logged, if one fails).  0 or -1. */
+static int each_partition_in_tx(sqlite3 *db, topics *reg,
+				int (*fn)(sqlite3 *db, topic *tp, partition *p), const char *what)
 {
 	topic **list = NULL;
 	int n = 0, rc;
@@ -532,27 +655,14 @@ static int recover_seq_floor(sqlite3 *db, topics *reg)
 	if (topics_list(reg, &list, &n) < 0)
 		return -1;
 	rc = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
-	for (int i = 0; i < n && rc == 0; i++) {
-		for (int32_t k = 0; k < list[i]->nparts && rc == 0; k++) {
-			partition *p = &list[i]->parts[k];
-			int16_t epoch;
-			int32_t last;
-			bool found;
-
-			pthread_mutex_lock(&p->pid_lock);
-			found = pidstate_last(p->pids, HALFSTORE_COMMIT_PID, &epoch, &last) == 0;
-			pthread_mutex_unlock(&p->pid_lock);
-			if (found)
-				rc = halfstore_seq_floor(db, list[i]->name, k,
-							 (int64_t)epoch * HALFSTORE_SEQ_SPAN + last + 1);
-		}
-	}
+	for (int i = 0; i < n && rc == 0; i++)
+		for (int32_t k = 0; k < list[i]->nparts && rc == 0; k++)
+			rc = fn(db, list[i], &list[i]->parts[k]);
 	if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
 		rc = -1;
 	if (rc != 0) {
 		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-		blog(BLOG_ERROR, "transactions: cannot raise the commit sequences past the logs: %s",
-		     sqlite3_errmsg(db));
+		blog(BLOG_ERROR, "transactions: cannot %s: %s", what, sqlite3_errmsg(db));
 	}
 	topics_list_free(list, n);
 	return rc;
@@ -574,7 +684,11 @@ int txn_commit_recover(sqlite3 *db, topics *reg)
 	pc = calloc(n + 1, sizeof(*pc));
 	if (!c || !pc)
 		goto out;
-	if (recover_seq_floor(db, reg) != 0 || recover_sequence(db, v, n) != 0)
+	if (each_partition_in_tx(db, reg, reattach_partition,
+				 "record the commits whose rows were lost") != 0 ||
+	    each_partition_in_tx(db, reg, raise_seq_floor,
+				 "raise the commit sequences past the logs") != 0 ||
+	    recover_sequence(db, v, n) != 0)
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		c[i].txn = &v[i];

@@ -11,15 +11,19 @@
  * the live appends run on the coordinator's round completion (coord.h), in
  * job order = sequence order: the end jobs' after_commit hooks stage them
  * (txn_commit_stage) and the round hook appends everything staged with one
- * log write per partition (txn_commit_flush).  An append that wrote nothing
+ * log write per partition (txn_commit_flush).  Each commit is written
+ * behind its marker (txn_marker.h), in the same write; after a power loss
+ * that kept the log but lost COMMITTING rows, txn_commit_recover finds the
+ * marker + commit pairs beyond SQLite's next sequence and records those
+ * transactions COMMITTED (halfstore_reattach).  An append that wrote nothing
  * releases its sequence in SQLite (halfstore_unseq) and remembers it in
  * the partition's failed-sequence ring (topics.h), so a late end that read
  * the old sequence answers "retry" instead of "appended long ago".
  *
  * Threads: txn_commit_start on main before the coordinator starts;
- * txn_commit_stage and txn_commit_flush on the WAL-sync thread completing a
- * round, or on the coordinator thread completing a batch's early jobs (the
- * ends of page-cache durability topics, coord_job.early); one at a time, in
+ * txn_commit_stage and txn_commit_flush on the coordinator thread
+ * completing a batch's early jobs (the ends, coord_job.early), or on the
+ * WAL-sync thread completing a round that could not; one at a time, in
  * round order (coord.h never runs the two at once), so the stage needs no
  * lock;
  * txn_commit_recover on main at start-up, before the coordinator starts.
@@ -59,10 +63,13 @@ void txn_commit_stage(txn_commit *c);
  * stage order, and records the failures in SQLite (coord_lock_db). */
 void txn_commit_flush(void *srv);
 
-/* Start-up: raises each partition's next commit sequence past the last
- * commit its log holds (halfstore_seq_floor), appends (exactly once) every transaction left COMMITTING by a
- * crash, syncs the fsync-durability partitions it touched, then marks them
- * COMMITTED.  Returns 0 or -1 (logged). */
+/* Start-up: records COMMITTED the transactions whose commits the log holds
+ * (marker + batch) beyond SQLite's next sequence, their rows lost;
+ * raises each partition's next commit sequence past the last commit its
+ * log holds (halfstore_seq_floor); appends (exactly once) every
+ * transaction left COMMITTING by a crash, syncs the fsync-durability
+ * partitions it touched, then marks them COMMITTED.  Returns 0 or -1
+ * (logged). */
 int txn_commit_recover(sqlite3 *db, topics *reg);
 
 #endif

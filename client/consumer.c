@@ -808,6 +808,23 @@ static sluice_message_t *msg_err_new(sluice_err_t err, const char *errstr)
 	return m;
 }
 
+/* A control batch (a transaction marker, docs/transactions.md) is never
+ * delivered; the position moves past it, as Kafka's clients do, so that a
+ * marker after the last message does not show as lag. */
+static void skip_control(struct chunk *ch, const uint8_t *b, size_t sz)
+{
+	recbatch_hdr h;
+	int64_t next;
+
+	if (recbatch_parse_hdr(b, sz, &h) != RECBATCH_OK)
+		return;
+	next = h.base_offset + h.last_offset_delta + 1;
+	if (next > ch->next_offset) {
+		ch->next_offset = next;
+		ch->cp->consumed = next;
+	}
+}
+
 /* Pops the head chunk (lock held) and lets the I/O thread refill. */
 static void pop_chunk_locked(struct sluice_consumer *c)
 {
@@ -900,8 +917,13 @@ sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms)
 			}
 			sz = recbatch_size(b, (size_t)(ch->end - b));
 			ch->p += sz;
-			if (b[RECBATCH_OFF_ATTR + 1] & RECBATCH_ATTR_CONTROL)
-				continue; /* transaction markers */
+			if (b[RECBATCH_OFF_ATTR + 1] & RECBATCH_ATTR_CONTROL) {
+				/* transaction markers: never delivered, but the
+				 * position moves past them, or a marker last in
+				 * a fetch would be fetched again and again */
+				skip_control(ch, b, sz);
+				continue;
+			}
 			if (recbatch_iter_init(&ch->it, b, sz) != RECBATCH_OK)
 				continue;
 			ch->in_batch = true;

@@ -579,25 +579,81 @@ int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64
 	return run(st);
 }
 
-/* Takes record_count sequences from txn_seq for (topic, partition).
- * 0 with *seq, or -errno. */
-static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t count,
-		    int64_t *seq)
+/* Runs sql (one int64 column; ?1 = topic, ?2 = partition) and sets *out
+ * to its first row's value, or to dflt if there is none.  0 or -errno. */
+static int part_i64(sqlite3 *db, const char *sql, const char *topic, int32_t partition,
+		    int64_t dflt, int64_t *out)
 {
 	sqlite3_stmt *st;
-	int64_t s = 0;
-	int rc;
+	int rc = prep(db, sql, &st);
 
-	rc = prep(db, "SELECT next_seq FROM txn_seq WHERE topic = ?1 AND partition = ?2", &st);
 	if (rc)
 		return rc;
 	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
 	sqlite3_bind_int(st, 2, partition);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		s = sqlite3_column_int64(st, 0);
+	*out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : dflt;
 	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
 	stmtcache_release(st);
+	return rc;
+}
+
+#define SQL_NEXT_SEQ "SELECT next_seq FROM txn_seq WHERE topic = ?1 AND partition = ?2"
+
+int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64_t *next_seq,
+			int64_t *last_offset)
+{
+	int rc = part_i64(db, SQL_NEXT_SEQ, topic, partition, 0, next_seq);
+
+	if (rc)
+		return rc;
+	/* txn_half_commit walked down from the top: rows still COMMITTING
+	 * (offset not recorded yet) are the few most recent */
+	return part_i64(db,
+			"SELECT log_offset FROM txn_half WHERE topic = ?1 AND partition = ?2"
+			" AND commit_seq IS NOT NULL AND log_offset >= 0 ORDER BY commit_seq DESC LIMIT 1",
+			topic, partition, -1, last_offset);
+}
+
+int halfstore_reattach(sqlite3 *db, int64_t txn_id, const char *topic, int32_t partition,
+		       int64_t commit_seq, int64_t log_offset, int64_t now_ms)
+{
+	halfstore_txn t;
+	sqlite3_stmt *st;
+	int rc = fetch(db, txn_id, false, &t, NULL);
+
+	if (rc != HALFSTORE_OK)
+		return rc;
+	if (strcmp(t.topic, topic) != 0 || t.partition != partition)
+		rc = HALFSTORE_E_STATE;
+	else if (t.state == HALFSTORE_COMMITTED && t.commit_seq == commit_seq)
+		rc = HALFSTORE_OK_ALREADY;
+	else if ((t.state != HALFSTORE_PENDING && t.state != HALFSTORE_DISCARDED) || t.commit_seq >= 0)
+		rc = HALFSTORE_E_STATE;
+	else
+		rc = prep(db,
+			  "UPDATE txn_half SET state = 'COMMITTED', commit_seq = ?2, log_offset = ?3,"
+			  " ended_ms = ?4, batch = NULL, lease_until_ms = 0, discard_reason = NULL"
+			  " WHERE txn_id = ?1",
+			  &st);
+	halfstore_txn_clear(&t);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, txn_id);
+	sqlite3_bind_int64(st, 2, commit_seq);
+	sqlite3_bind_int64(st, 3, log_offset);
+	sqlite3_bind_int64(st, 4, now_ms);
+	return run(st);
+}
+
+/* Takes record_count sequences from txn_seq for (topic, partition).
+ * 0 with *seq, or -errno. */
+static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t count,
+		    int64_t *seq)
+{
+	int64_t s;
+	int rc = part_i64(db, SQL_NEXT_SEQ, topic, partition, 0, &s);
+
 	if (rc)
 		return rc;
 	/* A batch's sequences stay inside one epoch: skip to the next one. */

@@ -254,6 +254,25 @@ int halfstore_unseq(sqlite3 *db, int64_t txn_id);
  * for a duplicate.  0 or -errno. */
 int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64_t next_seq);
 
+/* Start-up, after a power loss: the partition's next commit_seq as SQLite
+ * has it (0: none taken yet) and the log offset of its highest-sequenced
+ * commit whose offset is recorded (-1: none).  Commits the log holds at or
+ * above *next_seq lost their rows; they were appended after *last_offset,
+ * so the log is searched for their markers from there.  0 or -errno. */
+int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64_t *next_seq,
+			int64_t *last_offset);
+
+/* Start-up: a commit found in the log (its marker, broker/txn_marker.h,
+ * followed by its batch at log_offset) whose row was lost with the WAL: the
+ * txn, PENDING or DISCARDED without a commit_seq, becomes COMMITTED with
+ * commit_seq, log_offset and ended_ms = now_ms, its batch dropped, as if
+ * its end and mark had been kept.  HALFSTORE_OK; HALFSTORE_OK_ALREADY if it
+ * is COMMITTED with that commit_seq already (a second start-up);
+ * HALFSTORE_E_NOT_FOUND; HALFSTORE_E_STATE (any other state, or another
+ * topic or partition: nothing changed); or -errno. */
+int halfstore_reattach(sqlite3 *db, int64_t txn_id, const char *topic, int32_t partition,
+		       int64_t commit_seq, int64_t log_offset, int64_t now_ms);
+
 /* Everything in COMMITTING (crash recovery: re-append them all), batches
  * included, ordered by topic, partition, commit_seq — those without one
  * (halfstore_unseq) last in their partition, by txn_id.  HALFSTORE_OK with

@@ -393,6 +393,7 @@ class Batch:
         self.crc = None
         self.crc_ok = None
         self.attributes = None
+        self.is_control = None
         self.last_offset_delta = None
         self.base_timestamp = None
         self.max_timestamp = None
@@ -443,6 +444,7 @@ def decode_batches(data, allow_partial=True):
             raise DecodeError("CRC mismatch in batch at offset %d"
                               % b.base_offset)
         b.attributes = r.i16()
+        b.is_control = bool(b.attributes & 0x20)
         b.last_offset_delta = r.i32()
         b.base_timestamp = r.i64()
         b.max_timestamp = r.i64()
@@ -898,9 +900,12 @@ class FetchPartition:
         return decode_batches(self.records or b"")
 
     def messages(self):
+        """The records of the data batches: control batches (the broker's
+        commit markers) are skipped, as Kafka clients skip them."""
         out = []
         for b in self.batches():
-            out.extend(b.records)
+            if not b.is_control:
+                out.extend(b.records)
         return out
 
 
@@ -944,7 +949,8 @@ def fetch_all(addr, topic, partition, start=0, end=None, timeout=60.0,
               pmax=4 << 20):
     """Read a partition from start up to end (default: the high watermark
     at the first answer).  Returns the list of Records in offset order.
-    Checks offsets are consecutive, with no duplicates."""
+    Checks offsets are consecutive, with no duplicates; control batches
+    (commit markers) take their offsets but are not returned."""
     out = []
     off = start
     deadline = time.monotonic() + timeout
@@ -960,13 +966,23 @@ def fetch_all(addr, topic, partition, start=0, end=None, timeout=60.0,
                 end = fp.high_watermark
             if off >= end:
                 break
-            for rec in fp.messages():
-                if rec.offset < off:
-                    continue  # Kafka may return the whole batch
-                check_eq(rec.offset, off, "next offset in %s-%d"
-                         % (topic, partition))
-                out.append(rec)
-                off += 1
+            for b in fp.batches():
+                if b.is_control:
+                    last = b.base_offset + b.last_offset_delta
+                    if last >= off:
+                        check_eq(b.base_offset, off, "next offset in %s-%d"
+                                 % (topic, partition))
+                        off = last + 1
+                    continue
+                for rec in b.records:
+                    if rec.offset < off:
+                        continue  # Kafka may return the whole batch
+                    check_eq(rec.offset, off, "next offset in %s-%d"
+                             % (topic, partition))
+                    out.append(rec)
+                    off += 1
+                    if off >= end:
+                        break
                 if off >= end:
                     break
     return out

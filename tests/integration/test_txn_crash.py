@@ -15,9 +15,11 @@ broker dies at.
   partitions): after the restart every commit that was acknowledged is in
   the log exactly once, no message is there twice, and retrying every
   commit appends each of the others exactly once.
-* A power loss in page-cache durability that keeps a commit's log append
-  but loses its COMMITTING row (simulated by restoring sluice.db): a later
-  commit is still appended, not taken for a duplicate.
+* A power loss (either durability) that keeps a commit's log append but
+  loses its COMMITTING row (simulated by restoring sluice.db): start-up
+  finds its marker and records it COMMITTED; nothing is appended twice and
+  a later commit is still appended.  A marker whose commit was lost
+  re-attaches nothing.
 
 Env: SLUICED.
 """
@@ -72,7 +74,8 @@ def crash_at(point):
             if point == "txn_commit_marked":
                 # the mark follows the answer (txn_api.c submit_mark)
                 err, msg, state, off = txn_end(c, "shop", txn, TXN_COMMIT)
-                check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 0),
+                # offset 0 is the commit marker (docs/transactions.md)
+                check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
                          "commit answered before the mark (%s)" % msg)
             else:
                 dies(lambda: txn_end(c, "shop", txn, TXN_COMMIT))
@@ -88,12 +91,12 @@ def crash_at(point):
             check_eq(len(ls), 1, "the prepare was stored before the crash")
             txn = list(ls)[0]
         err, msg, state, off = txn_end(c, "shop", txn, TXN_COMMIT)
-        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 0),
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
                  "retried commit after a crash at %s (%s)" % (point, msg))
         check_eq(txn_describe(c, txn)["state"], TXN_COMMITTED, "state")
         # once more: nothing appended twice
         check_eq(txn_end(c, "shop", txn, TXN_COMMIT)[:4],
-                 (ERR_NONE, None, TXN_COMMITTED, 0), "second retry")
+                 (ERR_NONE, None, TXN_COMMITTED, 1), "second retry")
         # the broker goes on: a new transaction commits normally
         t2 = txn_prepare(c, "shop", "orders", 0, [(b"k", b"after")])[2]
         err, _, state, _ = txn_end(c, "shop", t2, TXN_COMMIT)
@@ -107,43 +110,86 @@ def make_case(point):
     return lambda: crash_at(point)
 
 
-def test_power_loss_keeps_later_commits():
-    """Page-cache durability answers a commit once it is appended, before
-    the SQLite WAL holding its COMMITTING row is synced.  A power loss can
-    then keep the log's copy and lose the row (the transaction is PENDING
-    again and its commit sequence free).  Simulated: sluice.db is put back
-    as it was before the commit, after a kill -9.  A later commit must still
-    be appended: start-up raises the partition's next commit sequence past
-    the log's last commit (without it, the next commit reuses the lost one's
-    sequence and is taken for a duplicate: answered, never appended)."""
+def lose_db_after(b, commit):
+    """A power loss that keeps the log but loses the SQLite WAL written by
+    commit(): sluice.db is put back as it was before, after a kill -9."""
     import shutil
-    b = Broker(name="txn-power-loss")
+    saved = os.path.join(b.workdir, "db-before-commit")
+    os.mkdir(saved)
+    for f in ("sluice.db", "sluice.db-wal"):
+        shutil.copy(os.path.join(b.data_dir, f), saved)
+    commit()
+    b.kill9()
+    os.remove(os.path.join(b.data_dir, "sluice.db-shm"))
+    for f in ("sluice.db", "sluice.db-wal"):
+        shutil.copy(os.path.join(saved, f), b.data_dir)
+
+
+def power_loss_keeps_the_log(durability):
+    """A commit is appended (its marker first) right after its COMMITTING
+    row is committed to the WAL, before that WAL is synced, and in fsync
+    durability answered once the log is synced.  A power loss can then keep
+    the log's copy and lose the row: the transaction is PENDING again and
+    its commit sequence free.  Start-up finds the marker + commit pair and
+    records the transaction COMMITTED: a retried end, or its check-back,
+    appends nothing more (without the markers, the check-back appended it a
+    second time), and a later commit takes the next sequence (it is not
+    taken for a duplicate: answered, never appended)."""
+    b = Broker(name="txn-power-loss-" + durability,
+               sets={"log.durability": durability})
     b.start()
     with Conn(b.addr) as c:
         c.create_topic("orders", 1)
         t1 = txn_prepare(c, "shop", "orders", 0, [(b"k", b"first")])[2]
         t2 = txn_prepare(c, "shop", "orders", 0, [(b"k", b"second")])[2]
-    saved = os.path.join(b.workdir, "db-before-commit")
-    os.mkdir(saved)
-    for f in ("sluice.db", "sluice.db-wal"):
-        shutil.copy(os.path.join(b.data_dir, f), saved)
+
+    def commit():
+        with Conn(b.addr) as c:
+            err, msg, state, off = txn_end(c, "shop", t1, TXN_COMMIT)
+            check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
+                     "first commit, after its marker (%s)" % msg)
+    lose_db_after(b, commit)
+    b.start()
     with Conn(b.addr) as c:
-        err, msg, state, off = txn_end(c, "shop", t1, TXN_COMMIT)
-        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 0),
-                 "first commit (%s)" % msg)
-    b.kill9()
-    os.remove(os.path.join(b.data_dir, "sluice.db-shm"))
-    for f in ("sluice.db", "sluice.db-wal"):
-        shutil.copy(os.path.join(saved, f), b.data_dir)
+        d = txn_describe(c, t1)
+        check_eq((d["state"], d["log_offset"], d["commit_seq"]),
+                 (TXN_COMMITTED, 1, 0),
+                 "the lost row, found again through its marker")
+        check_eq(txn_end(c, "shop", t1, TXN_COMMIT)[:4],
+                 (ERR_NONE, None, TXN_COMMITTED, 1), "retried first commit")
+        err, msg, state, off = txn_end(c, "shop", t2, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 3),
+                 "a commit after the loss goes to the next offset (%s)" % msg)
+    check_eq(payloads(b.addr, "orders", 1), [b"first", b"second"],
+             "each commit once")
+
+
+def test_power_loss_keeps_only_the_marker():
+    """A marker is trusted only with its commit right behind it: a power
+    loss that keeps the marker but not the batch (cut off here) leaves the
+    transaction PENDING, and its retried commit appends it once."""
+    b = Broker(name="txn-power-loss-marker")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        t1 = txn_prepare(c, "shop", "orders", 0, [(b"k", b"first")])[2]
+
+    def commit():
+        with Conn(b.addr) as c:
+            check_eq(txn_end(c, "shop", t1, TXN_COMMIT)[:4],
+                     (ERR_NONE, None, TXN_COMMITTED, 1), "first commit")
+    lose_db_after(b, commit)
+    seg = os.path.join(b.data_dir, "orders-0", "%020d.log" % 0)
+    check(os.path.getsize(seg) > 98, "the marker and the commit are written")
+    os.truncate(seg, 98)  # the marker alone (broker/txn_marker.h)
     b.start()
     with Conn(b.addr) as c:
         check_eq(txn_describe(c, t1)["state"], TXN_PENDING,
-                 "the first commit's row, lost with the database")
-        err, msg, state, off = txn_end(c, "shop", t2, TXN_COMMIT)
-        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
-                 "a commit after the loss goes to the next offset (%s)" % msg)
-    check_eq(payloads(b.addr, "orders", 1), [b"first", b"second"],
-             "the later commit is in the log")
+                 "a marker without its commit re-attaches nothing")
+        err, msg, state, off = txn_end(c, "shop", t1, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 2),
+                 "the commit, appended again after the lone marker (%s)" % msg)
+    check_eq(payloads(b.addr, "orders", 1), [b"first"], "the commit once")
 
 
 N = 1000
@@ -226,6 +272,10 @@ if __name__ == "__main__":
     run([("kill_at_" + p, make_case(p), 90) for p in POINTS] + [
         ("kill9_during_concurrent_commits",
          test_kill9_during_concurrent_commits, 180),
-        ("power_loss_keeps_later_commits",
-         test_power_loss_keeps_later_commits, 60),
+        ("power_loss_keeps_the_log_pagecache",
+         lambda: power_loss_keeps_the_log("pagecache"), 60),
+        ("power_loss_keeps_the_log_fsync",
+         lambda: power_loss_keeps_the_log("fsync"), 60),
+        ("power_loss_keeps_only_the_marker",
+         test_power_loss_keeps_only_the_marker, 60),
     ])

@@ -787,6 +787,59 @@ static void test_halfstore_unseq_after_failed_append(void **state)
 
 /* ---- recovery, listing, housekeeping ---- */
 
+/* Start-up after a power loss: seq_state says where SQLite's sequences
+ * end and where the search of the log starts; reattach records a commit
+ * found in the log for a PENDING (or DISCARDED, unsequenced) txn, once,
+ * and refuses anything else without changing it. */
+static void test_halfstore_reattach(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a, p, d, q, other, next = -5, off = -5;
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	assert_int_equal(next, 0);
+	assert_int_equal(off, -1);
+	a = prepare1(db, "g", 1000);
+	p = prepare1(db, "g", 1001);
+	d = prepare1(db, "g", 1002);
+	other = prepare_n(db, "g", "orders", 1, 1, 11, 1003);
+	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1100, NULL), HALFSTORE_OK);
+	assert_int_equal(halfstore_mark_committed(db, a, 5), HALFSTORE_OK);
+	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	assert_int_equal(next, 1);
+	assert_int_equal(off, 5);
+	/* a's row committed again would be a conflict: not PENDING */
+	assert_int_equal(halfstore_reattach(db, a, "orders", 0, 1, 7, 2000), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_reattach(db, other, "orders", 0, 1, 7, 2000), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_reattach(db, 999, "orders", 0, 1, 7, 2000), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(state_of(db, other), HALFSTORE_PENDING);
+	assert_int_equal(halfstore_reattach(db, p, "orders", 0, 1, 7, 2000), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, p, &t), HALFSTORE_OK);
+	assert_int_equal(t.state, HALFSTORE_COMMITTED);
+	assert_int_equal(t.commit_seq, 1);
+	assert_int_equal(t.log_offset, 7);
+	assert_int_equal(t.ended_ms, 2000);
+	assert_null(t.batch);
+	halfstore_txn_clear(&t);
+	/* a second start-up finds it again */
+	assert_int_equal(halfstore_reattach(db, p, "orders", 0, 1, 7, 3000), HALFSTORE_OK_ALREADY);
+	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	assert_int_equal(off, 7);
+	/* discarded by the check-back before its lost commit was found */
+	assert_int_equal(halfstore_discard(db, d, "too many checks", 1500), HALFSTORE_OK);
+	assert_int_equal(halfstore_reattach(db, d, "orders", 0, 2, 9, 2000), HALFSTORE_OK);
+	assert_int_equal(state_of(db, d), HALFSTORE_COMMITTED);
+	/* one txn per sequence (the unique index): refused, nothing changed */
+	q = prepare1(db, "g", 1004);
+	assert_true(halfstore_reattach(db, q, "orders", 0, 1, 8, 2000) < 0);
+	assert_int_equal(state_of(db, q), HALFSTORE_PENDING);
+	assert_int_equal(halfstore_reattach(db, other, "orders", 1, 0, 3, 2000), HALFSTORE_OK);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 static void test_halfstore_committing_in_seq_order(void **state)
 {
 	sqlite3 *db = open_db();
@@ -1082,6 +1135,15 @@ static void test_halfstore_queries_use_indexes(void **state)
 	assert_int_equal(halfstore_purge(db, 1000, true, 100), 0);
 	assert_int_equal(pp.n, 1);
 	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_ended");
+	pp.n = 0;
+	{
+		int64_t next, off;
+
+		assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	}
+	assert_int_equal(pp.n, 2);
+	assert_plan_uses(db, pp.sql[0], "USING PRIMARY KEY");
+	assert_plan_uses(db, pp.sql[1], "USING INDEX txn_half_commit");
 	sqlite3_trace_v2(db, 0, NULL, NULL);
 	stmtcache_forget(db);
 	sqlite3_close(db);
@@ -1159,6 +1221,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_purge_ended_after_retention),
 		cmocka_unit_test(test_halfstore_drop_topic_discards_pending),
 		cmocka_unit_test(test_halfstore_seq_floor),
+		cmocka_unit_test(test_halfstore_reattach),
 		cmocka_unit_test(test_halfstore_queries_use_indexes),
 		cmocka_unit_test(test_halfstore_state_check_is_cheap),
 		cmocka_unit_test(test_halfstore_schema_v2_migrates_v1),
