@@ -5,7 +5,7 @@
  * outside whether the broker acknowledges / exposes data before or after
  * the sync, and whether concurrent appends share one sync (group commit).
  * The delay applies only to regular files (directory fsyncs stay fast).
- * SLOWSYNC_LOG=1 also logs each call with the file's path to stderr.
+ * SLOWSYNC_LOG=1 also logs each call (UTC time, thread id, file path) to stderr.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -24,10 +24,15 @@ static void log_call(const char *what, int fd)
 	ssize_t n;
 	if (!l || *l != '1')
 		return;
+	struct timespec now;
+
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
 	n = readlink(link, path, sizeof(path) - 1);
 	path[n > 0 ? n : 0] = '\0';
-	fprintf(stderr, "slowsync: %s(%s)\n", what, path);
+	clock_gettime(CLOCK_REALTIME, &now);
+	fprintf(stderr, "slowsync: %02ld:%02ld:%02ld.%03ld tid %ld %s(%s)\n",
+		(long)(now.tv_sec / 3600 % 24), (long)(now.tv_sec / 60 % 60), (long)(now.tv_sec % 60),
+		now.tv_nsec / 1000000, (long)gettid(), what, path);
 }
 
 static long delay_ms(int fd)

@@ -576,11 +576,17 @@ def stale_round(b, c, c2, topic, expected, n, delay):
     t = prepare_ok(c, topic, v, "a%d" % n)
     h = prepare_ok(c, topic, b"helper", "helper of a%d" % n)
     end = txn_end_body(GROUP, t, TXN_COMMIT)
-    # An "unknown" answer right before the commit: a job that cannot
-    # complete early (coord_job.early), so its batch — and the commit's,
-    # the same one or the next — completes after its WAL sync, on the
-    # WAL-sync thread, while the coordinator runs the next batches.
+    # First an "unknown" answer: a job that cannot complete early
+    # (coord_job.early), so its round waits for its WAL sync (SLOW_SYNC_MS).
+    # The commit, a quarter of a sync later, is then late too (a round with
+    # hooks is pending): its batch waits for the next round, which the
+    # syncer takes when the helper's sync is done, and its append comes a
+    # sync after that.  The second end comes in between (delay after the
+    # commit, about a sync): it reads the commit sequence, in a round of
+    # its own.
+    slow = SLOW_SYNC_MS / 1000.0
     corr_h = c.send_request(API_TXN_END, 0, txn_end_body(GROUP, h, 0))
+    time.sleep(0.25 * slow)
     corr = c.send_request(API_TXN_END, 0, end)
     time.sleep(delay)
     corr2 = c2.send_request(API_TXN_END, 0, end)
@@ -640,11 +646,12 @@ def test_txn_stale_retry_across_rounds():
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM txn_half").fetchone()
         slow = SLOW_SYNC_MS / 1000.0
-        # The WAL syncer is idle once the prepare is answered, so the
-        # first end's round starts its sync at once and the second end, a
-        # fraction of a sync later, is sequenced in a batch of its own
-        # before the append.
-        for n, delay in enumerate((0.25 * slow, 0.5 * slow, 0.1 * slow)):
+        # The second end must come after the syncer took the commit's round
+        # (0.75 sync after the commit) and before its append (1.75 syncs):
+        # tried in the middle first, then nearer the edges (a loaded
+        # machine stretches the timeline).
+        for n, k in enumerate((1.25, 1.1, 1.4, 1.0, 1.6)):
+            delay = k * slow
             if "earlier append" in stale_round(b, c, c2, topic, expected, n,
                                                delay):
                 exercised = True

@@ -1004,14 +1004,17 @@ def test_kafka_clients_skip_commit_markers():
     they skip Kafka's own transaction markers: kcat (librdkafka) prints
     exactly the committed messages, plain ones between them, at the offsets
     the commits were answered with and without an error; so does
-    `sluice consume` (libsluice)."""
+    `sluice consume` (libsluice).  The log ends with a lone marker (a
+    commit larger than segment.bytes: discarded after its marker was
+    written), which neither client waits for nor stumbles on."""
+    from harness import ERR_MESSAGE_TOO_LARGE
     kcat = need_program("KCAT", "kcat")
     cli = need_program("SLUICE_CLI")
     b = Broker(name="txn-markers")
     b.start()
     want = []
     with Conn(b.addr) as c:
-        c.create_topic("orders", 1)
+        c.create_topic("orders", 1, {"segment.bytes": 4096})
         for i in range(3):
             t = prepare(c, "g", "orders", 0, [(b"k", b"committed-%d" % i)])
             r = prepare(c, "g", "orders", 0, [(b"k", b"rolled-back-%d" % i)])
@@ -1023,8 +1026,14 @@ def test_kafka_clients_skip_commit_markers():
                 err, base = c.produce1("orders", 0, build_batch([(None, b"plain")]))
                 check_eq(err, ERR_NONE, "plain produce")
                 want.append((base, b"plain"))
+        big = prepare(c, "g", "orders", 0, [(b"k", b"x" * 5000)])
+        err, state, _ = end(c, "g", big, COMMIT)
+        check_eq((err, state), (ERR_MESSAGE_TOO_LARGE, TXN_DISCARDED),
+                 "a commit larger than segment.bytes")
+        hw = c.fetch1("orders", 0, 0, max_wait_ms=0).high_watermark
     check_eq([o for o, _ in want], [1, 3, 4, 6],
              "offsets: each commit after its marker, the plain message next")
+    check_eq(hw, 8, "the log ends with the discarded commit's lone marker")
     rc, out, err = run_cmd([kcat, "-C", "-b", b.addr, "-t", "orders", "-e",
                             "-o", "beginning", "-f", "%o %s\\n"],
                            timeout=60, what="kcat -C")
@@ -1039,6 +1048,19 @@ def test_kafka_clients_skip_commit_markers():
                            timeout=60, what="sluice consume")
     check_eq(rc, 0, "sluice consume exit status (%r)" % err[-2000:])
     check_eq(out.splitlines(), [v for _, v in want], "what sluice consume reads")
+    # in a group: the committed position passes the lone marker too (no lag
+    # left behind by a message that never comes)
+    rc, out, err = run_cmd([cli, "-b", b.addr, "consume", "orders", "-g", "readers",
+                            "--from", "beginning", "--exit-at-end", "--timeout",
+                            "10000"], timeout=60, what="sluice consume -g")
+    check_eq((rc, out.splitlines()), (0, [v for _, v in want]),
+             "sluice consume -g (%r)" % err[-2000:])
+    rc, out, err = run_cmd([cli, "-b", b.addr, "group", "describe", "readers"],
+                           timeout=60, what="sluice group describe")
+    rows = [ln.split() for ln in out.decode().splitlines()
+            if ln.split()[:2] == ["orders", "0"]]
+    check_eq([r[2:5] for r in rows], [["8", "8", "0"]],
+             "committed offset, end, lag of the group (%r)" % out)
 
 
 if __name__ == "__main__":
