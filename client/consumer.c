@@ -918,10 +918,7 @@ sluice_message_t *sluice_consumer_poll(sluice_consumer_t *c, int timeout_ms)
 			sz = recbatch_size(b, (size_t)(ch->end - b));
 			ch->p += sz;
 			if (b[RECBATCH_OFF_ATTR + 1] & RECBATCH_ATTR_CONTROL) {
-				/* transaction markers: never delivered, but the
-				 * position moves past them, or a marker last in
-				 * a fetch would be fetched again and again */
-				skip_control(ch, b, sz);
+				skip_control(ch, b, sz); /* transaction markers */
 				continue;
 			}
 			if (recbatch_iter_init(&ch->it, b, sz) != RECBATCH_OK)
