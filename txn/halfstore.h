@@ -37,7 +37,10 @@
  * in commit_seq order per partition, then calls mark_committed with the
  * offset.  After a crash it re-appends everything halfstore_committing
  * lists; the partition's idempotent-producer dedup (broker/pidstate.c)
- * answers an already appended one with its original offset.
+ * answers an already appended one with its original offset.  After a power
+ * loss that kept a commit in the log but not its row, the broker finds the
+ * commit by its marker (broker/txn_marker.h) beyond halfstore_seq_state's
+ * next sequence and records it with halfstore_reattach.
  *
  * Errors: positive HALFSTORE_* outcomes below, documented per function;
  * negative -errno when SQLite failed (mapped in one place, halfstore.c
