@@ -684,11 +684,13 @@ static void commit_wait(txn_job *j)
 	}
 	rc = durable_or_wait(j);
 	if (rc != 0) {
-		waitset_release(&j->ws); /* nothing is linked: nothing pending */
-		if (rc > 0)
-			submit_mark(j);
-		else
-			sync_timed_out(j);
+		/* Durable at the re-check after registering: a sync in
+		 * between may have posted the wake-up task already, and the
+		 * job must outlive it (it lives in the job: released and
+		 * reused before the task ran, the loop called a zeroed one). */
+		j->after_wait = rc > 0 ? submit_mark : sync_timed_out;
+		if (waitset_release(&j->ws))
+			j->after_wait(j);
 		return;
 	}
 	r->state = j;
