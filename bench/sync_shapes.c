@@ -7,10 +7,14 @@
  *       to a file that grows ("grow": the size changes, so ext4 commits
  *       its journal in each sync) or over blocks written before
  *       ("rewrite": what the SQLite WAL does after each restart).
- *   sync_shapes pair grow|prefilled [N]
+ *   sync_shapes pair grow|prefilled|ahead|falloc [N] [AHEAD]
  *       two threads, like the broker in fsync durability: one rewrites a
  *       "WAL" (40 KiB per sync), the other appends 6 KiB per sync to a
- *       "log" that grows, or that was zero-filled ahead ("prefilled").
+ *       "log" that grows, that was zero-filled whole before the run
+ *       ("prefilled"), that is kept zero-filled AHEAD bytes (default 1 MiB)
+ *       past its end during the run ("ahead": the next AHEAD bytes are
+ *       written when half is used, the sync after it pays for them), or
+ *       fallocate()d the same way ("falloc": unwritten extents).
  *
  * Prints p50 / p90 / p99 of the fdatasync calls in µs.  Files are created
  * in the current directory (run it on the disk you measure) and removed.
@@ -30,7 +34,9 @@ struct run {
 	int fd;
 	size_t bytes;
 	int n;
-	double *lat; /* µs per fdatasync, sorted at the end */
+	size_t ahead;  /* "ahead": zeros kept written past the end, 0 = none */
+	bool falloc;   /* "falloc": fallocate()d (unwritten extents) ahead */
+	double *lat;   /* µs per fdatasync, sorted at the end */
 };
 
 static double now_us(void)
@@ -59,16 +65,43 @@ static int prefill(int fd, size_t bytes)
 	return fsync(fd);
 }
 
+/* The broker's way to keep a log ahead of its writes: when fewer than
+ * r->ahead / 2 bytes are left past the end, write (or fallocate) the next
+ * r->ahead bytes; the sync after it carries their cost. */
+static int keep_ahead(struct run *r, size_t end, size_t *filled)
+{
+	static char zero[1 << 16];
+
+	if (*filled >= end + r->ahead / 2)
+		return 0;
+	if (r->falloc) {
+		if (fallocate(r->fd, 0, (off_t)*filled, (off_t)r->ahead) < 0)
+			return -1;
+		*filled += r->ahead;
+		return 0;
+	}
+	for (size_t n = 0; n < r->ahead; n += sizeof(zero), *filled += sizeof(zero))
+		if (pwrite(r->fd, zero, sizeof(zero), (off_t)*filled) != (ssize_t)sizeof(zero))
+			return -1;
+	return 0;
+}
+
 static void *run_syncs(void *arg)
 {
 	struct run *r = arg;
 	char *buf = malloc(r->bytes);
+	size_t filled = 0;
 
 	if (!buf)
 		return NULL;
 	memset(buf, 'x', r->bytes);
 	for (int i = 0; i < r->n; i++) {
 		double t0;
+
+		if (r->ahead && keep_ahead(r, (size_t)i * r->bytes + r->bytes, &filled) < 0) {
+			perror("keep_ahead");
+			break;
+		}
 
 		if (pwrite(r->fd, buf, r->bytes, (off_t)i * (off_t)r->bytes) != (ssize_t)r->bytes) {
 			perror("pwrite");
@@ -123,6 +156,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(mode, "pair") == 0 && argc > 2) {
 		bool pre = strcmp(argv[2], "prefilled") == 0;
+		bool ahead = strcmp(argv[2], "ahead") == 0;
+		bool falloc = strcmp(argv[2], "falloc") == 0;
 		struct run w, l;
 		pthread_t tw, tl;
 
@@ -130,7 +165,11 @@ int main(int argc, char **argv)
 		if (n < 10)
 			return 2;
 		w = (struct run){ .n = n, .bytes = 40960, .lat = calloc((size_t)n, sizeof(double)) };
-		l = (struct run){ .n = n, .bytes = 6144, .lat = calloc((size_t)n, sizeof(double)) };
+		l = (struct run){ .n = n,
+				  .bytes = 6144,
+				  .ahead = ahead || falloc ? (argc > 4 ? (size_t)atol(argv[4]) : 1u << 20) : 0,
+				  .falloc = falloc,
+				  .lat = calloc((size_t)n, sizeof(double)) };
 		w.fd = open_file("sync_shapes.wal", (size_t)n * w.bytes);
 		l.fd = open_file("sync_shapes.log", pre ? (size_t)n * l.bytes : 0);
 		pthread_create(&tw, NULL, run_syncs, &w);
@@ -147,6 +186,6 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	fprintf(stderr, "usage: sync_shapes grow|rewrite [N] [BYTES]\n"
-			"       sync_shapes pair grow|prefilled [N]\n");
+			"       sync_shapes pair grow|prefilled|ahead|falloc [N] [AHEAD]\n");
 	return 2;
 }

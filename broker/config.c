@@ -53,6 +53,9 @@ static const struct key broker_keys[] = {
 	  "pagecache durability: how often data is fdatasync'ed and the recovery checkpoint written" },
 	{ "log.retention.check.interval.ms", K_INT64, C(retention_check_interval_ms), 10, INT64_MAX, "300000",
 	  "how often retention deletes old segments" },
+	{ "log.preallocate.bytes", K_UINT64, C(preallocate_bytes), 0, 64 << 20, "1048576",
+	  "fsync durability: zeros kept written ahead of each active segment's end, so that a sync "
+	  "rewrites blocks instead of growing the file (about half the cost on ext4); 0: off" },
 	{ "log.level", K_LEVEL, C(log_level), 0, 0, "info", "debug, info, warn or error" },
 	{ "group.min.session.timeout.ms", K_INT32, C(group_min_session_timeout_ms), 1, INT32_MAX, "1000",
 	  "smallest session.timeout.ms a consumer group member may ask for" },

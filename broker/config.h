@@ -53,6 +53,7 @@ typedef struct config {
 	int32_t num_partitions;
 	int64_t flush_interval_ms;
 	int64_t retention_check_interval_ms;
+	uint64_t preallocate_bytes; /* partlog_fill_ahead in synced mode, 0: off */
 	int log_level;
 	int32_t group_min_session_timeout_ms;
 	int32_t group_max_session_timeout_ms;

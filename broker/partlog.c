@@ -31,8 +31,9 @@
  * LOCKS (partlog.h has the thread rules):
  *  - append_lock (mutex): appenders.  Protects `active` (also written under
  *    list_lock), `pending`, `first_ms`, and the right to write the active
- *    segment and to store `end`.  Readers never take it; the sync thread
- *    takes it for a snapshot only, never across I/O.
+ *    segment and to store `end`, and `fill_seg` / `fill_from`.  Readers
+ *    never take it; the sync thread takes it for a snapshot, or to mark a
+ *    fill (the zeros are written without it), never across I/O.
  *  - list_lock (rwlock): the `segs` array.  Readers hold it shared to find a
  *    segment and take a reference; roll (appender) and retention (sync
  *    thread) hold it exclusive to add at the tail / remove at the head.
@@ -101,6 +102,12 @@ struct partlog {
 
 	pthread_mutex_t append_lock;
 	segment *active;   /* last of segs */
+	/* A partlog_fill_ahead writing zeros over [fill_from, ...) of
+	 * fill_seg (not referenced: only compared) is under way, NULL when
+	 * none; an append reaching fill_from waits for fill_done. */
+	const segment *fill_seg;
+	uint64_t fill_from;
+	pthread_cond_t fill_done;
 	segment **pending; /* rolled, not yet synced; each holds a reference */
 	size_t n_pending, cap_pending;
 	/* Wall clock of the active segment's first append, -1 before it.  A
@@ -566,6 +573,7 @@ static void partlog_free(partlog *pl)
 	if (pl->dirfd >= 0)
 		close(pl->dirfd);
 	pthread_mutex_destroy(&pl->append_lock);
+	pthread_cond_destroy(&pl->fill_done);
 	pthread_rwlock_destroy(&pl->list_lock);
 	free(pl->dir);
 	free(pl);
@@ -586,6 +594,7 @@ int partlog_open(const char *dir, const partlog_conf *conf, partlog **out,
 	pl->dirfd = pl->ckpt_fd = -1;
 	pl->first_ms = -1;
 	pthread_mutex_init(&pl->append_lock, NULL);
+	pthread_cond_init(&pl->fill_done, NULL);
 	pthread_rwlock_init(&pl->list_lock, NULL);
 	conf_store(pl, conf);
 	pl->dir = strdup(dir);
@@ -668,6 +677,11 @@ void partlog_close(partlog *pl)
 {
 	if (!pl)
 		return;
+	/* Best effort: zeros left behind cost a scan of them at the next
+	 * open, never data. */
+	for (size_t i = 0; i < pl->n_pending; i++)
+		segment_trim(pl->pending[i]);
+	segment_trim(pl->active);
 	if (!atomic_load(&pl->dirty) && pl->n_pending == 0 &&
 	    pl->synced_end == atomic_load(&pl->end))
 		partlog_checkpoint(pl); /* best effort: a failure costs a scan */
@@ -768,8 +782,13 @@ static int sync_files(partlog *pl, const struct sync_snap *sn, bool data_only)
 {
 	int r = 0;
 
-	for (size_t i = 0; i < sn->n_pending && !r; i++)
-		r = segment_sync(sn->pending[i]);
+	/* A rolled segment ends with its last batch before the checkpoint
+	 * may pass it (segment.c's format: trusted segments are not scanned). */
+	for (size_t i = 0; i < sn->n_pending && !r; i++) {
+		r = segment_trim(sn->pending[i]);
+		if (!r)
+			r = segment_sync(sn->pending[i]);
+	}
 	if (!r && sn->dirty)
 		r = segment_sync_data(sn->active);
 	if (!r && (sn->dirty || pl->index_unsynced)) {
@@ -826,6 +845,38 @@ int partlog_sync(partlog *pl, int64_t *synced_end)
 int partlog_sync_data(partlog *pl, int64_t *synced_end)
 {
 	return sync_log(pl, synced_end, true);
+}
+
+int partlog_fill_ahead(partlog *pl, uint64_t bytes)
+{
+	uint64_t seg_bytes = atomic_load(&pl->segment_bytes), size, from, to;
+	segment *a;
+	int r;
+
+	if (!bytes || !atomic_load(&pl->synced))
+		return 0;
+	pthread_mutex_lock(&pl->append_lock);
+	a = pl->active;
+	size = segment_size(a);
+	from = segment_filled(a);
+	to = size + bytes < seg_bytes ? size + bytes : seg_bytes;
+	if (from >= size + bytes / 2 || from >= to) {
+		pthread_mutex_unlock(&pl->append_lock);
+		return 0;
+	}
+	segment_ref(a);
+	pl->fill_seg = a;
+	pl->fill_from = from;
+	pthread_mutex_unlock(&pl->append_lock);
+
+	r = segment_fill(a, from, to);
+
+	pthread_mutex_lock(&pl->append_lock);
+	pl->fill_seg = NULL;
+	pthread_cond_broadcast(&pl->fill_done);
+	pthread_mutex_unlock(&pl->append_lock);
+	segment_unref(a);
+	return r;
 }
 
 /* ---- append ---- */
@@ -916,15 +967,25 @@ struct run {
 static int run_plan(partlog *pl, partlog_batch *v, size_t n, uint64_t seg_bytes, int64_t now_ms,
 		    struct run *run)
 {
-	int64_t end = atomic_load_explicit(&pl->end, memory_order_relaxed), first_ms;
+	int64_t end, first_ms;
 	uint64_t size;
 	int r;
 
-	if (need_roll(pl, pl->active, segment_size(pl->active), end, pl->first_ms, v[0].len,
-		      now_ms) &&
-	    (r = roll(pl)))
-		return r;
-	size = segment_size(pl->active);
+	/* The zeros of a fill under way must not land over the batches: the
+	 * run waits for it, then looks again (the lock was let go).  Only the
+	 * first fill of a segment (after a roll or an open) starts at its
+	 * end; later ones start at least half their length past it. */
+	for (;;) {
+		end = atomic_load_explicit(&pl->end, memory_order_relaxed);
+		if (need_roll(pl, pl->active, segment_size(pl->active), end, pl->first_ms,
+			      v[0].len, now_ms) &&
+		    (r = roll(pl)))
+			return r;
+		size = segment_size(pl->active);
+		if (pl->fill_seg != pl->active || size + v[0].len <= pl->fill_from)
+			break;
+		pthread_cond_wait(&pl->fill_done, &pl->append_lock);
+	}
 	/* After the run's first batch, first_ms is set as partlog_append sets it. */
 	first_ms = pl->first_ms >= 0 ? pl->first_ms : now_ms;
 	run->k = 0;
@@ -934,6 +995,8 @@ static int run_plan(partlog *pl, partlog_batch *v, size_t n, uint64_t seg_bytes,
 			      need_roll(pl, pl->active, size + run->bytes, end, first_ms, v[i].len,
 					now_ms)))
 			break;
+		if (pl->fill_seg == pl->active && size + run->bytes + v[i].len > pl->fill_from)
+			break; /* the next run waits for the fill */
 		recbatch_set_base_offset(v[i].batch, end);
 		run->iov[run->k] = (struct iovec){ .iov_base = v[i].batch, .iov_len = v[i].len };
 		run->max_ts[run->k++] = v[i].max_ts;

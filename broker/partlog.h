@@ -14,8 +14,9 @@
  *    partlog_end_offset, partlog_offset_for_time): any thread, concurrently
  *    with appends; they never take the append lock.  They see only offsets
  *    below the published high watermark.
- *  - partlog_sync, partlog_sync_data, partlog_checkpoint, partlog_retention:
- *    the broker's sync thread only (one caller at a time).
+ *  - partlog_sync, partlog_sync_data, partlog_checkpoint, partlog_retention,
+ *    partlog_fill_ahead: the broker's sync thread only (one caller at a
+ *    time).
  *  - partlog_open / partlog_close / partlog_set_conf: the owner, when no other
  *    thread uses the partlog (start-up, shutdown, topic deletion after all
  *    references are gone).  partlog_set_conf may also be called while the
@@ -162,6 +163,18 @@ int partlog_sync(partlog *pl, int64_t *synced_end);
  * the checkpoint are rebuilt from the log anyway.  One fdatasync instead
  * of three per sync of a busy partition. */
 int partlog_sync_data(partlog *pl, int64_t *synced_end);
+/* Synced mode: keeps the active segment's file written (with zeros) at
+ * least bytes / 2 past its last batch, writing up to `bytes` past it
+ * (never past segment_bytes) when less is left, so that the fdatasync after
+ * an append rewrites blocks the file has instead of growing it: on ext4 it
+ * then skips the journal commit, about half the cost on the path of every
+ * fsync acknowledgement (bench/sync_shapes, docs/storage.md).  The zeros
+ * reach the disk with the next sync.  An append that would reach the
+ * zeros being written waits for them (under the append lock).  A no-op in
+ * page-cache mode or with bytes = 0.  Returns 0 or -errno (a failed fill,
+ * e.g. a full disk, costs speed only: appends then grow the file as
+ * before). */
+int partlog_fill_ahead(partlog *pl, uint64_t bytes);
 /* Records the last synced position in recovery.ckpt (two alternating slots
  * with a sequence number and a CRC, so a torn write falls back to the other
  * slot), after syncing the index files a partlog_sync_data left, so that

@@ -12,7 +12,13 @@
  *   Invariants: the first batch's baseOffset == base; each next batch's
  *   baseOffset == previous baseOffset + lastOffsetDelta + 1; the file is
  *   smaller than 4 GiB and every baseOffset - base fits in a uint32 (partlog
- *   rolls before either could overflow).  No padding, no trailer.
+ *   rolls before either could overflow).  No padding, no trailer, except
+ *   zeros written ahead of the last batch (segment_fill): the file may end
+ *   with zero bytes past the log.  A batch never starts with a zero length,
+ *   so recovery takes zeros up to the end of the file for the log's end
+ *   (and cuts them); a segment is trimmed to its batches (segment_trim)
+ *   before it is synced as a rolled one, so a segment before the recovery
+ *   checkpoint, opened without a scan, ends with its last batch.
  *
  * <dir>/<base>.index — sparse offset index, 8-byte entries:
  *   0 rel uint32  (baseOffset of the batch - base)
@@ -80,6 +86,8 @@ _Static_assert(RECBATCH_HEADER_SIZE == 61, "RecordBatch v2 header is 61 bytes");
 
 #define WALK_BUF 4096             /* header reads: one pread serves many small batches */
 #define SCAN_BUF (256u * 1024u)   /* recovery reads whole batches in chunks of this */
+#define FILL_CHUNK (64u * 1024u)  /* segment_fill: one static buffer of zeros, ... */
+#define FILL_IOV 1024             /* ... repeated at most this often (IOV_MAX) */
 
 struct segment {
 	atomic_int refs;
@@ -92,6 +100,10 @@ struct segment {
 
 	/* Stored by the writer only; read by anyone. */
 	_Atomic uint64_t size;
+	/* Bytes of the .log that hold batches or written zeros: `size`, or
+	 * more once segment_fill wrote zeros ahead (partlog's sync thread
+	 * stores it; the writer lowers it when it cuts the file). */
+	_Atomic uint64_t filled;
 	_Atomic int64_t end;
 	/* What readers may read: raised by segment_publish (release). */
 	_Atomic uint64_t visible;
@@ -561,6 +573,7 @@ static segment *seg_alloc(const char *dir, int64_t base)
 	s->fd = s->idx_fd = s->tidx_fd = -1;
 	s->interval = 4096;
 	atomic_init(&s->size, 0);
+	atomic_init(&s->filled, 0);
 	atomic_init(&s->end, -1);
 	atomic_init(&s->visible, 0);
 	pthread_mutex_init(&s->lock, NULL);
@@ -626,6 +639,7 @@ int segment_open(const char *dir, int64_t base, int64_t end_offset, uint32_t int
 		goto fail;
 	}
 	atomic_store(&s->size, (uint64_t)st.st_size);
+	atomic_store(&s->filled, (uint64_t)st.st_size);
 	atomic_store(&s->visible, (uint64_t)st.st_size);
 	atomic_store(&s->end, end_offset);
 	s->interval = interval;
@@ -725,24 +739,47 @@ static int scan_batch(segment *s, struct scanbuf *b, uint64_t pos, uint64_t fsiz
 	return 0;
 }
 
+/* Whether [pos, fsize) holds only zero bytes: what segment_fill wrote
+ * ahead of the log (a clean end, not a damaged batch).  0 with *zero, or
+ * -errno. */
+static int zero_tail(struct scanbuf *b, uint64_t pos, uint64_t fsize, bool *zero)
+{
+	*zero = true;
+	while (pos < fsize && *zero) {
+		size_t n = fsize - pos < b->cap ? (size_t)(fsize - pos) : b->cap;
+		ssize_t r = pread_full(b->fd, b->buf, n, pos);
+
+		if (r < 0)
+			return (int)r;
+		if (r == 0) /* the end came earlier than fstat said */
+			break;
+		for (size_t i = 0; i < (size_t)r && *zero; i++)
+			*zero = b->buf[i] == 0;
+		pos += (uint64_t)r;
+	}
+	b->win_len = 0; /* the window no longer holds what it says */
+	return 0;
+}
+
 /* Scans from pos to the end of the file; *pos and *expected end after the
- * last good batch, *bad tells whether an invalid one stopped it. */
+ * last good batch, *bad tells whether an invalid one stopped it (zeros up
+ * to the end of the file are not: *zeros says so). */
 static int scan_tail(segment *s, uint64_t fsize, uint32_t interval, uint64_t *pos,
-		     int64_t *expected, bool *bad)
+		     int64_t *expected, bool *bad, bool *zeros)
 {
 	struct scanbuf b = { .fd = s->fd, .cap = SCAN_BUF };
 	recbatch_hdr h;
 	int r = 0;
 
-	*bad = false;
+	*bad = *zeros = false;
 	b.buf = malloc(b.cap);
 	if (!b.buf)
 		return -ENOMEM;
 	while (*pos < fsize) {
 		r = scan_batch(s, &b, *pos, fsize, *expected, &h);
 		if (r == SEGMENT_E_CORRUPT) {
-			*bad = true;
-			r = 0;
+			r = zero_tail(&b, *pos, fsize, zeros);
+			*bad = !*zeros;
 			break;
 		}
 		if (r)
@@ -793,7 +830,7 @@ int segment_recover(segment *s, uint64_t pos, int64_t expected, uint32_t interva
 	size_t idx_keep = 0, tidx_keep = 0;
 	struct stat st;
 	uint64_t fsize;
-	bool bad;
+	bool bad, zeros;
 	int r;
 
 	if (fstat(s->fd, &st) < 0)
@@ -828,19 +865,20 @@ int segment_recover(segment *s, uint64_t pos, int64_t expected, uint32_t interva
 	if (r)
 		return r;
 
-	r = scan_tail(s, fsize, interval, &pos, &expected, &bad);
+	r = scan_tail(s, fsize, interval, &pos, &expected, &bad, &zeros);
 	if (r)
 		return r;
-	if (bad && (r = fileio_truncate(s->fd, (off_t)pos)))
+	if ((bad || zeros) && (r = fileio_truncate(s->fd, (off_t)pos)))
 		return r;
 	r = write_index_tail(s, idx_keep, tidx_keep);
 	if (r)
 		return r;
 	atomic_store(&s->size, pos);
+	atomic_store(&s->filled, pos);
 	atomic_store(&s->visible, pos);
 	atomic_store(&s->end, expected);
 	res->end_offset = expected;
-	res->truncated_bytes = fsize - pos;
+	res->truncated_bytes = zeros ? 0 : fsize - pos;
 	res->bad = bad;
 	return 0;
 }
@@ -943,6 +981,40 @@ undo_idx:
 		fileio_truncate(s->idx_fd, (off_t)(n_idx * SEGMENT_INDEX_ENTRY_SIZE));
 undo_log:
 	fileio_truncate(s->fd, (off_t)pos);
+	if (atomic_load(&s->filled) > pos)
+		atomic_store(&s->filled, pos);
+	return r;
+}
+
+int segment_fill(segment *s, uint64_t from, uint64_t to)
+{
+	static const uint8_t zeros[FILL_CHUNK];
+	struct iovec v[FILL_IOV];
+	int n = 0, r;
+
+	if (from >= to || to - from > sizeof(zeros) * FILL_IOV || from < segment_size(s))
+		return -EINVAL;
+	for (uint64_t left = to - from; left; n++) {
+		v[n].iov_base = (void *)zeros;
+		v[n].iov_len = left < sizeof(zeros) ? (size_t)left : sizeof(zeros);
+		left -= v[n].iov_len;
+	}
+	r = fileio_pwritev_all(s->fd, v, n, (off_t)from);
+	if (!r)
+		atomic_store(&s->filled, to);
+	return r;
+}
+
+int segment_trim(segment *s)
+{
+	uint64_t size = segment_size(s);
+	int r;
+
+	if (atomic_load(&s->filled) <= size)
+		return 0;
+	r = fileio_truncate(s->fd, (off_t)size);
+	if (!r)
+		atomic_store(&s->filled, size);
 	return r;
 }
 
@@ -993,6 +1065,13 @@ int64_t segment_base(const segment *s)
 int segment_fd(const segment *s)
 {
 	return s->fd;
+}
+
+uint64_t segment_filled(const segment *s)
+{
+	uint64_t f = atomic_load(&s->filled), size = segment_size(s);
+
+	return f > size ? f : size;
 }
 
 uint64_t segment_size(const segment *s)

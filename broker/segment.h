@@ -13,7 +13,8 @@
  *    the owner's append lock (partlog's), or before the segment is shared
  *    (open/recovery).  One writer at a time.
  *  - segment_sync, segment_sync_data, segment_sync_index,
- *    segment_close_index: partlog's sync thread.
+ *    segment_close_index, segment_fill, segment_trim: partlog's sync
+ *    thread (segment_trim also the owner at close).
  *  - Readers (segment_find, segment_find_time, segment_lookup*,
  *    segment_max_timestamp, segment_visible): any thread.  They take the
  *    segment's own index lock (held for a binary search or a lazy load,
@@ -83,7 +84,9 @@ typedef struct segment_scan {
 /* Trusts bytes [0, pos) (whose batches end at offset `expected`), keeps the
  * index entries that point inside them, then checks every batch from pos to
  * the end of the file: size, header, CRC-32C, and that its baseOffset is the
- * expected next offset.  The .log is truncated at the first invalid batch;
+ * expected next offset.  The .log is truncated at the first invalid batch
+ * (bad; truncated_bytes counts what was cut) or where only zeros follow up
+ * to the end of the file (segment_fill's: not bad, none counted);
  * index entries for the good batches after pos are rebuilt (the index files
  * are rewritten from there).  Reads only the bytes after pos plus at most
  * ~interval bytes of headers before it (to recover the largest timestamp).
@@ -118,6 +121,19 @@ int segment_append_v(segment *s, const struct iovec *batches, int n, const int64
 int segment_append(segment *s, const uint8_t *batch, size_t len, int64_t max_ts,
 		   uint32_t interval);
 
+/* Writes zeros over [from, to) of the .log, past the last batch (from >=
+ * size, to - from <= 64 MiB), with one pwritev: a later append there, and
+ * the fdatasync after it, rewrite blocks the file already has instead of
+ * growing it (on ext4 that sync skips the journal commit: about half the
+ * cost, bench/sync_shapes).  The caller makes sure no append writes at or
+ * past `from` until it returns (partlog_fill_ahead).  Returns 0 (filled
+ * is then `to`), -EINVAL, or -errno (some zeros may be written: harmless,
+ * recovery and segment_trim cut them). */
+int segment_fill(segment *s, uint64_t from, uint64_t to);
+/* Cuts the zeros segment_fill wrote past the last batch (a no-op without
+ * them).  For a segment that will not be written any more.  0 or -errno. */
+int segment_trim(segment *s);
+
 /* fdatasync()s the .log and the index files still open.  0 or -errno. */
 int segment_sync(segment *s);
 /* The two halves of segment_sync: the .log only; the index files only
@@ -137,6 +153,8 @@ int64_t segment_base(const segment *s);
 int segment_fd(const segment *s);
 /* Bytes written. */
 uint64_t segment_size(const segment *s);
+/* Bytes of the .log holding batches or segment_fill's zeros (>= size). */
+uint64_t segment_filled(const segment *s);
 /* Offset after the last written batch (-1 if unknown: an old segment whose
  * successor is unknown). */
 int64_t segment_end_offset(const segment *s);

@@ -29,7 +29,7 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sync_one(partition *p)
+static void sync_one(partition *p, uint64_t prealloc)
 {
 	int64_t end;
 	int rc;
@@ -44,10 +44,16 @@ static void sync_one(partition *p)
 	p->ckpt_stale = true;
 	p->synced_end = end;
 	partition_wake(p);
+	/* After the wake-up: the zeros are for the next syncs. */
+	rc = partlog_fill_ahead(p->log, prealloc);
+	if (rc < 0)
+		BLOG_RL(BLOG_WARN, "preallocating %s-%d: %s (appends grow the file instead)",
+			p->topic->name, p->index, strerror(-rc));
 }
 
-/* fsync durability: one sync per queued partition (group commit). */
-static void sync_dirty(partition *list)
+/* fsync durability: one sync per queued partition (group commit), each
+ * followed by its preallocation (partlog_fill_ahead). */
+static void sync_dirty(partition *list, uint64_t prealloc)
 {
 	partition *next;
 
@@ -56,7 +62,7 @@ static void sync_dirty(partition *list)
 		/* Clear before syncing: an append during the sync queues p
 		 * again for the next round. */
 		atomic_store(&p->sync_queued, false);
-		sync_one(p);
+		sync_one(p, prealloc);
 		topic_unref(p->topic);
 	}
 }
@@ -78,7 +84,7 @@ static void flush_one(partition *p, int64_t now)
 {
 	int rc;
 
-	sync_one(p);
+	sync_one(p, 0); /* acknowledgements do not wait for it: no preallocation */
 	if (!p->ckpt_stale)
 		return;
 	rc = partlog_checkpoint(p->log);
@@ -136,7 +142,7 @@ static void *syncer_main(void *arg)
 		stop = s->stop;
 		pthread_mutex_unlock(&s->lock);
 
-		sync_dirty(dirty);
+		sync_dirty(dirty, cfg->preallocate_bytes);
 		for (int i = 0; i < nreap; i++)
 			topic_destroy(reap[i]);
 		free(reap);

@@ -148,8 +148,10 @@ def active_log(b, topic):
     return logs[-1]
 
 
-def last_batch_bytes(path):
-    """The bytes of the last complete record batch in a segment file."""
+def walk_batches(path):
+    """(the last complete record batch in a segment file or None, the
+    position after it: where the log ends, before any zeros the broker
+    preallocated past it)."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
@@ -160,7 +162,12 @@ def last_batch_bytes(path):
             break
         last = data[pos:pos + 12 + blen]
         pos += 12 + blen
-    return last
+    return last, pos
+
+
+def last_batch_bytes(path):
+    """The bytes of the last complete record batch in a segment file."""
+    return walk_batches(path)[0]
 
 
 def last_batch_any(b, topic):
@@ -248,10 +255,16 @@ def test_garbage_tail():
             j = bytearray(last)
             j[len(j) // 2] ^= 0xFF  # right length, magic 2, CRC mismatch
             junk = bytes(j)
-        with open(path, "ab") as f:
+        # Right after the last batch: after kill -9 the file goes on
+        # with the zeros preallocated for the next appends (fsync
+        # durability), which recovery takes for a clean end; the junk
+        # must hide that end as a torn write would.
+        end = walk_batches(path)[1]
+        with open(path, "r+b") as f:
+            f.seek(end)
             f.write(junk)
-        log("  %s: appended %d bytes to %s (was %d bytes; %d segments)"
-            % (name, len(junk), os.path.basename(path), size0,
+        log("  %s: wrote %d bytes at %d of %s (%d bytes; %d segments)"
+            % (name, len(junk), end, os.path.basename(path), size0,
                len(b.segment_files(topic, 0))))
         b.start()
         with Conn(b.addr) as c:

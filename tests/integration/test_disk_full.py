@@ -132,10 +132,28 @@ def lift_limit(b):
 # The log.
 
 def log_file_bytes(b, topic, partition=0):
-    """Bytes of the partition's .log segment files on disk."""
+    """Bytes of the partition's .log segment files on disk, up to the end
+    of the last whole batch of each.  A file may go on past it only with
+    zeros (what fsync durability preallocates, docs/storage.md): anything
+    else there is left over from a partial write."""
     files = b.segment_files(topic, partition)
     check(files, "no segment file for %s-%d" % (topic, partition))
-    return sum(os.path.getsize(f) for f in files)
+    total = 0
+    for path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
+            if blen <= 0 or pos + 12 + blen > len(data):
+                break
+            pos += 12 + blen
+        rest = data[pos:]
+        check(rest.count(0) == len(rest), "%s: %d bytes after the last batch, "
+              "not all zeros (a partial write left behind?)"
+              % (os.path.basename(path), len(rest)))
+        total += pos
+    return total
 
 
 def read_log(addr, topic, partition=0):

@@ -24,8 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_PRODUCE, Broker, Conn, ERR_NONE, build_batch,  # noqa: E402
-                     check, check_eq, log, need_program, parse_produce,
-                     produce_body, run)
+                     check, check_eq, fetch_all, log, need_program,
+                     parse_produce, produce_body, run)
 
 DELAY = 0.3  # seconds added to each sync
 
@@ -195,6 +195,78 @@ def test_pagecache_acks_do_not_wait_for_sync():
         check_eq(list(res.values())[0][0], ERR_NONE, "fsync topic produce")
 
 
+def log_bytes(path):
+    """Where the log of a segment file ends: the position after its last
+    complete batch (zeros the broker preallocated may follow)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+        blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
+        if blen <= 0 or pos + 12 + blen > len(data):
+            break
+        pos += 12 + blen
+    return pos
+
+
+def test_fsync_preallocates_ahead():
+    """fsync durability keeps log.preallocate.bytes of zeros written past
+    the active segment's last batch, so that the sync after an append
+    rewrites blocks instead of growing the file; a page-cache topic gets
+    none; kill -9 leaves the zeros and recovery ends the log at its last
+    batch with nothing reported cut; a clean stop cuts them."""
+    ahead = 65536
+    b = Broker(sets={"log.durability": "fsync",
+                     "log.preallocate.bytes": ahead}, name="prealloc")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("pre", 1)
+        c.create_topic("pc", 1, {"durability": "pagecache"})
+        for k in range(3):
+            check_eq(c.produce1("pre", 0, build_batch([(None, b"v%d" % k)])),
+                     (ERR_NONE, k), "fsync produce %d" % k)
+            check_eq(c.produce1("pc", 0, build_batch([(None, b"p%d" % k)])),
+                     (ERR_NONE, k), "pagecache produce %d" % k)
+    seg = b.segment_files("pre", 0)[-1]
+    end = log_bytes(seg)
+    # The zeros are written right after the sync that acknowledged.
+    deadline = time.monotonic() + 5
+    while os.path.getsize(seg) < end + ahead // 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    size = os.path.getsize(seg)
+    log("  %s: log ends at %d, file is %d bytes" % (os.path.basename(seg), end,
+                                                    size))
+    check(end + ahead // 2 <= size <= end + ahead, "fsync topic: %d bytes "
+          "past the last batch, expected %d-%d" % (size - end, ahead // 2, ahead))
+    with open(seg, "rb") as f:
+        f.seek(end)
+        check(f.read() == b"\0" * (size - end), "zeros past the last batch")
+    pc = b.segment_files("pc", 0)[-1]
+    check_eq(os.path.getsize(pc), log_bytes(pc), "page-cache topic file size")
+    with Conn(b.addr) as c:
+        check_eq(c.produce1("pre", 0, build_batch([(None, b"v3")])),
+                 (ERR_NONE, 3), "produce over the zeros")
+    check_eq(os.path.getsize(seg), size, "an append into the zeros grows "
+             "nothing")
+    b.kill9()
+    check(os.path.getsize(seg) > log_bytes(seg), "kill -9 leaves the zeros")
+    b.start()
+    check_eq([r.value for r in fetch_all(b.addr, "pre", 0)],
+          [b"v0", b"v1", b"v2", b"v3"], "after kill -9: every message once")
+    check_eq(os.path.getsize(seg), log_bytes(seg), "recovery cut the zeros")
+    check("truncated" not in b.log_text(), "recovery reported bytes cut:\n" +
+          b.log_text())
+    with Conn(b.addr) as c:
+        check_eq(c.produce1("pre", 0, build_batch([(None, b"v4")])),
+                 (ERR_NONE, 4), "produce after the restart")
+    b.stop()
+    check_eq(os.path.getsize(seg), log_bytes(seg), "a clean stop cuts the "
+             "zeros")
+    b.start()
+    check_eq([r.value for r in fetch_all(b.addr, "pre", 0)],
+             [b"v0", b"v1", b"v2", b"v3", b"v4"], "after the clean stop")
+
+
 if __name__ == "__main__":
     socket.setdefaulttimeout(10)
     run([
@@ -204,4 +276,6 @@ if __name__ == "__main__":
         ("durability_fsync_group_commit", test_fsync_group_commit, 60),
         ("durability_pagecache_acks_do_not_wait",
          test_pagecache_acks_do_not_wait_for_sync, 60),
+        ("durability_fsync_preallocates_ahead", test_fsync_preallocates_ahead,
+         60),
     ])

@@ -18,12 +18,14 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -720,10 +722,271 @@ static void test_partlog_recover_zero_filled_tail(void **state)
 	assert_int_equal(write(fd, zeros, sizeof(zeros)), (ssize_t)sizeof(zeros));
 	close(fd);
 	open_log(f, &truncated);
-	assert_int_equal(truncated, 4096);
+	assert_int_equal(truncated, 0); /* zeros are an end (preallocation), never data */
 	assert_int_equal(file_size(p), batches_bytes(f, 0, 20));
 	check_recovered(f, 20);
 }
+
+/* Writes n zero bytes at the end of a file (what preallocation leaves). */
+static void append_zeros(const char *path, size_t n)
+{
+	static const uint8_t zeros[4096];
+	int fd = open(path, O_WRONLY | O_APPEND);
+
+	assert_true(fd >= 0 && n <= sizeof(zeros));
+	assert_int_equal(write(fd, zeros, n), (ssize_t)n);
+	close(fd);
+}
+
+/* A crash can leave zeros at the end of a rolled segment whose trim was
+ * not synced yet: recovery takes them for that segment's end and keeps the
+ * later segments (a damaged batch would delete them). */
+static void test_partlog_recover_zeros_before_later_segments(void **state)
+{
+	struct fx *f = *state;
+	char p[PATH_MAX];
+	uint64_t truncated;
+	size_t len;
+	uint8_t *b = make_batch(1, 0, 100, &len);
+
+	free(b);
+	f->conf.segment_bytes = 3 * len;
+	open_log(f, NULL);
+	for (int i = 0; i < 12; i++) {
+		append(f, 1, 100 + i, 100);
+		if (i == 3)
+			sync_ckpt(f); /* checkpoint inside segment 3 */
+	}
+	partlog_close(f->pl);
+	f->pl = NULL;
+	assert_int_equal(count_logs(f), 4);
+	seg_path(f, 3, ".log", p);
+	append_zeros(p, 4096);
+	seg_path(f, 6, ".log", p);
+	append_zeros(p, 7); /* shorter than a batch's length field */
+	open_log(f, &truncated);
+	assert_int_equal(truncated, 0);
+	assert_int_equal(count_logs(f), 4);
+	assert_int_equal(file_size(p), batches_bytes(f, 6, 9));
+	check_recovered(f, 12);
+}
+
+/* ---- preallocation (partlog_fill_ahead) ---- */
+
+static void test_partlog_fill_ahead_synced_only(void **state)
+{
+	struct fx *f = *state;
+	char p[PATH_MAX];
+	uint64_t truncated, size;
+
+	open_log(f, NULL); /* page-cache mode: nothing to gain, nothing written */
+	append(f, 2, 0, 100);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	seg_path(f, 0, ".log", p);
+	assert_int_equal(file_size(p), f->w[0].len);
+	partlog_close(f->pl);
+	f->pl = NULL;
+
+	f->conf.synced = true;
+	open_log(f, NULL);
+	assert_int_equal(partlog_fill_ahead(f->pl, 0), 0); /* 0: off */
+	assert_int_equal(file_size(p), f->w[0].len);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	size = f->w[0].len;
+	assert_int_equal(file_size(p), size + 64 * 1024);
+	/* More than half is left: nothing more is written. */
+	append(f, 3, 0, 100);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	assert_int_equal(file_size(p), size + 64 * 1024);
+	/* The appends write over the zeros; the file does not grow. */
+	for (int i = 0; i < 200; i++)
+		append(f, 1, i, 150);
+	assert_int_equal(file_size(p), size + 64 * 1024);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	check_read_every_offset(f, 0);
+	/* Less than half left: the next 64 KiB past the end. */
+	size = partlog_size_bytes(f->pl);
+	assert_true(size + 32 * 1024 > f->w[0].len + 64 * 1024);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	assert_int_equal(file_size(p), size + 64 * 1024);
+	/* A clean close cuts the zeros; the reopen scans nothing away. */
+	reopen(f, &truncated);
+	assert_int_equal(truncated, 0);
+	assert_int_equal(file_size(p), size);
+	assert_int_equal(partlog_size_bytes(f->pl), size);
+	check_read_every_offset(f, 0);
+}
+
+static void test_partlog_fill_ahead_stays_in_segment_and_rolled_are_trimmed(void **state)
+{
+	struct fx *f = *state;
+	char p[PATH_MAX];
+	uint64_t truncated;
+	size_t len;
+	uint8_t *b = make_batch(1, 0, 100, &len);
+
+	free(b);
+	f->conf.synced = true;
+	f->conf.segment_bytes = 3 * len + 50;
+	open_log(f, NULL);
+	append(f, 1, 0, 100);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	seg_path(f, 0, ".log", p);
+	assert_int_equal(file_size(p), 3 * len + 50); /* never past segment_bytes */
+	append(f, 1, 1, 100);
+	append(f, 1, 2, 100);
+	append(f, 1, 3, 100); /* rolls: segment 0 is full */
+	assert_int_equal(count_logs(f), 2);
+	/* The rolled segment is cut to its batches when synced. */
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	assert_int_equal(file_size(p), batches_bytes(f, 0, 3));
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	seg_path(f, 3, ".log", p);
+	assert_int_equal(file_size(p), 3 * len + 50);
+	append(f, 1, 4, 100);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	assert_int_equal(partlog_checkpoint(f->pl), 0);
+	reopen(f, &truncated);
+	assert_int_equal(truncated, 0);
+	assert_int_equal(file_size(p), batches_bytes(f, 3, 5));
+	check_read_every_offset(f, 0);
+}
+
+/* A process killed with zeros ahead of its log (no close cuts them): the
+ * next open ends the log at the last batch and reports nothing cut. */
+static void test_partlog_fill_ahead_survives_a_kill(void **state)
+{
+	struct fx *f = *state;
+	char p[PATH_MAX];
+	uint64_t truncated;
+	int status;
+	pid_t pid;
+
+	f->conf.synced = true;
+	open_log(f, NULL);
+	for (int i = 0; i < 5; i++)
+		append(f, 2, i, 100);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	assert_int_equal(partlog_checkpoint(f->pl), 0);
+	partlog_close(f->pl);
+	f->pl = NULL;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* The child appends 3 more batches over preallocated zeros,
+		 * syncs them, preallocates again and dies. */
+		partlog *pl;
+		int64_t off;
+		size_t len;
+		uint8_t *b = make_batch(2, 7, 100, &len);
+		int bad = partlog_open(f->dir, &f->conf, &pl, NULL) != 0 ||
+			  partlog_fill_ahead(pl, 64 * 1024) != 0;
+
+		for (int i = 0; i < 3 && !bad; i++)
+			bad = partlog_append(pl, b, len, 7, 1000, &off) != 0;
+		bad = bad || partlog_sync(pl, NULL) != 0 || partlog_fill_ahead(pl, 64 * 1024) != 0;
+		_exit(bad);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	seg_path(f, 0, ".log", p);
+	assert_true(file_size(p) > batches_bytes(f, 0, 5) + 3 * f->w[0].len);
+	open_log(f, &truncated);
+	assert_int_equal(truncated, 0);
+	assert_int_equal(partlog_end_offset(f->pl), 16);
+	assert_int_equal(file_size(p), batches_bytes(f, 0, 5) + 3 * f->w[0].len);
+	for (int i = 0; i < 3; i++) { /* what the child wrote, as the test's own */
+		f->w[f->n] = f->w[0];
+		f->w[f->n].base = 10 + 2 * i;
+		f->w[f->n].pos = f->w[f->n - 1].pos + f->w[f->n - 1].len;
+		f->w[f->n].ts = 7;
+		f->n++;
+	}
+	assert_int_equal(partlog_hw(f->pl), 16);
+	check_read_every_offset(f, 0);
+	assert_int_equal(append(f, 1, 9, 100), 16);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	check_read_every_offset(f, 0);
+}
+
+/* Appends never wait for a fill below them, and one that reaches the
+ * zeros being written waits for them: otherwise the zeros land over it. */
+static sem_t fill_entered, fill_release;
+static atomic_bool hold_fill;
+
+static ssize_t pwritev_holding_zeros(int fd, const struct iovec *iov, int n, off_t pos)
+{
+	if (atomic_load(&hold_fill) && n > 1 && iov[0].iov_len == 64 * 1024 &&
+	    ((const uint8_t *)iov[0].iov_base)[0] == 0) {
+		atomic_store(&hold_fill, false);
+		sem_post(&fill_entered);
+		sem_wait(&fill_release);
+	}
+	return pwritev(fd, iov, n, pos);
+}
+
+struct bg_append {
+	partlog *pl;
+	uint8_t *batch;
+	size_t len;
+	int64_t off;
+	atomic_bool done;
+};
+
+static void *fill_thread(void *arg)
+{
+	return (void *)(intptr_t)partlog_fill_ahead(arg, 256 * 1024);
+}
+
+static void *append_thread(void *arg)
+{
+	struct bg_append *a = arg;
+	int r = partlog_append(a->pl, a->batch, a->len, 5, 1000, &a->off);
+
+	atomic_store(&a->done, true);
+	return (void *)(intptr_t)r;
+}
+
+static void test_partlog_append_waits_for_the_fill(void **state)
+{
+	struct fx *f = *state;
+	struct bg_append a = { 0 };
+	pthread_t tf, ta;
+	void *rf, *ra;
+
+	f->conf.synced = true;
+	open_log(f, NULL);
+	append(f, 2, 0, 100);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	sem_init(&fill_entered, 0, 0);
+	sem_init(&fill_release, 0, 0);
+	atomic_store(&hold_fill, true);
+	fileio.pwritev = pwritev_holding_zeros;
+	assert_int_equal(pthread_create(&tf, NULL, fill_thread, f->pl), 0);
+	sem_wait(&fill_entered); /* zeros about to go over [end, end + 256 KiB) */
+	a.pl = f->pl;
+	a.batch = make_batch(3, 5, 120, &a.len);
+	assert_int_equal(pthread_create(&ta, NULL, append_thread, &a), 0);
+	usleep(100 * 1000);
+	assert_false(atomic_load(&a.done));
+	sem_post(&fill_release);
+	assert_int_equal(pthread_join(tf, &rf), 0);
+	assert_int_equal(pthread_join(ta, &ra), 0);
+	fileio_reset();
+	assert_int_equal((intptr_t)rf, 0);
+	assert_int_equal((intptr_t)ra, 0);
+	assert_int_equal(a.off, 2);
+	f->w[1] = (struct written){ .base = 2, .count = 3, .len = a.len, .ts = 5, .seg = 0,
+				    .pos = f->w[0].len };
+	f->n = 2;
+	free(a.batch);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	check_read_every_offset(f, 0); /* the batch, not zeros */
+	sem_destroy(&fill_entered);
+	sem_destroy(&fill_release);
+}
+
 
 static void test_partlog_recover_bit_flip_in_last_batch(void **state)
 {
@@ -1512,6 +1775,11 @@ int main(void)
 		T(test_partlog_reopen_after_clean_close),
 		T(test_partlog_recover_truncated_mid_batch),
 		T(test_partlog_recover_zero_filled_tail),
+		T(test_partlog_recover_zeros_before_later_segments),
+		T(test_partlog_fill_ahead_synced_only),
+		T(test_partlog_fill_ahead_stays_in_segment_and_rolled_are_trimmed),
+		T(test_partlog_fill_ahead_survives_a_kill),
+		T(test_partlog_append_waits_for_the_fill),
 		T(test_partlog_recover_bit_flip_in_last_batch),
 		T(test_partlog_recover_bit_flip_in_middle_batch),
 		T(test_partlog_recover_deletes_later_segments),
