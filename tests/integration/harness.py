@@ -945,6 +945,23 @@ def parse_fetch_v4(r):
     return parse_fetch(r, 4)
 
 
+def walk_segment(path):
+    """(the last complete record batch of a segment file or None, the
+    position after it): where the log ends.  Zeros may follow it, written
+    ahead by fsync durability's preallocation (docs/storage.md)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    last = None
+    while pos + 12 <= len(data):
+        blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
+        if blen <= 0 or pos + 12 + blen > len(data):
+            break
+        last = data[pos:pos + 12 + blen]
+        pos += 12 + blen
+    return last, pos
+
+
 def fetch_all(addr, topic, partition, start=0, end=None, timeout=60.0,
               pmax=4 << 20):
     """Read a partition from start up to end (default: the high watermark

@@ -14,7 +14,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, build_batch, check, check_eq, fetch_all,  # noqa: E402
-                     log, need_program, run, run_cmd, wait_for, TestFailure)
+                     log, need_program, run, run_cmd, wait_for, walk_segment,
+                     TestFailure)
 
 KILL_DELAYS = (1.0, 1.6, 2.2)   # seconds after the first acknowledgement
 BIG_N = 200000000                # produce-log never finishes on its own
@@ -148,26 +149,9 @@ def active_log(b, topic):
     return logs[-1]
 
 
-def walk_batches(path):
-    """(the last complete record batch in a segment file or None, the
-    position after it: where the log ends, before any zeros the broker
-    preallocated past it)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    last = None
-    while pos + 12 <= len(data):
-        blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
-        if blen <= 0 or pos + 12 + blen > len(data):
-            break
-        last = data[pos:pos + 12 + blen]
-        pos += 12 + blen
-    return last, pos
-
-
 def last_batch_bytes(path):
     """The bytes of the last complete record batch in a segment file."""
-    return walk_batches(path)[0]
+    return walk_segment(path)[0]
 
 
 def last_batch_any(b, topic):
@@ -259,7 +243,7 @@ def test_garbage_tail():
         # with the zeros preallocated for the next appends (fsync
         # durability), which recovery takes for a clean end; the junk
         # must hide that end as a torn write would.
-        end = walk_batches(path)[1]
+        end = walk_segment(path)[1]
         with open(path, "r+b") as f:
             f.seek(end)
             f.write(junk)

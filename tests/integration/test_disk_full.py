@@ -70,7 +70,7 @@ from harness import (API_ALTER_CONFIGS, API_TXN_END, Broker,  # noqa: E402
                      TXN_PENDING, TestFailure, Writer, build_batch, check,
                      check_eq, decode_batches, log, need_program,
                      parse_txn_end, run, run_cmd, txn_describe, txn_end,
-                     txn_end_body, txn_list, txn_prepare)
+                     txn_end_body, txn_list, txn_prepare, walk_segment)
 
 LIMIT = 6 << 20            # RLIMIT_FSIZE of the broker: "the disk"
 SEGMENT_BYTES = 64 << 20   # the active segment grows into LIMIT, no roll
@@ -140,15 +140,10 @@ def log_file_bytes(b, topic, partition=0):
     check(files, "no segment file for %s-%d" % (topic, partition))
     total = 0
     for path in files:
+        pos = walk_segment(path)[1]
         with open(path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + 12 <= len(data):
-            blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
-            if blen <= 0 or pos + 12 + blen > len(data):
-                break
-            pos += 12 + blen
-        rest = data[pos:]
+            f.seek(pos)
+            rest = f.read()
         check(rest.count(0) == len(rest), "%s: %d bytes after the last batch, "
               "not all zeros (a partial write left behind?)"
               % (os.path.basename(path), len(rest)))

@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_PRODUCE, Broker, Conn, ERR_NONE, build_batch,  # noqa: E402
                      check, check_eq, fetch_all, log, need_program,
-                     parse_produce, produce_body, run)
+                     parse_produce, produce_body, run, walk_segment)
 
 DELAY = 0.3  # seconds added to each sync
 
@@ -196,17 +196,8 @@ def test_pagecache_acks_do_not_wait_for_sync():
 
 
 def log_bytes(path):
-    """Where the log of a segment file ends: the position after its last
-    complete batch (zeros the broker preallocated may follow)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos + 12 <= len(data):
-        blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
-        if blen <= 0 or pos + 12 + blen > len(data):
-            break
-        pos += 12 + blen
-    return pos
+    """Where the log of a segment file ends (zeros may follow)."""
+    return walk_segment(path)[1]
 
 
 def test_fsync_preallocates_ahead():

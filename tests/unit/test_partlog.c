@@ -727,6 +727,27 @@ static void test_partlog_recover_zero_filled_tail(void **state)
 	check_recovered(f, 20);
 }
 
+/* 12 one-record batches in 4 segments of 3 (bases 0, 3, 6, 9), the
+ * checkpoint inside segment 3 (after batch 3), closed without a sync of
+ * the rest: what a crash leaves for recovery to scan from there. */
+static void four_segments_closed(struct fx *f)
+{
+	size_t len;
+	uint8_t *b = make_batch(1, 0, 100, &len);
+
+	free(b);
+	f->conf.segment_bytes = 3 * len;
+	open_log(f, NULL);
+	for (int i = 0; i < 12; i++) {
+		append(f, 1, 100 + i, 100);
+		if (i == 3)
+			sync_ckpt(f);
+	}
+	partlog_close(f->pl);
+	f->pl = NULL;
+	assert_int_equal(count_logs(f), 4);
+}
+
 /* Writes n zero bytes at the end of a file (what preallocation leaves). */
 static void append_zeros(const char *path, size_t n)
 {
@@ -746,20 +767,8 @@ static void test_partlog_recover_zeros_before_later_segments(void **state)
 	struct fx *f = *state;
 	char p[PATH_MAX];
 	uint64_t truncated;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
 
-	free(b);
-	f->conf.segment_bytes = 3 * len;
-	open_log(f, NULL);
-	for (int i = 0; i < 12; i++) {
-		append(f, 1, 100 + i, 100);
-		if (i == 3)
-			sync_ckpt(f); /* checkpoint inside segment 3 */
-	}
-	partlog_close(f->pl);
-	f->pl = NULL;
-	assert_int_equal(count_logs(f), 4);
+	four_segments_closed(f);
 	seg_path(f, 3, ".log", p);
 	append_zeros(p, 4096);
 	seg_path(f, 6, ".log", p);
@@ -1016,20 +1025,8 @@ static void test_partlog_recover_deletes_later_segments(void **state)
 {
 	struct fx *f = *state;
 	uint64_t truncated;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
 
-	free(b);
-	f->conf.segment_bytes = 3 * len;
-	open_log(f, NULL);
-	for (int i = 0; i < 12; i++) {
-		append(f, 1, 100 + i, 100);
-		if (i == 3)
-			sync_ckpt(f); /* checkpoint inside segment 3 */
-	}
-	partlog_close(f->pl);
-	f->pl = NULL;
-	assert_int_equal(count_logs(f), 4);
+	four_segments_closed(f);
 	corrupt_batch(f, 4); /* second batch of segment 3 */
 	open_log(f, &truncated);
 	assert_int_equal(truncated, batches_bytes(f, 4, 12));
