@@ -7,14 +7,16 @@
  *       to a file that grows ("grow": the size changes, so ext4 commits
  *       its journal in each sync) or over blocks written before
  *       ("rewrite": what the SQLite WAL does after each restart).
- *   sync_shapes pair grow|prefilled|ahead|falloc [N] [AHEAD]
+ *   sync_shapes pair grow|prefilled|ahead|falloc[-aligned] [N] [AHEAD]
  *       two threads, like the broker in fsync durability: one rewrites a
  *       "WAL" (40 KiB per sync), the other appends 6 KiB per sync to a
  *       "log" that grows, that was zero-filled whole before the run
  *       ("prefilled"), that is kept zero-filled AHEAD bytes (default 1 MiB)
  *       past its end during the run ("ahead": the next AHEAD bytes are
  *       written when half is used, the sync after it pays for them), or
- *       fallocate()d the same way ("falloc": unwritten extents).
+ *       fallocate()d the same way ("falloc": unwritten extents).  A
+ *       "-aligned" suffix ("prefilled-aligned", "ahead-aligned") starts
+ *       both threads' syncs at the same moment (a barrier before each).
  *
  * Prints p50 / p90 / p99 of the fdatasync calls in µs.  Files are created
  * in the current directory (run it on the disk you measure) and removed.
@@ -36,6 +38,7 @@ struct run {
 	int n;
 	size_t ahead;  /* "ahead": zeros kept written past the end, 0 = none */
 	bool falloc;   /* "falloc": fallocate()d (unwritten extents) ahead */
+	pthread_barrier_t *together; /* "-aligned": both syncs start at once */
 	double *lat;   /* µs per fdatasync, sorted at the end */
 };
 
@@ -107,6 +110,8 @@ static void *run_syncs(void *arg)
 			perror("pwrite");
 			break;
 		}
+		if (r->together)
+			pthread_barrier_wait(r->together);
 		t0 = now_us();
 		fdatasync(r->fd);
 		r->lat[i] = now_us() - t0;
@@ -155,8 +160,10 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (strcmp(mode, "pair") == 0 && argc > 2) {
-		bool pre = strcmp(argv[2], "prefilled") == 0;
-		bool ahead = strcmp(argv[2], "ahead") == 0;
+		bool pre = strncmp(argv[2], "prefilled", 9) == 0;
+		bool ahead = strncmp(argv[2], "ahead", 5) == 0;
+		static pthread_barrier_t together;
+		bool aligned = strstr(argv[2], "-aligned") != NULL;
 		bool falloc = strcmp(argv[2], "falloc") == 0;
 		struct run w, l;
 		pthread_t tw, tl;
@@ -172,6 +179,10 @@ int main(int argc, char **argv)
 				  .lat = calloc((size_t)n, sizeof(double)) };
 		w.fd = open_file("sync_shapes.wal", (size_t)n * w.bytes);
 		l.fd = open_file("sync_shapes.log", pre ? (size_t)n * l.bytes : 0);
+		if (aligned) {
+			pthread_barrier_init(&together, NULL, 2);
+			w.together = l.together = &together;
+		}
 		pthread_create(&tw, NULL, run_syncs, &w);
 		pthread_create(&tl, NULL, run_syncs, &l);
 		pthread_join(tw, NULL);
@@ -186,6 +197,6 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	fprintf(stderr, "usage: sync_shapes grow|rewrite [N] [BYTES]\n"
-			"       sync_shapes pair grow|prefilled|ahead|falloc [N] [AHEAD]\n");
+			"       sync_shapes pair grow|prefilled|ahead|falloc[-aligned] [N] [AHEAD]\n");
 	return 2;
 }
