@@ -919,6 +919,64 @@ static void test_partlog_fill_ahead_survives_a_kill(void **state)
 	check_read_every_offset(f, 0);
 }
 
+/* A disk that fills up during a preallocation: the first call writes
+ * 100 KiB of what it was given, every later write fails with ENOSPC. */
+static int fill_writes;
+
+static ssize_t pwritev_100k_then_enospc(int fd, const struct iovec *iov, int n, off_t pos)
+{
+	(void)iov; (void)n;
+	if (fill_writes++ == 0) {
+		static const uint8_t zeros[100 * 1024];
+
+		return pwrite(fd, zeros, sizeof(zeros), pos);
+	}
+	errno = ENOSPC;
+	return -1;
+}
+
+static ssize_t pwrite_full_disk(int fd, const void *buf, size_t n, off_t pos)
+{
+	(void)fd; (void)buf; (void)n; (void)pos;
+	errno = ENOSPC;
+	return -1;
+}
+
+/* A failed preallocation costs speed only: the error is returned, the log
+ * and its end are unchanged, appends go on (into the zeros written, then
+ * growing the file), and the next open finds every batch. */
+static void test_partlog_failed_fill_costs_nothing(void **state)
+{
+	struct fx *f = *state;
+	char p[PATH_MAX];
+	uint64_t truncated, size;
+
+	f->conf.synced = true;
+	open_log(f, NULL);
+	append(f, 2, 0, 100);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	size = partlog_size_bytes(f->pl);
+	fill_writes = 0;
+	fileio.pwritev = pwritev_100k_then_enospc;
+	fileio.pwrite = pwrite_full_disk;
+	assert_int_equal(partlog_fill_ahead(f->pl, 256 * 1024), -ENOSPC);
+	seg_path(f, 0, ".log", p);
+	assert_int_equal(file_size(p), size + 100 * 1024);
+	assert_int_equal(partlog_size_bytes(f->pl), size);
+	assert_int_equal(partlog_end_offset(f->pl), 2);
+	/* Still short of half: the next sync's preallocation tries again. */
+	assert_int_equal(partlog_fill_ahead(f->pl, 256 * 1024), -ENOSPC);
+	fileio_reset();
+	for (int i = 0; i < 800; i++) /* ~180 KiB: past the zeros written */
+		append(f, 1, i, 150);
+	assert_true(partlog_size_bytes(f->pl) > size + 128 * 1024);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
+	check_read_every_offset(f, 0);
+	reopen(f, &truncated);
+	assert_int_equal(truncated, 0);
+	check_read_every_offset(f, 0);
+}
+
 /* Appends never wait for a fill below them, and one that reaches the
  * zeros being written waits for them: otherwise the zeros land over it. */
 static sem_t fill_entered, fill_release;
@@ -1777,6 +1835,7 @@ int main(void)
 		T(test_partlog_fill_ahead_stays_in_segment_and_rolled_are_trimmed),
 		T(test_partlog_fill_ahead_survives_a_kill),
 		T(test_partlog_append_waits_for_the_fill),
+		T(test_partlog_failed_fill_costs_nothing),
 		T(test_partlog_recover_bit_flip_in_last_batch),
 		T(test_partlog_recover_bit_flip_in_middle_batch),
 		T(test_partlog_recover_deletes_later_segments),
