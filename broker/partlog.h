@@ -171,7 +171,10 @@ int partlog_sync_data(partlog *pl, int64_t *synced_end);
  * fsync acknowledgement (bench/sync_shapes, docs/storage.md).  The zeros
  * reach the disk with the next sync.  An append that would reach the
  * zeros being written waits for them (under the append lock).  A no-op in
- * page-cache mode or with bytes = 0.  Returns 0 or -errno (a failed fill,
+ * page-cache mode, with bytes = 0, and when more than bytes / 2 were
+ * appended to the segment since the previous call (the caller calls once
+ * per sync: at that rate the data, not the journal commit, makes the
+ * sync's cost, and zeros would double the bytes written).  Returns 0 or -errno (a failed fill,
  * e.g. a full disk, costs speed only: appends then grow the file as
  * before). */
 int partlog_fill_ahead(partlog *pl, uint64_t bytes);

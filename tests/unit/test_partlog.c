@@ -787,6 +787,7 @@ static void test_partlog_fill_ahead_synced_only(void **state)
 	struct fx *f = *state;
 	char p[PATH_MAX];
 	uint64_t truncated, size;
+	int refilled = 0;
 
 	open_log(f, NULL); /* page-cache mode: nothing to gain, nothing written */
 	append(f, 2, 0, 100);
@@ -807,22 +808,62 @@ static void test_partlog_fill_ahead_synced_only(void **state)
 	append(f, 3, 0, 100);
 	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
 	assert_int_equal(file_size(p), size + 64 * 1024);
-	/* The appends write over the zeros; the file does not grow. */
-	for (int i = 0; i < 200; i++)
+	/* The appends write over the zeros; a look every 20 appends (~4.6
+	 * KiB, a sync's worth) writes nothing while more than half is left,
+	 * then the next 64 KiB past the end. */
+	for (int i = 0; i < 200; i++) {
 		append(f, 1, i, 150);
-	assert_int_equal(file_size(p), size + 64 * 1024);
+		if (i % 20 == 19) {
+			uint64_t before = file_size(p);
+
+			size = partlog_size_bytes(f->pl);
+			assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+			if (before >= size + 32 * 1024) {
+				assert_int_equal(file_size(p), before);
+			} else {
+				assert_int_equal(file_size(p), size + 64 * 1024);
+				refilled++;
+			}
+		}
+	}
+	assert_int_equal(refilled, 1);
 	assert_int_equal(partlog_sync(f->pl, NULL), 0);
 	check_read_every_offset(f, 0);
-	/* Less than half left: the next 64 KiB past the end. */
 	size = partlog_size_bytes(f->pl);
-	assert_true(size + 32 * 1024 > f->w[0].len + 64 * 1024);
-	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
-	assert_int_equal(file_size(p), size + 64 * 1024);
 	/* A clean close cuts the zeros; the reopen scans nothing away. */
 	reopen(f, &truncated);
 	assert_int_equal(truncated, 0);
 	assert_int_equal(file_size(p), size);
 	assert_int_equal(partlog_size_bytes(f->pl), size);
+	check_read_every_offset(f, 0);
+}
+
+/* Appends that outrun half a preallocation between two looks (syncs) get
+ * no more zeros: at that rate the data makes the sync's cost, and zeros
+ * would double the bytes written.  A slower pace brings them back. */
+static void test_partlog_fill_ahead_skips_when_appends_outrun(void **state)
+{
+	struct fx *f = *state;
+	char p[PATH_MAX];
+	uint64_t size;
+
+	f->conf.synced = true;
+	open_log(f, NULL);
+	append(f, 2, 0, 100);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	seg_path(f, 0, ".log", p);
+	assert_int_equal(file_size(p), f->w[0].len + 64 * 1024);
+	for (int i = 0; i < 400; i++) /* ~92 KiB before the next look */
+		append(f, 1, i, 150);
+	size = partlog_size_bytes(f->pl);
+	assert_true(size > f->w[0].len + 64 * 1024);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	assert_int_equal(file_size(p), size); /* grown by the appends only */
+	append(f, 1, 400, 150);
+	size = partlog_size_bytes(f->pl);
+	assert_int_equal(partlog_fill_ahead(f->pl, 64 * 1024), 0);
+	assert_int_equal(file_size(p), size + 64 * 1024);
+	assert_int_equal(partlog_sync(f->pl, NULL), 0);
 	check_read_every_offset(f, 0);
 }
 
@@ -1832,6 +1873,7 @@ int main(void)
 		T(test_partlog_recover_zero_filled_tail),
 		T(test_partlog_recover_zeros_before_later_segments),
 		T(test_partlog_fill_ahead_synced_only),
+		T(test_partlog_fill_ahead_skips_when_appends_outrun),
 		T(test_partlog_fill_ahead_stays_in_segment_and_rolled_are_trimmed),
 		T(test_partlog_fill_ahead_survives_a_kill),
 		T(test_partlog_append_waits_for_the_fill),
