@@ -174,9 +174,9 @@ int partlog_sync_data(partlog *pl, int64_t *synced_end);
  * page-cache mode, with bytes = 0, and when more than bytes / 2 were
  * appended to the segment since the previous call (the caller calls once
  * per sync: at that rate the data, not the journal commit, makes the
- * sync's cost, and zeros would double the bytes written).  Returns 0 or -errno (a failed fill,
- * e.g. a full disk, costs speed only: appends then grow the file as
- * before). */
+ * sync's cost, and zeros would double the bytes written).  Returns 0 or
+ * -errno (a failed fill, e.g. a full disk, costs speed only: appends then
+ * grow the file as before). */
 int partlog_fill_ahead(partlog *pl, uint64_t bytes);
 /* Records the last synced position in recovery.ckpt (two alternating slots
  * with a sequence number and a CRC, so a torn write falls back to the other
