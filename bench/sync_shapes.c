@@ -17,6 +17,12 @@
  *       fallocate()d the same way ("falloc": unwritten extents).  A
  *       "-aligned" suffix ("prefilled-aligned", "ahead-aligned") starts
  *       both threads' syncs at the same moment (a barrier before each).
+ *   sync_shapes same T [N] [BYTES]
+ *       T threads (1-8) sharing one file zero-filled before the run, each
+ *       rewriting its own region, BYTES (default 4096) then fdatasync, N
+ *       times: what overlapping syncs of one file cost each other (a
+ *       second syncer for one log or WAL), and how many syncs a second
+ *       the device completes in all.
  *
  * Prints p50 / p90 / p99 of the fdatasync calls in µs.  Files are created
  * in the current directory (run it on the disk you measure) and removed.
@@ -35,6 +41,7 @@
 struct run {
 	int fd;
 	size_t bytes;
+	off_t base;    /* where its writes start ("same": its own region) */
 	int n;
 	size_t ahead;  /* "ahead": zeros kept written past the end, 0 = none */
 	bool falloc;   /* "falloc": fallocate()d (unwritten extents) ahead */
@@ -106,7 +113,8 @@ static void *run_syncs(void *arg)
 			break;
 		}
 
-		if (pwrite(r->fd, buf, r->bytes, (off_t)i * (off_t)r->bytes) != (ssize_t)r->bytes) {
+		if (pwrite(r->fd, buf, r->bytes, r->base + (off_t)i * (off_t)r->bytes) !=
+		    (ssize_t)r->bytes) {
 			perror("pwrite");
 			break;
 		}
@@ -138,6 +146,43 @@ static void print(const char *what, const struct run *r)
 {
 	printf("%s: p50 %.0f p90 %.0f p99 %.0f us", what, r->lat[r->n / 2], r->lat[r->n * 9 / 10],
 	       r->lat[r->n * 99 / 100]);
+}
+
+/* "same": t threads, one file, each syncing its own rewrites. */
+static int run_same(int t, int n, size_t bytes)
+{
+	struct run r[8];
+	pthread_t th[8];
+	double t0, secs;
+	int fd;
+
+	if (t < 1 || t > 8 || n < 10 || bytes == 0)
+		return 2;
+	fd = open_file("sync_shapes.log", (size_t)t * (size_t)n * bytes);
+	for (int i = 0; i < t; i++)
+		r[i] = (struct run){ .fd = fd,
+				     .n = n,
+				     .bytes = bytes,
+				     .base = (off_t)i * (off_t)n * (off_t)bytes,
+				     .lat = calloc((size_t)n, sizeof(double)) };
+	t0 = now_us();
+	for (int i = 0; i < t; i++)
+		pthread_create(&th[i], NULL, run_syncs, &r[i]);
+	for (int i = 0; i < t; i++)
+		pthread_join(th[i], NULL);
+	secs = (now_us() - t0) / 1e6;
+	printf("same, %d thread(s): ", t);
+	for (int i = 0; i < t; i++) {
+		char what[16];
+
+		snprintf(what, sizeof(what), "%s#%d", i ? " | " : "", i);
+		print(what, &r[i]);
+		free(r[i].lat);
+	}
+	printf("; %.0f syncs/s in all\n", (double)t * n / secs);
+	unlink("sync_shapes.log");
+	close(fd);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -196,7 +241,11 @@ int main(int argc, char **argv)
 		unlink("sync_shapes.log");
 		return 0;
 	}
+	if (strcmp(mode, "same") == 0 && argc > 2)
+		return run_same(atoi(argv[2]), argc > 3 ? atoi(argv[3]) : 1000,
+				argc > 4 ? (size_t)atol(argv[4]) : 4096);
 	fprintf(stderr, "usage: sync_shapes grow|rewrite [N] [BYTES]\n"
-			"       sync_shapes pair grow|prefilled|ahead|falloc[-aligned] [N] [AHEAD]\n");
+			"       sync_shapes pair grow|prefilled|ahead|falloc[-aligned] [N] [AHEAD]\n"
+			"       sync_shapes same T [N] [BYTES]\n");
 	return 2;
 }
