@@ -242,6 +242,8 @@ static void *ckpt_main(void *arg)
 {
 	coord *c = arg;
 
+	pthread_setname_np(pthread_self(), "sl-checkpoint");
+
 	pthread_mutex_lock(&c->ckpt_lock);
 	while (!c->ckpt_stop) {
 		uint64_t t0;
@@ -589,6 +591,8 @@ static void *coord_main(void *arg)
 	coord *c = arg;
 	bool ran = false;
 
+	pthread_setname_np(pthread_self(), "sl-coord");
+
 	for (;;) {
 		coord_job *jobs, *last = NULL, *early;
 		bool stop;
@@ -693,6 +697,8 @@ static void complete_rounds(coord *c)
 static void *sync_main(void *arg)
 {
 	coord *c = arg;
+
+	pthread_setname_np(pthread_self(), "sl-walsync");
 
 	pthread_mutex_lock(&c->slock);
 	for (;;) {

@@ -248,7 +248,10 @@ int server_listen(server *srv)
 static void *worker_main(void *arg)
 {
 	worker *w = arg;
+	char name[16];
 
+	snprintf(name, sizeof(name), "sl-loop%d", w->id);
+	pthread_setname_np(pthread_self(), name);
 	ev_run(w->loop, 0);
 	return NULL;
 }

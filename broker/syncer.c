@@ -115,6 +115,7 @@ static void *syncer_main(void *arg)
 	syncer *s = arg;
 	const config *cfg = s->srv->cfg;
 
+	pthread_setname_np(pthread_self(), "sl-logsync");
 	s->next_flush = mono_ms() + cfg->flush_interval_ms;
 	s->next_retention = mono_ms() + cfg->retention_check_interval_ms;
 	for (;;) {

@@ -3,7 +3,7 @@
 ApiVersions v0-v2, Metadata v0-v8 (and topic auto-creation), CreateTopics
 v0-v4 (with its error cases), Produce v3-v8, Fetch v4-v11, ListOffsets v1-v5,
 DeleteTopics v0-v3; multi-topic produce, KIP-74 fetch sizing, topic-level
-max.message.bytes.
+max.message.bytes; the broker's thread names.
 
 Env: SLUICED.
 """
@@ -292,6 +292,19 @@ def test_delete_topics_versions():
         check(not left, "deleted topics still listed: %r" % left)
 
 
+def test_thread_names():
+    """The broker's threads carry their role (top -H, perf, gdb)."""
+    b = broker()
+    task = "/proc/%d/task" % b.proc.pid
+    names = set()
+    for tid in os.listdir(task):
+        with open(os.path.join(task, tid, "comm")) as f:
+            names.add(f.read().strip())
+    for want in ("sl-loop0", "sl-coord", "sl-walsync", "sl-checkpoint",
+                 "sl-logsync"):
+        check(want in names, "no thread named %s among %s" % (want, sorted(names)))
+
+
 def _final_stop():
     b = _broker[0]
     if b is not None and b.alive():
@@ -311,5 +324,6 @@ if __name__ == "__main__":
         ("fetch_sizing_kip74", test_fetch_sizing_kip74, 30),
         ("topic_max_message_bytes", test_topic_max_message_bytes, 30),
         ("delete_topics_v0_v3", test_delete_topics_versions, 30),
+        ("thread_names", test_thread_names, 30),
         ("clean_shutdown", _final_stop, 30),
     ])
