@@ -189,14 +189,11 @@ static bool leave(conn *c)
  * has one. */
 static req *req_alloc(worker *w)
 {
-	req *r = w->req_cache;
+	req *r = reuse_get(&w->req_cache, sizeof(*r), offsetof(req, next));
 	wire_buf keep;
 
 	if (!r)
 		return calloc(1, sizeof(*r));
-	UNPOISON(r, sizeof(*r));
-	w->req_cache = r->next;
-	w->req_cached--;
 	keep = r->resp;
 	UNPOISON(keep.data, keep.cap);
 	memset(r, 0, sizeof(*r));
@@ -210,30 +207,24 @@ static void req_release(req *r)
 {
 	worker *w = r->w;
 
-	if (w->req_cached >= REQ_CACHE_MAX || r->resp.cap > REQ_CACHE_BUF) {
+	if (reuse_full(&w->req_cache, REQ_CACHE_MAX) || r->resp.cap > REQ_CACHE_BUF) {
 		wire_buf_free(&r->resp);
 		free(r);
 		return;
 	}
-	r->next = w->req_cache;
-	w->req_cache = r;
-	w->req_cached++;
 	POISON(r->resp.data, r->resp.cap);
-	POISON(r, sizeof(*r));
+	reuse_put(&w->req_cache, r, sizeof(*r), offsetof(req, next));
 }
 
 void req_cache_free(worker *w)
 {
-	while (w->req_cache) {
-		req *r = w->req_cache;
+	req *r;
 
-		UNPOISON(r, sizeof(*r));
+	while ((r = reuse_get(&w->req_cache, sizeof(*r), offsetof(req, next)))) {
 		UNPOISON(r->resp.data, r->resp.cap);
-		w->req_cache = r->next;
 		wire_buf_free(&r->resp);
 		free(r);
 	}
-	w->req_cached = 0;
 }
 
 static req *req_new(conn *c, int16_t key, int16_t ver, int32_t corr)

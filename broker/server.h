@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "pacer.h"
+#include "reuse.h"
 
 struct conn;
 struct topics;
@@ -59,10 +60,8 @@ typedef struct worker {
 	struct conn *conns;        /* owned: every open connection of this loop */
 	int defer_flush;           /* > 0: req_finish queues (conn_defer_begin) */
 	struct conn *flush_list;   /* connections with responses to write (conn.c) */
-	struct req *req_cache;     /* owned: released requests kept for reuse (conn.c) */
-	int req_cached;
-	struct txn_job *txn_cache; /* owned: released txn jobs kept for reuse (txn_api.c) */
-	int txn_cached;
+	reuse_list req_cache;      /* released requests kept for reuse (conn.c) */
+	reuse_list txn_cache;      /* released txn jobs kept for reuse (txn_api.c) */
 } worker;
 
 typedef struct server {

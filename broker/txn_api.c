@@ -46,6 +46,7 @@
 #include "halfstore.h"
 #include "kerr.h"
 #include "poison.h"
+#include "reuse.h"
 #include "recbatch.h"
 #include "topics.h"
 #include "txn_api.h"
@@ -209,15 +210,12 @@ static void job_destroy(txn_job *j)
 /* A zeroed job of w's with room for inline_len batch bytes, or NULL. */
 static txn_job *job_alloc(worker *w, size_t inline_len)
 {
-	txn_job *j = w->txn_cache;
+	txn_job *j = reuse_get(&w->txn_cache, sizeof(*j), offsetof(txn_job, next_free));
 	halfstore_buf keep = { 0 };
 	size_t cap = inline_len;
 
 	if (j) {
-		UNPOISON(j, sizeof(*j));
 		UNPOISON(j->inline_batch, j->inline_cap);
-		w->txn_cache = j->next_free;
-		w->txn_cached--;
 		keep = j->rowbuf;
 		UNPOISON(keep.p, keep.cap);
 		if (j->inline_cap >= inline_len) {
@@ -246,29 +244,24 @@ static void job_release(txn_job *j)
 {
 	worker *w = j->home;
 
-	if (w->txn_cached >= JOB_CACHE_MAX || j->inline_cap + j->rowbuf.cap > JOB_CACHE_BYTES) {
+	if (reuse_full(&w->txn_cache, JOB_CACHE_MAX) ||
+	    j->inline_cap + j->rowbuf.cap > JOB_CACHE_BYTES) {
 		job_destroy(j);
 		return;
 	}
-	j->next_free = w->txn_cache;
-	w->txn_cache = j;
-	w->txn_cached++;
 	POISON(j->rowbuf.p, j->rowbuf.cap);
 	POISON(j->inline_batch, j->inline_cap);
-	POISON(j, sizeof(*j));
+	reuse_put(&w->txn_cache, j, sizeof(*j), offsetof(txn_job, next_free));
 }
 
 void txn_api_cache_free(worker *w)
 {
-	while (w->txn_cache) {
-		txn_job *j = w->txn_cache;
+	txn_job *j;
 
-		UNPOISON(j, sizeof(*j));
+	while ((j = reuse_get(&w->txn_cache, sizeof(*j), offsetof(txn_job, next_free)))) {
 		UNPOISON(j->rowbuf.p, j->rowbuf.cap);
-		w->txn_cache = j->next_free;
 		job_destroy(j);
 	}
-	w->txn_cached = 0;
 }
 
 static void txn_job_free(txn_job *j)
