@@ -653,7 +653,7 @@ static int sync_index(partlog *pl)
 	return r;
 }
 
-int partlog_checkpoint(partlog *pl)
+int partlog_checkpoint_serving(partlog *pl, void (*serve)(void *arg), void *arg)
 {
 	struct ckpt c = {
 		.seq = pl->ckpt_valid ? pl->ckpt.seq + 1 : 1,
@@ -665,6 +665,10 @@ int partlog_checkpoint(partlog *pl)
 
 	if (r)
 		return r;
+	/* c was taken before the index sync: syncs that serve runs do not
+	 * make its indexes stale, so nothing is synced twice */
+	if (serve)
+		serve(arg);
 	if (pl->ckpt_valid && pl->ckpt.base == c.base && pl->ckpt.pos == c.pos &&
 	    pl->ckpt.end == c.end)
 		return 0;
@@ -674,6 +678,11 @@ int partlog_checkpoint(partlog *pl)
 	pl->ckpt = c;
 	pl->ckpt_valid = true;
 	return 0;
+}
+
+int partlog_checkpoint(partlog *pl)
+{
+	return partlog_checkpoint_serving(pl, NULL, NULL);
 }
 
 void partlog_close(partlog *pl)

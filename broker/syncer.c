@@ -67,27 +67,46 @@ static void sync_dirty(partition *list, uint64_t prealloc)
 	}
 }
 
-static void for_each_partition(server *srv, void (*fn)(partition *p, int64_t now), int64_t now)
+/* Syncs the partitions queued since the round began: the periodic work
+ * calls it between its syncs, so that an fsync acknowledgement waits
+ * behind one of them at most, not behind a checkpoint of every partition
+ * (three syncs each: with 0.3 s syncs, an ack took 1.2 s instead of 0.6). */
+static void serve_acks(void *arg)
+{
+	syncer *s = arg;
+	partition *dirty;
+
+	pthread_mutex_lock(&s->lock);
+	dirty = s->dirty;
+	s->dirty = NULL;
+	pthread_mutex_unlock(&s->lock);
+	sync_dirty(dirty, s->srv->cfg->preallocate_bytes);
+}
+
+static void for_each_partition(syncer *s, void (*fn)(syncer *s, partition *p, int64_t now),
+			       int64_t now)
 {
 	topic **list;
 	int n;
 
-	if (topics_list(srv->topics, &list, &n) < 0)
+	if (topics_list(s->srv->topics, &list, &n) < 0)
 		return;
 	for (int i = 0; i < n; i++)
 		for (int j = 0; j < list[i]->nparts; j++)
-			fn(&list[i]->parts[j], now);
+			fn(s, &list[i]->parts[j], now);
 	topics_list_free(list, n);
 }
 
-static void flush_one(partition *p, int64_t now)
+static void flush_one(syncer *s, partition *p, int64_t now)
 {
 	int rc;
 
+	serve_acks(s);
 	sync_one(p, 0); /* acknowledgements do not wait for it: no preallocation */
 	if (!p->ckpt_stale)
 		return;
-	rc = partlog_checkpoint(p->log);
+	serve_acks(s);
+	rc = partlog_checkpoint_serving(p->log, serve_acks, s);
 	if (rc < 0) {
 		BLOG_RL(BLOG_ERROR, "checkpoint %s-%d: %s", p->topic->name, p->index, strerror(-rc));
 		return;
@@ -98,10 +117,13 @@ static void flush_one(partition *p, int64_t now)
 		BLOG_RL(BLOG_WARN, "producer snapshot %s-%d: %s", p->topic->name, p->index, strerror(-rc));
 }
 
-static void retain_one(partition *p, int64_t now)
+static void retain_one(syncer *s, partition *p, int64_t now)
 {
 	int deleted = 0;
-	int rc = partlog_retention(p->log, now, &deleted);
+	int rc;
+
+	serve_acks(s);
+	rc = partlog_retention(p->log, now, &deleted);
 
 	if (rc < 0)
 		BLOG_RL(BLOG_ERROR, "retention %s-%d: %s", p->topic->name, p->index, strerror(-rc));
@@ -148,15 +170,15 @@ static void *syncer_main(void *arg)
 			topic_destroy(reap[i]);
 		free(reap);
 		if (stop) {
-			for_each_partition(s->srv, flush_one, 0);
+			for_each_partition(s, flush_one, 0);
 			break;
 		}
 		if (now >= s->next_flush) {
-			for_each_partition(s->srv, flush_one, 0);
+			for_each_partition(s, flush_one, 0);
 			s->next_flush = mono_ms() + cfg->flush_interval_ms;
 		}
 		if (now >= s->next_retention) {
-			for_each_partition(s->srv, retain_one, now_ms());
+			for_each_partition(s, retain_one, now_ms());
 			s->next_retention = mono_ms() + cfg->retention_check_interval_ms;
 		}
 	}

@@ -9,6 +9,9 @@
  *    recovery checkpoints (pagecache durability relies on this to bound
  *    recovery).
  *  - every log.retention.check.interval.ms: retention.
+ *  The periodic work syncs the partitions queued for acknowledgements
+ *  before each of its own syncs (serve_acks), so an acknowledgement waits
+ *  behind one of them at most.
  *  - reaping deleted topics (their files), off the loops.
  *
  * Threads: syncer_mark_dirty and syncer_reap from any thread; the rest from

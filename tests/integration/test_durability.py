@@ -158,6 +158,36 @@ def test_fsync_group_commit():
                 % (parts, dt, n, lat))
 
 
+def test_fsync_acks_do_not_wait_for_checkpoints():
+    """The periodic flush checkpoints every partition written since the
+    last one (three syncs each: two index files and the checkpoint).  An
+    fsync acknowledgement must not wait behind all of them: the syncer
+    serves the acknowledgements queued meanwhile between its syncs.  With
+    8 stale partitions and 0.3 s syncs, a produce waited up to 7 s before."""
+    parts = 8
+    b = slow_broker("fsync", "fsync-ckpt")
+    with Conn(b.addr) as c:
+        c.create_topic("ck", parts)
+        worst = 0.0
+        # one request to every partition: all stale at once, so the next
+        # flush (every 0.1 s) checkpoints them all
+        res = c.produce([("ck", p, build_batch([(None, b"s%d" % p)]))
+                         for p in range(parts)])
+        for p in range(parts):
+            check_eq(res[("ck", p)][0], ERR_NONE, "produce to partition %d" % p)
+        time.sleep(0.15)  # the flush is under way
+        for k in range(3):
+            err, _, dt = timed_produce(c, "ck", b"w%d" % k)
+            check_eq(err, ERR_NONE, "produce during the flush")
+            worst = max(worst, dt)
+    b.kill9()  # a clean stop would checkpoint them all again, slowly
+    log("  slowest ack while %d partitions were checkpointed: %.3f s "
+        "(%.1f syncs of %.1f s)" % (parts, worst, worst / DELAY, DELAY))
+    # own sync + the one in flight + at most two index syncs, plus slack
+    check(worst < 5 * DELAY + 0.5, "an fsync ack waited %.3f s behind the "
+          "periodic checkpoints of %d partitions" % (worst, parts))
+
+
 def test_pagecache_acks_do_not_wait_for_sync():
     b = slow_broker("pagecache", "pagecache-fast")
     with Conn(b.addr) as c:
@@ -265,6 +295,8 @@ if __name__ == "__main__":
         ("durability_fsync_consumers_see_only_synced",
          test_fsync_consumers_see_only_synced, 60),
         ("durability_fsync_group_commit", test_fsync_group_commit, 60),
+        ("durability_fsync_acks_do_not_wait_for_checkpoints",
+         test_fsync_acks_do_not_wait_for_checkpoints, 90),
         ("durability_pagecache_acks_do_not_wait",
          test_pagecache_acks_do_not_wait_for_sync, 60),
         ("durability_fsync_preallocates_ahead", test_fsync_preallocates_ahead,
