@@ -36,7 +36,7 @@ static const api_def apis[] = {
 	{ API_TXN_END, 0, 0, api_txn_end, "TxnEnd" },
 	{ API_TXN_CHECK_POLL, 0, 1, api_txn_check_poll, "TxnCheckPoll" },
 	{ API_TXN_LIST, 0, 0, api_txn_list, "TxnList" },
-	{ API_TXN_DESCRIBE, 0, 0, api_txn_describe, "TxnDescribe" },
+	{ API_TXN_DESCRIBE, 0, 1, api_txn_describe, "TxnDescribe" },
 };
 
 #define NAPIS ((int)(sizeof(apis) / sizeof(apis[0])))

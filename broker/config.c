@@ -83,6 +83,9 @@ static const struct key broker_keys[] = {
 	  INT32_MAX, "300000", "the waits between checks double up to this" },
 	{ "transaction.check.max.outstanding", K_INT32, C(transaction_check_max_outstanding), 1,
 	  10000000, "10000", "check-backs out (handed to producers, not yet answered) at once" },
+	{ "transaction.dead.letter.topic", K_STR, C(transaction_dead_letter_topic), 0, 0, "",
+	  "topic that gets a copy of every discarded transaction's message, with headers naming "
+	  "the transaction (empty: none; the topic must exist)" },
 	{ "offsets.retention.minutes", K_INT64, C(offsets_retention_minutes), 1, INT32_MAX, "10080",
 	  "committed offsets of a group with no members are deleted this long after its last commit" },
 	/* Defaults of the topic-level keys. */

@@ -68,6 +68,7 @@ typedef struct config {
 	int64_t transaction_check_backoff_ms;     /* wait after the 1st unanswered check */
 	int64_t transaction_check_backoff_max_ms; /* waits double up to this */
 	int32_t transaction_check_max_outstanding; /* checks out at once */
+	char transaction_dead_letter_topic[250]; /* "" = no copies (txn_dead.h) */
 	topic_conf topic_defaults; /* message.max.bytes, log.segment.bytes, ... */
 	produce_limit client_limit; /* per client id (quota.h); rates 0: off */
 } config;

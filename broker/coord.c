@@ -1,10 +1,11 @@
 /*
  * coord.c — see coord.h.
  *
- * Schema, version 4 (PRAGMA user_version = 4; version 2 added
+ * Schema, version 5 (PRAGMA user_version = 5; version 2 added
  * group_offsets, documented in group.c; version 3 the transaction tables,
  * documented in txn/halfstore.c; version 4 rewrote txn_half's CHECK,
- * halfstore_schema_v2).  Change it only by adding a
+ * halfstore_schema_v2; version 5 added txn_half.dead_letter_offset,
+ * halfstore_schema_v3).  Change it only by adding a
  * migration step in schema_upgrade() and bumping the version; document the
  * tables in docs/storage.md.
  *
@@ -30,7 +31,7 @@
 #include "stmtcache.h"
 #include "walvfs.h"
 
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 
 /* Threads: the coordinator runs batches (SQL and a COMMIT that only writes
  * the WAL: synchronous=NORMAL) and queues them for the WAL syncer(s).  A
@@ -180,6 +181,25 @@ static int user_version(sqlite3 *db)
 	return v;
 }
 
+/* One migration step done in C (step returns 0 or -errno), in its own
+ * transaction with the new user_version.  0, or -1 (logged; rolled back). */
+static int migrate(sqlite3 *db, int version, int (*step)(sqlite3 *db), const char *what)
+{
+	char bump[48];
+	int rc;
+
+	if (exec(db, "BEGIN"))
+		return -1;
+	rc = step(db);
+	if (rc < 0) {
+		blog(BLOG_ERROR, "sluice.db: cannot %s: %s", what, strerror(-rc));
+		exec(db, "ROLLBACK");
+		return -1;
+	}
+	snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", version);
+	return exec(db, bump) || exec(db, "COMMIT") ? -1 : 0;
+}
+
 static int schema_upgrade(sqlite3 *db)
 {
 	int v = user_version(db);
@@ -206,20 +226,11 @@ static int schema_upgrade(sqlite3 *db)
 		    exec(db, "PRAGMA user_version = 3") || exec(db, "COMMIT"))
 			return -1;
 	}
-	if (v < 4) { /* halfstore schema version 2 */
-		int rc;
-
-		if (exec(db, "BEGIN"))
-			return -1;
-		rc = halfstore_schema_v2(db);
-		if (rc < 0) {
-			blog(BLOG_ERROR, "sluice.db: cannot rewrite txn_half's CHECK: %s", strerror(-rc));
-			exec(db, "ROLLBACK");
-			return -1;
-		}
-		if (exec(db, "PRAGMA user_version = 4") || exec(db, "COMMIT"))
-			return -1;
-	}
+	/* halfstore schema versions 2 and 3 */
+	if (v < 4 && migrate(db, 4, halfstore_schema_v2, "rewrite txn_half's CHECK"))
+		return -1;
+	if (v < 5 && migrate(db, 5, halfstore_schema_v3, "add txn_half.dead_letter_offset"))
+		return -1;
 	return 0;
 }
 

@@ -5,7 +5,8 @@
  *   1001 TxnEnd v0        commit (append to the log, exactly once) /
  *                         rollback / unknown / resume (operators)
  *   1003 TxnList v0       list transactions of a producer group (operators)
- *   1004 TxnDescribe v0   one transaction with its batch (operators)
+ *   1004 TxnDescribe v0-1 one transaction with its batch (operators; v1:
+ *                         where its dead-letter copy is, txn_dead.h)
  *   1002 TxnCheckPoll v0-1 check-back long-poll (txn_check.c)
  *
  * Exactly once: a commit first moves the txn to COMMITTING in SQLite with a
@@ -51,6 +52,7 @@
 #include "topics.h"
 #include "txn_api.h"
 #include "txn_commit.h"
+#include "txn_dead.h"
 #include "waiters.h"
 
 #define COMMIT_SYNC_TIMEOUT_S 30.0
@@ -113,6 +115,7 @@ void txn_api_init(const config *cfg)
 	policy.backoff_cap_ms = cfg->transaction_check_backoff_max_ms;
 	policy.max_outstanding = (uint32_t)cfg->transaction_check_max_outstanding;
 	retention_ms = cfg->transaction_retention_ms;
+	txn_dead_init(cfg->transaction_dead_letter_topic);
 	read_crash_point();
 }
 
@@ -847,6 +850,8 @@ static void describe_done(loop_task *t)
 	write_txn_row(b, x);
 	wire_w_i64(b, x->commit_seq);
 	wire_w_bytes(b, x->batch, (int32_t)x->batch_len);
+	if (j->r->api_version >= 1)
+		wire_w_i64(b, err ? 0 : x->dead_letter_offset);
 	finish_job(j);
 }
 

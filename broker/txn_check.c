@@ -39,7 +39,9 @@
  *    ticks, so a sustained 20,000 txn/s does not outgrow its retention,
  *    yet one job never holds the coordinator for long);
  *  - marks handed over by txn_api.c (txn_check_mark_later): recorded
- *    COMMITTED once their partition's high watermark covers them.
+ *    COMMITTED once their partition's high watermark covers them;
+ *  - with transaction.dead.letter.topic set, a step of txn_dead.h
+ *    (discarded transactions copied to that topic).
  *
  * Threads: polls, the scheduler and the ticker state are guarded by `lock`;
  * a parked poll's response is written under it by whoever fills it (its
@@ -59,6 +61,7 @@
 #include "halfstore.h"
 #include "kerr.h"
 #include "txn_api.h"
+#include "txn_dead.h"
 
 #define TICK_S 0.1
 #define MAX_BATCH 1000
@@ -367,6 +370,7 @@ typedef struct tick_job {
 	bool purge;
 	int64_t purged;
 	int64_t purge_limit;
+	bool dead;              /* a dead-letter step (txn_dead.h) */
 } tick_job;
 
 static void run_marks(sqlite3 *db, tick_job *t)
@@ -405,6 +409,8 @@ static int tick_run(coord_job *job, sqlite3 *db)
 	}
 	if (t->budget > 0 &&
 	    halfstore_due_checks(db, wall, (size_t)t->budget, pol.lease_ms, &t->due, &t->ndue) < 0)
+		return SQLITE_ERROR;
+	if (t->dead && txn_dead_run(db) < 0)
 		return SQLITE_ERROR;
 	/* No WAL sync before the hand-out: nothing a client is told rests on
 	 * this job being durable.  A power loss can only drop leases, unanswered
@@ -497,6 +503,11 @@ static void tick_done(loop_task *lt)
 								       : PURGE_BATCH_MAX)
 				   : PURGE_BATCH;
 	}
+	pthread_mutex_unlock(&lock);
+	/* before the next job can start: txn_dead's state is this job's */
+	if (t->dead)
+		txn_dead_write(srv_g, ok, mono_ms());
+	pthread_mutex_lock(&lock);
 	job_in_flight = false;
 	pthread_mutex_unlock(&lock);
 	if (t->purged > 0)
@@ -579,8 +590,9 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 		t->purge_limit = purge_batch;
 		take_marks(t);
 		take_release(t);
+		t->dead = txn_dead_due(t->now);
 		go = take_none(t) &&
-		     (t->nnone || t->nrelease || t->budget > 0 || t->purge || t->nmarks);
+		     (t->nnone || t->nrelease || t->budget > 0 || t->purge || t->nmarks || t->dead);
 		job_in_flight = go;
 		if (!go)
 			marks_done(t, false);
@@ -637,4 +649,5 @@ void txn_check_stop(void)
 	laters = NULL;
 	nlaters = caplaters = 0;
 	pthread_mutex_unlock(&lock);
+	txn_dead_stop();
 }

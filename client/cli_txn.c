@@ -245,6 +245,9 @@ static int txn_describe(const struct cli_global *g, int64_t id)
 		printf("log offset:     %" PRId64 "\n", t->log_offset);
 	if (t->discard_reason)
 		printf("discard reason: %s\n", t->discard_reason);
+	if (t->dead_letter_offset >= 0)
+		printf("dead letter:    copied at offset %" PRId64 " of the dead-letter topic\n",
+		       t->dead_letter_offset);
 	if (t->key || t->value || t->nheaders) {
 		printf("key:            ");
 		print_bytes(t->key, t->key_len);

@@ -387,6 +387,7 @@ static int build_info(sluice_txn_info_t *t, const struct raw_info *x, wire_str r
 	t->check_count = x->check_count;
 	t->next_check_ms = x->next_check_ms;
 	t->log_offset = x->log_offset;
+	t->dead_letter_offset = -1; /* TxnDescribe v1 sets it */
 	return 0;
 }
 
@@ -469,7 +470,8 @@ sluice_err_t txnwire_describe(struct kconn *c, int64_t txn_id, int timeout_ms,
 	struct kreq *r;
 	struct raw_info x;
 	sluice_err_t err;
-	int ver = txnwire_version(c, API_TXN_DESCRIBE, 0, errstr, errstr_size);
+	int ver = txnwire_version(c, API_TXN_DESCRIBE, 1, errstr, errstr_size);
+	int64_t dead = -1;
 	wire_str msg, records;
 	wire_rd rd;
 	int16_t e;
@@ -487,6 +489,8 @@ sluice_err_t txnwire_describe(struct kconn *c, int64_t txn_id, int timeout_ms,
 	read_raw(&rd, &x);
 	(void)wire_rd_i64(&rd); /* commit_seq */
 	records = wire_rd_bytes(&rd);
+	if (ver >= 1)
+		dead = wire_rd_i64(&rd);
 	if (rd.err) {
 		conf_errf(errstr, errstr_size, "TxnDescribe: malformed response");
 		err = SLUICE_ERR_BAD_MSG;
@@ -497,6 +501,8 @@ sluice_err_t txnwire_describe(struct kconn *c, int64_t txn_id, int timeout_ms,
 		free(t);
 		t = NULL;
 		err = SLUICE_ERR_NO_MEMORY;
+	} else {
+		t->dead_letter_offset = dead;
 	}
 	kbuf_unref(resp);
 	if (!err)

@@ -310,3 +310,160 @@ int recbatch_record_header(const recbatch_record *rec, size_t *pos, recbatch_hea
 	kv->value = v;
 	return 1;
 }
+
+/* ---- copying with extra headers ---- */
+
+/* The inverse of add_wrap: the iterator hands out base + delta, and the
+ * copy needs the delta back bit for bit, whatever the sum wrapped to. */
+static int64_t sub_wrap(int64_t a, int64_t b)
+{
+	return (int64_t)((uint64_t)a - (uint64_t)b);
+}
+
+/* Encoded size of a varint-framed key, value or header field. */
+static uint64_t vstr_size(wire_str s)
+{
+	return wire_varint_size(s.len) + (s.len > 0 ? (uint64_t)s.len : 0);
+}
+
+/* Keyed on the length, not the pointer as wire_w_vbytes is: an empty extra
+ * header may come as { NULL, 0 }, which must not turn into a null. */
+static void w_vstr(wire_buf *b, wire_str s)
+{
+	wire_w_varint(b, s.len < 0 ? -1 : s.len);
+	if (s.len > 0)
+		wire_buf_append(b, s.ptr, (size_t)s.len);
+}
+
+/* The extra headers take the same bytes in every record: sized once.  A
+ * null key would make every copied record malformed. */
+static int extra_size(const recbatch_header_kv *extra, int n_extra, uint64_t *size)
+{
+	uint64_t n = 0;
+
+	if (n_extra < 0)
+		return RECBATCH_E_RECORD;
+	for (int i = 0; i < n_extra; i++) {
+		if (extra[i].key.len < 0 || extra[i].value.len < -1)
+			return RECBATCH_E_RECORD;
+		/* At most 2^31 headers of 2 * (5 + 2^31 - 1) bytes: no wrap. */
+		n += vstr_size(extra[i].key) + vstr_size(extra[i].value);
+	}
+	if (n > INT32_MAX)
+		return RECBATCH_E_LENGTH;
+	*size = n;
+	return RECBATCH_OK;
+}
+
+/* The 61-byte header of the plain copy; batchLength and CRC are patched
+ * once the records are written. */
+static void w_plain_hdr(wire_buf *b, const recbatch_hdr *h)
+{
+	int16_t attrs = (int16_t)(h->attributes &
+				  ~(RECBATCH_ATTR_TRANSACTIONAL | RECBATCH_ATTR_CONTROL));
+
+	wire_w_i64(b, 0);  /* baseOffset: assigned on append */
+	wire_w_i32(b, 0);  /* batchLength, patched */
+	wire_w_i32(b, -1); /* partitionLeaderEpoch */
+	wire_w_i8(b, 2);   /* magic */
+	wire_w_i32(b, 0);  /* crc, patched */
+	wire_w_i16(b, attrs);
+	wire_w_i32(b, h->last_offset_delta);
+	wire_w_i64(b, h->base_timestamp);
+	wire_w_i64(b, h->max_timestamp);
+	wire_w_i64(b, -1); /* producerId */
+	wire_w_i16(b, -1); /* producerEpoch */
+	wire_w_i32(b, -1); /* baseSequence */
+	wire_w_i32(b, h->record_count);
+}
+
+/*
+ * Writes one record of the copy.  Its length varint comes first, so the
+ * body is sized before anything is written: no scratch buffer per record.
+ * The original's headers are already framed and go in verbatim.  written
+ * is what the copy holds so far, to keep batchLength inside an int32.
+ */
+static int w_record(wire_buf *b, const recbatch_hdr *h, const recbatch_record *rec,
+		    const recbatch_header_kv *extra, int n_extra, uint64_t xsize,
+		    size_t written)
+{
+	int32_t off_delta = (int32_t)sub_wrap(rec->offset, h->base_offset);
+	int64_t ts_delta = sub_wrap(rec->timestamp, h->base_timestamp);
+	int64_t count = (int64_t)rec->header_count + n_extra;
+	uint64_t body;
+
+	if (count > INT32_MAX)
+		return RECBATCH_E_LENGTH;
+	body = 1 + wire_varlong_size(ts_delta) + wire_varint_size(off_delta) +
+	       vstr_size(rec->key) + vstr_size(rec->value) +
+	       wire_varint_size((int32_t)count) + rec->headers_len + xsize;
+	if (body > INT32_MAX ||
+	    written + wire_varint_size((int32_t)body) + body >
+		    (uint64_t)INT32_MAX + RECBATCH_LOG_OVERHEAD)
+		return RECBATCH_E_LENGTH;
+
+	wire_w_varint(b, (int32_t)body);
+	wire_w_i8(b, rec->attributes);
+	wire_w_varlong(b, ts_delta);
+	wire_w_varint(b, off_delta);
+	w_vstr(b, rec->key);
+	w_vstr(b, rec->value);
+	wire_w_varint(b, (int32_t)count);
+	wire_buf_append(b, rec->headers, rec->headers_len);
+	for (int i = 0; i < n_extra; i++) {
+		w_vstr(b, extra[i].key);
+		w_vstr(b, extra[i].value);
+	}
+	return RECBATCH_OK;
+}
+
+int recbatch_add_headers(const uint8_t *batch, size_t len, const recbatch_header_kv *extra,
+			 int n_extra, wire_buf *out)
+{
+	size_t start = out->len;
+	recbatch_iter it;
+	recbatch_record rec;
+	uint64_t xsize;
+	int32_t walked = 0;
+	size_t end;
+	uint8_t *p;
+	int err, rc;
+
+	err = recbatch_iter_init(&it, batch, len);
+	if (err)
+		goto out;
+	err = extra_size(extra, n_extra, &xsize);
+	if (err)
+		goto out;
+	w_plain_hdr(out, &it.hdr);
+	while ((rc = recbatch_iter_next(&it, &rec)) == 1) {
+		err = w_record(out, &it.hdr, &rec, extra, n_extra, xsize, out->len - start);
+		if (err)
+			goto out;
+		walked++;
+	}
+	if (rc < 0) {
+		err = RECBATCH_E_RECORD;
+		goto out;
+	}
+	/* The iterator stops after recordCount records: bytes left over mean
+	 * more records than the count, as walk_records() sees it. */
+	if (walked != it.hdr.record_count || wire_rd_left(&it.rd)) {
+		err = RECBATCH_E_COUNT;
+		goto out;
+	}
+	if (out->oom) {
+		err = RECBATCH_E_TRUNCATED;
+		goto out;
+	}
+	/* Pointers into out only now: writing may have moved its memory. */
+	p = out->data + start;
+	end = out->len - start;
+	wire_put32(p + RECBATCH_OFF_LENGTH, (uint32_t)(end - RECBATCH_LOG_OVERHEAD));
+	wire_put32(p + RECBATCH_OFF_CRC,
+		   crc32c(0, p + RECBATCH_OFF_ATTR, end - RECBATCH_OFF_ATTR));
+out:
+	if (err)
+		out->len = start;
+	return err;
+}

@@ -12,7 +12,8 @@
  * leader epoch are outside it, so the broker may rewrite baseOffset.
  *
  * Owns nothing: every function reads (or, for the setters, writes) the
- * caller's buffer.  Thread-safe: pure functions.
+ * caller's buffer; recbatch_add_headers() appends to the caller's wire_buf.
+ * Thread-safe: pure functions.
  */
 #ifndef SLUICE_RECBATCH_H
 #define SLUICE_RECBATCH_H
@@ -147,5 +148,28 @@ int recbatch_iter_next(recbatch_iter *it, recbatch_record *rec);
 /* Walks the headers of a record: returns 1 with *kv, 0 at the end, or
  * -RECBATCH_E_RECORD.  *pos starts at 0. */
 int recbatch_record_header(const recbatch_record *rec, size_t *pos, recbatch_header_kv *kv);
+
+/* ---- copying (uncompressed batches only) ---- */
+
+/* Appends to out a copy of the uncompressed batch (batch, len) in which
+ * every record carries its own headers followed by the n_extra headers of
+ * extra (key and value lengths as given; a value with len -1 is null).
+ * The copy is a plain batch: baseOffset 0, partitionLeaderEpoch -1,
+ * attributes of the original with the transactional and control bits
+ * cleared, the same lastOffsetDelta, baseTimestamp, maxTimestamp and
+ * recordCount, producerId -1, producerEpoch -1, baseSequence -1, records
+ * re-encoded (attributes, timestampDelta, offsetDelta, key, value kept),
+ * batchLength and CRC computed.  Returns RECBATCH_OK; RECBATCH_E_COMPRESSION
+ * for a compressed batch; a header error or RECBATCH_E_RECORD for a batch
+ * whose header or records do not parse; RECBATCH_E_TRUNCATED if out ran
+ * out of memory (out->oom).  On any error out is left as it was (its
+ * length restored).
+ * The CRC of the original is not checked.  An extra header that cannot be
+ * one (null key, a length below -1) is RECBATCH_E_RECORD; a copy whose
+ * lengths or header count would not fit an int32 is RECBATCH_E_LENGTH.
+ * After an out-of-memory failure out->oom stays set.  batch must not point
+ * into out: appending may move out's memory. */
+int recbatch_add_headers(const uint8_t *batch, size_t len, const recbatch_header_kv *extra,
+			 int n_extra, wire_buf *out);
 
 #endif

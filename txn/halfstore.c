@@ -63,6 +63,11 @@
 	"CHECK(state = 'PENDING' OR state = 'COMMITTING' OR state = 'COMMITTED' OR"       \
 	" state = 'ROLLED_BACK' OR state = 'DISCARDED')"
 
+/* Discarded rows not yet copied to the dead-letter topic (schema 3). */
+#define HALFSTORE_DEAD_INDEX_SQL                                                          \
+	"CREATE INDEX IF NOT EXISTS txn_half_dead ON txn_half(txn_id)"                     \
+	"  WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL;"
+
 const char halfstore_schema_sql[] =
 	"CREATE TABLE IF NOT EXISTS txn_half("
 	"  txn_id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -81,7 +86,9 @@ const char halfstore_schema_sql[] =
 	"  commit_seq INTEGER,"
 	"  log_offset INTEGER,"
 	"  origin INTEGER NOT NULL,"
-	"  discard_reason TEXT);"
+	"  discard_reason TEXT,"
+	"  dead_letter_offset INTEGER);"
+	HALFSTORE_DEAD_INDEX_SQL
 	/* due checks: one range (state = 'PENDING', next_check_ms <= now), in
 	 * next_check_ms order, rowid breaking ties */
 	"CREATE INDEX IF NOT EXISTS txn_half_due ON txn_half(state, next_check_ms);"
@@ -111,7 +118,8 @@ static const char *const state_names[HALFSTORE_NSTATES] = {
 #define COLS_BASE                                                                       \
 	"txn_id, producer_group, topic, partition, batch_len, record_count, state,"    \
 	" created_ms, ended_ms, check_count, next_check_ms, lease_until_ms,"           \
-	" commit_seq, log_offset, origin, discard_reason"
+	" commit_seq, log_offset, origin, discard_reason, dead_letter_offset"
+#define COL_BATCH 17
 #define COLS_BLOB COLS_BASE ", batch"
 #define COLS_NOBLOB COLS_BASE ", NULL"
 
@@ -253,6 +261,41 @@ int halfstore_schema_v2(sqlite3 *db)
 	return rc == SQLITE_OK ? 0 : sqlerr(rc);
 }
 
+/* 1 if txn_half has a column named col, 0 if not, or a SQLite code < 0. */
+static int has_column(sqlite3 *db, const char *col)
+{
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('txn_half')"
+					" WHERE name = ?1", -1, &st, NULL);
+	int found = 0;
+
+	if (rc != SQLITE_OK)
+		return -rc;
+	sqlite3_bind_text(st, 1, col, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		found = sqlite3_column_int(st, 0) > 0;
+	else
+		found = -rc;
+	sqlite3_finalize(st);
+	return found;
+}
+
+int halfstore_schema_v3(sqlite3 *db)
+{
+	int has = has_column(db, "dead_letter_offset");
+	int rc = SQLITE_OK;
+
+	if (has < 0)
+		return sqlerr(-has);
+	if (!has)
+		rc = sqlite3_exec(db, "ALTER TABLE txn_half ADD COLUMN dead_letter_offset INTEGER", NULL,
+				  NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, HALFSTORE_DEAD_INDEX_SQL, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+}
+
 /* ---- statement helpers ---- */
 
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st)
@@ -332,8 +375,8 @@ static enum halfstore_state parse_state_col(sqlite3_stmt *st, int i)
 static int read_owned(sqlite3_stmt *st, halfstore_txn *t)
 {
 	int err = 0;
-	const void *b = sqlite3_column_blob(st, 16);
-	int blen = sqlite3_column_bytes(st, 16);
+	const void *b = sqlite3_column_blob(st, COL_BATCH);
+	int blen = sqlite3_column_bytes(st, COL_BATCH);
 
 	t->producer_group = col_str(st, 1, &err);
 	t->topic = col_str(st, 2, &err);
@@ -376,8 +419,8 @@ static int read_into(sqlite3_stmt *st, halfstore_txn *t, halfstore_buf *buf)
 		s[i] = sqlite3_column_text(st, col[i]);
 		len[i] = sqlite3_column_bytes(st, col[i]);
 	}
-	b = sqlite3_column_blob(st, 16);
-	blen = b ? sqlite3_column_bytes(st, 16) : 0;
+	b = sqlite3_column_blob(st, COL_BATCH);
+	blen = b ? sqlite3_column_bytes(st, COL_BATCH) : 0;
 	need = (size_t)blen + (size_t)len[0] + (size_t)len[1] + (size_t)len[2] + 3;
 	if (need > buf->cap) {
 		size_t cap = (need + 1023) & ~(size_t)1023;
@@ -422,6 +465,7 @@ static int read_row(sqlite3_stmt *st, halfstore_txn *t, halfstore_buf *buf)
 	t->commit_seq = col_i64(st, 12);
 	t->log_offset = col_i64(st, 13);
 	t->origin = (uint64_t)sqlite3_column_int64(st, 14);
+	t->dead_letter_offset = col_i64(st, 16);
 	err = buf ? read_into(st, t, buf) : read_owned(st, t);
 	if (err)
 		halfstore_txn_clear(t);
@@ -1041,9 +1085,45 @@ int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms)
 {
 	return guarded_i64(db,
 			   "UPDATE txn_half SET state = 'PENDING', check_count = 0, next_check_ms = ?2,"
-			   " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL"
+			   " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL,"
+			   " dead_letter_offset = NULL"
 			   " WHERE txn_id = ?1 AND state = 'DISCARDED'",
 			   txn_id, now_ms, NULL);
+}
+
+int halfstore_dead_letters(sqlite3 *db, size_t limit, halfstore_txn **out, size_t *n)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (limit == 0) {
+		*out = NULL;
+		*n = 0;
+		return 0;
+	}
+	/* The partial index txn_half_dead holds exactly these rows.  Named:
+	 * without ANALYZE figures SQLite takes txn_half_state, whose range
+	 * also holds every DISCARDED row already copied (they are kept until
+	 * an operator resolves them), visited at every tick. */
+	rc = prep(db,
+		  "SELECT " COLS_BLOB " FROM txn_half INDEXED BY txn_half_dead"
+		  " WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL"
+		  " ORDER BY txn_id LIMIT ?1",
+		  &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, clamp_limit(limit));
+	return collect(st, out, n);
+}
+
+int halfstore_mark_dead_lettered(sqlite3 *db, int64_t txn_id, int64_t offset)
+{
+	if (offset < 0)
+		return HALFSTORE_E_INVALID;
+	return guarded_i64(db,
+			   "UPDATE txn_half SET dead_letter_offset = ?2"
+			   " WHERE txn_id = ?1 AND state = 'DISCARDED' AND dead_letter_offset IS NULL",
+			   txn_id, offset, NULL);
 }
 
 int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms)

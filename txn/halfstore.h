@@ -65,7 +65,7 @@
  * The broker runs it as a step of coord.c's schema_upgrade (it is its own
  * schema version 1, see halfstore.c for the layout and change rules). */
 extern const char halfstore_schema_sql[];
-#define HALFSTORE_SCHEMA_VERSION 2
+#define HALFSTORE_SCHEMA_VERSION 3
 /* Version 1 -> 2 in a database made by version 1 (coord.c's schema step
  * 4): txn_half's CHECK on state rewritten from `state IN (...)`, which
  * SQLite 3.40 runs as a temporary b-tree built for every row written,
@@ -75,6 +75,12 @@ extern const char halfstore_schema_sql[];
  * caller's transaction, before any statement is prepared on db.  0 or
  * -errno. */
 int halfstore_schema_v2(sqlite3 *db);
+/* Version 2 -> 3 (coord.c's schema step 5): the column dead_letter_offset
+ * and the partial index txn_half_dead of the discarded rows not yet copied
+ * to the dead-letter topic.  Idempotent (a database made with this
+ * halfstore_schema_sql has both).  Runs in the caller's transaction.  0 or
+ * -errno. */
+int halfstore_schema_v3(sqlite3 *db);
 
 /* Outcomes (0 and positive). */
 enum {
@@ -163,6 +169,7 @@ typedef struct halfstore_txn {
 	int64_t log_offset;      /* -1 unless COMMITTED */
 	uint64_t origin;         /* connection that prepared it (opaque) */
 	char *discard_reason;    /* NULL unless DISCARDED */
+	int64_t dead_letter_offset; /* where its copy is in the dead-letter topic; -1 = none */
 	halfstore_buf *buf;      /* NULL, or where the strings and batch are */
 } halfstore_txn;
 
@@ -310,8 +317,9 @@ int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer an
 			   int64_t now_ms, const checksched_policy *policy,
 			   enum halfstore_state *state);
 
-/* Operator: DISCARDED -> PENDING with check_count 0, due at now_ms, reason
- * and ended_ms cleared.  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND
+/* Operator: DISCARDED -> PENDING with check_count 0, due at now_ms, reason,
+ * ended_ms and dead_letter_offset cleared (a second discard is copied to
+ * the dead-letter topic again).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND
  * or -errno. */
 int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms);
 
@@ -345,5 +353,16 @@ int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms);
  * (copied).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND, or
  * -errno. */
 int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms);
+
+/* Dead-letter topic (transaction.dead.letter.topic): up to limit DISCARDED
+ * txns, with their batches, whose copy was not written yet, in txn_id
+ * order (an index range: txn_half_dead).  0 with *out (halfstore_txns_free)
+ * and *n, or -errno. */
+int halfstore_dead_letters(sqlite3 *db, size_t limit, halfstore_txn **out, size_t *n);
+/* Records that a DISCARDED txn's copy is at offset (>= 0) of the
+ * dead-letter topic.  HALFSTORE_OK; HALFSTORE_E_STATE if it was resumed
+ * or recorded meanwhile; HALFSTORE_E_NOT_FOUND; HALFSTORE_E_INVALID;
+ * -errno. */
+int halfstore_mark_dead_lettered(sqlite3 *db, int64_t txn_id, int64_t offset);
 
 #endif

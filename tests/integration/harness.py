@@ -1504,9 +1504,9 @@ def txn_end(c, group, txn, decision, operator=False):
                                                 operator)))
 
 
-def txn_describe(c, txn):
-    """Returns a dict of every TxnDescribe v0 field."""
-    r = c.request(API_TXN_DESCRIBE, 0, Writer().i64(txn).getvalue())
+def txn_describe(c, txn, version=0):
+    """Returns a dict of every TxnDescribe field of version 0 or 1."""
+    r = c.request(API_TXN_DESCRIBE, version, Writer().i64(txn).getvalue())
     d = {}
     for name, fn in (("error", r.i16), ("message", r.string),
                      ("txn_id", r.i64), ("group", r.string),
@@ -1517,6 +1517,8 @@ def txn_describe(c, txn):
                      ("discard_reason", r.string), ("commit_seq", r.i64),
                      ("records", r.bytes_)):
         d[name] = fn()
+    if version >= 1:
+        d["dead_letter_offset"] = r.i64()
     check_eq(r.remaining(), 0, "trailing bytes in TxnDescribe")
     return d
 

@@ -114,7 +114,8 @@ def templates():
         t.append((1002, v, w.getvalue()))
     t.append((1003, 0, Writer().string(None).i32(0).i32(100).i64(0)
               .getvalue()))
-    t.append((1004, 0, Writer().i64(1).getvalue()))
+    for v in (0, 1):
+        t.append((1004, v, Writer().i64(1).getvalue()))
     return t
 
 

@@ -457,7 +457,7 @@ def test_prepare_v1_partition_and_origin():
     with Conn(b.addr) as c:
         _, ranges = c.api_versions(0)
         check_eq((ranges[1000], ranges[1001], ranges[1002], ranges[1003],
-                  ranges[1004]), ((0, 1), (0, 0), (0, 1), (0, 0), (0, 0)),
+                  ranges[1004]), ((0, 1), (0, 0), (0, 1), (0, 0), (0, 1)),
                  "ApiVersions of the transaction APIs")
         c.create_topic("rr", 3)
         got = []
@@ -726,6 +726,136 @@ def test_resume_and_describe():
                  .i64(0).i64(0).i32(0).i64(0).i64(0).string(None).i64(0)
                  .bytes_(None).getvalue(), "describe unknown: the fields")
     check_eq(values(b.addr, "o"), [b"resumed"], "appended once")
+
+
+def dead_letter_copies(addr):
+    """{txn id: (partition, number of records)} in the topic dlq."""
+    out = {}
+    for part in range(2):
+        for rec in fetch_all(addr, "dlq", part):
+            h = dict((k if isinstance(k, str) else k.decode(), v)
+                     for k, v in rec.headers)
+            txn = int(h["sluice.txn.id"])
+            p, n = out.get(txn, (part, 0))
+            check_eq(p, part, "txn %d copied to one partition" % txn)
+            out[txn] = (part, n + 1)
+    return out
+
+
+def test_dead_letter_topic():
+    """transaction.dead.letter.topic: a discarded transaction's message is
+    copied there once, with its key, value and headers and the
+    transaction's own; a missing topic is waited for; a restart copies
+    nothing again; a resumed then re-discarded one is copied again."""
+    b = Broker(name="txn-dead", sets={"transaction.timeout.ms": 100,
+                                      "transaction.check.max": 1,
+                                      "transaction.dead.letter.topic": "dlq"})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        recs = [(b"k1", b"first", [("trace", b"t-1")]), (None, b"second")]
+        err, _, t1, _ = txn_prepare(c, "gd", "o", 0, build_batch(recs))
+        check_eq(err, ERR_NONE, "prepare")
+        wait_for(lambda: txn_describe(c, t1)["state"] == TXN_DISCARDED, 10,
+                 what="the discard")
+        # no topic yet: logged, and the copy waits for it
+        wait_for(lambda: "dead-letter topic dlq does not exist"
+                 in b.log_text(), 10, what="the missing-topic warning")
+        c.create_topic("dlq", 2)
+        wait_for(lambda: t1 in dead_letter_copies(b.addr), 10,
+                 what="the copy once the topic exists")
+        part, n = dead_letter_copies(b.addr)[t1]
+        check_eq((part, n), (t1 % 2, 2),
+                 "partition: txn id modulo the partitions; both records")
+        got = [r for r in fetch_all(b.addr, "dlq", part)]
+        check_eq([(r.key, r.value) for r in got],
+                 [(b"k1", b"first"), (None, b"second")], "records copied")
+        h0 = [(k if isinstance(k, str) else k.decode(), v)
+              for k, v in got[0].headers]
+        check_eq(h0[0], ("trace", b"t-1"), "the record's own header first")
+        h = dict(h0)
+        check_eq((h["sluice.txn.id"], h["sluice.txn.group"],
+                  h["sluice.txn.topic"], h["sluice.txn.partition"]),
+                 (str(t1).encode(), b"gd", b"o", b"0"), "transaction headers")
+        check(b"1 checks" in h["sluice.txn.reason"],
+              "reason header: %r" % h["sluice.txn.reason"])
+        # a second discard, then a resume and a new discard: copied again
+        err, _, t2, _ = txn_prepare(c, "gd", "o", 0,
+                                    build_batch([(b"k2", b"other")]))
+        wait_for(lambda: t2 in dead_letter_copies(b.addr), 10,
+                 what="the second copy")
+        # TxnDescribe v1 says where the copy is (once recorded: next look)
+        part2 = dead_letter_copies(b.addr)[t2][0]
+        at = [r.offset for r in fetch_all(b.addr, "dlq", part2)
+              if (("sluice.txn.id", str(t2).encode()) in
+                  [(k if isinstance(k, str) else k.decode(), v)
+                   for k, v in r.headers])]
+        wait_for(lambda: txn_describe(c, t2, 1)["dead_letter_offset"] >= 0,
+                 10, what="the copy recorded")
+        check_eq(txn_describe(c, t2, 1)["dead_letter_offset"], at[0],
+                 "TxnDescribe v1: the copy's offset")
+        check_eq(txn_describe(c, t1, 1)["state"], TXN_DISCARDED, "v1 fields")
+        err, _, state, _ = txn_end(c, "gd", t1, TXN_RESUME, operator=True)
+        check_eq((err, state), (ERR_NONE, TXN_PENDING), "resume")
+    # the resumed one is discarded and copied again
+    wait_for(lambda: sum(len(fetch_all(b.addr, "dlq", p))
+                         for p in range(2)) == 5, 15, what="the third copy")
+    b.stop()
+    db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"))
+    rows = dict(db.execute("SELECT txn_id, dead_letter_offset FROM txn_half"
+                           " WHERE state = 'DISCARDED'").fetchall())
+    db.close()
+    check_eq(sorted(rows), sorted([t1, t2]), "both discarded again")
+    check(all(v is not None for v in rows.values()),
+          "every copy recorded: %r" % rows)
+    b.start()
+    time.sleep(1.5)  # a look or more after the restart
+    n = sum(len(fetch_all(b.addr, "dlq", p)) for p in range(2))
+    check_eq(n, 2 + 1 + 2, "t1 twice (2 records each), t2 once; nothing "
+             "copied again after the restart")
+    b.stop()
+
+
+def test_upgrade_from_schema_4():
+    """A sluice.db of schema version 4 (before the dead-letter column) is
+    migrated at start-up: the column and its index appear, version 5 is
+    recorded, the transactions kept work, and a second start changes
+    nothing."""
+    b = Broker(name="txn-upgrade", sets={"transaction.timeout.ms": 60000})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        err, _, txn, _ = txn_prepare(c, "g", "o", 0,
+                                     build_batch([(b"k", b"kept")]))
+        check_eq(err, ERR_NONE, "prepare")
+    b.stop()
+    path = os.path.join(b.data_dir, "sluice.db")
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX txn_half_dead")
+    db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_offset")
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    for start in range(2):
+        b.start()
+        with Conn(b.addr) as c:
+            d = txn_describe(c, txn, 1)
+            check_eq((d["state"], d["dead_letter_offset"]), (TXN_PENDING, -1),
+                     "the kept transaction after start %d" % start)
+            if start == 1:
+                check_eq(end(c, "g", txn, COMMIT)[0], ERR_NONE, "commit")
+        b.stop()
+        db = sqlite3.connect(path)
+        cols = [r[1] for r in db.execute("PRAGMA table_info(txn_half)")]
+        check_eq((db.execute("PRAGMA user_version").fetchone()[0],
+                  cols.count("dead_letter_offset"),
+                  db.execute("SELECT count(*) FROM sqlite_schema WHERE name ="
+                             " 'txn_half_dead'").fetchone()[0]),
+                 (5, 1, 1), "schema after start %d" % start)
+        db.close()
+    b.start()
+    check_eq(values(b.addr, "o"), [b"kept"], "committed after the upgrade")
+    b.stop()
 
 
 # ---- fsync durability ---------------------------------------------------
@@ -1083,6 +1213,8 @@ if __name__ == "__main__":
         ("second_poll_of_an_instance_replaces_the_first",
          test_second_poll_of_an_instance_replaces_the_first, 60),
         ("resume_and_describe", test_resume_and_describe, 60),
+        ("dead_letter_topic", test_dead_letter_topic, 60),
+        ("upgrade_from_schema_4", test_upgrade_from_schema_4, 60),
         ("purge_after_retention", test_purge_after_retention, 60),
         ("purge_catches_up_with_a_backlog",
          test_purge_catches_up_with_a_backlog, 60),

@@ -1105,6 +1105,126 @@ static void test_halfstore_schema_v2_migrates_v1(void **state)
 	sqlite3_close(db);
 }
 
+/* Discarded txns wait for their dead-letter copy until it is recorded;
+ * a resume forgets the copy, so a second discard is copied again. */
+static void test_halfstore_dead_letters(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = prepare1(db, "g", 0), b = prepare1(db, "g", 1), c = prepare1(db, "g", 2);
+	plan_probe pp = { .n = 0 };
+	halfstore_txn *v, t;
+	size_t n;
+
+	(void)state;
+	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
+	assert_int_equal(n, 0);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_discard(db, c, "max checks", 10), HALFSTORE_OK);
+	assert_int_equal(halfstore_discard(db, a, "operator", 11), HALFSTORE_OK);
+	sqlite3_trace_v2(db, SQLITE_TRACE_STMT, trace_cb, &pp);
+	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
+	sqlite3_trace_v2(db, 0, NULL, NULL);
+	assert_int_equal(pp.n, 1);
+	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_dead");
+	/* in txn_id order, with their batches and reasons */
+	assert_int_equal(n, 2);
+	assert_int_equal(v[0].txn_id, a);
+	assert_int_equal(v[1].txn_id, c);
+	assert_non_null(v[0].batch);
+	assert_int_equal(v[0].batch_len, BATCH_LEN);
+	assert_string_equal(v[1].discard_reason, "max checks");
+	assert_int_equal(v[0].dead_letter_offset, -1);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_dead_letters(db, 1, &v, &n), 0);
+	assert_int_equal(n, 1);
+	halfstore_txns_free(v, n);
+
+	assert_int_equal(halfstore_mark_dead_lettered(db, a, 7), HALFSTORE_OK);
+	assert_int_equal(halfstore_mark_dead_lettered(db, a, 8), HALFSTORE_E_STATE);
+	assert_int_equal(halfstore_mark_dead_lettered(db, b, 9), HALFSTORE_E_STATE); /* PENDING */
+	assert_int_equal(halfstore_mark_dead_lettered(db, 99, 9), HALFSTORE_E_NOT_FOUND);
+	assert_int_equal(halfstore_mark_dead_lettered(db, c, -1), HALFSTORE_E_INVALID);
+	assert_int_equal(halfstore_get(db, a, &t), HALFSTORE_OK);
+	assert_int_equal(t.dead_letter_offset, 7);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(v[0].txn_id, c);
+	halfstore_txns_free(v, n);
+
+	/* resumed: the copy is forgotten; discarded again: copied again */
+	assert_int_equal(halfstore_resume(db, a, 20), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, a, &t), HALFSTORE_OK);
+	assert_int_equal(t.dead_letter_offset, -1);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_discard(db, a, "again", 21), HALFSTORE_OK);
+	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
+	assert_int_equal(n, 2);
+	halfstore_txns_free(v, n);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
+/* A database made by halfstore schema version 2 (no dead_letter_offset):
+ * halfstore_schema_v3 adds the column and its index, keeps the rows, and
+ * does nothing the second time. */
+static void test_halfstore_schema_v3_migrates_v2(void **state)
+{
+	static const char col[] = ",  dead_letter_offset INTEGER";
+	const char *at = strstr(halfstore_schema_sql, col);
+	const char *idx = strstr(halfstore_schema_sql, "CREATE INDEX IF NOT EXISTS txn_half_dead");
+	const char *idx_end = idx ? strchr(idx, ';') : NULL;
+	char *v2 = malloc(strlen(halfstore_schema_sql) + 1);
+	sqlite3 *db = NULL;
+	halfstore_txn t;
+	int64_t id;
+
+	(void)state;
+	assert_non_null(v2);
+	assert_non_null(at);
+	assert_non_null(idx_end);
+	/* version 2's text: the schema without the column and the index */
+	sprintf(v2, "%.*s%.*s%s", (int)(at - halfstore_schema_sql), halfstore_schema_sql,
+		(int)(idx - (at + strlen(col))), at + strlen(col), idx_end + 1);
+	assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+	exec_ok(db, v2);
+	free(v2);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM pragma_table_info('txn_half')"
+				       " WHERE name = 'dead_letter_offset'"), 0);
+	checksched_policy_default(&policy);
+	/* a row written before the migration, through raw SQL: halfstore's
+	 * statements read the new column */
+	exec_ok(db, "INSERT INTO txn_half(producer_group, topic, partition, batch, batch_len,"
+		    " record_count, state, created_ms, next_check_ms, origin, discard_reason)"
+		    " VALUES('g', 'orders', 0, x'00', 1, 1, 'DISCARDED', 0, 0, 1, 'old')");
+	id = sqlite3_last_insert_rowid(db);
+	for (int pass = 0; pass < 2; pass++) {
+		exec_ok(db, "BEGIN");
+		assert_int_equal(halfstore_schema_v3(db), 0);
+		exec_ok(db, "COMMIT");
+	}
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM pragma_table_info('txn_half')"
+				       " WHERE name = 'dead_letter_offset'"), 1);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'index'"
+				       " AND name = 'txn_half_dead'"), 1);
+	assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+	assert_int_equal(t.dead_letter_offset, -1);
+	assert_int_equal(t.state, HALFSTORE_DISCARDED);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_mark_dead_lettered(db, id, 3), HALFSTORE_OK);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM pragma_integrity_check WHERE"
+				       " integrity_check = 'ok'"), 1);
+	/* and a new database has both from halfstore_schema_sql alone */
+	stmtcache_forget(db);
+	sqlite3_close(db);
+	db = open_db();
+	exec_ok(db, "BEGIN");
+	assert_int_equal(halfstore_schema_v3(db), 0);
+	exec_ok(db, "COMMIT");
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 static void test_halfstore_queries_use_indexes(void **state)
 {
 	sqlite3 *db = open_db();
@@ -1225,6 +1345,8 @@ int main(void)
 		cmocka_unit_test(test_halfstore_queries_use_indexes),
 		cmocka_unit_test(test_halfstore_state_check_is_cheap),
 		cmocka_unit_test(test_halfstore_schema_v2_migrates_v1),
+		cmocka_unit_test(test_halfstore_schema_v3_migrates_v2),
+		cmocka_unit_test(test_halfstore_dead_letters),
 		cmocka_unit_test(test_halfstore_due_checks_100k_is_index_fast),
 	};
 

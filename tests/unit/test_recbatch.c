@@ -745,6 +745,320 @@ static void test_recbatch_set_base_offset_keeps_crc(void **state)
 	wire_buf_free(&b);
 }
 
+/* ---- copying with extra headers ---- */
+
+static wire_str ws(const char *s)
+{
+	wire_str w = { s, s ? (int32_t)strlen(s) : -1 };
+
+	return w;
+}
+
+static void assert_wstr_eq(wire_str got, wire_str want)
+{
+	assert_int_equal(got.len, want.len);
+	if (want.len > 0)
+		assert_memory_equal(got.ptr, want.ptr, (size_t)want.len);
+}
+
+/* The copy at (p, len) against the original batch orig: the plain header
+ * recbatch_add_headers() documents, and record by record the same fields,
+ * the original's header bytes, then the extra headers. */
+static void assert_copy(const wire_buf *orig, const uint8_t *p, size_t len,
+			const recbatch_header_kv *extra, int n_extra)
+{
+	recbatch_hdr oh, h;
+	recbatch_iter oit, cit;
+	recbatch_record orec, crec;
+	int n = 0, rc;
+
+	assert_int_equal(recbatch_parse_hdr(orig->data, orig->len, &oh), RECBATCH_OK);
+	assert_int_equal(recbatch_validate(p, len, &h, NULL), RECBATCH_OK);
+	assert_int_equal(recbatch_size(p, len), len);
+	assert_true(h.base_offset == 0);
+	assert_int_equal(h.leader_epoch, -1);
+	assert_int_equal(h.attributes,
+			 oh.attributes & ~(RECBATCH_ATTR_TRANSACTIONAL | RECBATCH_ATTR_CONTROL));
+	assert_int_equal(h.last_offset_delta, oh.last_offset_delta);
+	assert_true(h.base_timestamp == oh.base_timestamp);
+	assert_true(h.max_timestamp == oh.max_timestamp);
+	assert_true(h.producer_id == -1);
+	assert_int_equal(h.producer_epoch, -1);
+	assert_int_equal(h.base_sequence, -1);
+	assert_int_equal(h.record_count, oh.record_count);
+
+	assert_int_equal(recbatch_iter_init(&oit, orig->data, orig->len), RECBATCH_OK);
+	assert_int_equal(recbatch_iter_init(&cit, p, len), RECBATCH_OK);
+	while ((rc = recbatch_iter_next(&oit, &orec)) == 1) {
+		recbatch_header_kv kv;
+		size_t pos;
+
+		assert_int_equal(recbatch_iter_next(&cit, &crec), 1);
+		/* The copy's baseOffset is 0: its offsets are the deltas. */
+		assert_true(crec.offset == orec.offset - oh.base_offset);
+		assert_true(crec.timestamp == orec.timestamp);
+		assert_int_equal(crec.attributes, orec.attributes);
+		assert_wstr_eq(crec.key, orec.key);
+		assert_wstr_eq(crec.value, orec.value);
+		assert_int_equal(crec.header_count, orec.header_count + n_extra);
+		assert_true(crec.headers_len >= orec.headers_len);
+		if (orec.headers_len)
+			assert_memory_equal(crec.headers, orec.headers, orec.headers_len);
+		pos = orec.headers_len;
+		for (int i = 0; i < n_extra; i++) {
+			assert_int_equal(recbatch_record_header(&crec, &pos, &kv), 1);
+			assert_wstr_eq(kv.key, extra[i].key);
+			assert_wstr_eq(kv.value, extra[i].value);
+		}
+		assert_int_equal(recbatch_record_header(&crec, &pos, &kv), 0);
+		n++;
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(recbatch_iter_next(&cit, &crec), 0);
+	assert_int_equal(n, oh.record_count);
+}
+
+static int add_headers(const wire_buf *b, const recbatch_header_kv *extra, int n_extra,
+		       wire_buf *out)
+{
+	return recbatch_add_headers(b->data, b->len, extra, n_extra, out);
+}
+
+static void test_recbatch_add_headers(void **state)
+{
+	static const struct trec r[] = {
+		{ "key-01", "value-01", 0, 0, { { NULL, NULL } } },
+		{ NULL, "no key", 7, 1, { { "trace", "abc" } } },
+		{ "no value", NULL, 2, 0, { { NULL, NULL } } },
+		{ "", "", -3, 0, { { NULL, NULL } } },
+	};
+	const recbatch_header_kv extra[] = {
+		{ ws("sluice.txn.id"), ws("payments-7") },
+		{ ws("sluice.txn.aborted"), ws(NULL) },
+	};
+	recbatch_iter it;
+	recbatch_record rec;
+	recbatch_header_kv kv;
+	wire_buf b, out;
+	size_t pos = 0;
+
+	(void)state;
+	build_batch(&b, r, 4);
+	/* Outside the CRC, and not carried into the copy. */
+	set64(&b, 0, 5000);
+	set32(&b, 12, 9);
+	wire_buf_init(&out);
+	assert_int_equal(add_headers(&b, extra, 2, &out), RECBATCH_OK);
+	assert_false(out.oom);
+	assert_copy(&b, out.data, out.len, extra, 2);
+	assert_int_equal(recbatch_check_crc(out.data, out.len), RECBATCH_OK);
+
+	/* Spelled out for the record with a header of its own. */
+	assert_int_equal(recbatch_iter_init(&it, out.data, out.len), RECBATCH_OK);
+	assert_int_equal(recbatch_iter_next(&it, &rec), 1);
+	assert_int_equal(recbatch_iter_next(&it, &rec), 1);
+	assert_true(rec.offset == 1);
+	assert_true(rec.timestamp == BASE_TS + 7);
+	assert_wstr(rec.key, NULL);
+	assert_wstr(rec.value, "no key");
+	assert_int_equal(rec.header_count, 3);
+	assert_int_equal(recbatch_record_header(&rec, &pos, &kv), 1);
+	assert_wstr(kv.key, "trace");
+	assert_wstr(kv.value, "abc");
+	assert_int_equal(recbatch_record_header(&rec, &pos, &kv), 1);
+	assert_wstr(kv.key, "sluice.txn.id");
+	assert_wstr(kv.value, "payments-7");
+	assert_int_equal(recbatch_record_header(&rec, &pos, &kv), 1);
+	assert_wstr(kv.key, "sluice.txn.aborted");
+	assert_wstr(kv.value, NULL);
+	assert_int_equal(recbatch_record_header(&rec, &pos, &kv), 0);
+	wire_buf_free(&out);
+	wire_buf_free(&b);
+}
+
+static void test_recbatch_add_headers_empty_extra_value(void **state)
+{
+	/* An empty key and value given as { NULL, 0 } stay empty, not null. */
+	const recbatch_header_kv extra[] = { { { NULL, 0 }, { NULL, 0 } } };
+	wire_buf b, out;
+
+	(void)state;
+	build_batch(&b, three, 3);
+	wire_buf_init(&out);
+	assert_int_equal(add_headers(&b, extra, 1, &out), RECBATCH_OK);
+	assert_copy(&b, out.data, out.len, extra, 1);
+	wire_buf_free(&out);
+	wire_buf_free(&b);
+}
+
+static void test_recbatch_add_headers_none(void **state)
+{
+	wire_buf b, out;
+
+	(void)state;
+	build_batch(&b, three, 3);
+	wire_buf_init(&out);
+	assert_int_equal(add_headers(&b, NULL, 0, &out), RECBATCH_OK);
+	assert_copy(&b, out.data, out.len, NULL, 0);
+	assert_records(out.data, out.len, three, 3, 0);
+	/* Nothing to add: the records are the original's bytes. */
+	assert_int_equal(out.len, b.len);
+	assert_memory_equal(out.data + RECBATCH_HEADER_SIZE, b.data + RECBATCH_HEADER_SIZE,
+			    b.len - RECBATCH_HEADER_SIZE);
+	wire_buf_free(&out);
+	wire_buf_free(&b);
+}
+
+static void test_recbatch_add_headers_plain_copy(void **state)
+{
+	const recbatch_header_kv extra[] = { { ws("k"), ws("v") } };
+	static const int16_t attrs[] = {
+		RECBATCH_ATTR_TRANSACTIONAL,
+		RECBATCH_ATTR_TRANSACTIONAL | RECBATCH_ATTR_TIMESTAMP_TYPE,
+		RECBATCH_ATTR_CONTROL,
+	};
+	wire_buf b, out;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(attrs) / sizeof(attrs[0]); i++) {
+		recbatch_hdr h;
+
+		build_batch(&b, three, 3);
+		set16(&b, RECBATCH_OFF_ATTR, attrs[i]);
+		set64(&b, RECBATCH_OFF_PRODUCER_ID, 4242);
+		set16(&b, RECBATCH_OFF_PRODUCER_EPOCH, 3);
+		set32(&b, RECBATCH_OFF_BASE_SEQ, 17);
+		fix_crc(&b);
+		assert_int_equal(validate(&b), RECBATCH_E_CONTROL);
+		wire_buf_init(&out);
+		assert_int_equal(add_headers(&b, extra, 1, &out), RECBATCH_OK);
+		/* validate() refuses either bit, so OK means both are gone. */
+		assert_int_equal(recbatch_validate(out.data, out.len, &h, NULL), RECBATCH_OK);
+		assert_int_equal(h.attributes, attrs[i] & RECBATCH_ATTR_TIMESTAMP_TYPE);
+		assert_copy(&b, out.data, out.len, extra, 1);
+		wire_buf_free(&out);
+		wire_buf_free(&b);
+	}
+}
+
+/* out holds a prefix; a failing call must leave exactly that. */
+static void assert_add_fails(const wire_buf *b, const recbatch_header_kv *extra, int n_extra,
+			     int want)
+{
+	static const char prefix[] = "earlier bytes";
+	wire_buf out;
+
+	wire_buf_init(&out);
+	wire_buf_append(&out, prefix, sizeof(prefix));
+	assert_int_equal(add_headers(b, extra, n_extra, &out), want);
+	assert_int_equal(out.len, sizeof(prefix));
+	assert_false(out.oom);
+	assert_memory_equal(out.data, prefix, sizeof(prefix));
+	wire_buf_free(&out);
+}
+
+static void test_recbatch_add_headers_compressed(void **state)
+{
+	static const uint8_t junk[] = { 0x1f, 0x8b, 0xff, 0xff, 0xff, 0xff, 0x00, 0x13 };
+	const recbatch_header_kv extra[] = { { ws("k"), ws("v") } };
+	wire_buf b, out;
+
+	(void)state;
+	begin_batch(&b, 5, 1); /* gzip */
+	wire_buf_append(&b, junk, sizeof(junk));
+	end_batch(&b);
+	assert_add_fails(&b, extra, 1, RECBATCH_E_COMPRESSION);
+	wire_buf_init(&out);
+	assert_int_equal(add_headers(&b, extra, 1, &out), RECBATCH_E_COMPRESSION);
+	assert_int_equal(out.len, 0);
+	wire_buf_free(&out);
+	wire_buf_free(&b);
+}
+
+static void test_recbatch_add_headers_bad_batch(void **state)
+{
+	/* The second record claims 100 bytes with 2 left: the first one was
+	 * already copied when it fails. */
+	static const uint8_t overrun[] = { GOOD_REC, 0xc8, 0x01, 0x00 };
+	/* recordCount 1, two records. */
+	static const uint8_t extra_rec[] = { GOOD_REC, GOOD_REC };
+	/* recordCount 2, one record. */
+	static const uint8_t missing[] = { GOOD_REC };
+	const recbatch_header_kv extra[] = { { ws("k"), ws("v") } };
+	const recbatch_header_kv null_key[] = { { ws("k"), ws("v") }, { ws(NULL), ws("v") } };
+	const recbatch_header_kv bad_len[] = { { ws("k"), { "v", -2 } } };
+	wire_buf b;
+
+	(void)state;
+	build_raw(&b, 2, overrun, sizeof(overrun));
+	assert_add_fails(&b, extra, 1, RECBATCH_E_RECORD);
+	wire_buf_free(&b);
+	build_raw(&b, 1, extra_rec, sizeof(extra_rec));
+	assert_add_fails(&b, extra, 1, RECBATCH_E_COUNT);
+	wire_buf_free(&b);
+	build_raw(&b, 2, missing, sizeof(missing));
+	assert_add_fails(&b, extra, 1, RECBATCH_E_RECORD);
+	wire_buf_free(&b);
+
+	build_batch(&b, three, 3);
+	assert_add_fails(&b, null_key, 2, RECBATCH_E_RECORD);
+	assert_add_fails(&b, bad_len, 1, RECBATCH_E_RECORD);
+	assert_add_fails(&b, extra, -1, RECBATCH_E_RECORD);
+	/* Header errors pass through. */
+	b.data[RECBATCH_OFF_MAGIC] = 1;
+	assert_add_fails(&b, extra, 1, RECBATCH_E_MAGIC);
+	b.data[RECBATCH_OFF_MAGIC] = 2;
+	b.len = RECBATCH_HEADER_SIZE - 1;
+	assert_add_fails(&b, extra, 1, RECBATCH_E_TRUNCATED);
+	wire_buf_free(&b);
+}
+
+static void test_recbatch_add_headers_appends(void **state)
+{
+	const recbatch_header_kv extra[] = { { ws("sluice.txn.id"), ws("t") } };
+	uint8_t prefix[250];
+	wire_buf b, out;
+	size_t first;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(prefix); i++)
+		prefix[i] = (uint8_t)(i * 7);
+	build_batch(&b, three, 3);
+	wire_buf_init(&out);
+	/* Close to the first allocation's 256 bytes: the copy makes out grow,
+	 * and the length and CRC must land in the moved memory. */
+	wire_buf_append(&out, prefix, sizeof(prefix));
+	assert_int_equal(add_headers(&b, extra, 1, &out), RECBATCH_OK);
+	assert_memory_equal(out.data, prefix, sizeof(prefix));
+	assert_copy(&b, out.data + sizeof(prefix), out.len - sizeof(prefix), extra, 1);
+	/* A second copy goes right after the first. */
+	first = out.len;
+	assert_int_equal(add_headers(&b, NULL, 0, &out), RECBATCH_OK);
+	assert_memory_equal(out.data, prefix, sizeof(prefix));
+	assert_copy(&b, out.data + sizeof(prefix), first - sizeof(prefix), extra, 1);
+	assert_copy(&b, out.data + first, out.len - first, NULL, 0);
+	wire_buf_free(&out);
+	wire_buf_free(&b);
+}
+
+static void test_recbatch_add_headers_oom(void **state)
+{
+	const recbatch_header_kv extra[] = { { ws("k"), ws("v") } };
+	wire_buf b, out;
+
+	(void)state;
+	build_batch(&b, three, 3);
+	wire_buf_init(&out);
+	wire_buf_append(&out, "x", 1);
+	/* A buffer that has run out of memory takes no more writes. */
+	out.oom = true;
+	assert_int_equal(add_headers(&b, extra, 1, &out), RECBATCH_E_TRUNCATED);
+	assert_int_equal(out.len, 1);
+	assert_true(out.oom);
+	wire_buf_free(&out);
+	wire_buf_free(&b);
+}
+
 /* ---- hostile input sweep ---- */
 
 /* Every byte of the records area xored with a few patterns, with the CRC
@@ -794,6 +1108,38 @@ static void test_recbatch_mutations_never_overrun(void **state)
 			assert_true(rc == 0 || rc == -RECBATCH_E_RECORD);
 		}
 	}
+	free(copy);
+	wire_buf_free(&b);
+}
+
+/* The mutation sweep below, for the copy: whatever the bytes, no overrun,
+ * and either a copy whose header and CRC hold or out left as it was. */
+static void test_recbatch_add_headers_mutations(void **state)
+{
+	static const uint8_t pats[] = { 0x01, 0x80, 0xff, 0x7f };
+	const recbatch_header_kv extra[] = { { ws("k"), ws(NULL) } };
+	wire_buf b, out;
+	uint8_t *copy;
+
+	(void)state;
+	build_batch(&b, three, 3);
+	copy = malloc(b.len);
+	assert_non_null(copy);
+	wire_buf_init(&out);
+	for (size_t i = 0; i < b.len; i++) {
+		for (size_t k = 0; k < sizeof(pats); k++) {
+			memcpy(copy, b.data, b.len);
+			copy[i] ^= pats[k];
+			wire_buf_reset(&out);
+			if (recbatch_add_headers(copy, b.len, extra, 1, &out) != RECBATCH_OK) {
+				assert_int_equal(out.len, 0);
+				continue;
+			}
+			assert_int_equal(recbatch_size(out.data, out.len), out.len);
+			assert_int_equal(recbatch_check_crc(out.data, out.len), RECBATCH_OK);
+		}
+	}
+	wire_buf_free(&out);
 	free(copy);
 	wire_buf_free(&b);
 }
@@ -851,7 +1197,16 @@ int main(void)
 		cmocka_unit_test(test_recbatch_iter_missing_record),
 		cmocka_unit_test(test_recbatch_record_header_bad_pos),
 		cmocka_unit_test(test_recbatch_set_base_offset_keeps_crc),
+		cmocka_unit_test(test_recbatch_add_headers),
+		cmocka_unit_test(test_recbatch_add_headers_empty_extra_value),
+		cmocka_unit_test(test_recbatch_add_headers_none),
+		cmocka_unit_test(test_recbatch_add_headers_plain_copy),
+		cmocka_unit_test(test_recbatch_add_headers_compressed),
+		cmocka_unit_test(test_recbatch_add_headers_bad_batch),
+		cmocka_unit_test(test_recbatch_add_headers_appends),
+		cmocka_unit_test(test_recbatch_add_headers_oom),
 		cmocka_unit_test(test_recbatch_mutations_never_overrun),
+		cmocka_unit_test(test_recbatch_add_headers_mutations),
 		cmocka_unit_test(test_recbatch_strerror_covers_all),
 	};
 
