@@ -111,8 +111,8 @@ static int build_copy(const halfstore_txn *x)
 	return rc;
 }
 
-/* Appends x's copy to t.  0 with *offset, or -errno / a positive
- * RECBATCH_* / PARTLOG_E_TOO_LARGE. */
+/* Appends x's copy to t.  0 with *offset; -errno (the disk: try again);
+ * or a positive RECBATCH_* / PARTLOG_E_TOO_LARGE (never possible). */
 static int append_copy(server *srv, topic *t, const halfstore_txn *x, int64_t *offset)
 {
 	partition *p = &t->parts[(uint64_t)x->txn_id % (uint64_t)t->nparts];
@@ -151,15 +151,26 @@ static void write_all(server *srv)
 		int64_t offset;
 		int rc = append_copy(srv, t, x, &offset);
 
-		if (rc != 0) {
-			BLOG_RL(BLOG_ERROR, "txn %lld: no dead-letter copy in %s: %s",
-				(long long)x->txn_id, topic_name,
-				rc < 0 ? strerror(-rc) : "batch unreadable or larger than a segment");
-			continue; /* read again at the next look */
+		if (rc < 0) {
+			/* the disk: read again at the next step */
+			BLOG_RL(BLOG_ERROR, "txn %lld: no dead-letter copy in %s yet: %s",
+				(long long)x->txn_id, topic_name, strerror(-rc));
+			continue;
 		}
-		blog(BLOG_INFO, "txn %lld (group %s, discarded: %s) copied to %s at offset %lld",
-		     (long long)x->txn_id, x->producer_group, x->discard_reason ? x->discard_reason : "",
-		     topic_name, (long long)offset);
+		if (rc > 0) {
+			/* never possible: recorded as given up, so that it does
+			 * not hold back the others at every step */
+			blog(BLOG_ERROR, "txn %lld: no dead-letter copy in %s: %s; given up (the "
+					 "transaction stays DISCARDED with its message)",
+			     (long long)x->txn_id, topic_name,
+			     rc == PARTLOG_E_TOO_LARGE ? "larger than the topic's segment.bytes"
+						       : recbatch_strerror(rc));
+			offset = HALFSTORE_DEAD_GIVEN_UP;
+		} else {
+			blog(BLOG_INFO, "txn %lld (group %s, discarded: %s) copied to %s at offset %lld",
+			     (long long)x->txn_id, x->producer_group,
+			     x->discard_reason ? x->discard_reason : "", topic_name, (long long)offset);
+		}
 		done[ndone++] = (copied){ x->txn_id, offset };
 	}
 	topic_unref(t);

@@ -248,6 +248,9 @@ static int txn_describe(const struct cli_global *g, int64_t id)
 	if (t->dead_letter_offset >= 0)
 		printf("dead letter:    copied at offset %" PRId64 " of the dead-letter topic\n",
 		       t->dead_letter_offset);
+	else if (t->dead_letter_offset == -2)
+		printf("dead letter:    not copied: it can never be written to the dead-letter "
+		       "topic (see the broker's log)\n");
 	if (t->key || t->value || t->nheaders) {
 		printf("key:            ");
 		print_bytes(t->key, t->key_len);

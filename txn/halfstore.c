@@ -1118,7 +1118,7 @@ int halfstore_dead_letters(sqlite3 *db, size_t limit, halfstore_txn **out, size_
 
 int halfstore_mark_dead_lettered(sqlite3 *db, int64_t txn_id, int64_t offset)
 {
-	if (offset < 0)
+	if (offset < 0 && offset != HALFSTORE_DEAD_GIVEN_UP)
 		return HALFSTORE_E_INVALID;
 	return guarded_i64(db,
 			   "UPDATE txn_half SET dead_letter_offset = ?2"

@@ -169,7 +169,8 @@ typedef struct halfstore_txn {
 	int64_t log_offset;      /* -1 unless COMMITTED */
 	uint64_t origin;         /* connection that prepared it (opaque) */
 	char *discard_reason;    /* NULL unless DISCARDED */
-	int64_t dead_letter_offset; /* where its copy is in the dead-letter topic; -1 = none */
+	int64_t dead_letter_offset; /* where its copy is in the dead-letter topic;
+	                               -1 = none (yet), HALFSTORE_DEAD_GIVEN_UP */
 	halfstore_buf *buf;      /* NULL, or where the strings and batch are */
 } halfstore_txn;
 
@@ -359,8 +360,11 @@ int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t n
  * order (an index range: txn_half_dead).  0 with *out (halfstore_txns_free)
  * and *n, or -errno. */
 int halfstore_dead_letters(sqlite3 *db, size_t limit, halfstore_txn **out, size_t *n);
+/* dead_letter_offset of a txn whose copy can never be written (larger
+ * than the topic's segments, unreadable): not tried again. */
+#define HALFSTORE_DEAD_GIVEN_UP (-2)
 /* Records that a DISCARDED txn's copy is at offset (>= 0) of the
- * dead-letter topic.  HALFSTORE_OK; HALFSTORE_E_STATE if it was resumed
+ * dead-letter topic, or HALFSTORE_DEAD_GIVEN_UP.  HALFSTORE_OK; HALFSTORE_E_STATE if it was resumed
  * or recorded meanwhile; HALFSTORE_E_NOT_FOUND; HALFSTORE_E_INVALID;
  * -errno. */
 int halfstore_mark_dead_lettered(sqlite3 *db, int64_t txn_id, int64_t offset);

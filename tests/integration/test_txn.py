@@ -816,6 +816,35 @@ def test_dead_letter_topic():
     b.stop()
 
 
+def test_dead_letter_copy_too_large():
+    """A copy that can never be written (larger than the dead-letter
+    topic's segments) is given up (TxnDescribe v1: -2) and does not hold
+    back the next one."""
+    b = Broker(name="txn-dead-big", sets={"transaction.timeout.ms": 100,
+                                          "transaction.check.max": 1,
+                                          "transaction.dead.letter.topic": "dlq"})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 2, {"segment.bytes": "1024"})
+        _, _, big, _ = txn_prepare(c, "gb", "o", 0,
+                                   build_batch([(b"k", b"x" * 2000)]))
+        _, _, small, _ = txn_prepare(c, "gb", "o", 0,
+                                     build_batch([(b"k", b"small")]))
+        wait_for(lambda: txn_describe(c, big, 1)["dead_letter_offset"] == -2,
+                 10, what="the big copy given up")
+        wait_for(lambda: txn_describe(c, small, 1)["dead_letter_offset"] >= 0,
+                 10, what="the small copy")
+        check_eq(dead_letter_copies(b.addr), {small: (small % 2, 1)},
+                 "only the small one copied")
+        d = txn_describe(c, big, 1)
+        check_eq((d["state"], len(d["records"]) > 2000),
+                 (TXN_DISCARDED, True), "the big one keeps its message")
+    check("larger than the topic's segment.bytes" in b.log_text(),
+          "the log says why")
+    b.stop()
+
+
 def test_upgrade_from_schema_4():
     """A sluice.db of schema version 4 (before the dead-letter column) is
     migrated at start-up: the column and its index appear, version 5 is
@@ -1214,6 +1243,7 @@ if __name__ == "__main__":
          test_second_poll_of_an_instance_replaces_the_first, 60),
         ("resume_and_describe", test_resume_and_describe, 60),
         ("dead_letter_topic", test_dead_letter_topic, 60),
+        ("dead_letter_copy_too_large", test_dead_letter_copy_too_large, 60),
         ("upgrade_from_schema_4", test_upgrade_from_schema_4, 60),
         ("purge_after_retention", test_purge_after_retention, 60),
         ("purge_catches_up_with_a_backlog",

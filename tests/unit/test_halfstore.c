@@ -1144,12 +1144,22 @@ static void test_halfstore_dead_letters(void **state)
 	assert_int_equal(halfstore_mark_dead_lettered(db, b, 9), HALFSTORE_E_STATE); /* PENDING */
 	assert_int_equal(halfstore_mark_dead_lettered(db, 99, 9), HALFSTORE_E_NOT_FOUND);
 	assert_int_equal(halfstore_mark_dead_lettered(db, c, -1), HALFSTORE_E_INVALID);
+	assert_int_equal(halfstore_mark_dead_lettered(db, c, -3), HALFSTORE_E_INVALID);
 	assert_int_equal(halfstore_get(db, a, &t), HALFSTORE_OK);
 	assert_int_equal(t.dead_letter_offset, 7);
 	halfstore_txn_clear(&t);
 	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
 	assert_int_equal(n, 1);
 	assert_int_equal(v[0].txn_id, c);
+	halfstore_txns_free(v, n);
+
+	/* given up: out of the list too, and said so */
+	assert_int_equal(halfstore_mark_dead_lettered(db, c, HALFSTORE_DEAD_GIVEN_UP), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, c, &t), HALFSTORE_OK);
+	assert_int_equal(t.dead_letter_offset, HALFSTORE_DEAD_GIVEN_UP);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
+	assert_int_equal(n, 0);
 	halfstore_txns_free(v, n);
 
 	/* resumed: the copy is forgotten; discarded again: copied again */
@@ -1159,7 +1169,8 @@ static void test_halfstore_dead_letters(void **state)
 	halfstore_txn_clear(&t);
 	assert_int_equal(halfstore_discard(db, a, "again", 21), HALFSTORE_OK);
 	assert_int_equal(halfstore_dead_letters(db, 10, &v, &n), 0);
-	assert_int_equal(n, 2);
+	assert_int_equal(n, 1);
+	assert_int_equal(v[0].txn_id, a);
 	halfstore_txns_free(v, n);
 	stmtcache_forget(db);
 	sqlite3_close(db);
