@@ -451,7 +451,8 @@ static sluice_err_t aop_enqueue(struct sluice_txn_producer *p, struct aop *op)
 			p->aq_head = op;
 		p->aq_tail = op;
 		/* one wake-up per batch of calls; none from the I/O thread
-		 * itself (a callback), which looks at the queue next anyway */
+		 * itself (a callback), which looks at the queue before it
+		 * polls again */
 		if (!p->wake_pending && !pthread_equal(pthread_self(), p->io_thr)) {
 			p->wake_pending = true;
 			wake = true;
@@ -640,6 +641,14 @@ static void *aio_main(void *arg)
 			pconn[n++] = i;
 		}
 		timeout = next > now ? (int)(next - now) : 0;
+		/* Callbacks run above (a call failed at dispatch, a timeout)
+		 * may have queued new calls without a wake-up (none is sent
+		 * from this thread): they go at once, not after the timeout
+		 * (100 ms per wave of calls while the broker was down). */
+		pthread_mutex_lock(&p->alock);
+		if (p->aq_head)
+			timeout = 0;
+		pthread_mutex_unlock(&p->alock);
 		if (poll(pfd, (nfds_t)n, timeout) <= 0)
 			continue;
 		if (pfd[0].revents & POLLIN) {
