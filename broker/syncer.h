@@ -10,8 +10,8 @@
  *    recovery).
  *  - every log.retention.check.interval.ms: retention.
  *  The periodic work syncs the partitions queued for acknowledgements
- *  before each of its own syncs (serve_acks), so an acknowledgement waits
- *  behind one of them at most.
+ *  between its steps (serve_acks), so an acknowledgement waits behind one
+ *  step at most (one partition's index files).
  *  - reaping deleted topics (their files), off the loops.
  *
  * Threads: syncer_mark_dirty and syncer_reap from any thread; the rest from

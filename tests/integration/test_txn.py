@@ -742,15 +742,22 @@ def dead_letter_copies(addr):
     return out
 
 
+def dead_letter_broker(name):
+    """A broker that discards at the first unanswered check (100 ms after
+    the prepare) and copies discards to the topic dlq."""
+    b = Broker(name=name, sets={"transaction.timeout.ms": 100,
+                                "transaction.check.max": 1,
+                                "transaction.dead.letter.topic": "dlq"})
+    b.start()
+    return b
+
+
 def test_dead_letter_topic():
     """transaction.dead.letter.topic: a discarded transaction's message is
     copied there once, with its key, value and headers and the
     transaction's own; a missing topic is waited for; a restart copies
     nothing again; a resumed then re-discarded one is copied again."""
-    b = Broker(name="txn-dead", sets={"transaction.timeout.ms": 100,
-                                      "transaction.check.max": 1,
-                                      "transaction.dead.letter.topic": "dlq"})
-    b.start()
+    b = dead_letter_broker("txn-dead")
     with Conn(b.addr) as c:
         c.create_topic("o", 1)
         recs = [(b"k1", b"first", [("trace", b"t-1")]), (None, b"second")]
@@ -820,10 +827,7 @@ def test_dead_letter_copy_too_large():
     """A copy that can never be written (larger than the dead-letter
     topic's segments) is given up (TxnDescribe v1: -2) and does not hold
     back the next one."""
-    b = Broker(name="txn-dead-big", sets={"transaction.timeout.ms": 100,
-                                          "transaction.check.max": 1,
-                                          "transaction.dead.letter.topic": "dlq"})
-    b.start()
+    b = dead_letter_broker("txn-dead-big")
     with Conn(b.addr) as c:
         c.create_topic("o", 1)
         c.create_topic("dlq", 2, {"segment.bytes": "1024"})
