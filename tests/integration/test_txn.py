@@ -742,12 +742,13 @@ def dead_letter_copies(addr):
     return out
 
 
-def dead_letter_broker(name):
+def dead_letter_broker(name, extra=None):
     """A broker that discards at the first unanswered check (100 ms after
     the prepare) and copies discards to the topic dlq."""
-    b = Broker(name=name, sets={"transaction.timeout.ms": 100,
-                                "transaction.check.max": 1,
-                                "transaction.dead.letter.topic": "dlq"})
+    sets = {"transaction.timeout.ms": 100, "transaction.check.max": 1,
+            "transaction.dead.letter.topic": "dlq"}
+    sets.update(extra or {})
+    b = Broker(name=name, sets=sets)
     b.start()
     return b
 
@@ -846,6 +847,31 @@ def test_dead_letter_copy_too_large():
                  (TXN_DISCARDED, True), "the big one keeps its message")
     check("larger than the topic's segment.bytes" in b.log_text(),
           "the log says why")
+    b.stop()
+
+
+def test_dead_letter_backlog():
+    """More discards than one step reads (100): every one is copied once,
+    in full batches one after another."""
+    n = 250
+    b = dead_letter_broker("txn-dead-many", {"transaction.check.rate": 5000,
+                                             "transaction.check.burst": 1000})
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 2)
+        ids = set()
+        for k in range(n):
+            err, _, t, _ = txn_prepare(c, "gm", "o", 0,
+                                       build_batch([(None, b"m%d" % k)]))
+            check_eq(err, ERR_NONE, "prepare %d" % k)
+            ids.add(t)
+        wait_for(lambda: len(dead_letter_copies(b.addr)) == n, 30,
+                 what="%d copies" % n)
+        copies = dead_letter_copies(b.addr)
+        check_eq(set(copies), ids, "one copy of each discarded transaction")
+        check(all(cnt == 1 for _, cnt in copies.values()), "no copy twice")
+        wait_for(lambda: all(txn_describe(c, t, 1)["dead_letter_offset"] >= 0
+                             for t in ids), 10, what="every copy recorded")
     b.stop()
 
 
@@ -1248,6 +1274,7 @@ if __name__ == "__main__":
         ("resume_and_describe", test_resume_and_describe, 60),
         ("dead_letter_topic", test_dead_letter_topic, 60),
         ("dead_letter_copy_too_large", test_dead_letter_copy_too_large, 60),
+        ("dead_letter_backlog", test_dead_letter_backlog, 90),
         ("upgrade_from_schema_4", test_upgrade_from_schema_4, 60),
         ("purge_after_retention", test_purge_after_retention, 60),
         ("purge_catches_up_with_a_backlog",
