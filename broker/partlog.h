@@ -186,7 +186,7 @@ int partlog_fill_ahead(partlog *pl, uint64_t bytes);
 int partlog_checkpoint(partlog *pl);
 /* The same, calling serve(arg) between the index sync and the write of
  * the checkpoint (the sync thread answers acknowledgements there, so they
- * wait behind one of a checkpoint's syncs at most, not all of them). */
+ * wait behind the index sync or the slot's write, not both). */
 int partlog_checkpoint_serving(partlog *pl, void (*serve)(void *arg), void *arg);
 /* Deletes whole old segments (never the active one) by retention_ms
  * (segment's largest timestamp older than now - retention_ms) and

@@ -21,7 +21,6 @@
 #include "blog.h"
 #include "coord.h"
 #include "grow.h"
-#include "crc32c.h"
 #include "kerr.h"
 #include "partlog.h"
 #include "pidstate.h"
@@ -71,11 +70,8 @@ static void note_failed_seq(partition *p, int64_t seq)
 /* Rewrites the producer fields of a committed batch and its CRC. */
 static void stamp_commit(uint8_t *batch, size_t len, int64_t commit_seq)
 {
-	wire_put64(batch + RECBATCH_OFF_PRODUCER_ID, HALFSTORE_COMMIT_PID);
-	wire_put16(batch + RECBATCH_OFF_PRODUCER_EPOCH, (uint16_t)halfstore_commit_epoch(commit_seq));
-	wire_put32(batch + RECBATCH_OFF_BASE_SEQ, (uint32_t)halfstore_commit_base_seq(commit_seq));
-	wire_put32(batch + RECBATCH_OFF_CRC,
-		   crc32c(0, batch + RECBATCH_OFF_ATTR, len - RECBATCH_OFF_ATTR));
+	recbatch_set_producer(batch, len, HALFSTORE_COMMIT_PID, halfstore_commit_epoch(commit_seq),
+			      halfstore_commit_base_seq(commit_seq));
 }
 
 static bool grow(void **v, size_t *cap, size_t need, size_t size)

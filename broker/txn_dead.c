@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "blog.h"
-#include "crc32c.h"
 #include "halfstore.h"
 #include "recbatch.h"
 #include "syncer.h"
@@ -70,16 +69,12 @@ static int copy_plain(const halfstore_txn *x)
 	b = wire_buf_append(&out, x->batch, x->batch_len);
 	if (!b)
 		return RECBATCH_E_TRUNCATED;
-	wire_put64(b, 0);
-	wire_put32(b + 12, (uint32_t)-1);
+	recbatch_set_base_offset(b, 0);
+	wire_put32(b + 12, (uint32_t)-1); /* partitionLeaderEpoch, outside the CRC */
 	wire_put16(b + RECBATCH_OFF_ATTR,
 		   (uint16_t)(wire_get16(b + RECBATCH_OFF_ATTR) &
 			      ~(RECBATCH_ATTR_TRANSACTIONAL | RECBATCH_ATTR_CONTROL)));
-	wire_put64(b + RECBATCH_OFF_PRODUCER_ID, (uint64_t)-1);
-	wire_put16(b + RECBATCH_OFF_PRODUCER_EPOCH, (uint16_t)-1);
-	wire_put32(b + RECBATCH_OFF_BASE_SEQ, (uint32_t)-1);
-	wire_put32(b + RECBATCH_OFF_CRC,
-		   crc32c(0, b + RECBATCH_OFF_ATTR, x->batch_len - RECBATCH_OFF_ATTR));
+	recbatch_set_producer(b, x->batch_len, -1, -1, -1);
 	return RECBATCH_OK;
 }
 

@@ -311,6 +311,16 @@ int recbatch_record_header(const recbatch_record *rec, size_t *pos, recbatch_hea
 	return 1;
 }
 
+void recbatch_set_producer(uint8_t *batch, size_t len, int64_t producer_id, int16_t epoch,
+			   int32_t base_sequence)
+{
+	wire_put64(batch + RECBATCH_OFF_PRODUCER_ID, (uint64_t)producer_id);
+	wire_put16(batch + RECBATCH_OFF_PRODUCER_EPOCH, (uint16_t)epoch);
+	wire_put32(batch + RECBATCH_OFF_BASE_SEQ, (uint32_t)base_sequence);
+	wire_put32(batch + RECBATCH_OFF_CRC,
+		   crc32c(0, batch + RECBATCH_OFF_ATTR, len - RECBATCH_OFF_ATTR));
+}
+
 /* ---- copying with extra headers ---- */
 
 /* The inverse of add_wrap: the iterator hands out base + delta, and the

@@ -93,6 +93,12 @@ static inline void recbatch_set_base_offset(uint8_t *batch, int64_t off)
 	wire_put64(batch, (uint64_t)off);
 }
 
+/* Rewrites the producer fields of the whole batch (batch, len >= 61) and
+ * its CRC, which covers them (and everything else from the attributes
+ * on: change those first). */
+void recbatch_set_producer(uint8_t *batch, size_t len, int64_t producer_id, int16_t epoch,
+			   int32_t base_sequence);
+
 /* Decodes the 61-byte header.  Checks only that len >= 61, that batchLength
  * is at least 49 and that the whole batch fits in len, and magic == 2;
  * returns RECBATCH_OK or TRUNCATED/LENGTH/MAGIC.  *h is filled on OK only. */

@@ -38,6 +38,7 @@ from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
                      txn_check_poll, txn_check_poll_body, txn_describe,
                      txn_end, txn_end_body, txn_instance_id, txn_prepare,
                      txn_prepare_body, wait_for)
+from harness import crc32c, encode_record, walk_segment  # noqa: E402
 
 API_TXN_PREPARE = 1000
 API_TXN_END = 1001
@@ -850,6 +851,47 @@ def test_dead_letter_copy_too_large():
     b.stop()
 
 
+def gzip_batch(values):
+    """A RecordBatch v2 whose records are gzip-compressed (attributes 1),
+    with producer fields set (id 5000, epoch 3, sequence 7)."""
+    import gzip
+    ts = int(time.time() * 1000)
+    body = gzip.compress(b"".join(encode_record(i, 0, None, v, ())
+                                  for i, v in enumerate(values)))
+    after_crc = (Writer().i16(1).i32(len(values) - 1).i64(ts).i64(ts)
+                 .i64(5000).i16(3).i32(7).i32(len(values)).raw(body)
+                 .getvalue())
+    return (Writer().i64(0).i32(4 + 1 + 4 + len(after_crc)).i32(-1).i8(2)
+            .u32(crc32c(after_crc)).raw(after_crc).getvalue()), body
+
+
+def test_dead_letter_compressed_copied_as_is():
+    """A compressed half message cannot take the headers without being
+    decompressed: its copy is the batch as prepared, a plain one (producer
+    fields -1, CRC recomputed)."""
+    b = dead_letter_broker("txn-dead-gzip")
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 1)
+        batch, body = gzip_batch([b"g1", b"g2"])
+        err, _, t, _ = txn_prepare(c, "gz", "o", 0, batch)
+        check_eq(err, ERR_NONE, "prepare a gzip batch")
+        wait_for(lambda: txn_describe(c, t, 1)["dead_letter_offset"] >= 0, 10,
+                 what="the copy")
+    b.stop()
+    last, _ = walk_segment(b.segment_files("dlq", 0)[0])
+    check(last is not None, "a batch in dlq")
+    after_crc = last[21:]
+    check_eq(int.from_bytes(last[17:21], "big"), crc32c(after_crc), "CRC")
+    check_eq((int.from_bytes(last[21:23], "big"),
+              int.from_bytes(last[43:51], "big", signed=True),
+              int.from_bytes(last[51:53], "big", signed=True),
+              int.from_bytes(last[53:57], "big", signed=True),
+              int.from_bytes(last[57:61], "big")),
+             (1, -1, -1, -1, 2), "attributes, producer fields, count")
+    check_eq(last[61:], body, "the compressed records as prepared")
+
+
 def test_dead_letter_backlog():
     """More discards than one step reads (100): every one is copied once,
     in full batches one after another."""
@@ -1275,6 +1317,8 @@ if __name__ == "__main__":
         ("dead_letter_topic", test_dead_letter_topic, 60),
         ("dead_letter_copy_too_large", test_dead_letter_copy_too_large, 60),
         ("dead_letter_backlog", test_dead_letter_backlog, 90),
+        ("dead_letter_compressed_copied_as_is",
+         test_dead_letter_compressed_copied_as_is, 60),
         ("upgrade_from_schema_4", test_upgrade_from_schema_4, 60),
         ("purge_after_retention", test_purge_after_retention, 60),
         ("purge_catches_up_with_a_backlog",

@@ -745,6 +745,27 @@ static void test_recbatch_set_base_offset_keeps_crc(void **state)
 	wire_buf_free(&b);
 }
 
+static void test_recbatch_set_producer_keeps_crc(void **state)
+{
+	wire_buf b;
+	recbatch_hdr h;
+
+	(void)state;
+	build_batch(&b, three, 3);
+	recbatch_set_producer(b.data, b.len, 1234, 7, 2147483000);
+	assert_int_equal(recbatch_validate(b.data, b.len, &h, NULL), RECBATCH_OK);
+	assert_true(h.producer_id == 1234);
+	assert_int_equal(h.producer_epoch, 7);
+	assert_int_equal(h.base_sequence, 2147483000);
+	recbatch_set_producer(b.data, b.len, -1, -1, -1);
+	assert_int_equal(recbatch_validate(b.data, b.len, &h, NULL), RECBATCH_OK);
+	assert_true(h.producer_id == -1);
+	assert_int_equal(h.producer_epoch, -1);
+	assert_int_equal(h.base_sequence, -1);
+	assert_records(b.data, b.len, three, 3, 0);
+	wire_buf_free(&b);
+}
+
 /* ---- copying with extra headers ---- */
 
 static wire_str ws(const char *s)
@@ -1197,6 +1218,7 @@ int main(void)
 		cmocka_unit_test(test_recbatch_iter_missing_record),
 		cmocka_unit_test(test_recbatch_record_header_bad_pos),
 		cmocka_unit_test(test_recbatch_set_base_offset_keeps_crc),
+		cmocka_unit_test(test_recbatch_set_producer_keeps_crc),
 		cmocka_unit_test(test_recbatch_add_headers),
 		cmocka_unit_test(test_recbatch_add_headers_empty_extra_value),
 		cmocka_unit_test(test_recbatch_add_headers_none),
