@@ -285,6 +285,16 @@ static void sync_ckpt(struct fx *f)
 
 /* ---- offsets and reads ---- */
 
+/* Bytes of a one-record batch with a 100-byte value: tests size their
+ * segments in such batches. */
+static size_t one_batch_len(void)
+{
+	size_t len;
+
+	free(make_batch(1, 0, 100, &len));
+	return len;
+}
+
 static void test_partlog_append_assigns_consecutive_offsets(void **state)
 {
 	struct fx *f = *state;
@@ -429,11 +439,9 @@ static void test_partlog_retention_by_bytes(void **state)
 {
 	struct fx *f = *state;
 	partlog_range r;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
+	size_t len = one_batch_len();
 	int deleted = -1;
 
-	free(b);
 	f->conf.segment_bytes = 2 * len; /* two batches per segment */
 	open_log(f, NULL);
 	for (int i = 0; i < 11; i++)
@@ -479,11 +487,9 @@ static void test_partlog_retention_by_bytes(void **state)
 static void test_partlog_retention_by_time(void **state)
 {
 	struct fx *f = *state;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
+	size_t len = one_batch_len();
 	int deleted = -1;
 
-	free(b);
 	f->conf.segment_bytes = 2 * len;
 	open_log(f, NULL);
 	/* Segment k holds timestamps 1000k + {0, 500}. */
@@ -732,10 +738,8 @@ static void test_partlog_recover_zero_filled_tail(void **state)
  * the rest: what a crash leaves for recovery to scan from there. */
 static void four_segments_closed(struct fx *f)
 {
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
+	size_t len = one_batch_len();
 
-	free(b);
 	f->conf.segment_bytes = 3 * len;
 	open_log(f, NULL);
 	for (int i = 0; i < 12; i++) {
@@ -872,10 +876,8 @@ static void test_partlog_fill_ahead_stays_in_segment_and_rolled_are_trimmed(void
 	struct fx *f = *state;
 	char p[PATH_MAX];
 	uint64_t truncated;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
+	size_t len = one_batch_len();
 
-	free(b);
 	f->conf.synced = true;
 	f->conf.segment_bytes = 3 * len + 50;
 	open_log(f, NULL);
@@ -1140,10 +1142,8 @@ static void test_partlog_recover_reads_only_after_checkpoint(void **state)
 	struct fx *f = *state;
 	char p[PATH_MAX];
 	uint64_t truncated;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
+	size_t len = one_batch_len();
 
-	free(b);
 	f->conf.segment_bytes = 4 * len;
 	open_log(f, NULL);
 	for (int i = 0; i < 10; i++)
@@ -1383,10 +1383,8 @@ static void test_partlog_destroy_removes_everything(void **state)
 {
 	struct fx *f = *state;
 	partlog *pl;
-	size_t len;
-	uint8_t *b = make_batch(1, 0, 100, &len);
+	size_t len = one_batch_len();
 
-	free(b);
 	f->conf.segment_bytes = 2 * len;
 	open_log(f, NULL);
 	for (int i = 0; i < 5; i++)
