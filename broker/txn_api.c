@@ -4,7 +4,8 @@
  *   1000 TxnPrepare v0-1  store a half message (a RecordBatch v2) in SQLite
  *   1001 TxnEnd v0        commit (append to the log, exactly once) /
  *                         rollback / unknown / resume (operators)
- *   1003 TxnList v0       list transactions of a producer group (operators)
+ *   1003 TxnList v0-1     list transactions of a producer group (operators;
+ *                         v1: where each one's dead-letter copy is)
  *   1004 TxnDescribe v0-1 one transaction with its batch (operators; v1:
  *                         where its dead-letter copy is, txn_dead.h)
  *   1002 TxnCheckPoll v0-1 check-back long-poll (txn_check.c)
@@ -804,8 +805,11 @@ static void list_done(loop_task *t)
 
 	wire_w_i16(b, err);
 	wire_w_i32(b, err ? 0 : (int32_t)j->nlist);
-	for (size_t i = 0; !err && i < j->nlist; i++)
+	for (size_t i = 0; !err && i < j->nlist; i++) {
 		write_txn_row(b, &j->list[i]);
+		if (j->r->api_version >= 1)
+			wire_w_i64(b, j->list[i].dead_letter_offset);
+	}
 	finish_job(j);
 }
 

@@ -110,7 +110,7 @@ static void print_row(const sluice_txn_info_t *t, bool json)
 			json_str(t->discard_reason);
 		else
 			printf("null");
-		printf("}\n");
+		printf(",\"dead_letter_offset\":%" PRId64 "}\n", t->dead_letter_offset);
 		return;
 	}
 	fmt_time(t->created_ms, created, sizeof(created));
@@ -121,7 +121,11 @@ static void print_row(const sluice_txn_info_t *t, bool json)
 		printf("%" PRId64, t->log_offset);
 	else
 		printf("-");
-	printf("\t%s\n", t->discard_reason ? t->discard_reason : "");
+	printf("\t%s\t", t->discard_reason ? t->discard_reason : "");
+	if (t->dead_letter_offset >= 0)
+		printf("%" PRId64 "\n", t->dead_letter_offset);
+	else
+		printf("%s\n", t->dead_letter_offset == -2 ? "never" : "-");
 }
 
 /* "PENDING,DISCARDED" → bit mask; 0 on an unknown name. */
@@ -187,7 +191,8 @@ static int txn_list(const struct cli_global *g, int argc, char **argv)
 	if (!(a = cli_admin(g)))
 		return EXIT_ERR;
 	if (!json)
-		printf("TXN_ID\tGROUP\tTOPIC\tPARTITION\tSTATE\tCREATED\tCHECKS\tNEXT_CHECK\tOFFSET\tREASON\n");
+		printf("TXN_ID\tGROUP\tTOPIC\tPARTITION\tSTATE\tCREATED\tCHECKS\tNEXT_CHECK\tOFFSET\tREASON"
+		       "\tDEAD_LETTER\n");
 	while (limit > 0) {
 		sluice_txn_info_t *v = NULL;
 		size_t n = 0;

@@ -387,7 +387,7 @@ static int build_info(sluice_txn_info_t *t, const struct raw_info *x, wire_str r
 	t->check_count = x->check_count;
 	t->next_check_ms = x->next_check_ms;
 	t->log_offset = x->log_offset;
-	t->dead_letter_offset = -1; /* TxnDescribe v1 sets it */
+	t->dead_letter_offset = -1; /* TxnDescribe v1 and TxnList v1 set it */
 	return 0;
 }
 
@@ -416,7 +416,7 @@ sluice_err_t txnwire_list(struct kconn *c, const char *group, unsigned state_mas
 	sluice_txn_info_t *v = NULL;
 	struct kreq *r;
 	sluice_err_t err;
-	int ver = txnwire_version(c, API_TXN_LIST, 0, errstr, errstr_size);
+	int ver = txnwire_version(c, API_TXN_LIST, 1, errstr, errstr_size);
 	int32_t cnt, got = 0;
 	wire_rd rd;
 	int16_t e;
@@ -433,15 +433,21 @@ sluice_err_t txnwire_list(struct kconn *c, const char *group, unsigned state_mas
 	if (err)
 		return err;
 	e = wire_rd_i16(&rd);
-	cnt = wire_rd_array(&rd, 8 + 2 + 2 + 4 + 1 + 8 * 4 + 4 + 2);
+	cnt = wire_rd_array(&rd, 8 + 2 + 2 + 4 + 1 + 8 * 4 + 4 + 2 + (ver >= 1 ? 8 : 0));
 	if (!rd.err && cnt > 0 && !(v = calloc((size_t)cnt, sizeof(*v))))
 		err = SLUICE_ERR_NO_MEMORY;
 	for (; !err && !rd.err && got < cnt; got++) {
 		struct raw_info x;
 
+		int64_t dead = -1;
+
 		read_raw(&rd, &x);
+		if (ver >= 1)
+			dead = wire_rd_i64(&rd);
 		if (!rd.err && build_info(&v[got], &x, (wire_str){ NULL, -1 }))
 			err = SLUICE_ERR_NO_MEMORY;
+		else if (!rd.err)
+			v[got].dead_letter_offset = dead;
 		if (rd.err || err)
 			break;
 	}

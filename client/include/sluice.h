@@ -879,9 +879,10 @@ typedef struct sluice_txn_info {
 	size_t value_len;
 	const sluice_header_t *headers;
 	size_t nheaders;
-	/* sluice_admin_describe_txn() only: the offset of its copy in the
-	 * broker's transaction.dead.letter.topic, -1 if none (yet, or the
-	 * broker does not say), -2 if it can never be written there */
+	/* The offset of its copy in the broker's
+	 * transaction.dead.letter.topic, -1 if none (yet, or the broker does
+	 * not say: a broker without TxnDescribe v1 / TxnList v1), -2 if it
+	 * can never be written there */
 	int64_t dead_letter_offset;
 } sluice_txn_info_t;
 

@@ -1523,11 +1523,11 @@ def txn_describe(c, txn, version=0):
     return d
 
 
-def txn_list(c, group=None, state_mask=0, limit=10000, after=0):
+def txn_list(c, group=None, state_mask=0, limit=10000, after=0, version=0):
     """Returns {txn_id: (group, topic, partition, state, check_count,
-    log_offset, discard_reason)}."""
+    log_offset, discard_reason)}, and dead_letter_offset last in v1."""
     w = Writer().string(group).i32(state_mask).i32(limit).i64(after)
-    r = c.request(API_TXN_LIST, 0, w.getvalue())
+    r = c.request(API_TXN_LIST, version, w.getvalue())
     check_eq(r.i16(), ERR_NONE, "TxnList error")
     out = {}
     for _ in range(r.i32()):
@@ -1540,6 +1540,9 @@ def txn_list(c, group=None, state_mask=0, limit=10000, after=0):
         off = r.i64()
         reason = r.string()
         out[txn] = (grp, topic, part, state, checks, off, reason)
+        if version >= 1:
+            out[txn] += (r.i64(),)
+    check_eq(r.remaining(), 0, "trailing bytes in TxnList v%d" % version)
     return out
 
 

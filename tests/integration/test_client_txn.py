@@ -257,6 +257,34 @@ def test_cli_operator_commands():
     check(rc == 0 and "resume" in out, "txn --help")
 
 
+def test_cli_dead_letter_offset():
+    """`sluice txn list` (TxnList v1) and `txn describe` (TxnDescribe v1)
+    say where a discarded transaction's dead-letter copy is."""
+    b = start("txn-cli-dlq", sets={"transaction.timeout.ms": "100",
+                                   "transaction.check.max": "1",
+                                   "transaction.dead.letter.topic": "dlq"})
+    with Conn(b.addr) as c:
+        c.create_topic("dlq", 1)
+    rc, out, err = sluice(b, "txn", "prepare", TOPIC, "--group", "dl", "gone")
+    check_eq(rc, 0, "txn prepare exit (%s)" % err)
+    txn = int(out.strip())
+    wait_for(lambda: txn_rows(b)[txn]["dead_letter_offset"] >= 0, 20,
+             what="the copy recorded (json)")
+    at = [r.offset for r in fetch_all(b.addr, "dlq", 0) if r.value == b"gone"]
+    check_eq(len(at), 1, "one copy in the dead-letter topic")
+    row = txn_rows(b)[txn]
+    check_eq((row["state"], row["dead_letter_offset"]), ("DISCARDED", at[0]),
+             "json row")
+    rc, out, err = sluice(b, "txn", "list")
+    check_eq(rc, 0, "txn list exit (%s)" % err)
+    lines = out.splitlines()
+    check_eq(lines[0].split("\t")[-1], "DEAD_LETTER", "table header")
+    mine = [ln.split("\t") for ln in lines[1:] if ln.startswith("%d\t" % txn)]
+    check_eq([m[-1] for m in mine], [str(at[0])], "table column")
+    rc, out, err = sluice(b, "txn", "describe", txn)
+    check("copied at offset %d" % at[0] in out, "describe: %r" % out)
+
+
 def parse_async(out):
     """commit/rollback/error lines of `txn_client async` → three dicts."""
     commits, rollbacks, errors = {}, set(), {}
@@ -379,6 +407,7 @@ if __name__ == "__main__":
         ("sync_api_errors", test_sync_api_errors),
         ("unknown_answer_then_own_check", test_unknown_answer_then_own_check),
         ("dead_producer_resolved_by_group", test_dead_producer_resolved_by_group),
+        ("cli_dead_letter_offset", test_cli_dead_letter_offset),
         ("cli_operator_commands", test_cli_operator_commands),
         ("async_pipelined", test_async_pipelined, 120),
         ("async_destroy_in_flight", test_async_destroy_in_flight),

@@ -112,8 +112,9 @@ def templates():
         if v >= 1:
             w.string("inst-1")
         t.append((1002, v, w.getvalue()))
-    t.append((1003, 0, Writer().string(None).i32(0).i32(100).i64(0)
-              .getvalue()))
+    for v in (0, 1):
+        t.append((1003, v, Writer().string(None).i32(0).i32(100).i64(0)
+                  .getvalue()))
     for v in (0, 1):
         t.append((1004, v, Writer().i64(1).getvalue()))
     return t

@@ -36,7 +36,7 @@ from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
                      TXN_ROLLBACK, log, need_program, parse_txn_check_poll,
                      parse_txn_end, parse_txn_prepare, pipeline,
                      txn_check_poll, txn_check_poll_body, txn_describe,
-                     txn_end, txn_end_body, txn_instance_id, txn_prepare,
+                     txn_end, txn_end_body, txn_instance_id, txn_list, txn_prepare,
                      txn_prepare_body, wait_for)
 from harness import crc32c, encode_record, walk_segment  # noqa: E402
 
@@ -458,7 +458,7 @@ def test_prepare_v1_partition_and_origin():
     with Conn(b.addr) as c:
         _, ranges = c.api_versions(0)
         check_eq((ranges[1000], ranges[1001], ranges[1002], ranges[1003],
-                  ranges[1004]), ((0, 1), (0, 0), (0, 1), (0, 0), (0, 1)),
+                  ranges[1004]), ((0, 1), (0, 0), (0, 1), (0, 1), (0, 1)),
                  "ApiVersions of the transaction APIs")
         c.create_topic("rr", 3)
         got = []
@@ -803,6 +803,10 @@ def test_dead_letter_topic():
                  10, what="the copy recorded")
         check_eq(txn_describe(c, t2, 1)["dead_letter_offset"], at[0],
                  "TxnDescribe v1: the copy's offset")
+        ls = txn_list(c, "gd", version=1)
+        check_eq((ls[t2][3], ls[t2][7]), (TXN_DISCARDED, at[0]),
+                 "TxnList v1: the copy's offset")
+        check_eq(len(txn_list(c, "gd")[t2]), 7, "TxnList v0: without it")
         check_eq(txn_describe(c, t1, 1)["state"], TXN_DISCARDED, "v1 fields")
         err, _, state, _ = txn_end(c, "gd", t1, TXN_RESUME, operator=True)
         check_eq((err, state), (ERR_NONE, TXN_PENDING), "resume")
@@ -846,6 +850,9 @@ def test_dead_letter_copy_too_large():
         d = txn_describe(c, big, 1)
         check_eq((d["state"], len(d["records"]) > 2000),
                  (TXN_DISCARDED, True), "the big one keeps its message")
+        ls = txn_list(c, "gb", version=1)
+        check_eq((ls[big][7], ls[small][7] >= 0), (-2, True),
+                 "TxnList v1: given up, and copied")
     check("larger than the topic's segment.bytes" in b.log_text(),
           "the log says why")
     b.stop()
@@ -1196,7 +1203,7 @@ def test_prepare_bad_input():
     bytes that are not one RecordBatch, two batches, a batch over the
     topic's max.message.bytes, an unknown topic or partition, an empty
     group; and the broker keeps working."""
-    from harness import ERR_CORRUPT_MESSAGE, ERR_MESSAGE_TOO_LARGE, txn_list
+    from harness import ERR_CORRUPT_MESSAGE, ERR_MESSAGE_TOO_LARGE
     b = Broker(name="txn-bad")
     b.start()
     with Conn(b.addr) as c:
