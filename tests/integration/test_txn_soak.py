@@ -70,6 +70,7 @@ class Soak:
         self.lock = threading.Lock()
         self.db = {}        # token -> TXN_COMMIT / TXN_ROLLBACK / None
         self.txn_of = {}    # token -> txn id, for prepares answered
+        self.topic_of = {}  # token -> its topic
         self.acked = {}     # token -> decision the broker acknowledged
         self.errors = []
         self.stop = threading.Event()
@@ -112,6 +113,7 @@ def producer(s, k, rnd):
         abandon = rnd.random() < ABANDON
         with s.lock:
             s.db[token] = None  # prepare in flight: the checker says UNKNOWN
+            s.topic_of[token] = topic
         try:
             err, msg, txn, _ = txn_prepare(c, GROUP, topic, part,
                                            [(b"k", token.encode())])
@@ -215,42 +217,68 @@ def pending(s):
             if row[3] in (TXN_PENDING, TXN_COMMITTING)]
 
 
-def test_random_kills():
-    seed = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1 << 30))
-    rnd = random.Random(seed)
-    log("  SOAK_SEED=%d" % seed)
-    # checks come soon and often, so that the end needs seconds, not
-    # minutes: a lease left by a killed checker expires in 2 s
-    b = Broker(name="txn-soak", sets={
-        "transaction.timeout.ms": 400, "transaction.check.max": 30,
-        "transaction.check.rate": 5000, "transaction.check.burst": 5000,
-        "transaction.check.backoff.ms": 200,
-        "transaction.check.backoff.max.ms": 1000,
-        "transaction.check.lease.ms": 2000})
-    s = Soak(b, seed)
+# checks come soon and often, so that the end needs seconds, not minutes:
+# a lease left by a killed checker expires in 2 s
+BROKER_SETS = {
+    "transaction.timeout.ms": 400, "transaction.check.max": 30,
+    "transaction.check.rate": 5000, "transaction.check.burst": 5000,
+    "transaction.check.backoff.ms": 200,
+    "transaction.check.backoff.max.ms": 1000,
+    "transaction.check.lease.ms": 2000}
+
+
+def log_tokens(addr, topics):
+    """{token: copies} in the logs of topics."""
+    seen = {}
+    for topic in topics:
+        for p in range(PARTITIONS):
+            for r in fetch_all(addr, topic, p):
+                tok = r.value.decode()
+                seen[tok] = seen.get(tok, 0) + 1
+    return seen
+
+
+def run_soak(s, rnd, cycles, again=(), after_restart=None):
+    """Starts s.b, runs the load, kills the broker (s.b.kill9()) cycles
+    times at random moments and restarts it; in the cycles listed in
+    again, kills it a second time within 50 ms of the restart.
+    after_restart(cycle) runs after each restart, under load."""
+    b = s.b
     b.start()
     with Conn(b.addr) as c:
         for name, durability in sorted(TOPICS.items()):
             c.create_topic(name, PARTITIONS, configs={"durability": durability})
     threads = run_load(s, rnd)
     try:
-        for cycle in range(CYCLES):
+        for cycle in range(cycles):
             time.sleep(rnd.uniform(*RUN_S))
             with s.lock:
                 n = len(s.txn_of)
-            log("  cycle %d: kill -9 after %d prepares answered" % (cycle, n))
+            log("  cycle %d: kill after %d prepares answered" % (cycle, n))
             b.kill9()
             time.sleep(rnd.uniform(0, 0.3))
             b.start()
-            if cycle in (1, 4):
+            if cycle in again:
                 # again, while the producers reconnect
                 time.sleep(rnd.uniform(0, 0.05))
                 b.kill9()
                 b.start()
+            if after_restart:
+                after_restart(cycle)
     finally:
         stop_load(s, threads)
-    check_eq(s.errors, [], "errors under load (seed %d)" % seed)
+    check_eq(s.errors, [], "errors under load (seed %d)" % s.seed)
 
+
+def resolve_and_verify(s, rnd, may_lose=()):
+    """One more kill and restart; the checker answers until nothing is
+    pending; then every decided commit is in the log exactly once, nothing
+    else is, and every transaction ended as decided.  Except: a commit on
+    a topic of may_lose may be missing from the log if it was recorded
+    COMMITTED (a page-cache topic's acknowledged commit lost with the page
+    cache, docs/operations.md "Durability and crashes").  Returns how many
+    were."""
+    b, seed = s.b, s.seed
     b.kill9()
     b.start()
     resolve = threading.Thread(target=checker,
@@ -264,26 +292,23 @@ def test_random_kills():
     resolve.join(30)
     check_eq(s.errors, [], "errors while resolving (seed %d)" % seed)
 
-    seen = {}
-    for topic in TOPICS:
-        for p in range(PARTITIONS):
-            for r in fetch_all(b.addr, topic, p):
-                tok = r.value.decode()
-                seen[tok] = seen.get(tok, 0) + 1
+    seen = log_tokens(b.addr, TOPICS)
     twice = sorted(t for t, k in seen.items() if k > 1)
     check_eq(twice, [], "tokens in the log more than once (seed %d)" % seed)
+    ls = all_txns(b.addr)
     commits = sorted(t for t, d in s.db.items()
                      if d == TXN_COMMIT and t in s.txn_of)
-    missing = sorted(t for t in commits if t not in seen)
+    lost = sorted(t for t in commits if t not in seen and s.topic_of[t] in may_lose
+                  and ls.get(s.txn_of[t], (None,) * 4)[3] == TXN_COMMITTED)
+    missing = sorted(t for t in commits if t not in seen and t not in lost)
     check_eq(missing, [], "committed tokens missing from the log (seed %d)" % seed)
     ghosts = sorted(t for t in seen if s.db.get(t) != TXN_COMMIT)
     check_eq(ghosts, [], "rolled back or unknown tokens in the log (seed %d)"
              % seed)
     for tok, d in s.acked.items():
-        check((tok in seen) == (d == TXN_COMMIT),
+        check((tok in seen) == (d == TXN_COMMIT) or tok in lost,
               "acknowledged %s of %s not reflected in the log (seed %d)"
               % ("commit" if d == TXN_COMMIT else "rollback", tok, seed))
-    ls = all_txns(b.addr)
     discarded = sorted(t for t, row in ls.items() if row[3] == TXN_DISCARDED)
     check_eq(discarded, [], "discarded transactions (seed %d)" % seed)
     for tok, txn in s.txn_of.items():
@@ -294,6 +319,16 @@ def test_random_kills():
         "%d check-back answers" % (len(s.txn_of), len(commits), len(s.acked),
                                    s.checks))
     check(len(commits) >= 100, "too little load to mean anything")
+    return len(lost)
+
+
+def test_random_kills():
+    seed = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1 << 30))
+    rnd = random.Random(seed)
+    log("  SOAK_SEED=%d" % seed)
+    s = Soak(Broker(name="txn-soak", sets=BROKER_SETS), seed)
+    run_soak(s, rnd, CYCLES, again=(1, 4))
+    resolve_and_verify(s, rnd)
 
 
 if __name__ == "__main__":
