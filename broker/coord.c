@@ -1,11 +1,12 @@
 /*
  * coord.c — see coord.h.
  *
- * Schema, version 5 (PRAGMA user_version = 5; version 2 added
+ * Schema, version 6 (PRAGMA user_version = 6; version 2 added
  * group_offsets, documented in group.c; version 3 the transaction tables,
  * documented in txn/halfstore.c; version 4 rewrote txn_half's CHECK,
  * halfstore_schema_v2; version 5 added txn_half.dead_letter_offset,
- * halfstore_schema_v3).  Change it only by adding a
+ * halfstore_schema_v3; version 6 the index txn_half_unsynced,
+ * halfstore_schema_v4).  Change it only by adding a
  * migration step in schema_upgrade() and bumping the version; document the
  * tables in docs/storage.md.
  *
@@ -31,7 +32,7 @@
 #include "stmtcache.h"
 #include "walvfs.h"
 
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 
 /* Threads: the coordinator runs batches (SQL and a COMMIT that only writes
  * the WAL: synchronous=NORMAL) and queues them for the WAL syncer(s).  A
@@ -226,10 +227,12 @@ static int schema_upgrade(sqlite3 *db)
 		    exec(db, "PRAGMA user_version = 3") || exec(db, "COMMIT"))
 			return -1;
 	}
-	/* halfstore schema versions 2 and 3 */
+	/* halfstore schema versions 2 to 4 */
 	if (v < 4 && migrate(db, 4, halfstore_schema_v2, "rewrite txn_half's CHECK"))
 		return -1;
 	if (v < 5 && migrate(db, 5, halfstore_schema_v3, "add txn_half.dead_letter_offset"))
+		return -1;
+	if (v < 6 && migrate(db, 6, halfstore_schema_v4, "add the index txn_half_unsynced"))
 		return -1;
 	return 0;
 }

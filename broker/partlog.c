@@ -123,6 +123,7 @@ struct partlog {
 	_Atomic int64_t hw;
 	_Atomic int64_t start;
 	_Atomic uint64_t size_bytes;
+	_Atomic int64_t durable;  /* synced_end, published for other threads */
 	atomic_bool dirty;
 	atomic_bool dir_dirty;
 
@@ -560,6 +561,7 @@ static void open_finish(partlog *pl)
 	pl->synced_base = segment_base(a);
 	pl->synced_pos = segment_size(a);
 	pl->synced_end = end;
+	atomic_init(&pl->durable, end);
 }
 
 static void partlog_free(partlog *pl)
@@ -836,6 +838,9 @@ static int sync_log(partlog *pl, int64_t *synced_end, bool data_only)
 	for (size_t i = 0; i < sn.n_pending; i++)
 		segment_publish(sn.pending[i], segment_size(sn.pending[i]));
 	segment_publish(sn.active, sn.size);
+	/* durable first: whoever sees the hw (an fsync commit's mark) sees
+	 * the log durable there too */
+	store_max(&pl->durable, sn.end);
 	store_max(&pl->hw, sn.end);
 	/* Rolled segments are never written again. */
 	for (size_t i = 0; i < sn.n_pending; i++)
@@ -1074,6 +1079,11 @@ int partlog_append(partlog *pl, uint8_t *batch, size_t len, int64_t max_ts, int6
 }
 
 /* ---- readers ---- */
+
+int64_t partlog_durable_end(const partlog *pl)
+{
+	return atomic_load_explicit(&pl->durable, memory_order_acquire);
+}
 
 int64_t partlog_hw(const partlog *pl)
 {

@@ -116,6 +116,10 @@ int partlog_append_v(partlog *pl, partlog_batch *v, size_t n, int64_t now_ms,
 
 /* Published end offset (high watermark): offsets below it are readable. */
 int64_t partlog_hw(const partlog *pl);
+/* The end offset of the last completed sync (partlog_sync / _sync_data,
+ * or the open's recovery): offsets below it are on disk, whatever the
+ * durability.  Any thread. */
+int64_t partlog_durable_end(const partlog *pl);
 /* First offset still in the log (moves with retention). */
 int64_t partlog_start_offset(const partlog *pl);
 /* Next offset to assign (written end, may be ahead of hw in synced mode). */

@@ -322,7 +322,7 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
  * knew): answer with what is recorded. */
 static int run_mark(sqlite3 *db, txn_job *j)
 {
-	int rc = halfstore_mark_committed(db, j->txn_id, j->offset);
+	int rc = txn_check_record_commit(db, j->txn_id, j->offset, j->cm.p, j->cm.need);
 	halfstore_txn t;
 
 	if (rc == HALFSTORE_E_CONFLICT && halfstore_get(db, j->txn_id, &t) == HALFSTORE_OK) {
@@ -853,7 +853,12 @@ static void describe_done(loop_task *t)
 	wire_w_str(b, msg);
 	write_txn_row(b, x);
 	wire_w_i64(b, x->commit_seq);
-	wire_w_bytes(b, x->batch, (int32_t)x->batch_len);
+	/* a COMMITTED row may keep its batch until the log is synced
+	 * (txn_check_record_commit): the message is the log's business then */
+	if (x->state == HALFSTORE_COMMITTED)
+		wire_w_bytes(b, NULL, -1);
+	else
+		wire_w_bytes(b, x->batch, (int32_t)x->batch_len);
 	if (j->r->api_version >= 1)
 		wire_w_i64(b, err ? 0 : x->dead_letter_offset);
 	finish_job(j);

@@ -82,5 +82,14 @@ void txn_check_answered(int64_t txn_id);
  * or drops it at stop (it stays COMMITTING: start-up recovery finishes
  * it). */
 void txn_check_mark_later(int64_t txn_id, int64_t offset, topic *t, partition *p, int64_t need);
+/* Coordinator thread: records txn_id COMMITTED at offset.  If p's log is
+ * not synced up to need yet (page-cache durability), the row keeps its
+ * batch (halfstore_mark_committed_unsynced), so that start-up can append
+ * it again after a power loss, and the ticker drops the batch once the
+ * log is synced past it (at the next periodic flush,
+ * log.flush.interval.ms).  p NULL: nothing to wait for.  A halfstore
+ * outcome. */
+int txn_check_record_commit(sqlite3 *db, int64_t txn_id, int64_t offset, partition *p,
+			    int64_t need);
 
 #endif

@@ -42,6 +42,11 @@
  *    COMMITTED once their partition's high watermark covers them;
  *  - with transaction.dead.letter.topic set, a step of txn_dead.h
  *    (discarded transactions copied to that topic).
+ * And, in a lazy coordinator job of its own (drop_submit: one at a time,
+ * DROP_BATCH rows, the next at once while they come back full): the
+ * batches of COMMITTED rows whose log copy is synced now are dropped
+ * (txn_check_record_commit keeps them until then, page-cache durability:
+ * start-up appends them again if a power loss took the copy).
  *
  * Threads: polls, the scheduler and the ticker state are guarded by `lock`;
  * a parked poll's response is written under it by whoever fills it (its
@@ -50,6 +55,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -72,6 +78,12 @@
 #define RELEASE_DELAY_MS 200
 #define PURGE_BATCH 1000
 #define PURGE_BATCH_MAX 8000
+/* Batches of synced commits dropped per job, at most: the periodic flush
+ * makes a second of commits droppable at once, and a job runs as a lazy
+ * coordinator job (a batch of its own, when nothing else waits), so a
+ * small one keeps the batches answers wait for short; a full one is
+ * followed by the next at once. */
+#define DROP_BATCH 500
 
 typedef struct poll {
 	struct poll *next;
@@ -373,10 +385,57 @@ typedef struct tick_job {
 	bool dead;              /* a dead-letter step (txn_dead.h) */
 } tick_job;
 
+/* COMMITTED rows may still keep their batch (txn_check_record_commit):
+ * set and cleared on the coordinator thread, read by the ticker. */
+static atomic_bool unsynced;
+
+/* Coordinator thread: a commit whose log copy is not synced yet keeps its
+ * batch (halfstore_mark_committed_unsynced), else it is dropped. */
+int txn_check_record_commit(sqlite3 *db, int64_t txn_id, int64_t offset, partition *p,
+			    int64_t need)
+{
+	if (p && partlog_durable_end(p->log) < need) {
+		atomic_store(&unsynced, true);
+		return halfstore_mark_committed_unsynced(db, txn_id, offset);
+	}
+	return halfstore_mark_committed(db, txn_id, offset);
+}
+
+/* Coordinator thread: drops the batches of the unsynced COMMITTED rows
+ * whose partition is now synced past them, at most DROP_BATCH; clears
+ * `unsynced` once none is left.  The number dropped, or -errno. */
+static int64_t drop_synced(sqlite3 *db)
+{
+	topic **list;
+	int n;
+	int64_t dropped = 0, left = 0;
+
+	if (topics_list(srv_g->topics, &list, &n) < 0)
+		return -ENOMEM;
+	for (int i = 0; i < n && dropped < DROP_BATCH; i++) {
+		for (int k = 0; k < list[i]->nparts && dropped < DROP_BATCH; k++) {
+			int64_t r = halfstore_drop_synced(db, list[i]->name, k,
+							  partlog_durable_end(list[i]->parts[k].log),
+							  (size_t)(DROP_BATCH - dropped));
+
+			if (r < 0) {
+				topics_list_free(list, n);
+				return r;
+			}
+			dropped += r;
+		}
+	}
+	topics_list_free(list, n);
+	if (dropped < DROP_BATCH && halfstore_unsynced_count(db, &left) == 0 && left == 0)
+		atomic_store(&unsynced, false);
+	return dropped;
+}
+
 static void run_marks(sqlite3 *db, tick_job *t)
 {
 	for (size_t i = 0; i < t->nmarks; i++) {
-		int rc = halfstore_mark_committed(db, t->marks[i].txn_id, t->marks[i].offset);
+		int rc = txn_check_record_commit(db, t->marks[i].txn_id, t->marks[i].offset,
+						 t->marks[i].p, t->marks[i].need);
 
 		blog(rc < 0 ? BLOG_ERROR : BLOG_DEBUG, "txn %lld: commit recorded after its sync: %s",
 		     (long long)t->marks[i].txn_id, halfstore_strerror(rc));
@@ -571,10 +630,76 @@ static void take_release(tick_job *t)
 	npend_release = 0;
 }
 
+/* The drop job (drop_synced): one at a time (drop_in_flight, under lock);
+ * the ticker's loop submits it (one allocation per DROP_BATCH rows). */
+typedef struct drop_job {
+	coord_job job;
+	int64_t dropped;
+} drop_job;
+static bool drop_in_flight;
+
+static int drop_run(coord_job *job, sqlite3 *db)
+{
+	drop_job *d = (drop_job *)job;
+
+	d->dropped = drop_synced(db);
+	if (d->dropped < 0)
+		BLOG_RL(BLOG_ERROR, "transactions: dropping the batches of synced commits: %s",
+			halfstore_strerror((int)d->dropped));
+	/* a power loss can only undo drops: start-up recovery redoes them */
+	job->early = true;
+	return SQLITE_OK;
+}
+
+static void drop_submit(void);
+
+static void drop_done(loop_task *lt)
+{
+	drop_job *d = (drop_job *)((char *)lt - offsetof(drop_job, job.done));
+	/* not while stopping: server_free runs the last tasks after the
+	 * coordinator is closed */
+	bool again = d->dropped == DROP_BATCH && !atomic_load(&tick_w->stop);
+
+	free(d);
+	pthread_mutex_lock(&lock);
+	drop_in_flight = false;
+	pthread_mutex_unlock(&lock);
+	if (again)
+		drop_submit();
+}
+
+/* Ticker's loop: a drop job, unless one is out. */
+static void drop_submit(void)
+{
+	drop_job *d;
+	bool go;
+
+	pthread_mutex_lock(&lock);
+	go = !drop_in_flight && cs; /* cs: not stopped */
+	drop_in_flight |= go;
+	pthread_mutex_unlock(&lock);
+	if (!go)
+		return;
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		pthread_mutex_lock(&lock);
+		drop_in_flight = false; /* the next tick tries again */
+		pthread_mutex_unlock(&lock);
+		return;
+	}
+	d->job.run = drop_run;
+	d->job.w = tick_w;
+	d->job.done.fn = drop_done;
+	coord_submit_lazy(srv_g->coord, &d->job);
+}
+
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	tick_job *t = NULL;
 	bool go = false;
+
+	if (atomic_load(&unsynced))
+		drop_submit();
 
 	pthread_mutex_lock(&lock);
 	if (!job_in_flight)

@@ -171,6 +171,7 @@ static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
 					halfstore_commit_epoch(c->txn->commit_seq), seq, seq + last, base,
 					base + last);
 			set_ok(c, base, base + last + 1);
+			c->appended = true;
 			appended = true;
 		}
 		done += na;
@@ -263,6 +264,7 @@ static int append_all(topics *reg, syncer *sy, txn_commit **v, size_t n)
 		v[i]->rc = CM_UNDONE;
 		v[i]->t = NULL;
 		v[i]->p = NULL;
+		v[i]->appended = false;
 	}
 	if (!grow((void **)&stage.pb, &stage.pb_cap, 2 * n, sizeof(*stage.pb)) ||
 	    !grow((void **)&stage.pbi, &stage.pbi_cap, n, sizeof(*stage.pbi)) ||
@@ -304,6 +306,22 @@ static void append_failed(sqlite3 *db, txn_commit *c)
 	bool unseq = false;
 	int hs;
 
+	if (t->state == HALFSTORE_COMMITTED) {
+		/* start-up, an unsynced commit (halfstore_mark_committed_unsynced)
+		 * that cannot be appended again: it stays COMMITTED at its
+		 * offset; its batch is of no use any more */
+		hs = halfstore_mark_committed(db, t->txn_id, -1);
+		c->kerr = KERR_UNKNOWN_TOPIC_OR_PARTITION;
+		snprintf(c->msg, sizeof(c->msg), "cannot append it again");
+		blog(BLOG_WARN, "txn %lld: recorded COMMITTED before its log copy was synced, and the "
+				"copy cannot be checked or appended again (%s): left as it is (%s)",
+		     (long long)t->txn_id,
+		     c->rc == APPEND_E_GONE ? "topic or partition deleted"
+		     : c->rc < 0	    ? strerror(-c->rc)
+					    : "the append failed",
+		     halfstore_strerror(hs));
+		return;
+	}
 	if (c->rc == APPEND_E_GONE || c->rc == APPEND_E_TOO_LARGE) {
 		const char *why = c->rc == APPEND_E_GONE ? "topic deleted"
 							 : "batch larger than the topic's segment.bytes";
@@ -431,11 +449,12 @@ void txn_commit_flush(void *arg)
 
 /* ---- start-up recovery ---- */
 
-/* Syncs the fsync-durability partitions in v (main, before the syncer
- * runs: it does what the syncer's round would).  Every one, even when
- * nothing was appended now: a batch found in the log may have been written
- * by the previous process and never synced.  v is in partition order, so
- * one sync per run of the same partition.  0 or -errno. */
+/* Syncs the partitions in v (main, before the syncer runs: it does what
+ * the syncer's round would), whatever their durability: recover_mark then
+ * drops the batches, so the log's copies must be on disk.  Every one, even
+ * when nothing was appended now: a batch found in the log may have been
+ * written by the previous process and never synced.  v is in partition
+ * order, so one sync per run of the same partition.  0 or -errno. */
 static int recover_sync(txn_commit *v, size_t n)
 {
 	partition *prev = NULL;
@@ -445,7 +464,7 @@ static int recover_sync(txn_commit *v, size_t n)
 		partition *p = v[i].p;
 		int64_t end;
 
-		if (!p || p == prev || !partition_synced(p))
+		if (!p || p == prev)
 			continue;
 		prev = p;
 		rc = partlog_sync(p->log, &end);
@@ -514,20 +533,39 @@ static int recover_sequence(sqlite3 *db, halfstore_txn *v, size_t n)
 }
 
 /* Records the recovered commits COMMITTED, in one transaction (one WAL
- * sync). */
+ * sync).  An unsynced COMMITTED row (page-cache durability) found whole
+ * in the log only drops its batch: those are counted, not logged one by
+ * one (a clean stop leaves up to a flush interval of them). */
 static void recover_mark(sqlite3 *db, txn_commit *c, size_t n)
 {
+	size_t kept = 0, again = 0;
+
 	sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
 	for (size_t i = 0; i < n; i++) {
+		bool was_committed = c[i].txn->state == HALFSTORE_COMMITTED;
 		int rc;
 
 		if (c[i].kerr)
 			continue;
 		rc = halfstore_mark_committed(db, c[i].txn->txn_id, c[i].offset);
-		blog(rc < 0 ? BLOG_ERROR : BLOG_INFO, "transactions: recovered commit of txn %lld: %s (offset %lld)",
-		     (long long)c[i].txn->txn_id, rc < 0 ? halfstore_strerror(rc) : "appended once",
+		if (rc >= 0 && was_committed && !c[i].appended) {
+			kept++;
+			continue;
+		}
+		again += was_committed;
+		blog(rc < 0 ? BLOG_ERROR : was_committed ? BLOG_DEBUG : BLOG_INFO,
+		     "transactions: recovered commit of txn %lld: %s (offset %lld)",
+		     (long long)c[i].txn->txn_id,
+		     rc < 0 ? halfstore_strerror(rc)
+		     : was_committed ? "its log copy was lost (power loss?): appended again, once"
+				     : "appended once",
 		     (long long)c[i].offset);
 	}
+	if (kept || again)
+		blog(again ? BLOG_WARN : BLOG_INFO,
+		     "transactions: %zu commit(s) recorded before their log copy was synced: %zu "
+		     "found in the log, %zu lost with it (power loss?) and appended again, once",
+		     kept + again, kept, again);
 	if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
 		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 		blog(BLOG_ERROR, "transactions: cannot record recovered commits (they stay COMMITTING)");

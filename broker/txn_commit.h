@@ -50,6 +50,7 @@ typedef struct txn_commit {
 	partition *p;       /* kerr 0: where it is */
 	int64_t offset;     /* kerr 0: base offset; -1 appended long ago */
 	int64_t need;       /* kerr 0: the log must be durable up to here */
+	bool appended;      /* kerr 0: written now (not found in the log) */
 	/* private */
 	int rc;
 	size_t lead;        /* a duplicate in the same round: its first copy */

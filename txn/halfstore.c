@@ -63,6 +63,14 @@
 	"CHECK(state = 'PENDING' OR state = 'COMMITTING' OR state = 'COMMITTED' OR"       \
 	" state = 'ROLLED_BACK' OR state = 'DISCARDED')"
 
+/* Page-cache commits recorded COMMITTED before their log copy was synced
+ * (schema 4): they keep their batch, so that start-up can append it again
+ * if a power loss took the log's copy; halfstore_drop_synced drops it once
+ * the log is synced past it. */
+#define HALFSTORE_UNSYNCED_INDEX_SQL                                                      \
+	"CREATE INDEX IF NOT EXISTS txn_half_unsynced ON txn_half(topic, partition, log_offset)" \
+	"  WHERE state = 'COMMITTED' AND batch IS NOT NULL;"
+
 /* Discarded rows not yet copied to the dead-letter topic (schema 3). */
 #define HALFSTORE_DEAD_INDEX_SQL                                                          \
 	"CREATE INDEX IF NOT EXISTS txn_half_dead ON txn_half(txn_id)"                     \
@@ -89,6 +97,7 @@ const char halfstore_schema_sql[] =
 	"  discard_reason TEXT,"
 	"  dead_letter_offset INTEGER);"
 	HALFSTORE_DEAD_INDEX_SQL
+	HALFSTORE_UNSYNCED_INDEX_SQL
 	/* due checks: one range (state = 'PENDING', next_check_ms <= now), in
 	 * next_check_ms order, rowid breaking ties */
 	"CREATE INDEX IF NOT EXISTS txn_half_due ON txn_half(state, next_check_ms);"
@@ -293,6 +302,13 @@ int halfstore_schema_v3(sqlite3 *db)
 				  NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(db, HALFSTORE_DEAD_INDEX_SQL, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+}
+
+int halfstore_schema_v4(sqlite3 *db)
+{
+	int rc = sqlite3_exec(db, HALFSTORE_UNSYNCED_INDEX_SQL, NULL, NULL, NULL);
+
 	return rc == SQLITE_OK ? 0 : sqlerr(rc);
 }
 
@@ -889,17 +905,25 @@ static int guarded_i64(sqlite3 *db, const char *sql, int64_t txn_id, int64_t v, 
 	return guarded_update(db, st, txn_id, why);
 }
 
-int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
+static int mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset, bool keep_batch)
 {
 	halfstore_txn t;
 	int rc;
 
 	if (log_offset < -1) /* -1: appended, offset no longer known */
 		return HALFSTORE_E_INVALID;
-	/* no read first: this runs once per commit */
+	/* no read first: this runs once per commit.  An unsynced COMMITTED
+	 * row (its batch kept) is re-marked by start-up recovery: at the
+	 * offset it was appended at again, or where it was. */
 	rc = guarded_i64(db,
-			 "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2, batch = NULL"
-			 " WHERE txn_id = ?1 AND state = 'COMMITTING'",
+			 keep_batch
+			 ? "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2"
+			   " WHERE txn_id = ?1 AND state = 'COMMITTING'"
+			 : "UPDATE txn_half SET state = 'COMMITTED', batch = NULL,"
+			   "  log_offset = CASE WHEN ?2 < 0 AND state = 'COMMITTED' THEN log_offset"
+			   "  ELSE ?2 END"
+			   " WHERE txn_id = ?1 AND (state = 'COMMITTING'"
+			   "  OR (state = 'COMMITTED' AND batch IS NOT NULL))",
 			 txn_id, log_offset, &t);
 	if (rc == HALFSTORE_E_STATE) {
 		/* not COMMITTING: nothing changed; already COMMITTED? */
@@ -907,6 +931,54 @@ int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
 			rc = t.log_offset == log_offset ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
 		halfstore_txn_clear(&t);
 	}
+	return rc;
+}
+
+int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset)
+{
+	return mark_committed(db, txn_id, log_offset, false);
+}
+
+int halfstore_mark_committed_unsynced(sqlite3 *db, int64_t txn_id, int64_t log_offset)
+{
+	return mark_committed(db, txn_id, log_offset, true);
+}
+
+int64_t halfstore_drop_synced(sqlite3 *db, const char *topic, int32_t partition,
+			      int64_t synced_end, size_t limit)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db,
+		      "UPDATE txn_half SET batch = NULL WHERE txn_id IN ("
+		      " SELECT txn_id FROM txn_half INDEXED BY txn_half_unsynced"
+		      " WHERE state = 'COMMITTED' AND batch IS NOT NULL AND topic = ?1"
+		      " AND partition = ?2 AND log_offset < ?3 LIMIT ?4)",
+		      &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, partition);
+	sqlite3_bind_int64(st, 3, synced_end);
+	sqlite3_bind_int64(st, 4, (int64_t)limit);
+	rc = run(st);
+	return rc ? rc : (int64_t)sqlite3_changes(db);
+}
+
+int halfstore_unsynced_count(sqlite3 *db, int64_t *n)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db,
+		      "SELECT count(*) FROM txn_half INDEXED BY txn_half_unsynced"
+		      " WHERE state = 'COMMITTED' AND batch IS NOT NULL",
+		      &st);
+
+	if (rc)
+		return rc;
+	rc = sqlite3_step(st);
+	*n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	rc = rc == SQLITE_ROW ? 0 : sqlerr(rc);
+	stmtcache_release(st);
 	return rc;
 }
 
@@ -944,7 +1016,9 @@ int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n)
 	int rc;
 
 	rc = prep(db,
-		  "SELECT " COLS_BLOB " FROM txn_half WHERE state = 'COMMITTING'"
+		  "SELECT * FROM (SELECT " COLS_BLOB " FROM txn_half WHERE state = 'COMMITTING'"
+		  " UNION ALL SELECT " COLS_BLOB " FROM txn_half INDEXED BY txn_half_unsynced"
+		  " WHERE state = 'COMMITTED' AND batch IS NOT NULL)"
 		  " ORDER BY topic, partition, commit_seq IS NULL, commit_seq, txn_id",
 		  &st);
 	if (rc)

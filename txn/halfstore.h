@@ -81,6 +81,11 @@ int halfstore_schema_v2(sqlite3 *db);
  * halfstore_schema_sql has both).  Runs in the caller's transaction.  0 or
  * -errno. */
 int halfstore_schema_v3(sqlite3 *db);
+/* Version 3 -> 4 (coord.c's schema step 6): the partial index
+ * txn_half_unsynced of the COMMITTED rows that keep their batch until the
+ * log's copy is synced (halfstore_mark_committed_unsynced).  Idempotent.
+ * Runs in the caller's transaction.  0 or -errno. */
+int halfstore_schema_v4(sqlite3 *db);
 
 /* Outcomes (0 and positive). */
 enum {
@@ -243,6 +248,21 @@ int halfstore_end_into(sqlite3 *db, int64_t txn_id, enum halfstore_decision deci
  * COMMITTED at that offset; HALFSTORE_E_CONFLICT if COMMITTED at another
  * offset; HALFSTORE_E_STATE for other states; HALFSTORE_E_NOT_FOUND. */
 int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset);
+/* As halfstore_mark_committed, for a commit whose log copy is not synced
+ * yet (page-cache durability): the row is COMMITTED but keeps its batch,
+ * so that start-up recovery can append it again if a power loss took the
+ * log's copy (halfstore_committing lists it).  halfstore_drop_synced drops
+ * the batch once the log is synced past it.  halfstore_mark_committed
+ * finishes such a row too (recovery): at log_offset if >= 0, else where it
+ * was. */
+int halfstore_mark_committed_unsynced(sqlite3 *db, int64_t txn_id, int64_t log_offset);
+/* Drops the batch of at most limit unsynced COMMITTED rows of the
+ * partition whose log_offset is below synced_end (the log is durable up
+ * to there).  The number dropped, or -errno. */
+int64_t halfstore_drop_synced(sqlite3 *db, const char *topic, int32_t partition,
+			      int64_t synced_end, size_t limit);
+/* How many COMMITTED rows still keep their batch (*n).  0 or -errno. */
+int halfstore_unsynced_count(sqlite3 *db, int64_t *n);
 
 /* The append of a COMMITTING txn failed and wrote nothing (disk full, I/O
  * error: the log cut the partial write back): forgets its commit_seq
@@ -284,9 +304,11 @@ int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64
 int halfstore_reattach(sqlite3 *db, int64_t txn_id, const char *topic, int32_t partition,
 		       int64_t commit_seq, int64_t log_offset, int64_t now_ms);
 
-/* Everything in COMMITTING (crash recovery: re-append them all), batches
- * included, ordered by topic, partition, commit_seq — those without one
- * (halfstore_unseq) last in their partition, by txn_id.  HALFSTORE_OK with
+/* Everything in COMMITTING, and the COMMITTED rows whose log copy was not
+ * synced yet (halfstore_mark_committed_unsynced) — crash recovery
+ * re-appends them all, exactly once — batches included, ordered by topic,
+ * partition, commit_seq — those without one (halfstore_unseq) last in
+ * their partition, by txn_id.  HALFSTORE_OK with
  * *out (malloc()ed, NULL if *n == 0) and *n, or -errno with both untouched. */
 int halfstore_committing(sqlite3 *db, halfstore_txn **out, size_t *n);
 

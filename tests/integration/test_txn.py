@@ -151,10 +151,10 @@ def test_crash_between_commit_steps():
         lost = prepare(c, "g", "orders", 0, [(b"b", b"never-appended")])
     b.kill9()
     db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"))
-    # the appended one: as if the offset had not been recorded (its batch
-    # is already dropped from sluice.db, as after any recorded commit)
-    db.execute("UPDATE txn_half SET state = 'COMMITTING', log_offset = NULL "
-               "WHERE txn_id = ?", (done,))
+    # the appended one: as if the offset had not been recorded, its batch
+    # already dropped from sluice.db (as once the log is synced past it)
+    db.execute("UPDATE txn_half SET state = 'COMMITTING', log_offset = NULL, "
+               "batch = NULL WHERE txn_id = ?", (done,))
     # the other: as if the broker died right after the SQLite commit step
     seq = db.execute("SELECT next_seq FROM txn_seq WHERE topic = 'orders' "
                      "AND partition = 0").fetchone()[0]
@@ -926,9 +926,9 @@ def test_dead_letter_backlog():
 
 def test_upgrade_from_schema_4():
     """A sluice.db of schema version 4 (before the dead-letter column) is
-    migrated at start-up: the column and its index appear, version 5 is
-    recorded, the transactions kept work, and a second start changes
-    nothing."""
+    migrated at start-up: the column and its index appear, then the index
+    of unsynced commits (version 6), version 6 is recorded, the
+    transactions kept work, and a second start changes nothing."""
     b = Broker(name="txn-upgrade", sets={"transaction.timeout.ms": 60000})
     b.start()
     with Conn(b.addr) as c:
@@ -940,6 +940,7 @@ def test_upgrade_from_schema_4():
     path = os.path.join(b.data_dir, "sluice.db")
     db = sqlite3.connect(path)
     db.execute("DROP INDEX txn_half_dead")
+    db.execute("DROP INDEX txn_half_unsynced")
     db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_offset")
     db.execute("PRAGMA user_version = 4")
     db.commit()
@@ -957,12 +958,64 @@ def test_upgrade_from_schema_4():
         cols = [r[1] for r in db.execute("PRAGMA table_info(txn_half)")]
         check_eq((db.execute("PRAGMA user_version").fetchone()[0],
                   cols.count("dead_letter_offset"),
-                  db.execute("SELECT count(*) FROM sqlite_schema WHERE name ="
-                             " 'txn_half_dead'").fetchone()[0]),
-                 (5, 1, 1), "schema after start %d" % start)
+                  db.execute("SELECT count(*) FROM sqlite_schema WHERE name IN"
+                             " ('txn_half_dead', 'txn_half_unsynced')")
+                  .fetchone()[0]),
+                 (6, 1, 2), "schema after start %d" % start)
         db.close()
     b.start()
     check_eq(values(b.addr, "o"), [b"kept"], "committed after the upgrade")
+    b.stop()
+
+
+def kept_batch(b, txn):
+    """Whether sluice.db still holds txn's batch (read beside the broker:
+    WAL mode)."""
+    db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"), timeout=10)
+    try:
+        row = db.execute("SELECT state, batch IS NOT NULL FROM txn_half"
+                         " WHERE txn_id = ?", (txn,)).fetchone()
+    finally:
+        db.close()
+    return row
+
+
+def test_pagecache_commit_keeps_batch_until_synced():
+    """A page-cache commit is answered and recorded COMMITTED at once, but
+    its row keeps the batch until the log is synced past it (the periodic
+    flush), so that start-up can append it again if a power loss takes the
+    log's copy (test_powerloss.py).  Here: no flush for a minute, so the
+    batch stays; a restart finds the copy in the log and drops the batch
+    without appending twice.  With a 200 ms flush the batch goes by
+    itself."""
+    b = Broker(name="txn-unsynced", sets={"log.flush.interval.ms": 60000})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("pc", 1)
+        txn = prepare(c, "g", "pc", 0, [(b"k", b"kept-until-synced")])
+        err, state, off = end(c, "g", txn, COMMIT)
+        check_eq((err, state), (ERR_NONE, ST_COMMITTED), "commit answered")
+        wait_for(lambda: kept_batch(b, txn) == ("COMMITTED", 1), 10,
+                 what="COMMITTED with its batch kept")
+        d = txn_describe(c, txn)
+        check_eq((d["state"], d["log_offset"]), (ST_COMMITTED, off), "TxnDescribe")
+    b.stop()  # the final flush syncs the log; the row still keeps its batch
+    b.start()
+    check_eq(kept_batch(b, txn), ("COMMITTED", 0), "dropped at start-up")
+    check("1 found in the log, 0 lost" in b.log_text(), "start-up says so")
+    check_eq(values(b.addr, "pc"), [b"kept-until-synced"], "in the log once")
+    with Conn(b.addr) as c:
+        check_eq(txn_describe(c, txn)["log_offset"], off, "offset kept")
+    b.stop()
+
+    b = Broker(name="txn-unsynced-flush", sets={"log.flush.interval.ms": 200})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("pc", 1)
+        txn = prepare(c, "g", "pc", 0, [(b"k", b"v")])
+        check_eq(end(c, "g", txn, COMMIT)[0], ERR_NONE, "commit")
+    wait_for(lambda: kept_batch(b, txn) == ("COMMITTED", 0), 10,
+             what="the batch dropped after the flush")
     b.stop()
 
 
@@ -1303,6 +1356,8 @@ def test_kafka_clients_skip_commit_markers():
 
 if __name__ == "__main__":
     run([
+        ("pagecache_commit_keeps_batch_until_synced",
+         test_pagecache_commit_keeps_batch_until_synced),
         ("prepare_bad_input", test_prepare_bad_input, 60),
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),

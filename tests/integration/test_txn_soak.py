@@ -270,14 +270,10 @@ def run_soak(s, rnd, cycles, again=(), after_restart=None):
     check_eq(s.errors, [], "errors under load (seed %d)" % s.seed)
 
 
-def resolve_and_verify(s, rnd, may_lose=()):
+def resolve_and_verify(s, rnd):
     """One more kill and restart; the checker answers until nothing is
     pending; then every decided commit is in the log exactly once, nothing
-    else is, and every transaction ended as decided.  Except: a commit on
-    a topic of may_lose may be missing from the log if it was recorded
-    COMMITTED (a page-cache topic's acknowledged commit lost with the page
-    cache, docs/operations.md "Durability and crashes").  Returns how many
-    were."""
+    else is, and every transaction ended as decided."""
     b, seed = s.b, s.seed
     b.kill9()
     b.start()
@@ -298,15 +294,13 @@ def resolve_and_verify(s, rnd, may_lose=()):
     ls = all_txns(b.addr)
     commits = sorted(t for t, d in s.db.items()
                      if d == TXN_COMMIT and t in s.txn_of)
-    lost = sorted(t for t in commits if t not in seen and s.topic_of[t] in may_lose
-                  and ls.get(s.txn_of[t], (None,) * 4)[3] == TXN_COMMITTED)
-    missing = sorted(t for t in commits if t not in seen and t not in lost)
+    missing = sorted(t for t in commits if t not in seen)
     check_eq(missing, [], "committed tokens missing from the log (seed %d)" % seed)
     ghosts = sorted(t for t in seen if s.db.get(t) != TXN_COMMIT)
     check_eq(ghosts, [], "rolled back or unknown tokens in the log (seed %d)"
              % seed)
     for tok, d in s.acked.items():
-        check((tok in seen) == (d == TXN_COMMIT) or tok in lost,
+        check((tok in seen) == (d == TXN_COMMIT),
               "acknowledged %s of %s not reflected in the log (seed %d)"
               % ("commit" if d == TXN_COMMIT else "rollback", tok, seed))
     discarded = sorted(t for t, row in ls.items() if row[3] == TXN_DISCARDED)
@@ -319,7 +313,6 @@ def resolve_and_verify(s, rnd, may_lose=()):
         "%d check-back answers" % (len(s.txn_of), len(commits), len(s.acked),
                                    s.checks))
     check(len(commits) >= 100, "too little load to mean anything")
-    return len(lost)
 
 
 def test_random_kills():

@@ -1176,6 +1176,95 @@ static void test_halfstore_dead_letters(void **state)
 	sqlite3_close(db);
 }
 
+static int64_t committing(sqlite3 *db, int64_t now)
+{
+	int64_t id = prepare1(db, "g", now);
+
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, now, NULL), HALFSTORE_OK);
+	return id;
+}
+
+/* A page-cache commit recorded before its log copy is synced keeps its
+ * batch: start-up recovery lists it with the COMMITTING rows, and
+ * drop_synced drops the batch once the log is synced past it. */
+static void test_halfstore_unsynced_commits(void **state)
+{
+	sqlite3 *db = open_db();
+	int64_t a = committing(db, 1), b = committing(db, 2), c = committing(db, 3), n = -1;
+	plan_probe pp = { .n = 0 };
+	halfstore_txn *v, t;
+	size_t nv;
+
+	(void)state;
+	assert_int_equal(halfstore_mark_committed_unsynced(db, a, 10), HALFSTORE_OK);
+	assert_int_equal(halfstore_mark_committed_unsynced(db, a, 10), HALFSTORE_OK_ALREADY);
+	assert_int_equal(halfstore_mark_committed_unsynced(db, a, 11), HALFSTORE_E_CONFLICT);
+	assert_int_equal(halfstore_get(db, a, &t), HALFSTORE_OK);
+	assert_int_equal(t.state, HALFSTORE_COMMITTED);
+	assert_int_equal(t.log_offset, 10);
+	assert_non_null(t.batch); /* kept until the log is synced */
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_mark_committed_unsynced(db, c, 30), HALFSTORE_OK);
+	assert_int_equal(halfstore_unsynced_count(db, &n), 0);
+	assert_int_equal(n, 2);
+
+	/* recovery: the unsynced COMMITTED rows with the COMMITTING one, in
+	 * commit_seq order, batches included; the index does the finding */
+	sqlite3_trace_v2(db, SQLITE_TRACE_STMT, trace_cb, &pp);
+	assert_int_equal(halfstore_committing(db, &v, &nv), 0);
+	sqlite3_trace_v2(db, 0, NULL, NULL);
+	assert_plan_uses(db, pp.sql[0], "USING INDEX txn_half_unsynced");
+	assert_int_equal(nv, 3);
+	assert_int_equal(v[0].txn_id, a);
+	assert_int_equal(v[0].state, HALFSTORE_COMMITTED);
+	assert_int_equal(v[1].txn_id, b);
+	assert_int_equal(v[1].state, HALFSTORE_COMMITTING);
+	assert_int_equal(v[2].txn_id, c);
+	assert_true(v[0].commit_seq < v[1].commit_seq && v[1].commit_seq < v[2].commit_seq);
+	assert_non_null(v[0].batch);
+	halfstore_txns_free(v, nv);
+
+	/* synced up to offset 10 (exclusive): nothing yet; past it: a only */
+	assert_int_equal(halfstore_drop_synced(db, "orders", 0, 10, 100), 0);
+	assert_int_equal(halfstore_drop_synced(db, "orders", 1, 100, 100), 0);
+	assert_int_equal(halfstore_drop_synced(db, "orders", 0, 11, 100), 1);
+	assert_int_equal(halfstore_get(db, a, &t), HALFSTORE_OK);
+	assert_int_equal(t.state, HALFSTORE_COMMITTED);
+	assert_int_equal(t.log_offset, 10);
+	assert_null(t.batch);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_unsynced_count(db, &n), 0);
+	assert_int_equal(n, 1);
+
+	/* recovery finishes c: appended again at 31 (its copy was lost) */
+	assert_int_equal(halfstore_mark_committed(db, c, 31), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, c, &t), HALFSTORE_OK);
+	assert_int_equal(t.log_offset, 31);
+	assert_null(t.batch);
+	halfstore_txn_clear(&t);
+	/* or found in the log, offset unknown: it keeps the one it had */
+	assert_int_equal(halfstore_mark_committed_unsynced(db, b, 20), HALFSTORE_OK);
+	assert_int_equal(halfstore_mark_committed(db, b, -1), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, b, &t), HALFSTORE_OK);
+	assert_int_equal(t.log_offset, 20);
+	assert_null(t.batch);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_unsynced_count(db, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(halfstore_committing(db, &v, &nv), 0);
+	assert_int_equal(nv, 0);
+	halfstore_txns_free(v, nv);
+
+	/* schema step 4 makes the index on a database without it */
+	assert_int_equal(sqlite3_exec(db, "DROP INDEX txn_half_unsynced", NULL, NULL, NULL), SQLITE_OK);
+	stmtcache_forget(db);
+	assert_int_equal(halfstore_schema_v4(db), 0);
+	assert_int_equal(halfstore_schema_v4(db), 0); /* idempotent */
+	assert_int_equal(halfstore_unsynced_count(db, &n), 0);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 /* A database made by halfstore schema version 2 (no dead_letter_offset):
  * halfstore_schema_v3 adds the column and its index, keeps the rows, and
  * does nothing the second time. */
@@ -1357,6 +1446,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_state_check_is_cheap),
 		cmocka_unit_test(test_halfstore_schema_v2_migrates_v1),
 		cmocka_unit_test(test_halfstore_schema_v3_migrates_v2),
+		cmocka_unit_test(test_halfstore_unsynced_commits),
 		cmocka_unit_test(test_halfstore_dead_letters),
 		cmocka_unit_test(test_halfstore_due_checks_100k_is_index_fast),
 	};
