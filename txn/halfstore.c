@@ -1360,6 +1360,16 @@ int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms)
 		sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
 		rc = run(st);
 	}
+	/* unsynced commits: their log is gone, so is the point of the batch */
+	if (rc == 0)
+		rc = prep(db,
+			  "UPDATE txn_half INDEXED BY txn_half_unsynced SET batch = NULL"
+			  " WHERE state = 'COMMITTED' AND batch IS NOT NULL AND topic = ?1",
+			  &st);
+	if (rc == 0) {
+		sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+		rc = run(st);
+	}
 	rc = sp_end(db, rc);
 	return rc < 0 ? rc : n;
 }

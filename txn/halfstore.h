@@ -365,8 +365,9 @@ int64_t halfstore_count(sqlite3 *db, const char *group, enum halfstore_state sta
  * (>= 0), or -errno. */
 int64_t halfstore_purge(sqlite3 *db, int64_t before_ms, bool include_discarded, size_t limit);
 
-/* A topic was deleted: its PENDING txns -> DISCARDED ("topic deleted") and
- * its txn_seq rows are removed (a re-created topic starts at sequence 0).
+/* A topic was deleted: its PENDING txns -> DISCARDED ("topic deleted"),
+ * its txn_seq rows are removed (a re-created topic starts at sequence 0),
+ * and its COMMITTED rows that kept their batch drop it.
  * Txns already COMMITTING keep their state (their append will fail and the
  * broker marks them with halfstore_discard).  Returns how many were
  * discarded, or -errno. */

@@ -954,12 +954,24 @@ static void test_halfstore_drop_topic_discards_pending(void **state)
 	int64_t a = prepare_n(db, "g", "gone", 0, 1, 1, 0);
 	int64_t b = prepare_n(db, "g", "gone", 0, 1, 1, 0);
 	int64_t k = prepare_n(db, "g", "kept", 0, 1, 1, 0);
+	int64_t u = prepare_n(db, "g", "gone", 0, 1, 1, 0), v = prepare_n(db, "g", "kept", 0, 1, 1, 0);
+	int64_t left = -1;
 	halfstore_txn t;
 
 	(void)state;
 	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1, NULL), 0);
 	assert_int_equal(halfstore_mark_committed(db, a, 0), 0);
+	/* unsynced commits: the deleted topic's drops its batch, not the other */
+	assert_int_equal(halfstore_end(db, u, HALFSTORE_COMMIT, 0, 1, NULL), 0);
+	assert_int_equal(halfstore_mark_committed_unsynced(db, u, 1), 0);
+	assert_int_equal(halfstore_end(db, v, HALFSTORE_COMMIT, 0, 1, NULL), 0);
+	assert_int_equal(halfstore_mark_committed_unsynced(db, v, 0), 0);
 	assert_int_equal(halfstore_drop_topic(db, "gone", 2), 1);
+	assert_int_equal(halfstore_unsynced_count(db, &left), 0);
+	assert_int_equal(left, 1);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_half WHERE batch IS NOT NULL"
+				       " AND txn_id = "
+				       "(SELECT max(txn_id) FROM txn_half WHERE topic = 'kept')"), 1);
 	assert_int_equal(halfstore_get(db, b, &t), 0);
 	assert_int_equal(t.state, HALFSTORE_DISCARDED);
 	assert_string_equal(t.discard_reason, "topic deleted");
