@@ -314,7 +314,8 @@ static void append_failed(sqlite3 *db, txn_commit *c)
 		c->kerr = KERR_UNKNOWN_TOPIC_OR_PARTITION;
 		snprintf(c->msg, sizeof(c->msg), "cannot append it again");
 		blog(BLOG_WARN, "txn %lld: recorded COMMITTED before its log copy was synced, and the "
-				"copy cannot be checked or appended again (%s): left as it is (%s)",
+				"copy cannot be checked or appended again (%s): left COMMITTED at its "
+				"offset, batch dropped (%s)",
 		     (long long)t->txn_id,
 		     c->rc == APPEND_E_GONE ? "topic or partition deleted"
 		     : c->rc < 0	    ? strerror(-c->rc)
@@ -552,7 +553,7 @@ static void recover_mark(sqlite3 *db, txn_commit *c, size_t n)
 			kept++;
 			continue;
 		}
-		again += was_committed;
+		again += was_committed && rc >= 0;
 		blog(rc < 0 ? BLOG_ERROR : was_committed ? BLOG_DEBUG : BLOG_INFO,
 		     "transactions: recovered commit of txn %lld: %s (offset %lld)",
 		     (long long)c[i].txn->txn_id,
