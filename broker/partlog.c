@@ -123,14 +123,14 @@ struct partlog {
 	_Atomic int64_t hw;
 	_Atomic int64_t start;
 	_Atomic uint64_t size_bytes;
-	_Atomic int64_t durable;  /* synced_end, published for other threads */
+	_Atomic int64_t durable;  /* end offset of the last sync (sync thread
+				     stores, any thread reads) */
 	atomic_bool dirty;
 	atomic_bool dir_dirty;
 
 	/* Sync thread only. */
 	int64_t synced_base;
 	uint64_t synced_pos;
-	int64_t synced_end;
 	struct ckpt ckpt;  /* last written (or read at open) */
 	bool ckpt_valid;   /* ckpt holds a slot that is on disk */
 	bool ckpt_new;     /* the file was created: fsync the directory once */
@@ -560,7 +560,6 @@ static void open_finish(partlog *pl)
 	/* Whatever survived recovery is on disk (recover synced it). */
 	pl->synced_base = segment_base(a);
 	pl->synced_pos = segment_size(a);
-	pl->synced_end = end;
 	atomic_init(&pl->durable, end);
 }
 
@@ -661,7 +660,7 @@ int partlog_checkpoint_serving(partlog *pl, void (*serve)(void *arg), void *arg)
 		.seq = pl->ckpt_valid ? pl->ckpt.seq + 1 : 1,
 		.base = pl->synced_base,
 		.pos = pl->synced_pos,
-		.end = pl->synced_end,
+		.end = atomic_load(&pl->durable),
 	};
 	int r = sync_index(pl);
 
@@ -697,7 +696,7 @@ void partlog_close(partlog *pl)
 		segment_trim(pl->pending[i]);
 	segment_trim(pl->active);
 	if (!atomic_load(&pl->dirty) && pl->n_pending == 0 &&
-	    pl->synced_end == atomic_load(&pl->end))
+	    atomic_load(&pl->durable) == atomic_load(&pl->end))
 		partlog_checkpoint(pl); /* best effort: a failure costs a scan */
 	partlog_free(pl);
 }
@@ -847,7 +846,6 @@ static int sync_log(partlog *pl, int64_t *synced_end, bool data_only)
 		segment_close_index(sn.pending[i]);
 	pl->synced_base = segment_base(sn.active);
 	pl->synced_pos = sn.size;
-	pl->synced_end = sn.end;
 	if (synced_end)
 		*synced_end = sn.end;
 	sync_finish(pl, &sn, true);

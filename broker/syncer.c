@@ -31,18 +31,16 @@ static int64_t mono_ms(void)
 
 static void sync_one(partition *p, uint64_t prealloc)
 {
-	int64_t end;
 	int rc;
 
 	if (!partlog_dirty(p->log))
 		return;
-	rc = partlog_sync_data(p->log, &end); /* indexes: at the checkpoint */
+	rc = partlog_sync_data(p->log, NULL); /* indexes: at the checkpoint */
 	if (rc < 0) {
 		BLOG_RL(BLOG_ERROR, "fdatasync %s-%d: %s", p->topic->name, p->index, strerror(-rc));
 		return;
 	}
 	p->ckpt_stale = true;
-	p->synced_end = end;
 	partition_wake(p);
 	/* After the wake-up: the zeros are for the next syncs. */
 	rc = partlog_fill_ahead(p->log, prealloc);

@@ -291,7 +291,7 @@ int partition_snapshot_producers(partition *p)
 	strcat(path, "/" SNAPSHOT_NAME);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	pthread_mutex_lock(&p->pid_lock);
-	len = pidstate_encode(p->pids, p->synced_end, &buf);
+	len = pidstate_encode(p->pids, partlog_durable_end(p->log), &buf);
 	pthread_mutex_unlock(&p->pid_lock);
 	if (len < 0)
 		return (int)len;
@@ -488,7 +488,6 @@ static int topic_open(topics *reg, const char *name, int32_t nparts, const topic
 			blog(BLOG_ERROR, "rebuild producer state of %s: %s", dir, strerror(-rc));
 			goto fail;
 		}
-		p->synced_end = partlog_end_offset(p->log);
 	}
 	*out = t;
 	return 0;

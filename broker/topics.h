@@ -50,7 +50,6 @@ typedef struct partition {
 	atomic_bool sync_queued;      /* on the syncer's dirty list */
 	struct partition *sync_next;  /* syncer's list link (syncer-owned) */
 	bool ckpt_stale;              /* synced since last checkpoint (syncer-owned) */
-	int64_t synced_end;           /* durable end offset (syncer-owned) */
 	pthread_mutex_t pid_lock;     /* protects pids; held across an idempotent
 	                                 batch's check, append and record */
 	pidstate *pids;               /* owned: idempotent producers */

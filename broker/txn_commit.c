@@ -306,9 +306,19 @@ static void append_failed(sqlite3 *db, txn_commit *c)
 	bool unseq = false;
 	int hs;
 
+	if (t->state == HALFSTORE_COMMITTED && c->rc < 0) {
+		/* start-up, an unsynced commit whose copy the log lost, and the
+		 * disk refuses it again: it keeps its batch for the next start */
+		c->kerr = KERR_KAFKA_STORAGE_ERROR;
+		snprintf(c->msg, sizeof(c->msg), "append failed (%s)", strerror(-c->rc));
+		blog(BLOG_ERROR, "txn %lld: recorded COMMITTED before its log copy was synced; the "
+				 "copy is lost and appending it again failed (%s): tried again at the "
+				 "next start", (long long)t->txn_id, strerror(-c->rc));
+		return;
+	}
 	if (t->state == HALFSTORE_COMMITTED) {
-		/* start-up, an unsynced commit (halfstore_mark_committed_unsynced)
-		 * that cannot be appended again: it stays COMMITTED at its
+		/* start-up, an unsynced commit that can never be appended again
+		 * (topic gone, or too large now): it stays COMMITTED at its
 		 * offset; its batch is of no use any more */
 		hs = halfstore_mark_committed(db, t->txn_id, -1);
 		c->kerr = KERR_UNKNOWN_TOPIC_OR_PARTITION;
@@ -318,8 +328,7 @@ static void append_failed(sqlite3 *db, txn_commit *c)
 				"offset, batch dropped (%s)",
 		     (long long)t->txn_id,
 		     c->rc == APPEND_E_GONE ? "topic or partition deleted"
-		     : c->rc < 0	    ? strerror(-c->rc)
-					    : "the append failed",
+					    : "batch larger than the topic's segment.bytes",
 		     halfstore_strerror(hs));
 		return;
 	}
@@ -463,16 +472,13 @@ static int recover_sync(txn_commit *v, size_t n)
 
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		partition *p = v[i].p;
-		int64_t end;
 
 		if (!p || p == prev)
 			continue;
 		prev = p;
-		rc = partlog_sync(p->log, &end);
-		if (rc == 0) {
+		rc = partlog_sync(p->log, NULL);
+		if (rc == 0)
 			p->ckpt_stale = true;
-			p->synced_end = end;
-		}
 	}
 	return rc;
 }

@@ -70,7 +70,7 @@ static int copy_plain(const halfstore_txn *x)
 	if (!b)
 		return RECBATCH_E_TRUNCATED;
 	recbatch_set_base_offset(b, 0);
-	wire_put32(b + 12, (uint32_t)-1); /* partitionLeaderEpoch, outside the CRC */
+	wire_put32(b + RECBATCH_OFF_LEADER_EPOCH, (uint32_t)-1); /* outside the CRC */
 	wire_put16(b + RECBATCH_OFF_ATTR,
 		   (uint16_t)(wire_get16(b + RECBATCH_OFF_ATTR) &
 			      ~(RECBATCH_ATTR_TRANSACTIONAL | RECBATCH_ATTR_CONTROL)));

@@ -240,7 +240,7 @@ void batch_seal(struct batch *b, int64_t producer_id, int16_t producer_epoch, in
 
 	wire_put64(h, 0);
 	wire_put32(h + RECBATCH_OFF_LENGTH, (uint32_t)(batch_wire_len(b) - RECBATCH_LOG_OVERHEAD));
-	wire_put32(h + 12, (uint32_t)-1); /* partitionLeaderEpoch */
+	wire_put32(h + RECBATCH_OFF_LEADER_EPOCH, (uint32_t)-1);
 	h[RECBATCH_OFF_MAGIC] = 2;
 	wire_put16(h + RECBATCH_OFF_ATTR, 0);
 	wire_put32(h + RECBATCH_OFF_LAST_DELTA, (uint32_t)(b->count - 1));

@@ -49,7 +49,7 @@ int recbatch_parse_hdr(const uint8_t *p, size_t len, recbatch_hdr *h)
 
 	h->base_offset = (int64_t)wire_get64(p);
 	h->length = blen;
-	h->leader_epoch = (int32_t)wire_get32(p + 12);
+	h->leader_epoch = (int32_t)wire_get32(p + RECBATCH_OFF_LEADER_EPOCH);
 	h->magic = (int8_t)p[RECBATCH_OFF_MAGIC];
 	h->crc = wire_get32(p + RECBATCH_OFF_CRC);
 	h->attributes = (int16_t)wire_get16(p + RECBATCH_OFF_ATTR);

@@ -573,14 +573,17 @@ static void test_partlog_synced_mode_hw_moves_on_sync(void **state)
 	assert_int_equal(partlog_read(f->pl, 1, SIZE_MAX, &r), PARTLOG_E_OFFSET_OUT_OF_RANGE);
 	assert_true(partlog_dirty(f->pl));
 
+	assert_int_equal(partlog_durable_end(f->pl), 0);
 	assert_int_equal(partlog_sync(f->pl, &synced), 0);
 	assert_int_equal(synced, 10);
 	assert_int_equal(partlog_hw(f->pl), 10);
+	assert_int_equal(partlog_durable_end(f->pl), 10);
 	assert_false(partlog_dirty(f->pl));
 	check_read_every_offset(f, 0);
 
 	append(f, 1, 0, 100);
 	assert_int_equal(partlog_hw(f->pl), 10);
+	assert_int_equal(partlog_durable_end(f->pl), 10); /* appended, not synced */
 	assert_int_equal(partlog_read(f->pl, 10, SIZE_MAX, &r), 0);
 	assert_int_equal(r.len, 0);
 	partlog_range_release(&r);
