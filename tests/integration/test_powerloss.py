@@ -25,6 +25,10 @@ starts again on what is left.
   start-up appends them again (their rows keep the batch until the log is
   synced) or, if their rows went with them, check-back commits them
   again, once.
+* reappend_disk_full: a page-cache commit recorded COMMITTED, its log
+  copy taken by a power cut, and the disk full at the next start, so
+  that appending it again fails. Its row must keep the batch, and the
+  start after that (space freed) appends it, once.
 
 SOAK_SEED=<n> replays the random choices.
 
@@ -32,6 +36,7 @@ Env: SLUICED, POWERCUT (path of libpowercut.so).
 """
 import os
 import random
+import sqlite3
 import struct
 import sys
 import threading
@@ -39,8 +44,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, ConnectionClosed, ERR_NONE,  # noqa: E402
-                     build_batch, check, check_eq, fetch_all, log,
-                     need_program, run)
+                     TXN_COMMIT, TXN_COMMITTED, build_batch, check, check_eq,
+                     fetch_all, log, need_program, run, txn_describe, txn_end,
+                     txn_prepare, walk_segment)
 import test_txn_soak as soak  # noqa: E402
 
 HDR = struct.Struct("=IB3xQQQII")
@@ -223,6 +229,96 @@ def test_transactions():
     check(sum(b.cuts) > 0, "the cuts undid nothing: the shim saw no write")
 
 
+def kept_batch(b, txn):
+    """(state, whether the row still holds its batch) in sluice.db, read
+    beside the broker (WAL mode), or None without a row."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(b.data_dir, "sluice.db"),
+                         uri=True, timeout=10)
+    try:
+        return db.execute("SELECT state, batch IS NOT NULL FROM txn_half"
+                          " WHERE txn_id = ?", (txn,)).fetchone()
+    finally:
+        db.close()
+
+
+def values(b, topic):
+    return [r.value for r in fetch_all(b.addr, topic, 0)]
+
+
+def wait_state(b, txn, want, what):
+    deadline = time.monotonic() + 10
+    while kept_batch(b, txn) != want:
+        check(time.monotonic() < deadline, "%s: row of txn %d is %r, not %r"
+              % (what, txn, kept_batch(b, txn), want))
+        time.sleep(0.05)
+
+
+def test_reappend_disk_full():
+    """docs/transactions.md "Power loss in page-cache durability": a
+    commit whose log copy the cut took, and whose append at the next start
+    fails (RLIMIT_FSIZE at the log's end: "disk full"), keeps its batch and
+    is appended at the start after, once."""
+    topic = "pc"
+    filler = [b"f%05d" % i + b"." * 4000 for i in range(1024)]  # ~4 MiB
+    # no periodic flush: nothing syncs the commit's log copy before the cut
+    b = PowercutBroker("powerloss-reappend", sets={"log.flush.interval.ms": 600000})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic(topic, 1, configs={"segment.bytes": 64 << 20})
+        for i in range(0, len(filler), 64):
+            err, _ = c.produce1(topic, 0, build_batch([(None, v) for v in filler[i:i + 64]]))
+            check_eq(err, ERR_NONE, "filler produce")
+    b.stop()  # each start has its own journal: the cut spares the filler
+    seg = b.segment_files(topic, 0)
+    check_eq(len(seg), 1, "segment files")
+    end = walk_segment(seg[0])[1]
+    check_eq(os.path.getsize(seg[0]), end, "segment size (no preallocation)")
+
+    b.start()
+    value = b"committed-then-cut"
+    with Conn(b.addr) as c:
+        err, msg, txn, _ = txn_prepare(c, "g", topic, 0, [(b"k", value)])
+        check_eq(err, ERR_NONE, "prepare (%s)" % msg)
+        err, msg, state, off = txn_end(c, "g", txn, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, len(filler) + 1),
+                 "commit (%s)" % msg)
+        wait_state(b, txn, ("COMMITTED", 1), "before the cut")
+        # a prepare's WAL sync makes the COMMITTED row durable
+        err, msg, _, _ = txn_prepare(c, "g", topic, 0, [(b"k", b"pending")])
+        check_eq(err, ERR_NONE, "second prepare (%s)" % msg)
+    b.kill9()
+    check_eq(os.path.getsize(seg[0]), end, "segment size after the cut")
+    for name in ("sluice.db", "sluice.db-wal"):
+        path = os.path.join(b.data_dir, name)
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        check(size < end // 2, "%s is %d bytes: too close to the limit (%d) "
+              "for the test to mean anything" % (name, size, end))
+
+    # the disk is full at the log's end
+    b.max_file_bytes = end
+    b.start()
+    wait_state(b, txn, ("COMMITTED", 1), "after the start on a full disk")
+    text = b.log_text()
+    check("appending it again failed" in text and "tried again at the next start" in text,
+          "start-up logs the failed append")
+    check_eq(values(b, topic), filler, "the log on a full disk")
+    with Conn(b.addr) as c:
+        check_eq(txn_describe(c, txn)["state"], TXN_COMMITTED, "TxnDescribe")
+    Broker.kill9(b)  # a crash, not a cut: this start wrote nothing that counts
+
+    b.max_file_bytes = None
+    b.start()
+    check("0 found in the log, 1 lost with it (power loss?) and appended again, once"
+          in b.log_text(), "start-up appends it again")
+    check_eq(values(b, topic), filler + [value], "the log after space was freed")
+    wait_state(b, txn, ("COMMITTED", 0), "after the append")
+    b.stop()
+    b.start()
+    check_eq(values(b, topic), filler + [value], "the log after one more start")
+    b.stop()
+
+
 if __name__ == "__main__":
     run([("produce_fsync", test_produce_fsync, 180),
-         ("transactions", test_transactions, 240)])
+         ("transactions", test_transactions, 240),
+         ("reappend_disk_full", test_reappend_disk_full, 120)])
