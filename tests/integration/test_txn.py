@@ -10,8 +10,9 @@ instance names: checks go to the preparing instance on whichever
 connection it polls; a second poll of an instance replaces the first),
 resume and TxnDescribe, fsync durability of a commit (the answer waits for
 the log's fdatasync, with the SLOWSYNC shim; recovery syncs before
-recording), the purge of old ended transactions, and DeleteTopics
-discarding a topic's half messages.
+recording), the purge of old ended transactions, DeleteTopics
+discarding a topic's half messages, and producers that vanish
+mid-request.
 
 Env: SLUICED, SLOWSYNC (fsync case; empty = skipped).
 """
@@ -39,6 +40,7 @@ from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
                      txn_end, txn_end_body, txn_instance_id, txn_list, txn_prepare,
                      txn_prepare_body, wait_for)
 from harness import crc32c, encode_record, walk_segment  # noqa: E402
+from harness import frame, request_header  # noqa: E402
 
 API_TXN_PREPARE = 1000
 API_TXN_END = 1001
@@ -1354,11 +1356,90 @@ def test_kafka_clients_skip_commit_markers():
              "committed offset, end, lag of the group (%r)" % out)
 
 
+# ---- clients that vanish mid-request -----------------------------------
+
+def vanish_after(addr, data):
+    """Sends data on a new connection and closes it at once."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        s.sendall(data)
+    finally:
+        s.close()
+
+
+def test_clients_vanish_mid_transaction():
+    """Producers that go away in the middle of a request: a cut TxnPrepare
+    or TxnEnd stores and changes nothing; an end whose sender vanished
+    before its answer, retried at once on another connection, answers
+    COMMITTED and the message is in the log once; a parked check poll whose
+    connection closed gets no check (the group's live producer gets it,
+    well before the 30 s lease a dead poller would hold it for)."""
+    b = Broker(name="txn-vanish", sets={"transaction.timeout.ms": 300})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        pending = prepare(c, "shop", "o", 0, [(b"k", b"pending")])
+    prep = frame(request_header(API_PREPARE, 1, 7) + txn_prepare_body(
+        "cut", "o", 0, build_batch([(b"k", b"cut" * 50)]), 0, "inst-cut"))
+    endf = frame(request_header(API_END, 0, 8) + txn_end_body("shop", pending, COMMIT))
+    for cut in (1, 4, 10, 40, 90, 99):
+        vanish_after(b.addr, prep[:len(prep) * cut // 100 or 1])
+        vanish_after(b.addr, endf[:len(endf) * cut // 100 or 1])
+    check(b.alive(), "broker alive after cut requests")
+    with Conn(b.addr) as c:
+        check_eq(txn_list(c, "cut"), {}, "a cut TxnPrepare stores nothing")
+        check_eq(txn_describe(c, pending)["state"], ST_PENDING,
+                 "a cut TxnEnd changes nothing")
+        check_eq(end(c, "shop", pending, ROLLBACK)[0], ERR_NONE, "rollback")
+
+        # whole ends, sender gone before the answer, retried at once
+        txns = [prepare(c, "shop", "o", 0, [(b"k", b"v%02d" % i)]) for i in range(40)]
+    with Conn(b.addr) as retry:
+        offsets = set()
+        for i, t in enumerate(txns):
+            vanish_after(b.addr, frame(request_header(API_END, 0, 9) +
+                                       txn_end_body("shop", t, COMMIT)))
+            err, state, off = end(retry, "shop", t, COMMIT)
+            check_eq((err, state), (ERR_NONE, ST_COMMITTED), "retried end %d" % i)
+            offsets.add(off)
+        check_eq(len(offsets), len(txns), "one offset per transaction")
+    got = values(b.addr, "o")
+    check_eq(got, [b"v%02d" % i for i in range(40)],
+             "each commit in the log once, in order")
+
+    # a parked poller of instance A vanishes; B polls the group
+    dead = Conn(b.addr)
+    dead.send_request(API_POLL, 1, txn_check_poll_body("shop", 20000, 100, "inst-A"))
+    time.sleep(0.3)  # parked
+    dead.close()
+    pb = Poller(b.addr, "shop", instance="inst-B")
+    try:
+        time.sleep(0.3)
+        with Conn(b.addr) as c:
+            err, _, t_a, _ = txn_prepare(c, "shop", "o", 0, [(None, b"of-A")],
+                                         instance="inst-A")
+            check_eq(err, ERR_NONE, "prepare of inst-A")
+        t0 = time.monotonic()
+        wait_for(lambda: t_a in pb.ids(), 10,
+                 what="inst-A's check offered to inst-B")
+        took = time.monotonic() - t0
+        check(took < 5, "check reached the live producer after %.1f s" % took)
+    finally:
+        pb.join()
+    with Conn(b.addr) as c:
+        check_eq(end(c, "shop", t_a, COMMIT)[0], ERR_NONE, "commit from B's answer")
+    check_eq(values(b.addr, "o")[-1], b"of-A", "in the log")
+    check(b.alive(), "broker alive at the end")
+    b.stop()
+
+
 if __name__ == "__main__":
     run([
         ("pagecache_commit_keeps_batch_until_synced",
          test_pagecache_commit_keeps_batch_until_synced),
         ("prepare_bad_input", test_prepare_bad_input, 60),
+        ("clients_vanish_mid_transaction", test_clients_vanish_mid_transaction, 60),
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
