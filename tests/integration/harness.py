@@ -1010,6 +1010,17 @@ def fetch_all(addr, topic, partition, start=0, end=None, timeout=60.0,
 
 _ALL_BROKERS = []     # brokers of the running test, cleaned up after it
 _SHARED_BROKERS = []  # brokers shared by several tests of a script
+_SCRATCH = []         # scratch_dir()s of the script, removed if all passed
+
+
+def scratch_dir(prefix):
+    """A temporary directory for a script's own files (consumer output,
+    example databases): removed by run() once every test passed, kept and
+    named otherwise (or with SLUICE_KEEP_TMP=1), like a broker's work
+    directory."""
+    d = tempfile.mkdtemp(prefix="sluice-it-%s-" % prefix)
+    _SCRATCH.append(d)
+    return d
 
 
 class Broker:
@@ -1379,6 +1390,7 @@ def run(tests, default_timeout=120):
             log("PASS %-40s %7.2f s" % (name, time.monotonic() - t0))
         except SkipTest as e:
             skipped_all = str(e)
+            ok = True  # nothing to look into: its brokers' dirs go too
             log("SKIP %-40s %s" % (name, e))
         except (TestFailure, TestTimeout, Exception) as e:
             failed.append(name)
@@ -1416,6 +1428,11 @@ def run(tests, default_timeout=120):
         else:
             b.kill9()
             log("  kept work dir %s" % b.workdir)
+    for d in _SCRATCH:
+        if not failed and not keep:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            log("  kept scratch dir %s" % d)
     total = time.monotonic() - t_all
     if skipped_all is not None and not failed and passed == 0:
         log("SKIPPED: %s" % skipped_all)

@@ -27,15 +27,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, TestFailure, check, check_eq, log,  # noqa: E402
-                     need_program, run, run_cmd, wait_for)
+                     need_program, run, run_cmd, scratch_dir, wait_for)
 
 SESSION_MS = 3000
-_tmp = tempfile.mkdtemp(prefix="sluice-it-cgroups-")
+_tmp = scratch_dir("cgroups")
 
 
 def cli():

@@ -13,10 +13,10 @@ FLASH_SALE_RUN (examples/flash_sale/run.sh).
 import os
 import sqlite3
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Broker, SkipTest, check, log, run, run_cmd  # noqa: E402
+from harness import (Broker, SkipTest, check, log, run, run_cmd,  # noqa: E402
+                     scratch_dir)
 
 
 def prog(var):
@@ -48,7 +48,7 @@ def test_short_sale():
 
 def test_checker_catches_oversell():
     worker = prog("FLASH_SALE_WORKER")
-    d = tempfile.mkdtemp(prefix="sluice-it-flash-")
+    d = scratch_dir("flash")
     db = os.path.join(d, "orders.db")
     # A consistent database first: 2 items, 1 order, stock 1.
     rc, out, _ = run_cmd([worker, "--db", db, "--stock", "2", "--check"],

@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, ERR_NONE, Writer, check,  # noqa: E402
-                     check_eq, log, need_program, run, run_cmd, wait_for)
+                     check_eq, log, need_program, run, run_cmd, scratch_dir,
+                     wait_for)
 
 API_OFFSET_FETCH = 9
 API_DESCRIBE_GROUPS = 15
@@ -30,7 +30,7 @@ ERR_NON_EMPTY_GROUP = 68
 ERR_GROUP_ID_NOT_FOUND = 69
 
 SESSION_MS = 6000
-_tmp = tempfile.mkdtemp(prefix="sluice-it-groups-")
+_tmp = scratch_dir("groups")
 
 
 class Consumer:
