@@ -125,7 +125,7 @@ static void print_row(const sluice_txn_info_t *t, bool json)
 	if (t->dead_letter_offset >= 0)
 		printf("%" PRId64 "\n", t->dead_letter_offset);
 	else
-		printf("%s\n", t->dead_letter_offset == -2 ? "never" : "-");
+		printf("%s\n", t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_NEVER ? "never" : "-");
 }
 
 /* "PENDING,DISCARDED" → bit mask; 0 on an unknown name. */
@@ -253,7 +253,7 @@ static int txn_describe(const struct cli_global *g, int64_t id)
 	if (t->dead_letter_offset >= 0)
 		printf("dead letter:    copied at offset %" PRId64 " of the dead-letter topic\n",
 		       t->dead_letter_offset);
-	else if (t->dead_letter_offset == -2)
+	else if (t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_NEVER)
 		printf("dead letter:    not copied: it can never be written to the dead-letter "
 		       "topic (see the broker's log)\n");
 	if (t->key || t->value || t->nheaders) {

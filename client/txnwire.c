@@ -387,7 +387,7 @@ static int build_info(sluice_txn_info_t *t, const struct raw_info *x, wire_str r
 	t->check_count = x->check_count;
 	t->next_check_ms = x->next_check_ms;
 	t->log_offset = x->log_offset;
-	t->dead_letter_offset = -1; /* TxnDescribe v1 and TxnList v1 set it */
+	t->dead_letter_offset = SLUICE_TXN_DEAD_LETTER_NONE; /* TxnDescribe v1, TxnList v1 set it */
 	return 0;
 }
 
@@ -438,8 +438,7 @@ sluice_err_t txnwire_list(struct kconn *c, const char *group, unsigned state_mas
 		err = SLUICE_ERR_NO_MEMORY;
 	for (; !err && !rd.err && got < cnt; got++) {
 		struct raw_info x;
-
-		int64_t dead = -1;
+		int64_t dead = SLUICE_TXN_DEAD_LETTER_NONE;
 
 		read_raw(&rd, &x);
 		if (ver >= 1)

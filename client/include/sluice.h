@@ -880,11 +880,15 @@ typedef struct sluice_txn_info {
 	const sluice_header_t *headers;
 	size_t nheaders;
 	/* The offset of its copy in the broker's
-	 * transaction.dead.letter.topic, -1 if none (yet, or the broker does
-	 * not say: a broker without TxnDescribe v1 / TxnList v1), -2 if it
-	 * can never be written there */
+	 * transaction.dead.letter.topic, SLUICE_TXN_DEAD_LETTER_NONE if none
+	 * (yet, or the broker does not say: a broker without TxnDescribe v1 /
+	 * TxnList v1), SLUICE_TXN_DEAD_LETTER_NEVER if it can never be
+	 * written there */
 	int64_t dead_letter_offset;
 } sluice_txn_info_t;
+
+#define SLUICE_TXN_DEAD_LETTER_NONE (-1)
+#define SLUICE_TXN_DEAD_LETTER_NEVER (-2)
 
 /* TxnList: transactions of group (NULL: all) whose state bit is in
  * state_mask (1 << SLUICE_TXN_*; 0: all), txn_id > after_txn_id, at most

@@ -23,6 +23,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -1538,6 +1539,18 @@ def txn_describe(c, txn, version=0):
         d["dead_letter_offset"] = r.i64()
     check_eq(r.remaining(), 0, "trailing bytes in TxnDescribe")
     return d
+
+
+def kept_batch(b, txn):
+    """(state, 1 if sluice.db still holds txn's batch else 0), read from
+    sluice.db beside the broker (WAL mode), or None without a row."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(b.data_dir, "sluice.db"),
+                         uri=True, timeout=10)
+    try:
+        return db.execute("SELECT state, batch IS NOT NULL FROM txn_half"
+                          " WHERE txn_id = ?", (txn,)).fetchone()
+    finally:
+        db.close()
 
 
 def txn_list(c, group=None, state_mask=0, limit=10000, after=0, version=0):

@@ -36,7 +36,6 @@ Env: SLUICED, POWERCUT (path of libpowercut.so).
 """
 import os
 import random
-import sqlite3
 import struct
 import sys
 import threading
@@ -45,8 +44,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, ConnectionClosed, ERR_NONE,  # noqa: E402
                      TXN_COMMIT, TXN_COMMITTED, build_batch, check, check_eq,
-                     fetch_all, log, need_program, run, txn_describe, txn_end,
-                     txn_prepare, walk_segment)
+                     fetch_all, kept_batch, log, need_program, run,
+                     txn_describe, txn_end, txn_prepare, wait_for,
+                     walk_segment)
 import test_txn_soak as soak  # noqa: E402
 
 HDR = struct.Struct("=IB3xQQQII")
@@ -229,28 +229,13 @@ def test_transactions():
     check(sum(b.cuts) > 0, "the cuts undid nothing: the shim saw no write")
 
 
-def kept_batch(b, txn):
-    """(state, whether the row still holds its batch) in sluice.db, read
-    beside the broker (WAL mode), or None without a row."""
-    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(b.data_dir, "sluice.db"),
-                         uri=True, timeout=10)
-    try:
-        return db.execute("SELECT state, batch IS NOT NULL FROM txn_half"
-                          " WHERE txn_id = ?", (txn,)).fetchone()
-    finally:
-        db.close()
-
-
 def values(b, topic):
     return [r.value for r in fetch_all(b.addr, topic, 0)]
 
 
 def wait_state(b, txn, want, what):
-    deadline = time.monotonic() + 10
-    while kept_batch(b, txn) != want:
-        check(time.monotonic() < deadline, "%s: row of txn %d is %r, not %r"
-              % (what, txn, kept_batch(b, txn), want))
-        time.sleep(0.05)
+    wait_for(lambda: kept_batch(b, txn) == want, 10,
+             what="%s: txn %d's row (state, batch kept) = %r" % (what, txn, want))
 
 
 def test_reappend_disk_full():

@@ -40,7 +40,7 @@ from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
                      txn_end, txn_end_body, txn_instance_id, txn_list, txn_prepare,
                      txn_prepare_body, wait_for)
 from harness import crc32c, encode_record, walk_segment  # noqa: E402
-from harness import frame, request_header  # noqa: E402
+from harness import frame, kept_batch, request_header  # noqa: E402
 
 API_TXN_PREPARE = 1000
 API_TXN_END = 1001
@@ -968,18 +968,6 @@ def test_upgrade_from_schema_4():
     b.start()
     check_eq(values(b.addr, "o"), [b"kept"], "committed after the upgrade")
     b.stop()
-
-
-def kept_batch(b, txn):
-    """Whether sluice.db still holds txn's batch (read beside the broker:
-    WAL mode)."""
-    db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"), timeout=10)
-    try:
-        row = db.execute("SELECT state, batch IS NOT NULL FROM txn_half"
-                         " WHERE txn_id = ?", (txn,)).fetchone()
-    finally:
-        db.close()
-    return row
 
 
 def test_pagecache_commit_keeps_batch_until_synced():
