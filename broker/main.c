@@ -26,6 +26,7 @@
 #include "topics.h"
 #include "txn_api.h"
 #include "txn_commit.h"
+#include "txn_dead.h"
 
 #define SLUICE_VERSION "0.1.0"
 
@@ -282,7 +283,7 @@ int main(int argc, char **argv)
 		goto fail;
 	}
 	txn_api_init(&cfg);
-	if (txn_commit_recover(coord_db(co), reg) < 0)
+	if (txn_commit_recover(coord_db(co), reg) < 0 || txn_dead_recover(coord_db(co), reg) < 0)
 		goto fail;
 	if (groups_new(&srv, coord_db(co), &grp) < 0 || server_listen(&srv) < 0)
 		goto fail;

@@ -68,6 +68,7 @@ static const char *const crash_names[] = {
 	[TXN_CRASH_COMMIT_MARKED_COMMITTING] = "txn_commit_marked_committing",
 	[TXN_CRASH_COMMIT_APPENDED] = "txn_commit_appended",
 	[TXN_CRASH_COMMIT_MARKED] = "txn_commit_marked",
+	[TXN_CRASH_DEAD_APPENDED] = "txn_dead_appended",
 };
 
 const checksched_policy *txn_api_policy(void)
@@ -311,8 +312,11 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 					now, &j->rowbuf, &j->txn);
 		/* the append follows the COMMIT at once, for every durability:
 		 * its marker makes the log copy enough (txn_marker.h), so it
-		 * need not wait for the WAL sync of COMMITTING */
-		j->job.early = rc >= 0 && j->txn.topic;
+		 * need not wait for the WAL sync of COMMITTING.  A rollback
+		 * has nothing in the log to stand for it: it is answered once
+		 * ROLLED_BACK is synced, or a power loss could make an
+		 * acknowledged rollback PENDING again. */
+		j->job.early = rc >= 0 && j->txn.topic && j->decision == DECIDE_COMMIT;
 		break;
 	}
 	return rc;
@@ -773,7 +777,10 @@ int api_txn_end(req *r, wire_rd *rd)
 	j->txn.state = (enum halfstore_state)-1;
 	txn_check_answered(txn_id);
 	req_ref(r);
-	submit(j, end_done, end_after_commit);
+	/* a rollback, answered after its WAL sync, appends nothing: without
+	 * the hook it does not hold back the early completion of the commits
+	 * of its batch (coord.h) */
+	submit(j, end_done, decision == DECIDE_ROLLBACK ? NULL : end_after_commit);
 	return API_OK;
 }
 

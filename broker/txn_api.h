@@ -34,6 +34,8 @@ enum txn_crash_point {
 	TXN_CRASH_COMMIT_MARKED_COMMITTING, /* "txn_commit_marked_committing" */
 	TXN_CRASH_COMMIT_APPENDED,          /* "txn_commit_appended" */
 	TXN_CRASH_COMMIT_MARKED,            /* "txn_commit_marked" */
+	TXN_CRASH_DEAD_APPENDED,            /* "txn_dead_appended": dead-letter
+	                                       copies appended, not recorded */
 };
 
 struct checksched_policy;

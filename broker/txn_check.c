@@ -446,6 +446,7 @@ static int tick_run(coord_job *job, sqlite3 *db)
 {
 	tick_job *t = (tick_job *)job;
 	int64_t wall = now_ms();
+	int numbered;
 
 	for (size_t i = 0; i < t->nnone; i++) {
 		enum halfstore_state st;
@@ -469,14 +470,17 @@ static int tick_run(coord_job *job, sqlite3 *db)
 	if (t->budget > 0 &&
 	    halfstore_due_checks(db, wall, (size_t)t->budget, pol.lease_ms, &t->due, &t->ndue) < 0)
 		return SQLITE_ERROR;
-	if (t->dead && txn_dead_run(db) < 0)
+	numbered = t->dead ? txn_dead_run(db) : 0;
+	if (numbered < 0)
 		return SQLITE_ERROR;
 	/* No WAL sync before the hand-out: nothing a client is told rests on
 	 * this job being durable.  A power loss can only drop leases, unanswered
 	 * checks counted and marks, so a transaction is checked again (or
 	 * marked at start-up).  It would otherwise take a device sync ten times
-	 * a second on an idle broker. */
-	t->job.early = true;
+	 * a second on an idle broker.  Except when dead-letter copies were
+	 * numbered: their numbers must be durable before they are appended
+	 * (txn_dead.h). */
+	t->job.early = numbered == 0;
 	return SQLITE_OK;
 }
 
@@ -715,7 +719,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 		t->purge_limit = purge_batch;
 		take_marks(t);
 		take_release(t);
-		t->dead = txn_dead_due(t->now);
+		t->dead = txn_dead_due(srv_g, t->now);
 		go = take_none(t) &&
 		     (t->nnone || t->nrelease || t->budget > 0 || t->purge || t->nmarks || t->dead);
 		job_in_flight = go;

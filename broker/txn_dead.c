@@ -9,9 +9,12 @@
 
 #include "blog.h"
 #include "halfstore.h"
+#include "partlog.h"
+#include "pidstate.h"
 #include "recbatch.h"
 #include "syncer.h"
 #include "topics.h"
+#include "txn_api.h"
 
 /* How often an idle broker looks for new discards (they come from checks
  * that went unanswered, seconds apart at the least). */
@@ -27,7 +30,10 @@ static halfstore_txn *todo;    /* owned: read by the last step, to append */
 static size_t ntodo;
 static copied done[TXN_DEAD_BATCH]; /* appended, to record */
 static size_t ndone;
-static bool full;              /* the last read filled a batch: look again */
+static bool full;              /* the last read filled a batch, or copies were
+				  held back: look again */
+static int32_t nparts;         /* the topic's partitions at the last look
+				  (0: no topic), for the numbering */
 static int64_t next_look;      /* mono ms */
 static wire_buf out;           /* the copy being built; reused */
 
@@ -37,13 +43,22 @@ void txn_dead_init(const char *name)
 	next_look = 0;
 }
 
-bool txn_dead_due(int64_t mono_now)
+bool txn_dead_due(server *srv, int64_t mono_now)
 {
-	return topic_name[0] && (ndone || full || mono_now >= next_look);
+	topic *t;
+
+	if (!topic_name[0] || !(ndone || full || mono_now >= next_look))
+		return false;
+	t = topics_get(srv->topics, topic_name, strlen(topic_name));
+	nparts = t ? t->nparts : 0;
+	if (t)
+		topic_unref(t);
+	return true;
 }
 
 int txn_dead_run(sqlite3 *db)
 {
+	bool numbered = false;
 	int rc = 0;
 
 	for (size_t i = 0; i < ndone && rc >= 0; i++) {
@@ -55,12 +70,12 @@ int txn_dead_run(sqlite3 *db)
 			     halfstore_strerror(rc));
 	}
 	if (rc >= 0)
-		rc = halfstore_dead_letters(db, TXN_DEAD_BATCH, &todo, &ntodo);
-	return rc < 0 ? rc : 0;
+		rc = halfstore_dead_letters(db, TXN_DEAD_BATCH, nparts, &todo, &ntodo, &numbered);
+	return rc < 0 ? rc : numbered;
 }
 
 /* A plain copy of a compressed batch (its records cannot take headers
- * without decompressing): producer fields cleared, CRC recomputed. */
+ * without decompressing), its transactional and control bits cleared. */
 static int copy_plain(const halfstore_txn *x)
 {
 	uint8_t *b;
@@ -74,8 +89,7 @@ static int copy_plain(const halfstore_txn *x)
 	wire_put16(b + RECBATCH_OFF_ATTR,
 		   (uint16_t)(wire_get16(b + RECBATCH_OFF_ATTR) &
 			      ~(RECBATCH_ATTR_TRANSACTIONAL | RECBATCH_ATTR_CONTROL)));
-	recbatch_set_producer(b, x->batch_len, -1, -1, -1);
-	return RECBATCH_OK;
+	return RECBATCH_OK; /* producer fields and CRC: append_copy stamps them */
 }
 
 static wire_str text(const char *s)
@@ -106,19 +120,66 @@ static int build_copy(const halfstore_txn *x)
 	return rc;
 }
 
-/* Appends x's copy to t.  0 with *offset; -errno (the disk: try again);
- * or a positive RECBATCH_* / PARTLOG_E_TOO_LARGE (never possible). */
-static int append_copy(server *srv, topic *t, const halfstore_txn *x, int64_t *offset)
+/* Under p->pid_lock: appends the copy in `out` (numbered: x's dead-letter
+ * sequence) unless the partition's idempotent-producer state says it is
+ * there already, as after a crash between an append and its record.  0
+ * with *offset (HALFSTORE_DEAD_UNKNOWN: there, offset out of the dedup
+ * window), or -errno / PARTLOG_E_TOO_LARGE from the append. */
+static int append_once(partition *p, const halfstore_txn *x, int64_t max_ts, int64_t *offset)
 {
-	partition *p = &t->parts[(uint64_t)x->txn_id % (uint64_t)t->nparts];
+	int16_t epoch = halfstore_commit_epoch(x->dead_letter_seq);
+	int32_t seq = halfstore_commit_base_seq(x->dead_letter_seq);
+	int32_t last = x->record_count - 1;
+	int64_t base = -1;
+	int verdict = pidstate_check(p->pids, HALFSTORE_DEAD_PID, epoch, seq, seq + last, &base);
+	int rc;
+
+	if (verdict == PIDSTATE_DUPLICATE) {
+		blog(BLOG_INFO, "txn %lld: dead-letter copy found in the log at offset %lld (appended "
+				"before a restart): not appended again",
+		     (long long)x->txn_id, (long long)base);
+		*offset = base;
+		return 0;
+	}
+	if (verdict == PIDSTATE_FENCED ||
+	    (verdict == PIDSTATE_OUT_OF_ORDER &&
+	     pidstate_last_seq(p->pids, HALFSTORE_DEAD_PID, epoch) >= seq)) {
+		/* copies are appended in sequence order: a lower one is there */
+		blog(BLOG_WARN, "txn %lld: dead-letter copy appended long ago, offset no longer "
+				"known: not appended again",
+		     (long long)x->txn_id);
+		*offset = HALFSTORE_DEAD_UNKNOWN;
+		return 0;
+	}
+	/* new (gaps in the sequence are accepted: a copy given up, a resumed
+	 * transaction, keep their numbers) */
+	rc = partlog_append(p->log, out.data, out.len, max_ts, now_ms(), offset);
+	if (rc == 0 && pidstate_record(p->pids, HALFSTORE_DEAD_PID, epoch, seq, seq + last, *offset,
+				       *offset + last) < 0)
+		blog(BLOG_WARN, "txn %lld: no memory to remember its dead-letter copy's sequence",
+		     (long long)x->txn_id);
+	return rc;
+}
+
+/* Appends x's copy to partition p of the dead-letter topic, once.  0 with
+ * *offset; -errno (the disk: try again); or a positive RECBATCH_* /
+ * PARTLOG_E_TOO_LARGE (never possible). */
+static int append_copy(server *srv, partition *p, const halfstore_txn *x, int64_t *offset)
+{
 	int64_t max_ts = 0;
 	int rc = build_copy(x);
 
-	if (rc == RECBATCH_OK)
+	if (rc == RECBATCH_OK) {
+		recbatch_set_producer(out.data, out.len, HALFSTORE_DEAD_PID,
+				      halfstore_commit_epoch(x->dead_letter_seq),
+				      halfstore_commit_base_seq(x->dead_letter_seq));
 		rc = recbatch_validate(out.data, out.len, NULL, &max_ts);
+	}
 	if (rc != RECBATCH_OK)
 		return rc;
-	rc = partlog_append(p->log, out.data, out.len, max_ts, now_ms(), offset);
+	pthread_mutex_lock(&p->pid_lock);
+	rc = append_once(p, x, max_ts, offset);
+	pthread_mutex_unlock(&p->pid_lock);
 	if (rc != 0)
 		return rc;
 	if (partition_synced(p))
@@ -128,8 +189,36 @@ static int append_copy(server *srv, topic *t, const halfstore_txn *x, int64_t *o
 	return 0;
 }
 
+/* Whether x's copy can be appended in this step to the partition it is
+ * numbered for (held[] per partition: copies appended this step, or -1
+ * after a failure).  At most PIDSTATE_WINDOW per partition and step: then
+ * every copy appended and not yet recorded is in the dedup window, so a
+ * crash before the record never costs its offset. */
+static bool may_append(const halfstore_txn *x, const int *held)
+{
+	int h = held[x->dead_letter_partition];
+
+	return h >= 0 && h < PIDSTATE_WINDOW;
+}
+
+/* Logs and records a copy that can never be written (rc > 0). */
+static void give_up(const halfstore_txn *x, int rc, const char *why)
+{
+	blog(BLOG_ERROR, "txn %lld: no dead-letter copy in %s: %s; given up (the transaction "
+			 "stays DISCARDED with its message)",
+	     (long long)x->txn_id, topic_name,
+	     why ? why : rc == PARTLOG_E_TOO_LARGE ? "larger than the topic's segment.bytes"
+						   : recbatch_strerror(rc));
+	done[ndone++] = (copied){ x->txn_id, HALFSTORE_DEAD_GIVEN_UP };
+}
+
+/* Appends what the last step read, in its order (per partition: sequence
+ * order), then hits the test crash point.  Sets `full` if copies were held
+ * back. */
 static void write_all(server *srv)
 {
+	bool appended = false;
+	int *held;
 	topic *t;
 
 	if (!ntodo)
@@ -141,34 +230,51 @@ static void write_all(server *srv)
 			topic_name, ntodo);
 		return;
 	}
+	held = calloc((size_t)t->nparts, sizeof(*held));
+	if (!held) {
+		BLOG_RL(BLOG_ERROR, "dead-letter copies: out of memory, tried again later");
+		topic_unref(t);
+		return;
+	}
 	for (size_t i = 0; i < ntodo && ndone < TXN_DEAD_BATCH; i++) {
 		const halfstore_txn *x = &todo[i];
 		int64_t offset;
-		int rc = append_copy(srv, t, x, &offset);
+		int rc;
 
+		if (x->dead_letter_seq < 0)
+			continue; /* read before the topic existed: numbered next step */
+		if (x->dead_letter_partition < 0 || x->dead_letter_partition >= t->nparts) {
+			give_up(x, 0, "the partition it was numbered for no longer exists");
+			continue;
+		}
+		if (!may_append(x, held)) {
+			full = true;
+			continue;
+		}
+		rc = append_copy(srv, &t->parts[x->dead_letter_partition], x, &offset);
 		if (rc < 0) {
-			/* the disk: read again at the next step */
+			/* the disk: this partition's later copies wait too (they
+			 * must follow it in the log), all tried at the next step */
 			BLOG_RL(BLOG_ERROR, "txn %lld: no dead-letter copy in %s yet: %s",
 				(long long)x->txn_id, topic_name, strerror(-rc));
+			held[x->dead_letter_partition] = -1;
 			continue;
 		}
 		if (rc > 0) {
-			/* never possible: recorded as given up, so that it does
-			 * not hold back the others at every step */
-			blog(BLOG_ERROR, "txn %lld: no dead-letter copy in %s: %s; given up (the "
-					 "transaction stays DISCARDED with its message)",
-			     (long long)x->txn_id, topic_name,
-			     rc == PARTLOG_E_TOO_LARGE ? "larger than the topic's segment.bytes"
-						       : recbatch_strerror(rc));
-			offset = HALFSTORE_DEAD_GIVEN_UP;
-		} else {
-			blog(BLOG_INFO, "txn %lld (group %s, discarded: %s) copied to %s at offset %lld",
-			     (long long)x->txn_id, x->producer_group,
-			     x->discard_reason ? x->discard_reason : "", topic_name, (long long)offset);
+			give_up(x, rc, NULL);
+			continue;
 		}
+		held[x->dead_letter_partition]++;
+		appended = true;
+		blog(BLOG_INFO, "txn %lld (group %s, discarded: %s) copied to %s at offset %lld",
+		     (long long)x->txn_id, x->producer_group,
+		     x->discard_reason ? x->discard_reason : "", topic_name, (long long)offset);
 		done[ndone++] = (copied){ x->txn_id, offset };
 	}
+	free(held);
 	topic_unref(t);
+	if (appended)
+		txn_api_crash_point(TXN_CRASH_DEAD_APPENDED);
 }
 
 void txn_dead_write(server *srv, bool ok, int64_t mono_now)
@@ -178,7 +284,7 @@ void txn_dead_write(server *srv, bool ok, int64_t mono_now)
 		ndone = 0;
 		full = ntodo == TXN_DEAD_BATCH;
 		next_look = mono_now + TXN_DEAD_INTERVAL_MS;
-		write_all(srv);
+		write_all(srv); /* may set full */
 	}
 	halfstore_txns_free(todo, ntodo);
 	todo = NULL;
@@ -192,4 +298,36 @@ void txn_dead_stop(void)
 	ntodo = 0;
 	ndone = 0;
 	wire_buf_free(&out);
+}
+
+int txn_dead_recover(sqlite3 *db, topics *reg)
+{
+	topic *t;
+	int rc = 0;
+
+	if (!topic_name[0] || !(t = topics_get(reg, topic_name, strlen(topic_name))))
+		return 0;
+	for (int32_t k = 0; k < t->nparts && rc == 0; k++) {
+		partition *p = &t->parts[k];
+		int64_t last = -1, n;
+		int16_t epoch;
+		int32_t seq;
+
+		pthread_mutex_lock(&p->pid_lock);
+		if (pidstate_last(p->pids, HALFSTORE_DEAD_PID, &epoch, &seq) == 0)
+			last = (int64_t)epoch * HALFSTORE_SEQ_SPAN + seq;
+		pthread_mutex_unlock(&p->pid_lock);
+		n = halfstore_dead_lost(db, k, partlog_end_offset(p->log), last);
+		if (n < 0) {
+			blog(BLOG_ERROR, "dead-letter topic %s partition %d: %s", topic_name, k,
+			     halfstore_strerror((int)n));
+			rc = (int)n;
+		} else if (n > 0) {
+			blog(BLOG_WARN, "dead-letter topic %s partition %d: %lld recorded copy(ies) lost "
+					"with the end of its log (power loss?): copied again, once",
+			     topic_name, k, (long long)n);
+		}
+	}
+	topic_unref(t);
+	return rc;
 }

@@ -1,24 +1,34 @@
 /*
  * txn_dead.h — the dead-letter topic of transactions
  * (transaction.dead.letter.topic; RocketMQ's TRANS_CHECK_MAX_TIME_TOPIC):
- * every DISCARDED transaction's half message is appended there once, as a
- * plain batch whose records carry the original key, value and headers plus
- * sluice.txn.id, sluice.txn.group, sluice.txn.topic, sluice.txn.partition
- * and sluice.txn.reason (docs/transactions.md "Dead-letter topic").
+ * every DISCARDED transaction's half message is appended there exactly
+ * once, as a batch whose records carry the original key, value and headers
+ * plus sluice.txn.id, sluice.txn.group, sluice.txn.topic,
+ * sluice.txn.partition and sluice.txn.reason (docs/transactions.md
+ * "Dead-letter topic").
  *
  * The check-back ticker (txn_check.c) drives it, one step per tick:
  *  - in the ticker's coordinator job, txn_dead_run records the copies the
- *    previous step wrote (txn_half.dead_letter_offset) and reads the next
- *    discarded transactions without one (halfstore_dead_letters);
+ *    previous step wrote (txn_half.dead_letter_offset), reads the next
+ *    discarded transactions without one and numbers the new ones
+ *    (halfstore_dead_letters: partition txn id modulo the topic's
+ *    partitions, and a sequence); a job that numbered some waits for its
+ *    WAL sync;
  *  - on the ticker's loop, once that job is done, txn_dead_write appends
- *    them to the topic (partition: txn id modulo its partitions).
- * At least once: a crash between an append and its record appends that
- * copy again after the restart (consumers can tell by sluice.txn.id).  A
- * missing topic is logged and retried; the transactions wait, still
+ *    them, as idempotent batches of HALFSTORE_DEAD_PID with their
+ *    sequences, in sequence order per partition, at most PIDSTATE_WINDOW
+ *    per partition and step, a partition's later copies held back after a
+ *    failed one.
+ * Exactly once: a crash between an append and its record reads the copy
+ * again after the restart, and the partition's idempotent-producer state
+ * knows it (duplicate: its first offset).  A power loss that keeps a
+ * record and loses the copy is repaired at start-up (txn_dead_recover).
+ * A missing topic is logged and retried; the transactions wait, still
  * DISCARDED and queryable.
  *
  * Owns: the transactions read and the copies written between two steps.
  * Threads: txn_dead_due and txn_dead_write on the ticker's loop,
+ * txn_dead_recover on main at start-up (before the ticker),
  * txn_dead_run on the coordinator thread inside the ticker's job.  The
  * ticker has one job in flight at most, and the job's completion orders
  * the two: the state is handed from one thread to the other, never used
@@ -33,6 +43,7 @@
 #include <sqlite3.h>
 
 #include "server.h"
+#include "topics.h"
 
 /* Most transactions read (and copied) per step. */
 #define TXN_DEAD_BATCH 100
@@ -40,16 +51,24 @@
 /* Start-up, before the ticker: the topic's name (copied), "" = off. */
 void txn_dead_init(const char *name);
 /* True if the next ticker job should run a step: enabled, and copies to
- * record, a full batch last time, or TXN_DEAD_INTERVAL_MS since the last
- * look. */
-bool txn_dead_due(int64_t mono_now);
+ * record, a full batch or copies held back last time, or
+ * TXN_DEAD_INTERVAL_MS since the last look.  Notes the topic's partition
+ * count for the step's numbering. */
+bool txn_dead_due(server *srv, int64_t mono_now);
 /* Coordinator thread, in the ticker's job (when txn_dead_due said so).
- * Returns 0, or -errno if SQLite failed (the job is rolled back: the
- * copies stay to be recorded at the next step). */
+ * Returns 1 if it numbered copies (the job must then be durable before
+ * txn_dead_write appends them), 0, or -errno if SQLite failed (the job is
+ * rolled back: the copies stay to be recorded at the next step). */
 int txn_dead_run(sqlite3 *db);
 /* The ticker's loop, after the job: appends what txn_dead_run read, or
  * keeps the copies to record if the job failed (ok false). */
 void txn_dead_write(server *srv, bool ok, int64_t mono_now);
+/* Start-up, main thread, after the logs are recovered and before the
+ * ticker: for each partition of the dead-letter topic, copies recorded at
+ * or beyond its log's end and numbered after the last sequence it holds
+ * were lost by a power loss; they are copied again
+ * (halfstore_dead_lost).  0 or -errno. */
+int txn_dead_recover(sqlite3 *db, topics *reg);
 /* Shutdown: frees what is held (the copies not yet recorded are written
  * again after the restart). */
 void txn_dead_stop(void);

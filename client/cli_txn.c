@@ -125,7 +125,9 @@ static void print_row(const sluice_txn_info_t *t, bool json)
 	if (t->dead_letter_offset >= 0)
 		printf("%" PRId64 "\n", t->dead_letter_offset);
 	else
-		printf("%s\n", t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_NEVER ? "never" : "-");
+		printf("%s\n", t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_NEVER     ? "never"
+				: t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_UNKNOWN ? "unknown"
+											  : "-");
 }
 
 /* "PENDING,DISCARDED" → bit mask; 0 on an unknown name. */
@@ -256,6 +258,9 @@ static int txn_describe(const struct cli_global *g, int64_t id)
 	else if (t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_NEVER)
 		printf("dead letter:    not copied: it can never be written to the dead-letter "
 		       "topic (see the broker's log)\n");
+	else if (t->dead_letter_offset == SLUICE_TXN_DEAD_LETTER_UNKNOWN)
+		printf("dead letter:    copied, at an offset no longer known (see the broker's "
+		       "log)\n");
 	if (t->key || t->value || t->nheaders) {
 		printf("key:            ");
 		print_bytes(t->key, t->key_len);

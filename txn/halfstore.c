@@ -27,7 +27,15 @@
  *     log_offset      where the commit landed (COMMITTED)
  *     origin          connection id of the preparing producer (uint64 bits)
  *     discard_reason  TEXT (DISCARDED)
+ *     dead_letter_offset, dead_letter_seq, dead_letter_partition: the copy
+ *                     in the dead-letter topic (DISCARDED; see
+ *                     halfstore_dead_letters)
  *   txn_seq(topic, partition, next_seq): the next commit_seq per partition.
+ *   txn_dead_seq(partition, next_seq): the next dead_letter_seq per
+ *                     partition number of the dead-letter topic; never
+ *                     reset (not by a topic's deletion, not by a change of
+ *                     transaction.dead.letter.topic), so that sequences only
+ *                     grow in any log they are appended to.
  *
  * Invariants:
  *  - A PENDING row has next_check_ms >= lease_until_ms: leasing moves
@@ -76,6 +84,16 @@
 	"CREATE INDEX IF NOT EXISTS txn_half_dead ON txn_half(txn_id)"                     \
 	"  WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL;"
 
+/* Numbered dead-letter copies (schema 5): the sequences, and the copies
+ * numbered but not recorded yet, in the order they are appended. */
+#define HALFSTORE_DEAD_SEQ_SQL                                                            \
+	"CREATE TABLE IF NOT EXISTS txn_dead_seq("                                        \
+	"  partition INTEGER PRIMARY KEY, next_seq INTEGER NOT NULL);"                    \
+	"CREATE INDEX IF NOT EXISTS txn_half_dead_out"                                    \
+	"  ON txn_half(dead_letter_partition, dead_letter_seq)"                           \
+	"  WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL"                      \
+	"  AND dead_letter_seq IS NOT NULL;"
+
 const char halfstore_schema_sql[] =
 	"CREATE TABLE IF NOT EXISTS txn_half("
 	"  txn_id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -95,8 +113,11 @@ const char halfstore_schema_sql[] =
 	"  log_offset INTEGER,"
 	"  origin INTEGER NOT NULL,"
 	"  discard_reason TEXT,"
-	"  dead_letter_offset INTEGER);"
+	"  dead_letter_offset INTEGER,"
+	"  dead_letter_seq INTEGER,"
+	"  dead_letter_partition INTEGER);"
 	HALFSTORE_DEAD_INDEX_SQL
+	HALFSTORE_DEAD_SEQ_SQL
 	HALFSTORE_UNSYNCED_INDEX_SQL
 	/* due checks: one range (state = 'PENDING', next_check_ms <= now), in
 	 * next_check_ms order, rowid breaking ties */
@@ -127,8 +148,9 @@ static const char *const state_names[HALFSTORE_NSTATES] = {
 #define COLS_BASE                                                                       \
 	"txn_id, producer_group, topic, partition, batch_len, record_count, state,"    \
 	" created_ms, ended_ms, check_count, next_check_ms, lease_until_ms,"           \
-	" commit_seq, log_offset, origin, discard_reason, dead_letter_offset"
-#define COL_BATCH 17
+	" commit_seq, log_offset, origin, discard_reason, dead_letter_offset,"         \
+	" dead_letter_seq, dead_letter_partition"
+#define COL_BATCH 19
 #define COLS_BLOB COLS_BASE ", batch"
 #define COLS_NOBLOB COLS_BASE ", NULL"
 
@@ -312,6 +334,26 @@ int halfstore_schema_v4(sqlite3 *db)
 	return rc == SQLITE_OK ? 0 : sqlerr(rc);
 }
 
+int halfstore_schema_v5(sqlite3 *db)
+{
+	static const char *const cols[] = { "dead_letter_seq", "dead_letter_partition" };
+	int rc = SQLITE_OK;
+
+	for (size_t i = 0; i < 2 && rc == SQLITE_OK; i++) {
+		char sql[96];
+		int has = has_column(db, cols[i]);
+
+		if (has < 0)
+			return sqlerr(-has);
+		snprintf(sql, sizeof(sql), "ALTER TABLE txn_half ADD COLUMN %s INTEGER", cols[i]);
+		if (!has)
+			rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+	}
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, HALFSTORE_DEAD_SEQ_SQL, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+}
+
 /* ---- statement helpers ---- */
 
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st)
@@ -482,6 +524,8 @@ static int read_row(sqlite3_stmt *st, halfstore_txn *t, halfstore_buf *buf)
 	t->log_offset = col_i64(st, 13);
 	t->origin = (uint64_t)sqlite3_column_int64(st, 14);
 	t->dead_letter_offset = col_i64(st, 16);
+	t->dead_letter_seq = col_i64(st, 17);
+	t->dead_letter_partition = (int32_t)col_i64(st, 18);
 	err = buf ? read_into(st, t, buf) : read_owned(st, t);
 	if (err)
 		halfstore_txn_clear(t);
@@ -1160,39 +1204,157 @@ int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms)
 	return guarded_i64(db,
 			   "UPDATE txn_half SET state = 'PENDING', check_count = 0, next_check_ms = ?2,"
 			   " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL,"
-			   " dead_letter_offset = NULL"
+			   " dead_letter_offset = NULL, dead_letter_seq = NULL,"
+			   " dead_letter_partition = NULL"
 			   " WHERE txn_id = ?1 AND state = 'DISCARDED'",
 			   txn_id, now_ms, NULL);
 }
 
-int halfstore_dead_letters(sqlite3 *db, size_t limit, halfstore_txn **out, size_t *n)
+/* Gives the unnumbered copy *t the next dead-letter sequence of partition
+ * txn_id % nparts.  0 or -errno. */
+static int number_copy(sqlite3 *db, halfstore_txn *t, int32_t nparts)
 {
+	int32_t part = (int32_t)((uint64_t)t->txn_id % (uint64_t)nparts);
+	int64_t seq = 0;
+	sqlite3_stmt *st;
+	int rc = prep(db, "SELECT next_seq FROM txn_dead_seq WHERE partition = ?1", &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_int(st, 1, part);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		seq = sqlite3_column_int64(st, 0);
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
+	stmtcache_release(st);
+	/* a copy's sequences stay inside one epoch, as a commit's */
+	if (seq % HALFSTORE_SEQ_SPAN + t->record_count > HALFSTORE_SEQ_SPAN)
+		seq = (seq / HALFSTORE_SEQ_SPAN + 1) * HALFSTORE_SEQ_SPAN;
+	if (rc == 0)
+		rc = prep(db, "INSERT INTO txn_dead_seq(partition, next_seq) VALUES(?1, ?2)"
+			      " ON CONFLICT(partition) DO UPDATE SET next_seq = excluded.next_seq",
+			  &st);
+	if (rc == 0) {
+		sqlite3_bind_int(st, 1, part);
+		sqlite3_bind_int64(st, 2, seq + t->record_count);
+		rc = run(st);
+	}
+	if (rc == 0)
+		rc = prep(db, "UPDATE txn_half SET dead_letter_seq = ?2, dead_letter_partition = ?3"
+			      " WHERE txn_id = ?1",
+			  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, t->txn_id);
+		sqlite3_bind_int64(st, 2, seq);
+		sqlite3_bind_int(st, 3, part);
+		rc = run(st);
+	}
+	if (rc == 0) {
+		t->dead_letter_seq = seq;
+		t->dead_letter_partition = part;
+	}
+	return rc;
+}
+
+/* Appends the rows of st (bound, finalized here) to *v (n rows, cap). */
+static int collect_more(sqlite3_stmt *st, halfstore_txn **v, size_t *n)
+{
+	halfstore_txn *more = NULL, *all;
+	size_t k = 0;
+	int rc = collect(st, &more, &k);
+
+	if (rc || k == 0)
+		return rc;
+	all = realloc(*v, sizeof(**v) * (*n + k));
+	if (!all) {
+		halfstore_txns_free(more, k);
+		return -ENOMEM;
+	}
+	memcpy(all + *n, more, sizeof(*more) * k);
+	free(more);
+	*v = all;
+	*n += k;
+	return 0;
+}
+
+int halfstore_dead_letters(sqlite3 *db, size_t limit, int32_t nparts, halfstore_txn **out,
+			   size_t *n, bool *numbered)
+{
+	halfstore_txn *v = NULL;
+	size_t k = 0, old;
 	sqlite3_stmt *st;
 	int rc;
 
+	*numbered = false;
 	if (limit == 0) {
 		*out = NULL;
 		*n = 0;
 		return 0;
 	}
-	/* The partial index txn_half_dead holds exactly these rows.  Named:
-	 * without ANALYZE figures SQLite takes txn_half_state, whose range
-	 * also holds every DISCARDED row already copied (they are kept until
-	 * an operator resolves them), visited at every tick. */
+	/* first the copies numbered before (their append failed, or a crash
+	 * came before their record), in the order they must be appended */
 	rc = prep(db,
-		  "SELECT " COLS_BLOB " FROM txn_half INDEXED BY txn_half_dead"
+		  "SELECT " COLS_BLOB " FROM txn_half INDEXED BY txn_half_dead_out"
 		  " WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL"
-		  " ORDER BY txn_id LIMIT ?1",
+		  " AND dead_letter_seq IS NOT NULL"
+		  " ORDER BY dead_letter_partition, dead_letter_seq LIMIT ?1",
 		  &st);
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, clamp_limit(limit));
+		rc = collect_more(st, &v, &k);
+	}
+	/* then new ones.  The partial index txn_half_dead holds exactly the
+	 * rows without a copy.  Named: without ANALYZE figures SQLite takes
+	 * txn_half_state, whose range also holds every DISCARDED row already
+	 * copied (they are kept until an operator resolves them). */
+	old = k;
+	if (rc == 0 && k < limit)
+		rc = prep(db,
+			  "SELECT " COLS_BLOB " FROM txn_half INDEXED BY txn_half_dead"
+			  " WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL"
+			  " AND dead_letter_seq IS NULL ORDER BY txn_id LIMIT ?1",
+			  &st);
+	if (rc == 0 && k < limit) {
+		sqlite3_bind_int64(st, 1, clamp_limit(limit - k));
+		rc = collect_more(st, &v, &k);
+	}
+	if (rc == 0 && nparts > 0 && k > old) {
+		rc = sp_begin(db);
+		for (size_t i = old; i < k && rc == 0; i++)
+			rc = number_copy(db, &v[i], nparts);
+		rc = sp_end(db, rc);
+		*numbered = rc == 0;
+	}
+	if (rc) {
+		halfstore_txns_free(v, k);
+		return rc;
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+int64_t halfstore_dead_lost(sqlite3 *db, int32_t partition, int64_t log_end, int64_t last_seq)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db,
+		      "UPDATE txn_half SET dead_letter_offset = NULL"
+		      " WHERE state = 'DISCARDED' AND dead_letter_partition = ?1"
+		      " AND dead_letter_offset >= ?2 AND dead_letter_seq > ?3",
+		      &st);
+
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, clamp_limit(limit));
-	return collect(st, out, n);
+	sqlite3_bind_int(st, 1, partition);
+	sqlite3_bind_int64(st, 2, log_end);
+	sqlite3_bind_int64(st, 3, last_seq);
+	rc = run(st);
+	return rc ? rc : sqlite3_changes(db);
 }
 
 int halfstore_mark_dead_lettered(sqlite3 *db, int64_t txn_id, int64_t offset)
 {
-	if (offset < 0 && offset != HALFSTORE_DEAD_GIVEN_UP)
+	if (offset < 0 && offset != HALFSTORE_DEAD_GIVEN_UP && offset != HALFSTORE_DEAD_UNKNOWN)
 		return HALFSTORE_E_INVALID;
 	return guarded_i64(db,
 			   "UPDATE txn_half SET dead_letter_offset = ?2"

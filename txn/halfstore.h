@@ -65,7 +65,7 @@
  * The broker runs it as a step of coord.c's schema_upgrade (it is its own
  * schema version 1, see halfstore.c for the layout and change rules). */
 extern const char halfstore_schema_sql[];
-#define HALFSTORE_SCHEMA_VERSION 3
+#define HALFSTORE_SCHEMA_VERSION 5
 /* Version 1 -> 2 in a database made by version 1 (coord.c's schema step
  * 4): txn_half's CHECK on state rewritten from `state IN (...)`, which
  * SQLite 3.40 runs as a temporary b-tree built for every row written,
@@ -86,6 +86,11 @@ int halfstore_schema_v3(sqlite3 *db);
  * log's copy is synced (halfstore_mark_committed_unsynced).  Idempotent.
  * Runs in the caller's transaction.  0 or -errno. */
 int halfstore_schema_v4(sqlite3 *db);
+/* Version 4 -> 5 (coord.c's schema step 7): the columns dead_letter_seq
+ * and dead_letter_partition, the table txn_dead_seq and the partial index
+ * txn_half_dead_out (numbered dead-letter copies, halfstore_dead_letters).
+ * Idempotent.  Runs in the caller's transaction.  0 or -errno. */
+int halfstore_schema_v5(sqlite3 *db);
 
 /* Outcomes (0 and positive). */
 enum {
@@ -175,7 +180,11 @@ typedef struct halfstore_txn {
 	uint64_t origin;         /* connection that prepared it (opaque) */
 	char *discard_reason;    /* NULL unless DISCARDED */
 	int64_t dead_letter_offset; /* where its copy is in the dead-letter topic;
-	                               -1 = none (yet), HALFSTORE_DEAD_GIVEN_UP */
+	                               -1 = none (yet), HALFSTORE_DEAD_GIVEN_UP,
+	                               HALFSTORE_DEAD_UNKNOWN */
+	int64_t dead_letter_seq;    /* its copy's sequence (halfstore_dead_letters);
+	                               -1 = not numbered */
+	int32_t dead_letter_partition; /* the copy's partition; -1 = not numbered */
 	halfstore_buf *buf;      /* NULL, or where the strings and batch are */
 } halfstore_txn;
 
@@ -341,8 +350,9 @@ int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer an
 			   enum halfstore_state *state);
 
 /* Operator: DISCARDED -> PENDING with check_count 0, due at now_ms, reason,
- * ended_ms and dead_letter_offset cleared (a second discard is copied to
- * the dead-letter topic again).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND
+ * ended_ms and the dead-letter copy's offset, sequence and partition
+ * cleared (a second discard is copied to the dead-letter topic again, as a
+ * new copy).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND
  * or -errno. */
 int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms);
 
@@ -378,16 +388,44 @@ int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms);
  * -errno. */
 int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms);
 
-/* Dead-letter topic (transaction.dead.letter.topic): up to limit DISCARDED
- * txns, with their batches, whose copy was not written yet, in txn_id
- * order (an index range: txn_half_dead).  0 with *out (halfstore_txns_free)
- * and *n, or -errno. */
-int halfstore_dead_letters(sqlite3 *db, size_t limit, halfstore_txn **out, size_t *n);
+/* Dead-letter topic (transaction.dead.letter.topic).  Each copy is
+ * appended exactly once, with the idempotent-producer machinery as commits
+ * are: it is *numbered* (dead_letter_seq, dead_letter_partition) in
+ * SQLite before it is appended, and appended as an idempotent batch of the
+ * reserved producer HALFSTORE_DEAD_PID with that sequence
+ * (halfstore_commit_epoch / _base_seq of it), so appending it again after a
+ * crash is recognised as a duplicate of the first append.
+ *
+ * Up to limit DISCARDED txns without a recorded copy, with their batches:
+ * first those numbered before, by partition and sequence (index
+ * txn_half_dead_out), then new ones by txn_id (index txn_half_dead).  If
+ * nparts > 0 (the topic's partition count) the new ones are numbered now:
+ * partition txn_id % nparts, the next sequences of txn_dead_seq for it,
+ * and *numbered is true — the caller must have this durable before it
+ * appends them (a power loss could else keep a copy and lose its number).
+ * With nparts 0 (no topic) they are returned unnumbered.  0 with *out
+ * (halfstore_txns_free) and *n, or -errno (nothing numbered). */
+int halfstore_dead_letters(sqlite3 *db, size_t limit, int32_t nparts, halfstore_txn **out,
+			   size_t *n, bool *numbered);
+/* Dead-letter copies are idempotent batches of this reserved producer id
+ * (InitProducerId allocates from 1000; commits use 1). */
+#define HALFSTORE_DEAD_PID 2
+/* Start-up, after the log of the dead-letter topic's partition was
+ * recovered: copies recorded at an offset at or beyond its end (log_end)
+ * and numbered after the last sequence it holds (last_seq, packed as
+ * commit sequences are; -1 if none) were lost by a power loss after their
+ * record: their offset is cleared, so they are appended again, with their
+ * number.  How many, or -errno. */
+int64_t halfstore_dead_lost(sqlite3 *db, int32_t partition, int64_t log_end, int64_t last_seq);
 /* dead_letter_offset of a txn whose copy can never be written (larger
  * than the topic's segments, unreadable): not tried again. */
 #define HALFSTORE_DEAD_GIVEN_UP (-2)
+/* dead_letter_offset of a txn whose copy the log holds, at an offset no
+ * longer known (its record was lost and the log's dedup window no longer
+ * has it; the append limits make this a should-not-happen). */
+#define HALFSTORE_DEAD_UNKNOWN (-3)
 /* Records that a DISCARDED txn's copy is at offset (>= 0) of the
- * dead-letter topic, or HALFSTORE_DEAD_GIVEN_UP.  HALFSTORE_OK; HALFSTORE_E_STATE if it was resumed
+ * dead-letter topic, HALFSTORE_DEAD_GIVEN_UP or HALFSTORE_DEAD_UNKNOWN.  HALFSTORE_OK; HALFSTORE_E_STATE if it was resumed
  * or recorded meanwhile; HALFSTORE_E_NOT_FOUND; HALFSTORE_E_INVALID;
  * -errno. */
 int halfstore_mark_dead_lettered(sqlite3 *db, int64_t txn_id, int64_t offset);

@@ -883,12 +883,14 @@ typedef struct sluice_txn_info {
 	 * transaction.dead.letter.topic, SLUICE_TXN_DEAD_LETTER_NONE if none
 	 * (yet, or the broker does not say: a broker without TxnDescribe v1 /
 	 * TxnList v1), SLUICE_TXN_DEAD_LETTER_NEVER if it can never be
-	 * written there */
+	 * written there, SLUICE_TXN_DEAD_LETTER_UNKNOWN if copied at an
+	 * offset the broker no longer knows (should not happen) */
 	int64_t dead_letter_offset;
 } sluice_txn_info_t;
 
 #define SLUICE_TXN_DEAD_LETTER_NONE (-1)
 #define SLUICE_TXN_DEAD_LETTER_NEVER (-2)
+#define SLUICE_TXN_DEAD_LETTER_UNKNOWN (-3)
 
 /* TxnList: transactions of group (NULL: all) whose state bit is in
  * state_mask (1 << SLUICE_TXN_*; 0: all), txn_id > after_txn_id, at most

@@ -1541,6 +1541,18 @@ def txn_describe(c, txn, version=0):
     return d
 
 
+def dead_letter_offsets(addr, topic, partitions):
+    """{txn id: [offset of each record copied for it]} in a dead-letter
+    topic (by the header sluice.txn.id)."""
+    out = {}
+    for part in range(partitions):
+        for rec in fetch_all(addr, topic, part):
+            h = dict((k if isinstance(k, str) else k.decode(), v)
+                     for k, v in rec.headers)
+            out.setdefault(int(h["sluice.txn.id"]), []).append(rec.offset)
+    return out
+
+
 def kept_batch(b, txn):
     """(state, 1 if sluice.db still holds txn's batch else 0), read from
     sluice.db beside the broker (WAL mode), or None without a row."""

@@ -29,6 +29,10 @@ starts again on what is left.
   copy taken by a power cut, and the disk full at the next start, so
   that appending it again fails. Its row must keep the batch, and the
   start after that (space freed) appends it, once.
+* dead_letter_copies_lost: dead-letter copies recorded in sluice.db (made
+  durable by a later prepare's sync), their page-cache log copies taken
+  by the cut: start-up copies them again, once each.  And the rollback
+  acknowledged just before the cut is still a rollback after it.
 
 SOAK_SEED=<n> replays the random choices.
 
@@ -43,8 +47,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, ConnectionClosed, ERR_NONE,  # noqa: E402
-                     TXN_COMMIT, TXN_COMMITTED, build_batch, check, check_eq,
-                     fetch_all, kept_batch, log, need_program, run,
+                     TXN_COMMIT, TXN_COMMITTED, TXN_ROLLBACK, TXN_ROLLED_BACK,
+                     build_batch, check, check_eq,
+                     dead_letter_offsets, fetch_all, kept_batch, log,
+                     need_program, run,
                      txn_describe, txn_end, txn_prepare, wait_for,
                      walk_segment)
 import test_txn_soak as soak  # noqa: E402
@@ -303,7 +309,56 @@ def test_reappend_disk_full():
     b.stop()
 
 
+def test_dead_letter_copies_lost():
+    """Copies recorded, their log copies lost: copied again, once."""
+    b = PowercutBroker("powerloss-dead-letter", sets={
+        "transaction.timeout.ms": 100, "transaction.check.max": 1,
+        "transaction.dead.letter.topic": "dlq",
+        "log.flush.interval.ms": 600000})  # nothing syncs the copies
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 1)
+    b.stop()  # each start has its own journal: the cut spares the topics
+    b.start()
+    with Conn(b.addr) as c:
+        ids = [txn_prepare(c, "gp", "o", 0, [(None, b"dead-%d" % k)])[2]
+               for k in range(3)]
+        wait_for(lambda: all(txn_describe(c, t, 1)["dead_letter_offset"] >= 0
+                             for t in ids), 10, what="the copies recorded")
+        recorded = {t: txn_describe(c, t, 1)["dead_letter_offset"] for t in ids}
+        check_eq(dead_letter_offsets(b.addr, "dlq", 1),
+                 {t: [o] for t, o in recorded.items()}, "the copies")
+        # a prepare's WAL sync makes the records durable; rolled back, so
+        # that it is not discarded too
+        err, _, rb, _ = txn_prepare(c, "gp", "o", 0, [(None, b"rolled-back")])
+        check_eq(err, ERR_NONE, "prepare")
+        check_eq(txn_end(c, "gp", rb, TXN_ROLLBACK)[0], ERR_NONE, "rollback")
+    b.kill9()
+    check_eq(walk_segment(b.segment_files("dlq", 0)[0])[0], None,
+             "the cut took the copies")
+    b.start()
+    with Conn(b.addr) as c:
+        wait_for(lambda: all(txn_describe(c, t, 1)["dead_letter_offset"] >= 0
+                             for t in ids), 10, what="the copies recorded again")
+        again = {t: txn_describe(c, t, 1)["dead_letter_offset"] for t in ids}
+        # an acknowledged rollback was synced before its answer
+        check_eq(txn_describe(c, rb)["state"], TXN_ROLLED_BACK,
+                 "the rollback after the cut")
+    check("3 recorded copy(ies) lost with the end of its log (power loss?)"
+          in b.log_text(), "start-up says so")
+    check_eq(dead_letter_offsets(b.addr, "dlq", 1),
+             {t: [o] for t, o in again.items()}, "each copied again, once")
+    b.stop()
+    b.start()
+    time.sleep(1.5)  # a step or more
+    check_eq(dead_letter_offsets(b.addr, "dlq", 1),
+             {t: [o] for t, o in again.items()}, "nothing more after a restart")
+    b.stop()
+
+
 if __name__ == "__main__":
     run([("produce_fsync", test_produce_fsync, 180),
          ("transactions", test_transactions, 240),
-         ("reappend_disk_full", test_reappend_disk_full, 120)])
+         ("reappend_disk_full", test_reappend_disk_full, 120),
+         ("dead_letter_copies_lost", test_dead_letter_copies_lost, 60)])

@@ -876,8 +876,9 @@ def gzip_batch(values):
 
 def test_dead_letter_compressed_copied_as_is():
     """A compressed half message cannot take the headers without being
-    decompressed: its copy is the batch as prepared, a plain one (producer
-    fields -1, CRC recomputed)."""
+    decompressed: its copy is the batch as prepared (producer
+    fields those of the first dead-letter copy of its partition: the
+    reserved producer 2, epoch 0, sequence 0; CRC recomputed)."""
     b = dead_letter_broker("txn-dead-gzip")
     with Conn(b.addr) as c:
         c.create_topic("o", 1)
@@ -897,7 +898,7 @@ def test_dead_letter_compressed_copied_as_is():
               int.from_bytes(last[51:53], "big", signed=True),
               int.from_bytes(last[53:57], "big", signed=True),
               int.from_bytes(last[57:61], "big")),
-             (1, -1, -1, -1, 2), "attributes, producer fields, count")
+             (1, 2, 0, 0, 2), "attributes, producer fields, count")
     check_eq(last[61:], body, "the compressed records as prepared")
 
 
@@ -929,8 +930,9 @@ def test_dead_letter_backlog():
 def test_upgrade_from_schema_4():
     """A sluice.db of schema version 4 (before the dead-letter column) is
     migrated at start-up: the column and its index appear, then the index
-    of unsynced commits (version 6), version 6 is recorded, the
-    transactions kept work, and a second start changes nothing."""
+    of unsynced commits (version 6), then the numbering of dead-letter
+    copies (version 7), version 7 is recorded, the transactions kept work,
+    and a second start changes nothing."""
     b = Broker(name="txn-upgrade", sets={"transaction.timeout.ms": 60000})
     b.start()
     with Conn(b.addr) as c:
@@ -943,7 +945,11 @@ def test_upgrade_from_schema_4():
     db = sqlite3.connect(path)
     db.execute("DROP INDEX txn_half_dead")
     db.execute("DROP INDEX txn_half_unsynced")
+    db.execute("DROP INDEX txn_half_dead_out")
+    db.execute("DROP TABLE txn_dead_seq")
     db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_offset")
+    db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_seq")
+    db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_partition")
     db.execute("PRAGMA user_version = 4")
     db.commit()
     db.close()
@@ -959,11 +965,14 @@ def test_upgrade_from_schema_4():
         db = sqlite3.connect(path)
         cols = [r[1] for r in db.execute("PRAGMA table_info(txn_half)")]
         check_eq((db.execute("PRAGMA user_version").fetchone()[0],
-                  cols.count("dead_letter_offset"),
+                  [c for c in cols if c.startswith("dead_letter_")],
                   db.execute("SELECT count(*) FROM sqlite_schema WHERE name IN"
-                             " ('txn_half_dead', 'txn_half_unsynced')")
+                             " ('txn_half_dead', 'txn_half_unsynced',"
+                             " 'txn_half_dead_out', 'txn_dead_seq')")
                   .fetchone()[0]),
-                 (6, 1, 2), "schema after start %d" % start)
+                 (7, ["dead_letter_offset", "dead_letter_seq",
+                      "dead_letter_partition"], 4),
+                 "schema after start %d" % start)
         db.close()
     b.start()
     check_eq(values(b.addr, "o"), [b"kept"], "committed after the upgrade")

@@ -15,6 +15,10 @@ broker dies at.
   partitions): after the restart every commit that was acknowledged is in
   the log exactly once, no message is there twice, and retrying every
   commit appends each of the others exactly once.
+* Dead-letter copies (transaction.dead.letter.topic): the broker dies
+  (SLUICED_CRASH_AT=txn_dead_appended) after appending copies and before
+  recording them; after the restart each discarded transaction has
+  exactly one copy, at the offset recorded for it.
 * A power loss (either durability) that keeps a commit's log append but
   loses its COMMITTING row (simulated by restoring sluice.db): start-up
   finds its marker and records it COMMITTED; nothing is appended twice and
@@ -30,8 +34,9 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_TXN_END, API_TXN_PREPARE, Broker, Conn,  # noqa: E402
                      ConnectionClosed, ERR_NONE, TXN_COMMIT, TXN_COMMITTED,
-                     TXN_PENDING,
-                     build_batch, check, check_eq, fetch_all, log,
+                     TXN_DISCARDED, TXN_PENDING,
+                     build_batch, check, check_eq, dead_letter_offsets,
+                     fetch_all, log,
                      parse_txn_end, parse_txn_prepare, pipeline, run,
                      txn_describe, txn_end, txn_end_body, txn_list,
                      txn_prepare, txn_prepare_body, wait_for)
@@ -192,6 +197,69 @@ def test_power_loss_keeps_only_the_marker():
     check_eq(payloads(b.addr, "orders", 1), [b"first"], "the commit once")
 
 
+def test_dead_letter_crash_exactly_once():
+    """12 discards on a 2-partition dead-letter topic: the first step
+    appends 5 copies per partition (at most a dedup window's worth) and
+    the broker dies before recording them.  After the restart the step
+    reads them again with their numbers: the log knows them, nothing is
+    appended twice, and the rest are copied once."""
+    sets = {"transaction.timeout.ms": 100, "transaction.check.max": 1,
+            "transaction.dead.letter.topic": "dlq"}
+    b = Broker(name="txn-dead-crash", sets=sets,
+               env={"SLUICED_CRASH_AT": "txn_dead_appended"})
+    b.start()
+    ids = []
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 2)
+        for k in range(12):
+            err, _, t, _ = txn_prepare(c, "gc", "o", 0,
+                                       [(None, b"lost-%d" % k)])
+            check_eq(err, ERR_NONE, "prepare %d" % k)
+            ids.append(t)
+    b.proc.wait(30)
+    check_eq(b.proc.returncode, 137, "the broker died after the appends")
+    b.kill9()
+    before = batches_on_disk(b, "dlq", 2)
+    check(2 <= before <= 10, "copies appended before the crash: %d" % before)
+    log("  %d copies appended before the crash" % before)
+    b.env = {}
+    b.start()
+    with Conn(b.addr) as c:
+        wait_for(lambda: all(txn_describe(c, t, 1)["dead_letter_offset"] >= 0
+                             for t in ids), 20, what="every copy recorded")
+        recorded = {t: txn_describe(c, t, 1)["dead_letter_offset"] for t in ids}
+        check(all(txn_describe(c, t, 1)["state"] == TXN_DISCARDED for t in ids),
+              "still discarded")
+    copies = dead_letter_offsets(b.addr, "dlq", 2)
+    check_eq(sorted(copies), sorted(ids), "a copy of each")
+    check_eq({t: v for t, v in copies.items() if len(v) != 1}, {},
+             "no copy twice")
+    check_eq({t: v[0] for t, v in copies.items()}, recorded,
+             "the recorded offsets are the copies'")
+    check_eq(b.log_text().count("not appended again"), before,
+             "the copies appended before the crash were found in the log")
+    b.stop()
+
+
+def batches_on_disk(b, topic, partitions):
+    """How many record batches the topic's segment files hold (the broker
+    stopped)."""
+    n = 0
+    for part in range(partitions):
+        for seg in b.segment_files(topic, part):
+            with open(seg, "rb") as f:
+                data = f.read()
+            pos = 0
+            while pos + 12 <= len(data):
+                blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
+                if blen <= 0 or pos + 12 + blen > len(data):
+                    break
+                n += 1
+                pos += 12 + blen
+    return n
+
+
 N = 1000
 CONNS = 8
 
@@ -278,4 +346,6 @@ if __name__ == "__main__":
          lambda: power_loss_keeps_the_log("fsync"), 60),
         ("power_loss_keeps_only_the_marker",
          test_power_loss_keeps_only_the_marker, 60),
+        ("dead_letter_crash_exactly_once",
+         test_dead_letter_crash_exactly_once, 90),
     ])
