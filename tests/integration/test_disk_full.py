@@ -52,6 +52,14 @@ that runs into it.  `prlimit --pid PID --fsize=unlimited:unlimited`
 * restart_after_other_commit: as txn_other_commit_before_retry, but the
   broker is killed before the retry: start-up recovery must append the
   failed commit, once.
+* dead_letter_disk_full: discarded transactions copied to a dead-letter
+  topic whose log is 2 KB below the limit: the two copies that fit are
+  appended and recorded, the next fails (logged), and the smaller ones
+  after it, which would fit, wait with it, unrecorded, through the steps
+  while full.  Once the
+  limit is lifted every copy lands once, in the order they were numbered
+  (txn id order), at the recorded offsets, the partial write cut back;
+  a restart copies nothing more.
 
 Env: SLUICED.  Skipped (77) when prlimit is not installed.
 """
@@ -64,13 +72,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_ALTER_CONFIGS, API_TXN_END, Broker,  # noqa: E402
-                     Conn, ConnectionClosed, DecodeError,
+                     Conn, ConnectionClosed, DecodeError, fetch_all,
                      ERR_KAFKA_STORAGE_ERROR, ERR_NONE, LIST_OFFSETS_LATEST,
                      SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
                      TXN_PENDING, TestFailure, Writer, build_batch, check,
                      check_eq, decode_batches, log, need_program,
                      parse_txn_end, run, run_cmd, txn_describe, txn_end,
-                     txn_end_body, txn_list, txn_prepare, walk_segment)
+                     txn_end_body, txn_list, txn_prepare, wait_for,
+                     walk_segment)
 
 LIMIT = 6 << 20            # RLIMIT_FSIZE of the broker: "the disk"
 SEGMENT_BYTES = 64 << 20   # the active segment grows into LIMIT, no roll
@@ -754,6 +763,67 @@ def test_restart_after_other_commit():
     check_log(b, topic, expected, (), "after the restart")
 
 
+# --------------------------------------------------------------------------
+# 4. Dead-letter copies.
+
+def dead_letter_log(b):
+    """[(txn id, offset)] of the copies in dlq-0, in log order (the fill's
+    records have no sluice.txn.id)."""
+    out = []
+    for r in fetch_all(b.addr, "dlq", 0):
+        h = dict((k if isinstance(k, str) else k.decode(), v) for k, v in r.headers)
+        if "sluice.txn.id" in h:
+            out.append((int(h["sluice.txn.id"]), r.offset))
+    return out
+
+
+def test_dead_letter_disk_full():
+    prlimit_path()
+    b = Broker(name="diskfull-dead-letter", max_file_bytes=LIMIT, sets={
+        "transaction.timeout.ms": 100, "transaction.check.max": 1,
+        "transaction.dead.letter.topic": "dlq"})
+    b.start()
+    check_eq(fsize_limit(b.proc.pid), LIMIT, "the broker's RLIMIT_FSIZE")
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 1, TOPIC_CONF)
+        fill(b, c, "dlq", free=2000)
+        ids = []
+        # 600, 600, then 1500 (does not fit), then small ones that would
+        # fit behind it: they must wait for it (a copy appended after a
+        # later-numbered one would be taken for appended long ago)
+        for k, size in enumerate((600, 600, 1500, 60, 60, 60, 60, 60)):
+            err, _, t, _ = txn_prepare(c, "gf", "o", 0,
+                                       [(None, value("dead", k, size))])
+            check_eq(err, ERR_NONE, "prepare %d" % k)
+            ids.append(t)
+
+        def dead(t):
+            return txn_describe(c, t, 1)["dead_letter_offset"]
+        wait_for(lambda: "no dead-letter copy in dlq yet" in b.log_text(), 15,
+                 what="a failed copy logged")
+        landed = dead_letter_log(b)
+        check_eq(len(landed), 2, "the copies that fit: %r" % landed)
+        check_eq(landed, [(t, dead(t)) for t in ids[:len(landed)]],
+                 "the first copies, in order, recorded at their offsets")
+        time.sleep(2.5)  # steps while full: the rest wait, unrecorded
+        check_eq(dead_letter_log(b), landed, "nothing more while full")
+        check_eq([dead(t) for t in ids[len(landed):]],
+                 [-1] * (len(ids) - len(landed)), "the rest unrecorded")
+        log_file_bytes(b, "dlq")  # the partial write was cut back
+        lift_limit(b)
+        wait_for(lambda: all(dead(t) >= 0 for t in ids), 15,
+                 what="every copy recorded")
+        got = dead_letter_log(b)
+        check_eq(got, [(t, dead(t)) for t in ids],
+                 "each copy once, in numbering order, at its recorded offset")
+    b.stop()
+    b.start()
+    time.sleep(1.5)  # a step or more
+    check_eq(dead_letter_log(b), got, "nothing more after a restart")
+    b.stop()
+
+
 if __name__ == "__main__":
     run([
         ("produce_disk_full", test_produce_disk_full, 60),
@@ -766,4 +836,5 @@ if __name__ == "__main__":
          60),
         ("restart_after_disk_full", test_restart_after_disk_full, 60),
         ("restart_after_other_commit", test_restart_after_other_commit, 60),
+        ("dead_letter_disk_full", test_dead_letter_disk_full, 60),
     ])
