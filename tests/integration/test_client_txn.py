@@ -30,6 +30,7 @@ Env: SLUICED, SLUICE_CLI, TXN_CLIENT (tests/integration/txn_client).
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -259,7 +260,8 @@ def test_cli_operator_commands():
 
 def test_cli_dead_letter_offset():
     """`sluice txn list` (TxnList v1) and `txn describe` (TxnDescribe v1)
-    say where a discarded transaction's dead-letter copy is."""
+    say where a discarded transaction's dead-letter copy is, or that its
+    offset is unknown (-3)."""
     b = start("txn-cli-dlq", sets={"transaction.timeout.ms": "100",
                                    "transaction.check.max": "1",
                                    "transaction.dead.letter.topic": "dlq"})
@@ -283,6 +285,20 @@ def test_cli_dead_letter_offset():
     check_eq([m[-1] for m in mine], [str(at[0])], "table column")
     rc, out, err = sluice(b, "txn", "describe", txn)
     check("copied at offset %d" % at[0] in out, "describe: %r" % out)
+    # -3: copied at an offset the broker no longer knows (should not
+    # happen; docs/transactions.md "Dead-letter topic"), set by hand
+    b.stop()
+    db = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"))
+    db.execute("UPDATE txn_half SET dead_letter_offset = -3 WHERE txn_id = ?", (txn,))
+    db.commit()
+    db.close()
+    b.start()
+    check_eq(txn_rows(b)[txn]["dead_letter_offset"], -3, "json row, unknown")
+    rc, out, err = sluice(b, "txn", "list")
+    mine = [ln.split("\t") for ln in out.splitlines() if ln.startswith("%d\t" % txn)]
+    check_eq([m[-1] for m in mine], ["unknown"], "table column, unknown")
+    rc, out, err = sluice(b, "txn", "describe", txn)
+    check("copied, at an offset no longer known" in out, "describe: %r" % out)
 
 
 def parse_async(out):
