@@ -478,8 +478,8 @@ static int tick_run(coord_job *job, sqlite3 *db)
 	 * checks counted and marks, so a transaction is checked again (or
 	 * marked at start-up).  It would otherwise take a device sync ten times
 	 * a second on an idle broker.  Except when dead-letter copies were
-	 * numbered: their numbers must be durable before they are appended
-	 * (txn_dead.h). */
+	 * numbered or recorded: that must be durable before the next copies
+	 * are appended (txn_dead.h). */
 	t->job.early = numbered == 0;
 	return SQLITE_OK;
 }

@@ -71,7 +71,9 @@ int txn_dead_run(sqlite3 *db)
 	}
 	if (rc >= 0)
 		rc = halfstore_dead_letters(db, TXN_DEAD_BATCH, nparts, &todo, &ntodo, &numbered);
-	return rc < 0 ? rc : numbered;
+	/* records too: were they lost with the WAL, the copies appended
+	 * unrecorded would span two steps, more than the dedup window */
+	return rc < 0 ? rc : numbered || ndone > 0;
 }
 
 /* A plain copy of a compressed batch (its records cannot take headers

@@ -12,8 +12,8 @@
  *    previous step wrote (txn_half.dead_letter_offset), reads the next
  *    discarded transactions without one and numbers the new ones
  *    (halfstore_dead_letters: partition txn id modulo the topic's
- *    partitions, and a sequence); a job that numbered some waits for its
- *    WAL sync;
+ *    partitions, and a sequence); a job that numbered or recorded some
+ *    waits for its WAL sync;
  *  - on the ticker's loop, once that job is done, txn_dead_write appends
  *    them, as idempotent batches of HALFSTORE_DEAD_PID with their
  *    sequences, in sequence order per partition, at most PIDSTATE_WINDOW
@@ -56,9 +56,11 @@ void txn_dead_init(const char *name);
  * count for the step's numbering. */
 bool txn_dead_due(server *srv, int64_t mono_now);
 /* Coordinator thread, in the ticker's job (when txn_dead_due said so).
- * Returns 1 if it numbered copies (the job must then be durable before
- * txn_dead_write appends them), 0, or -errno if SQLite failed (the job is
- * rolled back: the copies stay to be recorded at the next step). */
+ * Returns 1 if it numbered copies or recorded some (the job must then be
+ * durable before txn_dead_write appends: a number before its copy, and
+ * the copies appended but unrecorded never more than one step's), 0, or
+ * -errno if SQLite failed (the job is rolled back: the copies stay to be
+ * recorded at the next step). */
 int txn_dead_run(sqlite3 *db);
 /* The ticker's loop, after the job: appends what txn_dead_run read, or
  * keeps the copies to record if the job failed (ok false). */
