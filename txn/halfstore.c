@@ -1,7 +1,7 @@
 /*
  * halfstore.c — see halfstore.h.
  *
- * Schema, halfstore version 2 (part of sluice.db; docs/transactions.md and
+ * Schema, halfstore version 5 (part of sluice.db; docs/transactions.md and
  * docs/storage.md describe it for operators).  Change it only by adding a
  * migration step (ALTER TABLE / new index) after halfstore_schema_sql in
  * coord.c's schema_upgrade, bumping HALFSTORE_SCHEMA_VERSION and the
