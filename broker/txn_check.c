@@ -549,10 +549,12 @@ static void marks_done(tick_job *t, bool recorded)
 	}
 }
 
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents);
+
 static void tick_done(loop_task *lt)
 {
 	tick_job *t = (tick_job *)((char *)lt - offsetof(tick_job, job.done));
-	bool ok = t->job.rc == SQLITE_OK;
+	bool ok = t->job.rc == SQLITE_OK, again;
 
 	pthread_mutex_lock(&lock);
 	if (ok)
@@ -580,7 +582,11 @@ static void tick_done(loop_task *lt)
 	free(t->none);
 	free(t->release);
 	free(t->marks);
+	again = t->dead && txn_dead_again();
 	free(t);
+	/* a dead-letter backlog: the next step now, not at the next tick */
+	if (again)
+		on_tick(tick_w->loop, &tick, 0);
 }
 
 /* Lock held: moves the handed-over commits that are durable now (or whose

@@ -30,8 +30,8 @@ static halfstore_txn *todo;    /* owned: read by the last step, to append */
 static size_t ntodo;
 static copied done[TXN_DEAD_BATCH]; /* appended, to record */
 static size_t ndone;
-static bool full;              /* the last read filled a batch, or copies were
-				  held back: look again */
+static bool full;              /* the last step made progress and left some:
+				  the next one runs at once (txn_dead_again) */
 static int32_t nparts;         /* the topic's partitions at the last look
 				  (0: no topic), for the numbering */
 static int64_t next_look;      /* mono ms */
@@ -215,11 +215,13 @@ static void give_up(const halfstore_txn *x, int rc, const char *why)
 }
 
 /* Appends what the last step read, in its order (per partition: sequence
- * order), then hits the test crash point.  Sets `full` if copies were held
- * back. */
+ * order), then hits the test crash point.  Sets `full` if it made progress
+ * and left copies for the next step (held back, or a full read): not on
+ * a missing topic or a failing disk, which the next look (a second later)
+ * tries again. */
 static void write_all(server *srv)
 {
-	bool appended = false;
+	bool appended = false, more = ntodo == TXN_DEAD_BATCH;
 	int *held;
 	topic *t;
 
@@ -250,7 +252,7 @@ static void write_all(server *srv)
 			continue;
 		}
 		if (!may_append(x, held)) {
-			full = true;
+			more = more || held[x->dead_letter_partition] >= 0;
 			continue;
 		}
 		rc = append_copy(srv, &t->parts[x->dead_letter_partition], x, &offset);
@@ -275,6 +277,7 @@ static void write_all(server *srv)
 	}
 	free(held);
 	topic_unref(t);
+	full = more && ndone > 0;
 	if (appended)
 		txn_api_crash_point(TXN_CRASH_DEAD_APPENDED);
 }
@@ -284,13 +287,19 @@ void txn_dead_write(server *srv, bool ok, int64_t mono_now)
 	if (ok) {
 		/* the copies are recorded: read again only what is left */
 		ndone = 0;
-		full = ntodo == TXN_DEAD_BATCH;
 		next_look = mono_now + TXN_DEAD_INTERVAL_MS;
-		write_all(srv); /* may set full */
 	}
+	full = false;
+	if (ok)
+		write_all(srv); /* may set full */
 	halfstore_txns_free(todo, ntodo);
 	todo = NULL;
 	ntodo = 0;
+}
+
+bool txn_dead_again(void)
+{
+	return full;
 }
 
 void txn_dead_stop(void)

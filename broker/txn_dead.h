@@ -51,7 +51,7 @@
 /* Start-up, before the ticker: the topic's name (copied), "" = off. */
 void txn_dead_init(const char *name);
 /* True if the next ticker job should run a step: enabled, and copies to
- * record, a full batch or copies held back last time, or
+ * record, more to do after the last step (txn_dead_again), or
  * TXN_DEAD_INTERVAL_MS since the last look.  Notes the topic's partition
  * count for the step's numbering. */
 bool txn_dead_due(server *srv, int64_t mono_now);
@@ -65,6 +65,12 @@ int txn_dead_run(sqlite3 *db);
 /* The ticker's loop, after the job: appends what txn_dead_run read, or
  * keeps the copies to record if the job failed (ok false). */
 void txn_dead_write(server *srv, bool ok, int64_t mono_now);
+/* The ticker's loop, after txn_dead_write: true if that step made
+ * progress and left copies to write (a full read, or copies held back by
+ * the per-partition limit), so the ticker runs the next step at once
+ * rather than at its next tick: at most PIDSTATE_WINDOW copies per
+ * partition and step, one step a tick would copy 50 a second. */
+bool txn_dead_again(void);
 /* Start-up, main thread, after the logs are recovered and before the
  * ticker: for each partition of the dead-letter topic, copies recorded at
  * or beyond its log's end and numbered after the last sequence it holds
