@@ -7,7 +7,8 @@
  * sluice.txn.partition and sluice.txn.reason (docs/transactions.md
  * "Dead-letter topic").
  *
- * The check-back ticker (txn_check.c) drives it, one step per tick:
+ * The check-back ticker (txn_check.c) drives it, one step per tick, or
+ * back to back while a backlog makes progress (txn_dead_again):
  *  - in the ticker's coordinator job, txn_dead_run records the copies the
  *    previous step wrote (txn_half.dead_letter_offset), reads the next
  *    discarded transactions without one and numbers the new ones
@@ -27,7 +28,8 @@
  * DISCARDED and queryable.
  *
  * Owns: the transactions read and the copies written between two steps.
- * Threads: txn_dead_due and txn_dead_write on the ticker's loop,
+ * Threads: txn_dead_due, txn_dead_write and txn_dead_again on the ticker's
+ * loop,
  * txn_dead_recover on main at start-up (before the ticker),
  * txn_dead_run on the coordinator thread inside the ticker's job.  The
  * ticker has one job in flight at most, and the job's completion orders
