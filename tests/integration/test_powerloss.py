@@ -29,9 +29,9 @@ starts again on what is left.
   copy taken by a power cut, and the disk full at the next start, so
   that appending it again fails. Its row must keep the batch, and the
   start after that (space freed) appends it, once.
-* dead_letter_copies_lost: dead-letter copies recorded in sluice.db (made
-  durable by a later prepare's sync), their page-cache log copies taken
-  by the cut: start-up copies them again, once each.  And the rollback
+* dead_letter_copies_lost: dead-letter copies recorded in sluice.db (the
+  step that records them waits for its WAL sync), their page-cache log
+  copies taken by the cut: start-up copies them again, once each.  And the rollback
   acknowledged just before the cut is still a rollback after it.
 
 SOAK_SEED=<n> replays the random choices.
@@ -329,8 +329,9 @@ def test_dead_letter_copies_lost():
         recorded = {t: txn_describe(c, t, 1)["dead_letter_offset"] for t in ids}
         check_eq(dead_letter_offsets(b.addr, "dlq", 1),
                  {t: [o] for t, o in recorded.items()}, "the copies")
-        # a prepare's WAL sync makes the records durable; rolled back, so
-        # that it is not discarded too
+        # a transaction rolled back just before the cut (the records are
+        # durable already: the step that records copies waits for its WAL
+        # sync); rolled back, it must stay so, not be discarded too
         err, _, rb, _ = txn_prepare(c, "gp", "o", 0, [(None, b"rolled-back")])
         check_eq(err, ERR_NONE, "prepare")
         check_eq(txn_end(c, "gp", rb, TXN_ROLLBACK)[0], ERR_NONE, "rollback")
