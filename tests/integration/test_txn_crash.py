@@ -221,7 +221,9 @@ def test_dead_letter_crash_exactly_once():
     check_eq(b.proc.returncode, 137, "the broker died after the appends")
     b.kill9()
     before = batches_on_disk(b, "dlq", 2)
-    check(2 <= before <= 10, "copies appended before the crash: %d" % before)
+    # all 12 are usually discarded by one tick (then 5 + 5); fewer if the
+    # prepares straddled a tick; never more than 5 a partition
+    check(1 <= before <= 10, "copies appended before the crash: %d" % before)
     log("  %d copies appended before the crash" % before)
     b.env = {}
     b.start()
