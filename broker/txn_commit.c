@@ -91,25 +91,58 @@ static void set_ok(txn_commit *c, int64_t offset, int64_t need)
 	c->need = need;
 }
 
+enum txn_seq_seen txn_seq_seen(partition *p, int64_t pid, int64_t seq, int32_t count,
+			       int64_t *base)
+{
+	int16_t epoch = halfstore_commit_epoch(seq);
+	int32_t first = halfstore_commit_base_seq(seq);
+	int verdict = pidstate_check(p->pids, pid, epoch, first, first + count - 1, base);
+
+	if (verdict == PIDSTATE_DUPLICATE)
+		return TXN_SEQ_DUPLICATE;
+	if (verdict == PIDSTATE_FENCED ||
+	    (verdict == PIDSTATE_OUT_OF_ORDER && pidstate_last_seq(p->pids, pid, epoch) >= first))
+		return TXN_SEQ_LONG_AGO;
+	return TXN_SEQ_NEW;
+}
+
+void txn_seq_record(partition *p, int64_t pid, int64_t seq, int32_t count, int64_t base)
+{
+	int32_t first = halfstore_commit_base_seq(seq);
+
+	if (pidstate_record(p->pids, pid, halfstore_commit_epoch(seq), first, first + count - 1,
+			    base, base + count - 1) < 0)
+		BLOG_RL(BLOG_WARN, "%s-%d: no memory to remember producer %lld's sequence %lld",
+			p->topic->name, p->index, (long long)pid, (long long)seq);
+}
+
+int64_t txn_seq_last(partition *p, int64_t pid)
+{
+	int16_t epoch;
+	int32_t last;
+	bool found;
+
+	pthread_mutex_lock(&p->pid_lock);
+	found = pidstate_last(p->pids, pid, &epoch, &last) == 0;
+	pthread_mutex_unlock(&p->pid_lock);
+	return found ? (int64_t)epoch * HALFSTORE_SEQ_SPAN + last : -1;
+}
+
 /* Under p->pid_lock: what to do with c (stamped).  Queues a new one in the
  * write scratch at *m. */
 static void classify(partition *p, txn_commit **v, size_t k, size_t *m, int64_t *last_queued)
 {
 	txn_commit *c = v[k];
 	halfstore_txn *t = c->txn;
-	int32_t last = t->record_count - 1;
-	int16_t epoch = halfstore_commit_epoch(t->commit_seq);
-	int32_t seq = halfstore_commit_base_seq(t->commit_seq);
 	int64_t base = -1;
-	int verdict = pidstate_check(p->pids, HALFSTORE_COMMIT_PID, epoch, seq, seq + last, &base);
+	enum txn_seq_seen seen = txn_seq_seen(p, HALFSTORE_COMMIT_PID, t->commit_seq,
+					      t->record_count, &base);
 
 	if (seq_failed(p, t->commit_seq)) {
 		c->rc = APPEND_E_STALE; /* read before its failure released it */
-	} else if (verdict == PIDSTATE_DUPLICATE) {
-		set_ok(c, base, base + last + 1);
-	} else if (verdict == PIDSTATE_FENCED ||
-		   (verdict == PIDSTATE_OUT_OF_ORDER &&
-		    pidstate_last_seq(p->pids, HALFSTORE_COMMIT_PID, epoch) >= seq)) {
+	} else if (seen == TXN_SEQ_DUPLICATE) {
+		set_ok(c, base, base + t->record_count);
+	} else if (seen == TXN_SEQ_LONG_AGO) {
 		/* appended long ago (out of the dedup window): never twice */
 		set_ok(c, -1, partlog_end_offset(p->log));
 	} else if (*m && t->commit_seq <= *last_queued) {
@@ -163,14 +196,11 @@ static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
 
 		for (size_t i = done | 1; i < done + na; i += 2) {
 			txn_commit *c = v[stage.pbi[i / 2]];
-			int32_t seq = halfstore_commit_base_seq(c->txn->commit_seq);
-			int32_t last = c->txn->record_count - 1;
 			int64_t base = stage.pb[i].base_offset;
 
-			pidstate_record(p->pids, HALFSTORE_COMMIT_PID,
-					halfstore_commit_epoch(c->txn->commit_seq), seq, seq + last, base,
-					base + last);
-			set_ok(c, base, base + last + 1);
+			txn_seq_record(p, HALFSTORE_COMMIT_PID, c->txn->commit_seq,
+				       c->txn->record_count, base);
+			set_ok(c, base, base + c->txn->record_count);
 			c->appended = true;
 			appended = true;
 		}
@@ -583,16 +613,11 @@ static void recover_mark(sqlite3 *db, txn_commit *c, size_t n)
  * log, from pidstate.  False if the log holds none. */
 static bool log_next_seq(partition *p, int64_t *next)
 {
-	int16_t epoch;
-	int32_t last;
-	bool found;
+	int64_t last = txn_seq_last(p, HALFSTORE_COMMIT_PID);
 
-	pthread_mutex_lock(&p->pid_lock);
-	found = pidstate_last(p->pids, HALFSTORE_COMMIT_PID, &epoch, &last) == 0;
-	pthread_mutex_unlock(&p->pid_lock);
-	if (found)
-		*next = (int64_t)epoch * HALFSTORE_SEQ_SPAN + last + 1;
-	return found;
+	if (last >= 0)
+		*next = last + 1;
+	return last >= 0;
 }
 
 /* A commit found in the log behind its marker. */

@@ -56,6 +56,24 @@ typedef struct txn_commit {
 	size_t lead;        /* a duplicate in the same round: its first copy */
 } txn_commit;
 
+/* Reserved producers (HALFSTORE_COMMIT_PID, HALFSTORE_DEAD_PID) number
+ * their batches themselves with 64-bit sequences (halfstore_commit_epoch /
+ * _base_seq packing) that only grow in a partition, gaps allowed, so a
+ * sequence at or below the last one appended is in the log already.  What
+ * p's log has of pid's batch numbered seq (count records), p->pid_lock
+ * held: */
+enum txn_seq_seen {
+	TXN_SEQ_NEW = 0,       /* not there: append it */
+	TXN_SEQ_DUPLICATE = 1, /* there, at *base (the dedup window has it) */
+	TXN_SEQ_LONG_AGO = 2,  /* there, offset no longer known */
+};
+enum txn_seq_seen txn_seq_seen(partition *p, int64_t pid, int64_t seq, int32_t count,
+			       int64_t *base);
+/* p->pid_lock held: records pid's batch numbered seq, appended at base. */
+void txn_seq_record(partition *p, int64_t pid, int64_t seq, int32_t count, int64_t base);
+/* Takes p->pid_lock: the last sequence of pid in p's log, or -1 if none. */
+int64_t txn_seq_last(partition *p, int64_t pid);
+
 /* Registers the round hook on srv->coord (before coord_start). */
 void txn_commit_start(server *srv);
 /* Queues c for this round's appends (clears its results first). */

@@ -15,6 +15,7 @@
 #include "syncer.h"
 #include "topics.h"
 #include "txn_api.h"
+#include "txn_commit.h"
 
 /* How often an idle broker looks for new discards (they come from checks
  * that went unanswered, seconds apart at the least). */
@@ -129,23 +130,19 @@ static int build_copy(const halfstore_txn *x)
  * window), or -errno / PARTLOG_E_TOO_LARGE from the append. */
 static int append_once(partition *p, const halfstore_txn *x, int64_t max_ts, int64_t *offset)
 {
-	int16_t epoch = halfstore_commit_epoch(x->dead_letter_seq);
-	int32_t seq = halfstore_commit_base_seq(x->dead_letter_seq);
-	int32_t last = x->record_count - 1;
 	int64_t base = -1;
-	int verdict = pidstate_check(p->pids, HALFSTORE_DEAD_PID, epoch, seq, seq + last, &base);
+	enum txn_seq_seen seen = txn_seq_seen(p, HALFSTORE_DEAD_PID, x->dead_letter_seq,
+					      x->record_count, &base);
 	int rc;
 
-	if (verdict == PIDSTATE_DUPLICATE) {
+	if (seen == TXN_SEQ_DUPLICATE) {
 		blog(BLOG_INFO, "txn %lld: dead-letter copy found in the log at offset %lld (appended "
 				"before a restart): not appended again",
 		     (long long)x->txn_id, (long long)base);
 		*offset = base;
 		return 0;
 	}
-	if (verdict == PIDSTATE_FENCED ||
-	    (verdict == PIDSTATE_OUT_OF_ORDER &&
-	     pidstate_last_seq(p->pids, HALFSTORE_DEAD_PID, epoch) >= seq)) {
+	if (seen == TXN_SEQ_LONG_AGO) {
 		/* copies are appended in sequence order: a lower one is there */
 		blog(BLOG_WARN, "txn %lld: dead-letter copy appended long ago, offset no longer "
 				"known: not appended again",
@@ -156,10 +153,8 @@ static int append_once(partition *p, const halfstore_txn *x, int64_t max_ts, int
 	/* new (gaps in the sequence are accepted: a copy given up, a resumed
 	 * transaction, keep their numbers) */
 	rc = partlog_append(p->log, out.data, out.len, max_ts, now_ms(), offset);
-	if (rc == 0 && pidstate_record(p->pids, HALFSTORE_DEAD_PID, epoch, seq, seq + last, *offset,
-				       *offset + last) < 0)
-		blog(BLOG_WARN, "txn %lld: no memory to remember its dead-letter copy's sequence",
-		     (long long)x->txn_id);
+	if (rc == 0)
+		txn_seq_record(p, HALFSTORE_DEAD_PID, x->dead_letter_seq, x->record_count, *offset);
 	return rc;
 }
 
@@ -320,15 +315,9 @@ int txn_dead_recover(sqlite3 *db, topics *reg)
 		return 0;
 	for (int32_t k = 0; k < t->nparts && rc == 0; k++) {
 		partition *p = &t->parts[k];
-		int64_t last = -1, n;
-		int16_t epoch;
-		int32_t seq;
+		int64_t n = halfstore_dead_lost(db, k, partlog_end_offset(p->log),
+						txn_seq_last(p, HALFSTORE_DEAD_PID));
 
-		pthread_mutex_lock(&p->pid_lock);
-		if (pidstate_last(p->pids, HALFSTORE_DEAD_PID, &epoch, &seq) == 0)
-			last = (int64_t)epoch * HALFSTORE_SEQ_SPAN + seq;
-		pthread_mutex_unlock(&p->pid_lock);
-		n = halfstore_dead_lost(db, k, partlog_end_offset(p->log), last);
 		if (n < 0) {
 			blog(BLOG_ERROR, "dead-letter topic %s partition %d: %s", topic_name, k,
 			     halfstore_strerror((int)n));

@@ -750,6 +750,15 @@ int halfstore_reattach(sqlite3 *db, int64_t txn_id, const char *topic, int32_t p
 	return run(st);
 }
 
+/* The first of count sequences from next on: a batch's sequences stay
+ * inside one epoch, so it skips to the next one if they would not fit. */
+static int64_t seq_in_epoch(int64_t next, int32_t count)
+{
+	if (next % HALFSTORE_SEQ_SPAN + count > HALFSTORE_SEQ_SPAN)
+		return (next / HALFSTORE_SEQ_SPAN + 1) * HALFSTORE_SEQ_SPAN;
+	return next;
+}
+
 /* Takes record_count sequences from txn_seq for (topic, partition).
  * 0 with *seq, or -errno. */
 static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t count,
@@ -760,9 +769,7 @@ static int take_seq(sqlite3 *db, const char *topic, int32_t partition, int32_t c
 
 	if (rc)
 		return rc;
-	/* A batch's sequences stay inside one epoch: skip to the next one. */
-	if (s % HALFSTORE_SEQ_SPAN + count > HALFSTORE_SEQ_SPAN)
-		s = (s / HALFSTORE_SEQ_SPAN + 1) * HALFSTORE_SEQ_SPAN;
+	s = seq_in_epoch(s, count);
 	rc = halfstore_seq_floor(db, topic, partition, s + count); /* above s: raises it */
 	if (rc == 0)
 		*seq = s;
@@ -1227,9 +1234,7 @@ static int number_copy(sqlite3 *db, halfstore_txn *t, int32_t nparts)
 		seq = sqlite3_column_int64(st, 0);
 	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
 	stmtcache_release(st);
-	/* a copy's sequences stay inside one epoch, as a commit's */
-	if (seq % HALFSTORE_SEQ_SPAN + t->record_count > HALFSTORE_SEQ_SPAN)
-		seq = (seq / HALFSTORE_SEQ_SPAN + 1) * HALFSTORE_SEQ_SPAN;
+	seq = seq_in_epoch(seq, t->record_count);
 	if (rc == 0)
 		rc = prep(db, "INSERT INTO txn_dead_seq(partition, next_seq) VALUES(?1, ?2)"
 			      " ON CONFLICT(partition) DO UPDATE SET next_seq = excluded.next_seq",

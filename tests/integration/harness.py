@@ -946,20 +946,27 @@ def parse_fetch_v4(r):
     return parse_fetch(r, 4)
 
 
-def walk_segment(path):
-    """(the last complete record batch of a segment file or None, the
-    position after it): where the log ends.  Zeros may follow it, written
+def segment_batches(path):
+    """The complete record batches of a segment file, in order (framing
+    only: baseOffset, batchLength).  Zeros may follow the last one, written
     ahead by fsync durability's preallocation (docs/storage.md)."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
-    last = None
     while pos + 12 <= len(data):
         blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
         if blen <= 0 or pos + 12 + blen > len(data):
             break
-        last = data[pos:pos + 12 + blen]
+        yield data[pos:pos + 12 + blen]
         pos += 12 + blen
+
+
+def walk_segment(path):
+    """(the last complete record batch of a segment file or None, the
+    position after it): where the log ends."""
+    last, pos = None, 0
+    for last in segment_batches(path):
+        pos += len(last)
     return last, pos
 
 
@@ -1541,15 +1548,25 @@ def txn_describe(c, txn, version=0):
     return d
 
 
-def dead_letter_offsets(addr, topic, partitions):
-    """{txn id: [offset of each record copied for it]} in a dead-letter
-    topic (by the header sluice.txn.id)."""
-    out = {}
+def dead_letter_records(addr, topic, partitions):
+    """[(partition, offset, txn id)] of a dead-letter topic's records in
+    log order, txn id from the header sluice.txn.id (None without one)."""
+    out = []
     for part in range(partitions):
         for rec in fetch_all(addr, topic, part):
             h = dict((k if isinstance(k, str) else k.decode(), v)
                      for k, v in rec.headers)
-            out.setdefault(int(h["sluice.txn.id"]), []).append(rec.offset)
+            txn = h.get("sluice.txn.id")
+            out.append((part, rec.offset, None if txn is None else int(txn)))
+    return out
+
+
+def dead_letter_offsets(addr, topic, partitions):
+    """{txn id: [offset of each record copied for it]} in a dead-letter
+    topic."""
+    out = {}
+    for _, off, txn in dead_letter_records(addr, topic, partitions):
+        out.setdefault(txn, []).append(off)
     return out
 
 

@@ -72,7 +72,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_ALTER_CONFIGS, API_TXN_END, Broker,  # noqa: E402
-                     Conn, ConnectionClosed, DecodeError, fetch_all,
+                     Conn, ConnectionClosed, DecodeError,
+                     dead_letter_records,
                      ERR_KAFKA_STORAGE_ERROR, ERR_NONE, LIST_OFFSETS_LATEST,
                      SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
                      TXN_PENDING, TestFailure, Writer, build_batch, check,
@@ -769,12 +770,8 @@ def test_restart_after_other_commit():
 def dead_letter_log(b):
     """[(txn id, offset)] of the copies in dlq-0, in log order (the fill's
     records have no sluice.txn.id)."""
-    out = []
-    for r in fetch_all(b.addr, "dlq", 0):
-        h = dict((k if isinstance(k, str) else k.decode(), v) for k, v in r.headers)
-        if "sluice.txn.id" in h:
-            out.append((int(h["sluice.txn.id"]), r.offset))
-    return out
+    return [(txn, off) for _, off, txn in dead_letter_records(b.addr, "dlq", 1)
+            if txn is not None]
 
 
 def test_dead_letter_disk_full():

@@ -40,7 +40,7 @@ from harness import (API_TXN_CHECK_POLL as API_POLL,  # noqa: E402
                      txn_end, txn_end_body, txn_instance_id, txn_list, txn_prepare,
                      txn_prepare_body, wait_for)
 from harness import crc32c, encode_record, walk_segment  # noqa: E402
-from harness import frame, kept_batch, request_header  # noqa: E402
+from harness import dead_letter_records, frame, kept_batch, request_header  # noqa: E402
 
 API_TXN_PREPARE = 1000
 API_TXN_END = 1001
@@ -734,14 +734,10 @@ def test_resume_and_describe():
 def dead_letter_copies(addr):
     """{txn id: (partition, number of records)} in the topic dlq."""
     out = {}
-    for part in range(2):
-        for rec in fetch_all(addr, "dlq", part):
-            h = dict((k if isinstance(k, str) else k.decode(), v)
-                     for k, v in rec.headers)
-            txn = int(h["sluice.txn.id"])
-            p, n = out.get(txn, (part, 0))
-            check_eq(p, part, "txn %d copied to one partition" % txn)
-            out[txn] = (part, n + 1)
+    for part, _, txn in dead_letter_records(addr, "dlq", 2):
+        p, n = out.get(txn, (part, 0))
+        check_eq(p, part, "txn %d copied to one partition" % txn)
+        out[txn] = (part, n + 1)
     return out
 
 

@@ -36,7 +36,7 @@ from harness import (API_TXN_END, API_TXN_PREPARE, Broker, Conn,  # noqa: E402
                      ConnectionClosed, ERR_NONE, TXN_COMMIT, TXN_COMMITTED,
                      TXN_DISCARDED, TXN_PENDING,
                      build_batch, check, check_eq, dead_letter_offsets,
-                     fetch_all, log,
+                     fetch_all, log, segment_batches,
                      parse_txn_end, parse_txn_prepare, pipeline, run,
                      txn_describe, txn_end, txn_end_body, txn_list,
                      txn_prepare, txn_prepare_body, wait_for)
@@ -247,19 +247,9 @@ def test_dead_letter_crash_exactly_once():
 def batches_on_disk(b, topic, partitions):
     """How many record batches the topic's segment files hold (the broker
     stopped)."""
-    n = 0
-    for part in range(partitions):
-        for seg in b.segment_files(topic, part):
-            with open(seg, "rb") as f:
-                data = f.read()
-            pos = 0
-            while pos + 12 <= len(data):
-                blen = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
-                if blen <= 0 or pos + 12 + blen > len(data):
-                    break
-                n += 1
-                pos += 12 + blen
-    return n
+    return sum(1 for part in range(partitions)
+               for seg in b.segment_files(topic, part)
+               for _ in segment_batches(seg))
 
 
 N = 1000
