@@ -1,13 +1,14 @@
 /*
  * coord.c — see coord.h.
  *
- * Schema, version 7 (PRAGMA user_version = 7; version 2 added
+ * Schema, version 8 (PRAGMA user_version = 8; version 2 added
  * group_offsets, documented in group.c; version 3 the transaction tables,
  * documented in txn/halfstore.c; version 4 rewrote txn_half's CHECK,
  * halfstore_schema_v2; version 5 added txn_half.dead_letter_offset,
  * halfstore_schema_v3; version 6 the index txn_half_unsynced,
  * halfstore_schema_v4; version 7 numbered dead-letter copies,
- * halfstore_schema_v5).  Change it only by adding a
+ * halfstore_schema_v5; version 8 the table txn_dead_topic,
+ * halfstore_schema_v6).  Change it only by adding a
  * migration step in schema_upgrade() and bumping the version; document the
  * tables in docs/storage.md.
  *
@@ -33,7 +34,7 @@
 #include "stmtcache.h"
 #include "walvfs.h"
 
-#define SCHEMA_VERSION 7
+#define SCHEMA_VERSION 8
 
 /* Threads: the coordinator runs batches (SQL and a COMMIT that only writes
  * the WAL: synchronous=NORMAL) and queues them for the WAL syncer(s).  A
@@ -228,7 +229,7 @@ static int schema_upgrade(sqlite3 *db)
 		    exec(db, "PRAGMA user_version = 3") || exec(db, "COMMIT"))
 			return -1;
 	}
-	/* halfstore schema versions 2 to 4 */
+	/* halfstore schema versions 2 to 6 */
 	if (v < 4 && migrate(db, 4, halfstore_schema_v2, "rewrite txn_half's CHECK"))
 		return -1;
 	if (v < 5 && migrate(db, 5, halfstore_schema_v3, "add txn_half.dead_letter_offset"))
@@ -236,6 +237,8 @@ static int schema_upgrade(sqlite3 *db)
 	if (v < 6 && migrate(db, 6, halfstore_schema_v4, "add the index txn_half_unsynced"))
 		return -1;
 	if (v < 7 && migrate(db, 7, halfstore_schema_v5, "number the dead-letter copies"))
+		return -1;
+	if (v < 8 && migrate(db, 8, halfstore_schema_v6, "add the table txn_dead_topic"))
 		return -1;
 	return 0;
 }

@@ -35,6 +35,7 @@ static bool full;              /* the last step made progress and left some:
 				  the next one runs at once (txn_dead_again) */
 static int32_t nparts;         /* the topic's partitions at the last look
 				  (0: no topic), for the numbering */
+static uint8_t topic_id[16];   /* and its id: the copies are numbered for it */
 static int64_t next_look;      /* mono ms */
 static wire_buf out;           /* the copy being built; reused */
 
@@ -52,14 +53,37 @@ bool txn_dead_due(server *srv, int64_t mono_now)
 		return false;
 	t = topics_get(srv->topics, topic_name, strlen(topic_name));
 	nparts = t ? t->nparts : 0;
-	if (t)
+	if (t) {
+		memcpy(topic_id, t->id, sizeof(topic_id));
 		topic_unref(t);
+	}
 	return true;
+}
+
+/* Before numbering copies for the topic with `id` (or repairing its
+ * records): if they were numbered for another topic, the copies not yet
+ * recorded are numbered again, for this one.  1 if so, 0, or -errno. */
+static int belong_to(sqlite3 *db, const uint8_t id[16])
+{
+	int64_t n = halfstore_dead_topic(db, id);
+
+	if (n < 0) {
+		blog(BLOG_ERROR, "dead-letter topic %s: %s", topic_name,
+		     halfstore_strerror((int)n));
+		return (int)n;
+	}
+	if (n > 0)
+		blog(BLOG_WARN, "dead-letter topic %s is not the topic the copies were numbered for "
+				"(re-created, or transaction.dead.letter.topic changed): %lld copy(ies) "
+				"not yet recorded numbered again for it; the records of earlier copies "
+				"are offsets in the other topic",
+		     topic_name, (long long)(n - 1));
+	return n > 0;
 }
 
 int txn_dead_run(sqlite3 *db)
 {
-	bool numbered = false;
+	bool numbered = false, moved = false;
 	int rc = 0;
 
 	for (size_t i = 0; i < ndone && rc >= 0; i++) {
@@ -70,11 +94,16 @@ int txn_dead_run(sqlite3 *db)
 			     (long long)done[i].txn_id, (long long)done[i].offset,
 			     halfstore_strerror(rc));
 	}
+	if (rc >= 0 && nparts > 0) {
+		rc = belong_to(db, topic_id);
+		moved = rc > 0;
+	}
 	if (rc >= 0)
 		rc = halfstore_dead_letters(db, TXN_DEAD_BATCH, nparts, &todo, &ntodo, &numbered);
 	/* records too: were they lost with the WAL, the copies appended
-	 * unrecorded would span two steps, more than the dedup window */
-	return rc < 0 ? rc : numbered || ndone > 0;
+	 * unrecorded would span two steps, more than the dedup window; and a
+	 * change of topic (rare), which the records follow */
+	return rc < 0 ? rc : numbered || moved || ndone > 0;
 }
 
 /* A plain copy of a compressed batch (its records cannot take headers
@@ -229,6 +258,13 @@ static void write_all(server *srv)
 			topic_name, ntodo);
 		return;
 	}
+	if (memcmp(t->id, topic_id, sizeof(topic_id)) != 0) {
+		/* re-created since the step numbered them: numbered again for
+		 * it by the next step, at once */
+		topic_unref(t);
+		full = true;
+		return;
+	}
 	held = calloc((size_t)t->nparts, sizeof(*held));
 	if (!held) {
 		BLOG_RL(BLOG_ERROR, "dead-letter copies: out of memory, tried again later");
@@ -242,6 +278,8 @@ static void write_all(server *srv)
 
 		if (x->dead_letter_seq < 0)
 			continue; /* read before the topic existed: numbered next step */
+		/* should not happen: the same topic (checked above) keeps
+		 * its partitions */
 		if (x->dead_letter_partition < 0 || x->dead_letter_partition >= t->nparts) {
 			give_up(x, 0, "the partition it was numbered for no longer exists");
 			continue;
@@ -313,6 +351,8 @@ int txn_dead_recover(sqlite3 *db, topics *reg)
 
 	if (!topic_name[0] || !(t = topics_get(reg, topic_name, strlen(topic_name))))
 		return 0;
+	/* another topic's records say nothing of this one's log */
+	rc = belong_to(db, t->id);
 	for (int32_t k = 0; k < t->nparts && rc == 0; k++) {
 		partition *p = &t->parts[k];
 		int64_t n = halfstore_dead_lost(db, k, partlog_end_offset(p->log),
@@ -329,5 +369,5 @@ int txn_dead_recover(sqlite3 *db, topics *reg)
 		}
 	}
 	topic_unref(t);
-	return rc;
+	return rc < 0 ? rc : 0;
 }

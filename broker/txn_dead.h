@@ -24,6 +24,10 @@
  * again after the restart, and the partition's idempotent-producer state
  * knows it (duplicate: its first offset).  A power loss that keeps a
  * record and loses the copy is repaired at start-up (txn_dead_recover).
+ * The numbers and records belong to one topic (its topic id,
+ * halfstore_dead_topic): the topic re-created, or another one named, and
+ * the copies not yet recorded are numbered again for it, and the records
+ * are not taken for its copies by the repair.
  * A missing topic is logged and retried; the transactions wait, still
  * DISCARDED and queryable.
  *

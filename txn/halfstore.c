@@ -1,7 +1,7 @@
 /*
  * halfstore.c — see halfstore.h.
  *
- * Schema, halfstore version 5 (part of sluice.db; docs/transactions.md and
+ * Schema, halfstore version 6 (part of sluice.db; docs/transactions.md and
  * docs/storage.md describe it for operators).  Change it only by adding a
  * migration step (ALTER TABLE / new index) after halfstore_schema_sql in
  * coord.c's schema_upgrade, bumping HALFSTORE_SCHEMA_VERSION and the
@@ -36,6 +36,9 @@
  *                     reset (not by a topic's deletion, not by a change of
  *                     transaction.dead.letter.topic), so that sequences only
  *                     grow in any log they are appended to.
+ *   txn_dead_topic(one, topic_id): one row, the topic id of the dead-letter
+ *                     topic the copies not yet recorded are numbered for,
+ *                     and the recorded ones are in (halfstore_dead_topic).
  *
  * Invariants:
  *  - A PENDING row has next_check_ms >= lease_until_ms: leasing moves
@@ -94,6 +97,11 @@
 	"  WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL"                      \
 	"  AND dead_letter_seq IS NOT NULL;"
 
+/* The dead-letter topic the copies are numbered for (schema 6). */
+#define HALFSTORE_DEAD_TOPIC_SQL                                                          \
+	"CREATE TABLE IF NOT EXISTS txn_dead_topic("                                      \
+	"  one INTEGER PRIMARY KEY CHECK(one = 1), topic_id BLOB NOT NULL);"
+
 const char halfstore_schema_sql[] =
 	"CREATE TABLE IF NOT EXISTS txn_half("
 	"  txn_id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -118,6 +126,7 @@ const char halfstore_schema_sql[] =
 	"  dead_letter_partition INTEGER);"
 	HALFSTORE_DEAD_INDEX_SQL
 	HALFSTORE_DEAD_SEQ_SQL
+	HALFSTORE_DEAD_TOPIC_SQL
 	HALFSTORE_UNSYNCED_INDEX_SQL
 	/* due checks: one range (state = 'PENDING', next_check_ms <= now), in
 	 * next_check_ms order, rowid breaking ties */
@@ -351,6 +360,13 @@ int halfstore_schema_v5(sqlite3 *db)
 	}
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(db, HALFSTORE_DEAD_SEQ_SQL, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+}
+
+int halfstore_schema_v6(sqlite3 *db)
+{
+	int rc = sqlite3_exec(db, HALFSTORE_DEAD_TOPIC_SQL, NULL, NULL, NULL);
+
 	return rc == SQLITE_OK ? 0 : sqlerr(rc);
 }
 
@@ -1337,6 +1353,66 @@ int halfstore_dead_letters(sqlite3 *db, size_t limit, int32_t nparts, halfstore_
 	*out = v;
 	*n = k;
 	return 0;
+}
+
+/* Stores id as the dead-letter topic's (txn_dead_topic).  0 or -errno. */
+static int set_dead_topic(sqlite3 *db, const uint8_t id[16])
+{
+	sqlite3_stmt *st;
+	int rc = prep(db, "INSERT INTO txn_dead_topic(one, topic_id) VALUES(1, ?1)"
+			  " ON CONFLICT(one) DO UPDATE SET topic_id = excluded.topic_id",
+		      &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_blob(st, 1, id, 16, SQLITE_STATIC);
+	return run(st);
+}
+
+/* *same: whether txn_dead_topic holds id, or nothing (*none).  0 or -errno. */
+static int is_dead_topic(sqlite3 *db, const uint8_t id[16], bool *same, bool *none)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db, "SELECT topic_id FROM txn_dead_topic WHERE one = 1", &st);
+
+	if (rc)
+		return rc;
+	rc = sqlite3_step(st);
+	*none = rc == SQLITE_DONE;
+	*same = rc == SQLITE_ROW && sqlite3_column_bytes(st, 0) == 16 &&
+		memcmp(sqlite3_column_blob(st, 0), id, 16) == 0;
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
+	stmtcache_release(st);
+	return rc;
+}
+
+int64_t halfstore_dead_topic(sqlite3 *db, const uint8_t id[16])
+{
+	bool same, none;
+	sqlite3_stmt *st;
+	int64_t n = 0;
+	int rc = is_dead_topic(db, id, &same, &none);
+
+	if (rc || same)
+		return rc;
+	rc = sp_begin(db);
+	if (rc)
+		return rc;
+	if (!none)
+		rc = prep(db,
+			  "UPDATE txn_half INDEXED BY txn_half_dead_out"
+			  " SET dead_letter_seq = NULL, dead_letter_partition = NULL"
+			  " WHERE state = 'DISCARDED' AND dead_letter_offset IS NULL"
+			  " AND dead_letter_seq IS NOT NULL",
+			  &st);
+	if (rc == 0 && !none) {
+		rc = run(st);
+		n = sqlite3_changes(db);
+	}
+	if (rc == 0)
+		rc = set_dead_topic(db, id);
+	rc = sp_end(db, rc);
+	return rc ? rc : none ? 0 : n + 1;
 }
 
 int64_t halfstore_dead_lost(sqlite3 *db, int32_t partition, int64_t log_end, int64_t last_seq)

@@ -65,7 +65,7 @@
  * The broker runs it as a step of coord.c's schema_upgrade (it is its own
  * schema version 1, see halfstore.c for the layout and change rules). */
 extern const char halfstore_schema_sql[];
-#define HALFSTORE_SCHEMA_VERSION 5
+#define HALFSTORE_SCHEMA_VERSION 6
 /* Version 1 -> 2 in a database made by version 1 (coord.c's schema step
  * 4): txn_half's CHECK on state rewritten from `state IN (...)`, which
  * SQLite 3.40 runs as a temporary b-tree built for every row written,
@@ -91,6 +91,10 @@ int halfstore_schema_v4(sqlite3 *db);
  * txn_half_dead_out (numbered dead-letter copies, halfstore_dead_letters).
  * Idempotent.  Runs in the caller's transaction.  0 or -errno. */
 int halfstore_schema_v5(sqlite3 *db);
+/* Version 5 -> 6 (coord.c's schema step 8): the table txn_dead_topic
+ * (halfstore_dead_topic).  Idempotent.  Runs in the caller's transaction.
+ * 0 or -errno. */
+int halfstore_schema_v6(sqlite3 *db);
 
 /* Outcomes (0 and positive). */
 enum {
@@ -410,6 +414,16 @@ int halfstore_dead_letters(sqlite3 *db, size_t limit, int32_t nparts, halfstore_
 /* Dead-letter copies are idempotent batches of this reserved producer id
  * (InitProducerId allocates from 1000; commits use 1). */
 #define HALFSTORE_DEAD_PID 2
+/* The dead-letter topic's identity (its topic id), before copies are
+ * numbered for it or repaired (halfstore_dead_lost).  Numbers and records
+ * belong to one topic: if they were made for another (the topic deleted
+ * and re-created, or transaction.dead.letter.topic changed), the copies
+ * numbered and not yet recorded lose their numbers, so that the next
+ * halfstore_dead_letters numbers them for this topic's partitions, and
+ * id becomes the topic they belong to.  0: id was theirs already, or the
+ * first (nothing to change); 1 + how many copies lost their numbers: it
+ * was another's; or -errno (nothing changed). */
+int64_t halfstore_dead_topic(sqlite3 *db, const uint8_t id[16]);
 /* Start-up, after the log of the dead-letter topic's partition was
  * recovered: copies recorded at an offset at or beyond its end (log_end)
  * and numbered after the last sequence it holds (last_seq, packed as

@@ -927,8 +927,9 @@ def test_upgrade_from_schema_4():
     """A sluice.db of schema version 4 (before the dead-letter column) is
     migrated at start-up: the column and its index appear, then the index
     of unsynced commits (version 6), then the numbering of dead-letter
-    copies (version 7), version 7 is recorded, the transactions kept work,
-    and a second start changes nothing."""
+    copies (version 7), then the table txn_dead_topic (version 8), version
+    8 is recorded, the transactions kept work, and a second start changes
+    nothing."""
     b = Broker(name="txn-upgrade", sets={"transaction.timeout.ms": 60000})
     b.start()
     with Conn(b.addr) as c:
@@ -943,6 +944,7 @@ def test_upgrade_from_schema_4():
     db.execute("DROP INDEX txn_half_unsynced")
     db.execute("DROP INDEX txn_half_dead_out")
     db.execute("DROP TABLE txn_dead_seq")
+    db.execute("DROP TABLE txn_dead_topic")
     db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_offset")
     db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_seq")
     db.execute("ALTER TABLE txn_half DROP COLUMN dead_letter_partition")
@@ -964,10 +966,11 @@ def test_upgrade_from_schema_4():
                   [c for c in cols if c.startswith("dead_letter_")],
                   db.execute("SELECT count(*) FROM sqlite_schema WHERE name IN"
                              " ('txn_half_dead', 'txn_half_unsynced',"
-                             " 'txn_half_dead_out', 'txn_dead_seq')")
+                             " 'txn_half_dead_out', 'txn_dead_seq',"
+                             " 'txn_dead_topic')")
                   .fetchone()[0]),
-                 (7, ["dead_letter_offset", "dead_letter_seq",
-                      "dead_letter_partition"], 4),
+                 (8, ["dead_letter_offset", "dead_letter_seq",
+                      "dead_letter_partition"], 5),
                  "schema after start %d" % start)
         db.close()
     b.start()

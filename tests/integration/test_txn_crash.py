@@ -244,6 +244,84 @@ def test_dead_letter_crash_exactly_once():
     b.stop()
 
 
+def restart_recreating_dlq(b, sets, partitions):
+    """Restarts b with the dead-letter topic off, deletes and re-creates
+    "dlq" with `partitions`, then restarts it with `sets` (the topic on)."""
+    b.stop()
+    b.sets = dict(sets, **{"transaction.dead.letter.topic": ""})
+    b.start()
+    with Conn(b.addr) as c:
+        check_eq(c.delete_topics(["dlq"]), {"dlq": ERR_NONE}, "dlq deleted")
+        # 36 (TOPIC_ALREADY_EXISTS) until the deletion has finished
+        wait_for(lambda: c.create_topics([("dlq", partitions, {})])["dlq"][0]
+                 == ERR_NONE, 10, what="dlq re-created")
+    b.stop()
+    b.sets = dict(sets)
+    b.start()
+
+
+def test_dead_letter_topic_recreated():
+    """The dead-letter topic deleted and re-created with fewer partitions
+    while copies wait: 12 discards numbered on 2 partitions, 10 appended,
+    none recorded (the broker dies).  The copies belong to the topic they
+    were numbered for: on the new 1-partition topic, each is numbered again
+    and copied once.  Then the topic is re-created again after every copy
+    is recorded, and the broker restarted: start-up takes the records, now
+    beyond the new topic's end, for another topic's and not for copies a
+    power loss took (nothing is copied again), and the next copies go to
+    the new topic once each."""
+    sets = {"transaction.timeout.ms": 100, "transaction.check.max": 1,
+            "transaction.dead.letter.topic": "dlq"}
+    b = Broker(name="txn-dead-recreated", sets=sets,
+               env={"SLUICED_CRASH_AT": "txn_dead_appended"})
+    b.start()
+    ids = []
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 2)
+        for k in range(12):
+            err, _, t, _ = txn_prepare(c, "gr", "o", 0,
+                                       [(None, b"lost-%d" % k)])
+            check_eq(err, ERR_NONE, "prepare %d" % k)
+            ids.append(t)
+    b.proc.wait(30)
+    check_eq(b.proc.returncode, 137, "the broker died after the appends")
+    b.kill9()
+    b.env = {}
+
+    def copied_once(txns):
+        with Conn(b.addr) as c:
+            wait_for(lambda: all(txn_describe(c, t, 1)["dead_letter_offset"]
+                                 >= 0 for t in txns), 20,
+                     what="every copy recorded")
+            got = {t: txn_describe(c, t, 1) for t in txns}
+        check(all(got[t]["state"] == TXN_DISCARDED for t in txns),
+              "still discarded")
+        check_eq(dead_letter_offsets(b.addr, "dlq", 1),
+                 {t: [got[t]["dead_letter_offset"]] for t in txns},
+                 "each copied once, at its recorded offset, in the new topic")
+
+    restart_recreating_dlq(b, sets, 1)
+    copied_once(ids)
+    check_eq(b.log_text().count("not the topic the copies were numbered for"),
+             1, "the change of topic logged")
+
+    restart_recreating_dlq(b, sets, 1)
+    more = []
+    with Conn(b.addr) as c:
+        for k in range(3):
+            err, _, t, _ = txn_prepare(c, "gr", "o", 0,
+                                       [(None, b"later-%d" % k)])
+            check_eq(err, ERR_NONE, "later prepare %d" % k)
+            more.append(t)
+    copied_once(more)
+    text = b.log_text()
+    check("lost with the end of its log" not in text,
+          "the old topic's records taken for lost copies")
+    check("no longer exists" not in text, "a copy given up")
+    b.stop()
+
+
 def batches_on_disk(b, topic, partitions):
     """How many record batches the topic's segment files hold (the broker
     stopped)."""
@@ -340,4 +418,5 @@ if __name__ == "__main__":
          test_power_loss_keeps_only_the_marker, 60),
         ("dead_letter_crash_exactly_once",
          test_dead_letter_crash_exactly_once, 90),
+        ("dead_letter_topic_recreated", test_dead_letter_topic_recreated, 90),
     ])

@@ -1145,13 +1145,17 @@ static void cut_stmt(char *s, const char *start)
 }
 
 /* halfstore_schema_sql as an older version made it (malloc()ed): version
- * 4 without the numbered dead-letter copies; version 2 without the
- * dead-letter copies at all, nor the unsynced commits' index. */
+ * 5 without txn_dead_topic; version 4 without the numbered dead-letter
+ * copies either; version 2 without the dead-letter copies at all, nor the
+ * unsynced commits' index. */
 static char *old_schema(int version)
 {
 	char *s = strdup(halfstore_schema_sql);
 
 	assert_non_null(s);
+	cut_stmt(s, "CREATE TABLE IF NOT EXISTS txn_dead_topic(");
+	if (version == 5)
+		return s;
 	assert_non_null(strstr(s, ",  dead_letter_seq INTEGER,  dead_letter_partition INTEGER"));
 	cut_text(s, ",  dead_letter_seq INTEGER,  dead_letter_partition INTEGER");
 	cut_stmt(s, "CREATE TABLE IF NOT EXISTS txn_dead_seq(");
@@ -1390,6 +1394,86 @@ static void test_halfstore_schema_v5_migrates_v4(void **state)
 	sqlite3_close(db);
 }
 
+/* A database of halfstore schema version 5 with a copy numbered and not
+ * recorded: halfstore_schema_v6 adds txn_dead_topic (twice: nothing the
+ * second time); the first topic seen adopts the numbers made before. */
+static void test_halfstore_schema_v6_migrates_v5(void **state)
+{
+	static const uint8_t id[16] = { 1 };
+	char *v5 = old_schema(5);
+	sqlite3 *db = NULL;
+	halfstore_txn t;
+
+	(void)state;
+	assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+	exec_ok(db, v5);
+	free(v5);
+	checksched_policy_default(&policy);
+	exec_ok(db, "INSERT INTO txn_half(producer_group, topic, partition, batch, batch_len,"
+		    " record_count, state, created_ms, next_check_ms, origin, discard_reason,"
+		    " dead_letter_seq, dead_letter_partition) VALUES"
+		    " ('g', 'orders', 0, x'00', 1, 1, 'DISCARDED', 0, 0, 1, 'old', 3, 0)");
+	for (int pass = 0; pass < 2; pass++) {
+		exec_ok(db, "BEGIN");
+		assert_int_equal(halfstore_schema_v6(db), 0);
+		exec_ok(db, "COMMIT");
+	}
+	assert_int_equal(halfstore_dead_topic(db, id), 0);
+	assert_int_equal(halfstore_get(db, 1, &t), HALFSTORE_OK);
+	assert_int_equal(t.dead_letter_seq, 3);
+	halfstore_txn_clear(&t);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM pragma_integrity_check WHERE"
+				       " integrity_check = 'ok'"), 1);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
+/* The copies' numbers belong to one dead-letter topic: another topic
+ * takes the numbers of the copies not yet recorded (numbered again, for
+ * its partitions, continuing the sequences), not the recorded ones. */
+static void test_halfstore_dead_topic(void **state)
+{
+	static const uint8_t a[16] = { 0xa }, b[16] = { 0xb };
+	sqlite3 *db = open_db();
+	halfstore_txn *v, t;
+	bool numbered;
+	int64_t id[3];
+	size_t n;
+
+	(void)state;
+	assert_int_equal(halfstore_dead_topic(db, a), 0); /* the first */
+	assert_int_equal(halfstore_dead_topic(db, a), 0);
+	for (int i = 0; i < 3; i++) {
+		id[i] = prepare1(db, "g", i);
+		assert_int_equal(halfstore_discard(db, id[i], "max checks", 10), HALFSTORE_OK);
+	}
+	assert_int_equal(halfstore_dead_letters(db, 10, 2, &v, &n, &numbered), 0);
+	assert_int_equal(n, 3);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_mark_dead_lettered(db, id[0], 40), HALFSTORE_OK);
+	/* id[1] and id[2] numbered, not recorded; topic b has 1 partition */
+	assert_int_equal(halfstore_dead_topic(db, b), 1 + 2);
+	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_half"
+				       " WHERE dead_letter_seq IS NOT NULL"), 1);
+	assert_int_equal(halfstore_dead_topic(db, b), 0);
+	assert_int_equal(halfstore_dead_letters(db, 10, 1, &v, &n, &numbered), 0);
+	assert_true(numbered);
+	assert_int_equal(n, 2);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(v[i].dead_letter_partition, 0);
+	/* partition 0 gave sequence 0 (to id[1]) under a: never reset */
+	assert_int_equal(v[0].dead_letter_seq, 1);
+	assert_int_equal(v[1].dead_letter_seq, v[0].dead_letter_seq + 1);
+	halfstore_txns_free(v, n);
+	assert_int_equal(halfstore_get(db, id[0], &t), HALFSTORE_OK);
+	assert_int_equal(t.dead_letter_offset, 40); /* recorded: kept */
+	halfstore_txn_clear(&t);
+	/* back to a: only the copies not recorded change again */
+	assert_int_equal(halfstore_dead_topic(db, a), 1 + 2);
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 static int64_t committing(sqlite3 *db, int64_t now)
 {
 	int64_t id = prepare1(db, "g", now);
@@ -1509,6 +1593,7 @@ static void test_halfstore_schema_v3_migrates_v2(void **state)
 		assert_int_equal(halfstore_schema_v3(db), 0);
 		assert_int_equal(halfstore_schema_v4(db), 0);
 		assert_int_equal(halfstore_schema_v5(db), 0);
+		assert_int_equal(halfstore_schema_v6(db), 0);
 		exec_ok(db, "COMMIT");
 	}
 	assert_int_equal(query_i64(db, "SELECT count(*) FROM pragma_table_info('txn_half')"
@@ -1658,6 +1743,8 @@ int main(void)
 		cmocka_unit_test(test_halfstore_dead_letters),
 		cmocka_unit_test(test_halfstore_dead_letter_numbers),
 		cmocka_unit_test(test_halfstore_schema_v5_migrates_v4),
+		cmocka_unit_test(test_halfstore_schema_v6_migrates_v5),
+		cmocka_unit_test(test_halfstore_dead_topic),
 		cmocka_unit_test(test_halfstore_due_checks_100k_is_index_fast),
 	};
 
