@@ -197,15 +197,13 @@ def test_power_loss_keeps_only_the_marker():
     check_eq(payloads(b.addr, "orders", 1), [b"first"], "the commit once")
 
 
-def test_dead_letter_crash_exactly_once():
-    """12 discards on a 2-partition dead-letter topic: the first step
-    appends 5 copies per partition (at most a dedup window's worth) and
-    the broker dies before recording them.  After the restart the step
-    reads them again with their numbers: the log knows them, nothing is
-    appended twice, and the rest are copied once."""
+def discards_then_crash(name):
+    """A broker with a 2-partition dead-letter topic "dlq", which dies
+    (SLUICED_CRASH_AT=txn_dead_appended) after appending the first copies
+    of 12 discards, before recording them.  Returns it and their ids."""
     sets = {"transaction.timeout.ms": 100, "transaction.check.max": 1,
             "transaction.dead.letter.topic": "dlq"}
-    b = Broker(name="txn-dead-crash", sets=sets,
+    b = Broker(name=name, sets=sets,
                env={"SLUICED_CRASH_AT": "txn_dead_appended"})
     b.start()
     ids = []
@@ -220,6 +218,16 @@ def test_dead_letter_crash_exactly_once():
     b.proc.wait(30)
     check_eq(b.proc.returncode, 137, "the broker died after the appends")
     b.kill9()
+    return b, ids
+
+
+def test_dead_letter_crash_exactly_once():
+    """12 discards on a 2-partition dead-letter topic: the first step
+    appends 5 copies per partition (at most a dedup window's worth) and
+    the broker dies before recording them.  After the restart the step
+    reads them again with their numbers: the log knows them, nothing is
+    appended twice, and the rest are copied once."""
+    b, ids = discards_then_crash("txn-dead-crash")
     before = batches_on_disk(b, "dlq", 2)
     # all 12 are usually discarded by one tick (then 5 + 5); fewer if the
     # prepares straddled a tick; never more than 5 a partition
@@ -270,23 +278,8 @@ def test_dead_letter_topic_recreated():
     beyond the new topic's end, for another topic's and not for copies a
     power loss took (nothing is copied again), and the next copies go to
     the new topic once each."""
-    sets = {"transaction.timeout.ms": 100, "transaction.check.max": 1,
-            "transaction.dead.letter.topic": "dlq"}
-    b = Broker(name="txn-dead-recreated", sets=sets,
-               env={"SLUICED_CRASH_AT": "txn_dead_appended"})
-    b.start()
-    ids = []
-    with Conn(b.addr) as c:
-        c.create_topic("o", 1)
-        c.create_topic("dlq", 2)
-        for k in range(12):
-            err, _, t, _ = txn_prepare(c, "gr", "o", 0,
-                                       [(None, b"lost-%d" % k)])
-            check_eq(err, ERR_NONE, "prepare %d" % k)
-            ids.append(t)
-    b.proc.wait(30)
-    check_eq(b.proc.returncode, 137, "the broker died after the appends")
-    b.kill9()
+    b, ids = discards_then_crash("txn-dead-recreated")
+    sets = dict(b.sets)
     b.env = {}
 
     def copied_once(txns):
@@ -310,7 +303,7 @@ def test_dead_letter_topic_recreated():
     more = []
     with Conn(b.addr) as c:
         for k in range(3):
-            err, _, t, _ = txn_prepare(c, "gr", "o", 0,
+            err, _, t, _ = txn_prepare(c, "gc", "o", 0,
                                        [(None, b"later-%d" % k)])
             check_eq(err, ERR_NONE, "later prepare %d" % k)
             more.append(t)
