@@ -144,6 +144,10 @@ static void classify(partition *p, txn_commit **v, size_t k, size_t *m, int64_t 
 		set_ok(c, base, base + t->record_count);
 	} else if (seen == TXN_SEQ_LONG_AGO) {
 		/* appended long ago (out of the dedup window): never twice */
+		BLOG_RL(BLOG_WARN, "txn %lld: commit sequence %lld of %s-%d is at or below the "
+				   "last appended and out of the dedup window: taken as appended "
+				   "before (offset unknown), not appended again",
+			(long long)t->txn_id, (long long)t->commit_seq, p->topic->name, p->index);
 		set_ok(c, -1, partlog_end_offset(p->log));
 	} else if (*m && t->commit_seq <= *last_queued) {
 		/* sequences are taken in increasing order: a lower or equal

@@ -49,11 +49,12 @@
  *    below that partition's txn_seq.next_seq; a batch's sequences
  *    [commit_seq, commit_seq + record_count) never cross a multiple of
  *    HALFSTORE_SEQ_SPAN.
- *  - commit_seq, once set, is never changed (an operator commit of a
- *    discarded txn that had one reuses it, so dedup still applies), except
- *    cleared by halfstore_unseq after an append that certainly wrote
- *    nothing; a COMMITTING row without one gets a new one at its next
- *    end(COMMIT) (COMMITTING rows are appended only with a sequence).
+ *  - commit_seq, once set, is never changed, except cleared after an
+ *    append that certainly wrote nothing: by halfstore_unseq (the commit
+ *    is retried), by halfstore_discard (it never will be: topic deleted,
+ *    batch too large).  A COMMITTING row without one gets a new one at its
+ *    next end(COMMIT), a DISCARDED one at an operator's commit
+ *    (COMMITTING rows are appended only with a sequence).
  */
 #include "halfstore.h"
 #include "stmtcache.h"
@@ -856,7 +857,9 @@ static int end_apply(sqlite3 *db, halfstore_txn *t, enum halfstore_decision deci
 			end_applied(t, HALFSTORE_ROLLED_BACK, now_ms, seq);
 		return rc;
 	}
-	if (seq < 0) {
+	/* a DISCARDED one may still have the sequence an older version kept
+	 * at the discard: like a released one, below those taken since */
+	if (seq < 0 || t->state == HALFSTORE_DISCARDED) {
 		rc = take_seq(db, t->topic, t->partition, t->record_count, &seq);
 		if (rc)
 			return rc;
@@ -1227,6 +1230,7 @@ int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms)
 	return guarded_i64(db,
 			   "UPDATE txn_half SET state = 'PENDING', check_count = 0, next_check_ms = ?2,"
 			   " lease_until_ms = 0, ended_ms = NULL, discard_reason = NULL,"
+			   " commit_seq = NULL," /* left by an older version's discard */
 			   " dead_letter_offset = NULL, dead_letter_seq = NULL,"
 			   " dead_letter_partition = NULL"
 			   " WHERE txn_id = ?1 AND state = 'DISCARDED'",
@@ -1453,7 +1457,8 @@ int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t n
 		return rc;
 	rc = prep(db,
 		  "UPDATE txn_half SET state = 'DISCARDED', ended_ms = ?2, discard_reason = ?3,"
-		  " lease_until_ms = 0 WHERE txn_id = ?1 AND state IN ('PENDING', 'COMMITTING')",
+		  " lease_until_ms = 0, commit_seq = NULL"
+		  " WHERE txn_id = ?1 AND state IN ('PENDING', 'COMMITTING')",
 		  &st);
 	if (rc == 0) {
 		sqlite3_bind_int64(st, 1, txn_id);
@@ -1596,12 +1601,6 @@ int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms)
 		rc = run(st);
 		if (rc == 0)
 			n = sqlite3_changes(db);
-	}
-	if (rc == 0)
-		rc = prep(db, "DELETE FROM txn_seq WHERE topic = ?1", &st);
-	if (rc == 0) {
-		sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
-		rc = run(st);
 	}
 	/* unsynced commits: their log is gone, so is the point of the batch */
 	if (rc == 0)

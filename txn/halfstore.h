@@ -354,10 +354,10 @@ int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer an
 			   enum halfstore_state *state);
 
 /* Operator: DISCARDED -> PENDING with check_count 0, due at now_ms, reason,
- * ended_ms and the dead-letter copy's offset, sequence and partition
- * cleared (a second discard is copied to the dead-letter topic again, as a
- * new copy).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND
- * or -errno. */
+ * ended_ms, commit_seq (which an older version's discard could leave) and
+ * the dead-letter copy's offset, sequence and partition cleared (a second
+ * discard is copied to the dead-letter topic again, as a new copy).
+ * HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND or -errno. */
 int halfstore_resume(sqlite3 *db, int64_t txn_id, int64_t now_ms);
 
 /* One txn with its batch.  HALFSTORE_OK with *out (caller clears),
@@ -380,16 +380,23 @@ int64_t halfstore_count(sqlite3 *db, const char *group, enum halfstore_state sta
 int64_t halfstore_purge(sqlite3 *db, int64_t before_ms, bool include_discarded, size_t limit);
 
 /* A topic was deleted: its PENDING txns -> DISCARDED ("topic deleted"),
- * its txn_seq rows are removed (a re-created topic starts at sequence 0),
- * and its COMMITTED rows that kept their batch drop it.
+ * and its COMMITTED rows that kept their batch drop it.  Its txn_seq rows
+ * stay: a re-created topic's commits continue the sequences (its
+ * partitions accept them as an unknown producer's), so that a commit of
+ * the old topic that reaches the new one in a race (sequenced just before
+ * the deletion, appended just after the re-creation) is below them, not
+ * above, where it would make them look appended long ago.
  * Txns already COMMITTING keep their state (their append will fail and the
  * broker marks them with halfstore_discard).  Returns how many were
  * discarded, or -errno. */
 int64_t halfstore_drop_topic(sqlite3 *db, const char *topic, int64_t now_ms);
 
 /* Operator / broker: PENDING or COMMITTING -> DISCARDED with reason
- * (copied).  HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND, or
- * -errno. */
+ * (copied).  The broker discards a COMMITTING txn only after an append
+ * that wrote nothing and never will (topic deleted, batch larger than
+ * segment.bytes), so its commit_seq is released: an operator's later
+ * commit takes a new one (halfstore_unseq says why not the old one).
+ * HALFSTORE_OK, HALFSTORE_E_STATE, HALFSTORE_E_NOT_FOUND, or -errno. */
 int halfstore_discard(sqlite3 *db, int64_t txn_id, const char *reason, int64_t now_ms);
 
 /* Dead-letter topic (transaction.dead.letter.topic).  Each copy is

@@ -707,6 +707,20 @@ class Conn:
         check(err == ERR_NONE, "CreateTopics %s: error %d (%s)"
               % (name, err, msg))
 
+    # -- AlterConfigs v0 ---------------------------------------------------
+
+    def alter_configs(self, topic, conf):
+        """conf ({key: value}) becomes topic's whole set of overrides."""
+        w = Writer().i32(1).i8(2).string(topic).i32(len(conf))
+        for k, v in conf.items():
+            w.string(k).string(str(v))
+        r = self.request(API_ALTER_CONFIGS, 0, w.i8(0).getvalue())
+        r.i32()  # throttle
+        check_eq(r.i32(), 1, "AlterConfigs resources")
+        err = r.i16()
+        msg = r.string()
+        check_eq(err, ERR_NONE, "AlterConfigs of %s (%s)" % (topic, msg))
+
     # -- DeleteTopics ------------------------------------------------------
 
     def delete_topics(self, names, version=1, timeout_ms=10000):

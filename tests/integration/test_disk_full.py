@@ -71,12 +71,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (API_ALTER_CONFIGS, API_TXN_END, Broker,  # noqa: E402
+from harness import (API_TXN_END, Broker,  # noqa: E402
                      Conn, ConnectionClosed, DecodeError,
                      dead_letter_records,
                      ERR_KAFKA_STORAGE_ERROR, ERR_NONE, LIST_OFFSETS_LATEST,
                      SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
-                     TXN_PENDING, TestFailure, Writer, build_batch, check,
+                     TXN_PENDING, TestFailure, build_batch, check,
                      check_eq, decode_batches, log, need_program,
                      parse_txn_end, run, run_cmd, txn_describe, txn_end,
                      txn_end_body, txn_list, txn_prepare, wait_for,
@@ -571,17 +571,6 @@ def test_txn_other_commit_before_retry():
 SLOW_SYNC_MS = 400  # txn_stale_retry_across_rounds: each fdatasync
 
 
-def set_topic_configs(c, topic, conf):
-    """AlterConfigs v0 of topic: conf becomes its whole set of configs."""
-    w = Writer().i32(1).i8(2).string(topic).i32(len(conf))
-    for k, v in conf.items():
-        w.string(k).string(str(v))
-    r = c.request(API_ALTER_CONFIGS, 0, w.i8(0).getvalue())
-    r.i32()  # throttle
-    check_eq(r.i32(), 1, "AlterConfigs resources")
-    check_eq(r.i16(), ERR_NONE, "AlterConfigs of %s (%r)" % (topic, r.string()))
-
-
 def set_limit(b, limit):
     """The running broker's soft RLIMIT_FSIZE becomes limit bytes."""
     rc, out, err = run_cmd([prlimit_path(), "--pid", str(b.proc.pid),
@@ -660,7 +649,7 @@ def test_txn_stale_retry_across_rounds():
     with Conn(b.addr, timeout=15) as c, Conn(b.addr, timeout=15) as c2:
         c.create_topic(topic, 1, TOPIC_CONF)
         expected = fill(b, c, topic, free=16000)
-        set_topic_configs(c, topic, dict(TOPIC_CONF, durability="fsync"))
+        c.alter_configs(topic, dict(TOPIC_CONF, durability="fsync"))
         # An operator's read transaction on sluice.db: while it lasts,
         # SQLite never restarts the WAL, whose header sync (slowed too)
         # would hold the coordinator and put both ends in one batch.

@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (API_ALTER_CONFIGS, API_PRODUCE, Broker, Conn, ERR_NONE,  # noqa: E402
+from harness import (API_PRODUCE, Broker, Conn, ERR_NONE,  # noqa: E402
                      EXIT_SKIP, Writer, build_batch, check,
                      check_eq, fetch_all, log, parse_produce, produce_body,
                      run)
@@ -57,19 +57,6 @@ def describe(c, topic):
                 r.i8()
             out[name] = value
     return out
-
-
-def alter(c, topic, configs):
-    w = Writer().i32(1).i8(2).string(topic).i32(len(configs))
-    for k, v in configs.items():
-        w.string(k).string(v)
-    w.i8(0)
-    r = c.request(API_ALTER_CONFIGS, 0, w.getvalue())
-    r.i32()
-    check_eq(r.i32(), 1, "AlterConfigs results")
-    err = r.i16()
-    msg = r.string()
-    check_eq(err, ERR_NONE, "AlterConfigs error (%s)" % msg)
 
 
 def produce_raw(c, topic, batch, throttle_out=None):
@@ -191,7 +178,7 @@ def test_queue_releases_in_order_at_rate():
               % elapsed)
         log("  100 parked requests released in %.3f s" % elapsed)
         # a request that would wait longer than the queue allows: rejected
-        alter(c, "paced", {"produce.rate.messages": "1",
+        c.alter_configs("paced", {"produce.rate.messages": "1",
                            "produce.burst.messages": "1",
                            "produce.queue.max.wait.ms": "100"})
         cfg = describe(c, "paced")
@@ -204,7 +191,7 @@ def test_queue_releases_in_order_at_rate():
         err2, _ = produce_raw(c, "paced", build_batch([(None, b"y")]))
         check_eq((err, err2), (ERR_NONE, ERR_THROTTLING),
                  "second message within a second at 1/s")
-        alter(c, "paced", {})
+        c.alter_configs("paced", {})
         for i in range(50):
             err, _ = produce_raw(c, "paced", build_batch([(None, b"z")]))
             check_eq(err, ERR_NONE, "limit removed")

@@ -1247,6 +1247,54 @@ def test_delete_topic_discards_half_messages():
     with Conn(b.addr) as c:
         check_eq(txn_describe(c, t1)["state"], TXN_DISCARDED,
                  "still discarded after a restart")
+        # re-created: its commits continue the old topic's sequences, which
+        # its new partitions accept; an operator commit appends t1 there
+        wait_for(lambda: c.create_topics([("gone", 2, {})])["gone"][0]
+                 == ERR_NONE, 10, what="gone re-created")
+        t3 = txn_prepare(c, "g", "gone", 0, [(None, b"3")])[2]
+        check_eq(txn_end(c, "g", t3, TXN_COMMIT)[0], ERR_NONE, "commit in the new topic")
+        check_eq(txn_end(c, "g", t1, TXN_COMMIT, operator=True)[0], ERR_NONE,
+                 "operator commit of the old topic's txn")
+    check_eq(values_p(b.addr, "gone", 0), [b"3", b"1"], "both, once each")
+    b.restart()
+    check_eq(values_p(b.addr, "gone", 0), [b"3", b"1"], "the same after a restart")
+    b.stop()
+
+
+def test_operator_commit_after_too_large():
+    """A commit larger than segment.bytes is discarded, nothing appended
+    but its marker, and later commits move the partition's sequences on.
+    Once segment.bytes is raised an operator commits it: it is appended
+    once, with a new commit sequence.  (The discard releases the one it
+    had.  Reused, it lay below the partition's last and was taken for
+    "appended long ago": the commit was answered COMMITTED and nothing was
+    appended.)"""
+    from harness import ERR_MESSAGE_TOO_LARGE
+    b = Broker(name="txn-op-too-large")
+    b.start()
+    small = [b"small-%d" % i for i in range(8)]
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1, {"segment.bytes": 4096})
+        big = prepare(c, "g", "orders", 0, [(b"k", b"x" * 5000)])
+        err, state, _ = end(c, "g", big, COMMIT)
+        check_eq((err, state), (ERR_MESSAGE_TOO_LARGE, TXN_DISCARDED),
+                 "a commit larger than segment.bytes")
+        for v in small:
+            t = prepare(c, "g", "orders", 0, [(b"k", v)])
+            check_eq(end(c, "g", t, COMMIT)[:2], (ERR_NONE, ST_COMMITTED),
+                     "commit of %r" % v)
+        c.alter_configs("orders", {"segment.bytes": 1 << 20})
+        err, state, off = end(c, "g", big, COMMIT, operator=True)
+        check_eq((err, state), (ERR_NONE, ST_COMMITTED), "operator commit")
+        check(off >= 0, "answered with its offset: %d" % off)
+        check_eq(end(c, "g", big, COMMIT, operator=True),
+                 (ERR_NONE, ST_COMMITTED, off), "committed again: the same")
+    check_eq(values(b.addr, "orders"), small + [b"x" * 5000],
+             "the big one once, after the others")
+    b.restart()
+    check_eq(values(b.addr, "orders"), small + [b"x" * 5000],
+             "the same after a restart")
+    b.stop()
 
 
 def test_prepare_bad_input():
@@ -1464,6 +1512,8 @@ if __name__ == "__main__":
          test_purge_catches_up_with_a_backlog, 60),
         ("delete_topic_discards_half_messages",
          test_delete_topic_discards_half_messages, 60),
+        ("operator_commit_after_too_large",
+         test_operator_commit_after_too_large, 60),
         # last: a skip (no SLOWSYNC) ends the script
         ("fsync_commit_answers_after_the_sync",
          test_fsync_commit_answers_after_the_sync, 60),

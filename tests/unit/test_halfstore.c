@@ -705,22 +705,44 @@ static void test_halfstore_resume_discarded(void **state)
 	sqlite3_close(db);
 }
 
-/* A COMMITTING txn discarded (topic deleted) and then committed by an
- * operator keeps its sequence: a re-append stays deduplicated. */
-static void test_halfstore_operator_commit_keeps_commit_seq(void **state)
+/* A COMMITTING txn is discarded only after an append that wrote nothing
+ * and never will (topic deleted, batch larger than segment.bytes): the
+ * discard releases its sequence, and an operator's commit takes a new one,
+ * after the commits sequenced meanwhile.  The old one, below them, would
+ * be taken for "appended long ago" and nothing appended.  A row discarded
+ * with its sequence by an older version takes a new one too. */
+static void test_halfstore_operator_commit_takes_new_commit_seq(void **state)
 {
 	sqlite3 *db = open_db();
-	int64_t id = prepare1(db, "g", 0);
+	int64_t id = prepare1(db, "g", 0), other = prepare1(db, "g", 0);
+	int64_t old = prepare1(db, "g", 0);
 	halfstore_txn t;
 
 	(void)state;
-	prepare1(db, "g", 0);
 	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 1, NULL), 0);
-	assert_int_equal(halfstore_discard(db, id, "append failed", 2), 0);
-	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 3, &t), 0);
-	assert_int_equal(t.commit_seq, 0);
+	assert_int_equal(halfstore_discard(db, id, "too large", 2), 0);
+	assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, -1);
 	halfstore_txn_clear(&t);
-	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 1);
+	assert_int_equal(halfstore_end(db, other, HALFSTORE_COMMIT, 0, 3, &t), 0);
+	assert_int_equal(t.commit_seq, 1);
+	halfstore_txn_clear(&t);
+	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 4, &t), 0);
+	assert_int_equal(t.commit_seq, 2);
+	halfstore_txn_clear(&t);
+	exec_ok(db, "UPDATE txn_half SET state = 'DISCARDED', commit_seq = 0 WHERE txn_id = 3");
+	assert_int_equal(old, 3);
+	assert_int_equal(halfstore_end(db, old, HALFSTORE_COMMIT, HALFSTORE_F_OPERATOR, 5, &t), 0);
+	assert_int_equal(t.commit_seq, 3);
+	halfstore_txn_clear(&t);
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq"), 4);
+	/* resumed, such a row is PENDING without it */
+	exec_ok(db, "UPDATE txn_half SET state = 'DISCARDED', commit_seq = 0, log_offset = NULL"
+		    " WHERE txn_id = 3");
+	assert_int_equal(halfstore_resume(db, old, 6), HALFSTORE_OK);
+	assert_int_equal(halfstore_get(db, old, &t), HALFSTORE_OK);
+	assert_int_equal(t.commit_seq, -1);
+	halfstore_txn_clear(&t);
 	stmtcache_forget(db);
 	sqlite3_close(db);
 }
@@ -977,7 +999,8 @@ static void test_halfstore_drop_topic_discards_pending(void **state)
 	assert_string_equal(t.discard_reason, "topic deleted");
 	halfstore_txn_clear(&t);
 	assert_int_equal(state_of(db, k), HALFSTORE_PENDING);
-	assert_int_equal(query_i64(db, "SELECT count(*) FROM txn_seq WHERE topic = 'gone'"), 0);
+	/* kept: a re-created topic continues them */
+	assert_int_equal(query_i64(db, "SELECT next_seq FROM txn_seq WHERE topic = 'gone'"), 2);
 	stmtcache_forget(db);
 	sqlite3_close(db);
 }
@@ -1727,7 +1750,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_check_answer_backoff_then_discard),
 		cmocka_unit_test(test_halfstore_check_answer_after_end_changes_nothing),
 		cmocka_unit_test(test_halfstore_resume_discarded),
-		cmocka_unit_test(test_halfstore_operator_commit_keeps_commit_seq),
+		cmocka_unit_test(test_halfstore_operator_commit_takes_new_commit_seq),
 		cmocka_unit_test(test_halfstore_unseq_after_failed_append),
 		cmocka_unit_test(test_halfstore_committing_in_seq_order),
 		cmocka_unit_test(test_halfstore_list_pages_by_group_and_state),
