@@ -803,6 +803,11 @@ int coord_unlock_db(coord *c)
 	return rc;
 }
 
+void coord_release_db(coord *c)
+{
+	pthread_mutex_unlock(&c->dblock);
+}
+
 void coord_set_round_hook(coord *c, void (*fn)(void *arg), void *arg)
 {
 	c->round_hook = fn;

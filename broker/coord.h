@@ -90,6 +90,8 @@ sqlite3 *coord_db(coord *c);   /* main thread, before coord_start */
  * that sync. */
 sqlite3 *coord_lock_db(coord *c);
 int coord_unlock_db(coord *c);
+/* Instead of coord_unlock_db after reads only: no WAL sync. */
+void coord_release_db(coord *c);
 int coord_start(coord *c);
 void coord_submit(coord *c, coord_job *job);
 /* Optional, before coord_start: fn(arg) runs on the WAL-sync thread that

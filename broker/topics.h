@@ -53,13 +53,6 @@ typedef struct partition {
 	pthread_mutex_t pid_lock;     /* protects pids; held across an idempotent
 	                                 batch's check, append and record */
 	pidstate *pids;               /* owned: idempotent producers */
-	/* Commit sequences of transactions whose append here failed lately,
-	 * stored as seq + 1 (0: empty slot), a ring under pid_lock: an end
-	 * job that read such a sequence before it was released
-	 * (halfstore_unseq) must not take it for "appended long ago"
-	 * (broker/txn_api.c). */
-	int64_t txn_failed_seq[8];
-	unsigned txn_failed_next;
 } partition;
 
 typedef struct topic {

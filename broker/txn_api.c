@@ -715,6 +715,9 @@ static void end_after_commit(coord_job *job)
 	    (j->hs_rc != HALFSTORE_OK && j->hs_rc != HALFSTORE_OK_ALREADY))
 		return;
 	j->cm.txn = &j->txn;
+	/* COMMITTING before this end (OK_ALREADY; or sequenced anew by it,
+	 * which the recheck finds unchanged) */
+	j->cm.recheck = j->hs_rc == HALFSTORE_OK_ALREADY;
 	j->staged = true;
 	txn_commit_stage(&j->cm);
 }

@@ -89,8 +89,9 @@ void txn_check_mark_later(int64_t txn_id, int64_t offset, topic *t, partition *p
  * batch (halfstore_mark_committed_unsynced), so that start-up can append
  * it again after a power loss, and the ticker drops the batch once the
  * log is synced past it (at the next periodic flush,
- * log.flush.interval.ms).  p NULL: nothing to wait for.  A halfstore
- * outcome. */
+ * log.flush.interval.ms).  p NULL: nothing to wait for.  Offset -1
+ * ("appended long ago", a retry's) while not synced up to need: nothing
+ * recorded (the end that appended it does).  A halfstore outcome. */
 int txn_check_record_commit(sqlite3 *db, int64_t txn_id, int64_t offset, partition *p,
 			    int64_t need);
 

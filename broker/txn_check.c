@@ -395,6 +395,12 @@ int txn_check_record_commit(sqlite3 *db, int64_t txn_id, int64_t offset, partiti
 			    int64_t need)
 {
 	if (p && partlog_durable_end(p->log) < need) {
+		/* a retry that found it appended long ago (offset -1) cannot
+		 * say which range must be synced before its batch goes: the
+		 * end that appended it records it (or start-up, which appends
+		 * a COMMITTING row again, once) */
+		if (offset < 0)
+			return HALFSTORE_OK;
 		atomic_store(&unsynced, true);
 		return halfstore_mark_committed_unsynced(db, txn_id, offset);
 	}

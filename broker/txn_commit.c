@@ -32,8 +32,9 @@
 enum {
 	APPEND_E_GONE = 1,      /* the topic or partition no longer exists */
 	APPEND_E_TOO_LARGE = 2, /* bigger than the topic's segment.bytes */
-	APPEND_E_STALE = 3,     /* an append with this sequence failed: it is
-				   released, a retried end sequences it anew */
+	APPEND_E_STALE = 3,     /* this sequence was released since the end
+				   read it (recheck), or its lead's append
+				   failed: a retried end sequences it anew */
 	CM_UNDONE = 100,        /* not classified yet */
 	CM_QUEUED = 101,        /* new: in the partition's write */
 	CM_FOLLOW = 102,        /* same sequence as v[lead], staged before it */
@@ -50,22 +51,6 @@ static struct {
 	size_t pb_cap, pbi_cap, mk_cap;
 	server *srv;
 } stage;
-
-/* Under p->pid_lock: the failed-append ring (topics.h). */
-static bool seq_failed(const partition *p, int64_t seq)
-{
-	for (size_t i = 0; i < sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]); i++)
-		if (p->txn_failed_seq[i] == seq + 1)
-			return true;
-	return false;
-}
-
-static void note_failed_seq(partition *p, int64_t seq)
-{
-	size_t n = sizeof(p->txn_failed_seq) / sizeof(p->txn_failed_seq[0]);
-
-	p->txn_failed_seq[p->txn_failed_next++ % n] = seq + 1;
-}
 
 /* Rewrites the producer fields of a committed batch and its CRC. */
 static void stamp_commit(uint8_t *batch, size_t len, int64_t commit_seq)
@@ -138,9 +123,7 @@ static void classify(partition *p, txn_commit **v, size_t k, size_t *m, int64_t 
 	enum txn_seq_seen seen = txn_seq_seen(p, HALFSTORE_COMMIT_PID, t->commit_seq,
 					      t->record_count, &base);
 
-	if (seq_failed(p, t->commit_seq)) {
-		c->rc = APPEND_E_STALE; /* read before its failure released it */
-	} else if (seen == TXN_SEQ_DUPLICATE) {
+	if (seen == TXN_SEQ_DUPLICATE) {
 		set_ok(c, base, base + t->record_count);
 	} else if (seen == TXN_SEQ_LONG_AGO) {
 		/* appended long ago (out of the dedup window): never twice */
@@ -220,7 +203,6 @@ static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
 			txn_commit *c = v[stage.pbi[q]];
 
 			c->rc = r < 0 ? r : -EIO;
-			note_failed_seq(p, c->txn->commit_seq);
 		}
 		break;
 	}
@@ -295,7 +277,7 @@ static int append_all(topics *reg, syncer *sy, txn_commit **v, size_t n)
 	int failed = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		v[i]->rc = CM_UNDONE;
+		v[i]->rc = v[i]->stale ? APPEND_E_STALE : CM_UNDONE;
 		v[i]->t = NULL;
 		v[i]->p = NULL;
 		v[i]->appended = false;
@@ -433,6 +415,41 @@ static void settle(sqlite3 *db, txn_commit **v, size_t n)
 	}
 }
 
+/* The thread completing rounds, before append_all: the retried ends whose
+ * row no longer has the sequence they read become stale.  An earlier
+ * round released it after a failed append (rounds complete in order, so
+ * its fix-ups are in SQLite now), or the row moved on: the commit then
+ * answers "retry", which reads the row anew.  COMMITTED with the same
+ * sequence is not stale (it was appended: duplicate, or long ago).  One
+ * read per retry; first ends take their sequence after every release that
+ * could concern them and are not read. */
+static void recheck(txn_commit **v, size_t n)
+{
+	sqlite3 *db = NULL;
+
+	for (size_t i = 0; i < n; i++) {
+		txn_commit *c = v[i];
+		enum halfstore_state st = HALFSTORE_PENDING;
+		int64_t seq = -1;
+		int hs;
+
+		c->stale = false;
+		if (!c->recheck)
+			continue;
+		if (!db)
+			db = coord_lock_db(stage.srv->coord);
+		hs = halfstore_state_seq(db, c->txn->txn_id, &st, &seq);
+		c->stale = hs != HALFSTORE_OK || seq != c->txn->commit_seq ||
+			   (st != HALFSTORE_COMMITTING && st != HALFSTORE_COMMITTED);
+		if (c->stale)
+			blog(BLOG_WARN, "txn %lld: a retried end read commit sequence %lld, released "
+					"since (an earlier append failed): answered \"retry\"",
+			     (long long)c->txn->txn_id, (long long)c->txn->commit_seq);
+	}
+	if (db)
+		coord_release_db(stage.srv->coord);
+}
+
 void txn_commit_start(server *srv)
 {
 	stage.srv = srv;
@@ -453,7 +470,10 @@ void txn_commit_stage(txn_commit *c)
 		if (!stage.cap) {
 			txn_commit *one[1] = { c };
 			server *srv = stage.srv;
-			int failed = append_all(srv->topics, srv->syncer, one, 1);
+			int failed;
+
+			recheck(one, 1);
+			failed = append_all(srv->topics, srv->syncer, one, 1);
 			sqlite3 *db = failed > 0 ? coord_lock_db(srv->coord) : NULL;
 
 			settle(db, one, 1);
@@ -475,6 +495,7 @@ void txn_commit_flush(void *arg)
 	if (!n)
 		return;
 	txn_api_crash_point(TXN_CRASH_COMMIT_MARKED_COMMITTING);
+	recheck(stage.v, n);
 	failed = append_all(srv->topics, srv->syncer, stage.v, n);
 	for (size_t i = 0; i < n; i++)
 		if (stage.v[i]->rc == 0)

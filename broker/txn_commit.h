@@ -16,9 +16,13 @@
  * that kept the log but lost COMMITTING rows, txn_commit_recover finds the
  * marker + commit pairs beyond SQLite's next sequence and records those
  * transactions COMMITTED (halfstore_reattach).  An append that wrote nothing
- * releases its sequence in SQLite (halfstore_unseq) and remembers it in
- * the partition's failed-sequence ring (topics.h), so a late end that read
- * the old sequence answers "retry" instead of "appended long ago".
+ * releases its sequence in SQLite (halfstore_unseq, or halfstore_discard
+ * when it never can be written).  A retried end may have read the
+ * sequence before an earlier round released it: the flush reads such a
+ * commit's row again (txn_commit.recheck) and answers "retry" if the
+ * sequence is no longer the row's, instead of taking it for "appended long
+ * ago" (nothing appended) or appending it beside the producer's own retry,
+ * sequenced anew (twice).
  *
  * Threads: txn_commit_start on main before the coordinator starts;
  * txn_commit_stage and txn_commit_flush on the coordinator thread
@@ -32,6 +36,7 @@
 #define SLUICE_TXN_COMMIT_H
 
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "halfstore.h"
@@ -43,6 +48,8 @@
 typedef struct txn_commit {
 	halfstore_txn *txn; /* borrowed: COMMITTING with commit_seq; its batch
 			       is stamped in place */
+	bool recheck;       /* the end found txn COMMITTING already (a retry):
+			       the flush reads the row again (below) */
 	/* results, after txn_commit_flush: */
 	int16_t kerr;       /* 0: in the log; else the answer's Kafka error */
 	char msg[160];      /* kerr's message */
@@ -52,6 +59,7 @@ typedef struct txn_commit {
 	int64_t need;       /* kerr 0: the log must be durable up to here */
 	bool appended;      /* kerr 0: written now (not found in the log) */
 	/* private */
+	bool stale;         /* recheck found the sequence released */
 	int rc;
 	size_t lead;        /* a duplicate in the same round: its first copy */
 } txn_commit;

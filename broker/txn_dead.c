@@ -299,6 +299,11 @@ static void write_all(server *srv)
 		}
 		if (rc > 0) {
 			give_up(x, rc, NULL);
+			/* recorded (-2) by the next step before a later copy of
+			 * its partition is appended: were a later one in the log
+			 * unrecorded at a crash, it would pass for appended long
+			 * ago (-3) */
+			held[x->dead_letter_partition] = -1;
 			continue;
 		}
 		held[x->dead_letter_partition]++;

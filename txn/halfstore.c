@@ -721,6 +721,26 @@ static int part_i64(sqlite3 *db, const char *sql, const char *topic, int32_t par
 
 #define SQL_NEXT_SEQ "SELECT next_seq FROM txn_seq WHERE topic = ?1 AND partition = ?2"
 
+int halfstore_state_seq(sqlite3 *db, int64_t txn_id, enum halfstore_state *state,
+			int64_t *commit_seq)
+{
+	sqlite3_stmt *st;
+	int rc = prep(db, "SELECT state, commit_seq FROM txn_half WHERE txn_id = ?1", &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, txn_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*state = parse_state_col(st, 0);
+		*commit_seq = sqlite3_column_type(st, 1) == SQLITE_NULL ? -1
+									 : sqlite3_column_int64(st, 1);
+	}
+	rc = rc == SQLITE_ROW ? HALFSTORE_OK : rc == SQLITE_DONE ? HALFSTORE_E_NOT_FOUND : sqlerr(rc);
+	stmtcache_release(st);
+	return rc;
+}
+
 int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64_t *next_seq,
 			int64_t *last_offset)
 {

@@ -298,6 +298,10 @@ int halfstore_unseq(sqlite3 *db, int64_t txn_id);
  * for a duplicate.  0 or -errno. */
 int halfstore_seq_floor(sqlite3 *db, const char *topic, int32_t partition, int64_t next_seq);
 
+/* txn_id's state and commit_seq (-1: none), read without its strings or
+ * batch.  HALFSTORE_OK, HALFSTORE_E_NOT_FOUND or -errno. */
+int halfstore_state_seq(sqlite3 *db, int64_t txn_id, enum halfstore_state *state,
+			int64_t *commit_seq);
 /* Start-up, after a power loss: the partition's next commit_seq as SQLite
  * has it (0: none taken yet) and the log offset of its highest-sequenced
  * commit whose offset is recorded (-1: none).  Commits the log holds at or

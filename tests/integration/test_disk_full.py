@@ -41,8 +41,14 @@ that runs into it.  `prlimit --pid PID --fsize=unlimited:unlimited`
   connection, reads its commit sequence while the first end's round waits
   for its WAL sync; the first append fails (disk full) and releases the
   sequence; space is freed and the producer retries at once.  The second
-  end must be refused by the ring of failed sequences (56, nothing
-  appended) and the retry appended, once (without the ring: twice).
+  end must be refused (56, nothing appended: the round that would append
+  it reads the transaction's row again and finds the sequence released)
+  and the retry appended, once (without that: twice).
+* txn_stale_retry_of_a_discarded_commit: the same race with a commit
+  larger than segment.bytes, discarded by its first round (its sequence
+  released), and a smaller commit appended behind it: the second end
+  must not be answered COMMITTED (it was, at offset -1, with nothing in
+  the log, when the sequence looked "appended long ago").
 * restart_after_disk_full: failed produces and a failed commit (COMMITTING)
   while full, then kill -9 with the limit still in force, and a restart
   without it: every batch of the log decodes (CRC), the acknowledged
@@ -74,8 +80,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (API_TXN_END, Broker,  # noqa: E402
                      Conn, ConnectionClosed, DecodeError,
                      dead_letter_records,
-                     ERR_KAFKA_STORAGE_ERROR, ERR_NONE, LIST_OFFSETS_LATEST,
+                     ERR_INVALID_TXN_STATE, ERR_KAFKA_STORAGE_ERROR,
+                     ERR_MESSAGE_TOO_LARGE, ERR_NONE, LIST_OFFSETS_LATEST,
                      SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
+                     TXN_DISCARDED,
                      TXN_PENDING, TestFailure, build_batch, check,
                      check_eq, decode_batches, log, need_program,
                      parse_txn_end, run, run_cmd, txn_describe, txn_end,
@@ -625,6 +633,34 @@ def stale_round(b, c, c2, topic, expected, n, delay):
     return msg2 or ""
 
 
+def slow_env():
+    """Every fdatasync of the broker slowed by SLOW_SYNC_MS (SLOWSYNC)."""
+    return {"LD_PRELOAD": need_program("SLOWSYNC"),
+            "SLOWSYNC_MS": str(SLOW_SYNC_MS),
+            "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
+                             ":verify_asan_link_order=0").lstrip(":")}
+
+
+def hold_wal(b):
+    """An operator's read transaction on sluice.db (close it when done):
+    while it lasts, SQLite never restarts the WAL, whose header sync
+    (slowed too) would hold the coordinator and put both ends of a stale
+    round in one batch."""
+    reader = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"),
+                             isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM txn_half").fetchone()
+    return reader
+
+
+def stale_delays():
+    """The second end must come after the syncer took the commit's round
+    (0.75 sync after the commit) and before its append (1.75 syncs): tried
+    in the middle first, then nearer the edges (a loaded machine stretches
+    the timeline)."""
+    return [k * SLOW_SYNC_MS / 1000.0 for k in (1.25, 1.1, 1.4, 1.0, 1.6)]
+
+
 def test_txn_stale_retry_across_rounds():
     """A batch holding a job that cannot complete early (here a check-back
     answered "unknown"; in general a job that failed) has its commits
@@ -633,37 +669,21 @@ def test_txn_stale_retry_across_rounds():
     another connection in that time reads the transaction's commit sequence
     (COMMITTING: "already") before the first append fails and releases it.
     If space is freed before the retry's round, that round must not append
-    with the released sequence (broker/txn_commit.c, the ring of failed
-    sequences): it answers KAFKA_STORAGE_ERROR.  Otherwise the producer's
+    with the released sequence (broker/txn_commit.c recheck: it reads the
+    row again): it answers KAFKA_STORAGE_ERROR.  Otherwise the producer's
     own retry, sequenced anew, appends the message a second time.  Every
     fdatasync is slowed (SLOWSYNC) so the rounds are far apart; the second
     end can still land in the first one's round (then it shares its
-    answer), so this tries a few delays until the ring answered once."""
-    env = {"LD_PRELOAD": need_program("SLOWSYNC"),
-           "SLOWSYNC_MS": str(SLOW_SYNC_MS),
-           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
-                            ":verify_asan_link_order=0").lstrip(":")}
-    b = limited_broker("diskfull-txn-stale", env=env)
+    answer), so this tries a few delays until the recheck answered once."""
+    b = limited_broker("diskfull-txn-stale", env=slow_env())
     topic = "orders"
     exercised = False
     with Conn(b.addr, timeout=15) as c, Conn(b.addr, timeout=15) as c2:
         c.create_topic(topic, 1, TOPIC_CONF)
         expected = fill(b, c, topic, free=16000)
         c.alter_configs(topic, dict(TOPIC_CONF, durability="fsync"))
-        # An operator's read transaction on sluice.db: while it lasts,
-        # SQLite never restarts the WAL, whose header sync (slowed too)
-        # would hold the coordinator and put both ends in one batch.
-        reader = sqlite3.connect(os.path.join(b.data_dir, "sluice.db"),
-                                 isolation_level=None)
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM txn_half").fetchone()
-        slow = SLOW_SYNC_MS / 1000.0
-        # The second end must come after the syncer took the commit's round
-        # (0.75 sync after the commit) and before its append (1.75 syncs):
-        # tried in the middle first, then nearer the edges (a loaded
-        # machine stretches the timeline).
-        for n, k in enumerate((1.25, 1.1, 1.4, 1.0, 1.6)):
-            delay = k * slow
+        reader = hold_wal(b)
+        for n, delay in enumerate(stale_delays()):
             if "earlier append" in stale_round(b, c, c2, topic, expected, n,
                                                delay):
                 exercised = True
@@ -673,6 +693,69 @@ def test_txn_stale_retry_across_rounds():
           "(it always shared the first one's round): the race was not "
           "provoked")
     check_log(b, topic, expected, (), "after the retries")
+
+
+def test_txn_stale_retry_of_a_discarded_commit():
+    """A stale round, as in txn_stale_retry_across_rounds, with a commit
+    that can never be appended: larger than segment.bytes.  Its first
+    round discards it (sequence released) and appends a smaller commit
+    sequenced after it.  A second end that read the big one's sequence
+    before the discard must not be answered COMMITTED: with the smaller
+    one's sequence above it in the log, the old code took it for
+    "appended long ago" (COMMITTED at offset -1, nothing in the log, the
+    row DISCARDED).  It is answered "retry"; the retry says discarded."""
+    b = Broker(name="txn-stale-discarded", env=slow_env())
+    b.start()
+    topic = "small-segments"
+    exercised = False
+    with Conn(b.addr, timeout=15) as c, Conn(b.addr, timeout=15) as c2:
+        c.create_topic(topic, 1, {"segment.bytes": 4096, "durability": "fsync"})
+        reader = hold_wal(b)
+        for n, delay in enumerate(stale_delays()):
+            big = prepare_ok(c, topic, value("big", n, 5000), "big %d" % n)
+            small = value("small", n, 100)
+            t_small = prepare_ok(c, topic, small, "small %d" % n)
+            h = prepare_ok(c, topic, b"helper", "helper %d" % n)
+            end = txn_end_body(GROUP, big, TXN_COMMIT)
+            # the "unknown" answer makes the round late (stale_round)
+            corr_h = c.send_request(API_TXN_END, 0, txn_end_body(GROUP, h, 0))
+            time.sleep(0.25 * SLOW_SYNC_MS / 1000.0)
+            corr = c.send_request(API_TXN_END, 0, end)
+            corr_s = c.send_request(API_TXN_END, 0,
+                                    txn_end_body(GROUP, t_small, TXN_COMMIT))
+            time.sleep(delay)
+            corr2 = c2.send_request(API_TXN_END, 0, end)
+            check_eq(parse_txn_end(c.request_reply(corr_h))[0], ERR_NONE,
+                     "the helper's unknown answer")
+            err, msg, state, _ = parse_txn_end(c.request_reply(corr))
+            check_eq((err, state), (ERR_MESSAGE_TOO_LARGE, TXN_DISCARDED),
+                     "the big commit %d (message %r)" % (n, msg))
+            err, msg, state, _ = parse_txn_end(c.request_reply(corr_s))
+            check_eq((err, state), (ERR_NONE, TXN_COMMITTED),
+                     "the small commit %d (message %r)" % (n, msg))
+            err2, msg2, state2, off2 = parse_txn_end(c2.request_reply(corr2))
+            log("  big %d, second end %.2f s after the first: error %d, "
+                "state %d, offset %d (%r)" % (n, delay, err2, state2, off2,
+                                              msg2))
+            check(err2 != ERR_NONE, "the second end of the discarded big "
+                  "commit %d answered success (state %d, offset %d)"
+                  % (n, state2, off2))
+            err3, msg3, state3, _ = txn_end(c2, GROUP, big, TXN_COMMIT)
+            check_eq((err3, state3), (ERR_INVALID_TXN_STATE, TXN_DISCARDED),
+                     "a retry of big %d (message %r)" % (n, msg3))
+            check_eq(txn_describe(c, big)["state"], TXN_DISCARDED,
+                     "big %d still discarded" % n)
+            if "earlier append" in (msg2 or ""):
+                exercised = True
+                break
+        reader.close()
+    check(exercised, "the second end never read the released sequence "
+          "(it always shared the first one's round): the race was not "
+          "provoked")
+    values = [r.value for r in read_log(b.addr, topic)[0]]
+    check_eq([v for v in values if v.startswith(b"big")], [],
+             "no big commit in the log")
+    b.stop()
 
 
 # --------------------------------------------------------------------------
@@ -820,6 +903,8 @@ if __name__ == "__main__":
          60),
         ("txn_stale_retry_across_rounds", test_txn_stale_retry_across_rounds,
          60),
+        ("txn_stale_retry_of_a_discarded_commit",
+         test_txn_stale_retry_of_a_discarded_commit, 60),
         ("restart_after_disk_full", test_restart_after_disk_full, 60),
         ("restart_after_other_commit", test_restart_after_other_commit, 60),
         ("dead_letter_disk_full", test_dead_letter_disk_full, 60),

@@ -18,7 +18,11 @@ broker dies at.
 * Dead-letter copies (transaction.dead.letter.topic): the broker dies
   (SLUICED_CRASH_AT=txn_dead_appended) after appending copies and before
   recording them; after the restart each discarded transaction has
-  exactly one copy, at the offset recorded for it.
+  exactly one copy, at the offset recorded for it.  The same with the
+  dead-letter topic deleted and re-created with one partition before the
+  restart: each is copied to the new topic once, and records of the old
+  topic are not taken for lost copies.  A copy given up (too large) next
+  to one appended before the crash stays given up (-2).
 * A power loss (either durability) that keeps a commit's log append but
   loses its COMMITTING row (simulated by restoring sluice.db): start-up
   finds its marker and records it COMMITTED; nothing is appended twice and
@@ -315,6 +319,40 @@ def test_dead_letter_topic_recreated():
     b.stop()
 
 
+def test_dead_letter_give_up_then_crash():
+    """A copy that can never be written (larger than the dead-letter
+    topic's segment.bytes) is given up (-2) and a smaller one discarded
+    with it is copied; the broker dies right after the small one's append.
+    The give-up must be recorded before that append: were the small copy
+    in the log with the give-up unrecorded, the restarted broker would read
+    the big one's sequence as below the log's last and record it "copied,
+    offset unknown" (-3), which the old code did."""
+    sets = {"transaction.timeout.ms": 100, "transaction.check.max": 1,
+            "transaction.dead.letter.topic": "dlq"}
+    b = Broker(name="txn-dead-give-up", sets=sets,
+               env={"SLUICED_CRASH_AT": "txn_dead_appended"})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("o", 1)
+        c.create_topic("dlq", 1, {"segment.bytes": 1024})
+        big = txn_prepare(c, "gc", "o", 0, [(None, b"B" * 1500)])[2]
+        small = txn_prepare(c, "gc", "o", 0, [(None, b"small")])[2]
+    b.proc.wait(30)
+    check_eq(b.proc.returncode, 137, "the broker died after the append")
+    b.kill9()
+    b.env = {}
+    b.start()
+    with Conn(b.addr) as c:
+        wait_for(lambda: txn_describe(c, small, 1)["dead_letter_offset"] >= 0,
+                 20, what="the small copy recorded")
+        at = txn_describe(c, small, 1)["dead_letter_offset"]
+        check_eq(txn_describe(c, big, 1)["dead_letter_offset"], -2,
+                 "the big copy given up")
+    check_eq(dead_letter_offsets(b.addr, "dlq", 1), {small: [at]},
+             "the small copy once, at its recorded offset; no big one")
+    b.stop()
+
+
 def batches_on_disk(b, topic, partitions):
     """How many record batches the topic's segment files hold (the broker
     stopped)."""
@@ -412,4 +450,6 @@ if __name__ == "__main__":
         ("dead_letter_crash_exactly_once",
          test_dead_letter_crash_exactly_once, 90),
         ("dead_letter_topic_recreated", test_dead_letter_topic_recreated, 90),
+        ("dead_letter_give_up_then_crash",
+         test_dead_letter_give_up_then_crash, 60),
     ])
