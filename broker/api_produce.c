@@ -28,6 +28,7 @@
 #include "coord.h"
 #include "kerr.h"
 #include "pacer.h"
+#include "pidstate.h"
 #include "quota.h"
 #include "recbatch.h"
 #include "syncer.h"
@@ -125,6 +126,12 @@ static int16_t validate_records(pentry *e, topic *t)
 		if (rc != RECBATCH_OK) {
 			BLOG_RL(BLOG_WARN, "produce to %s-%d: %s", t->name, e->index, recbatch_strerror(rc));
 			return map_recbatch(rc);
+		}
+		if (h.producer_id >= 0 && h.producer_id < PIDSTATE_FIRST_CLIENT_PID) {
+			BLOG_RL(BLOG_WARN, "produce to %s-%d: producer id %lld is reserved for the "
+					   "broker's own batches (InitProducerId hands out ids from %d)",
+				t->name, e->index, (long long)h.producer_id, PIDSTATE_FIRST_CLIENT_PID);
+			return KERR_INVALID_PRODUCER_ID_MAPPING;
 		}
 		pos += size;
 	}
@@ -678,12 +685,13 @@ static int pid_run(coord_job *job, sqlite3 *db)
 	int rc;
 
 	rc = sqlite3_prepare_v2(db,
-				"INSERT INTO meta(key, value) VALUES('next_producer_id', '1000') "
+				"INSERT INTO meta(key, value) VALUES('next_producer_id', ?1) "
 				"ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 "
 				"RETURNING CAST(value AS INTEGER)",
 				-1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return rc;
+	sqlite3_bind_int(st, 1, PIDSTATE_FIRST_CLIENT_PID);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
 		pj->pid = sqlite3_column_int64(st, 0);

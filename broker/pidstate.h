@@ -26,6 +26,11 @@
 #include <stdint.h>
 
 #define PIDSTATE_WINDOW 5
+/* Producer ids below this one are the broker's own (transaction commits
+ * 1, dead-letter copies 2: txn/halfstore.h); InitProducerId hands out ids
+ * from here on, and Produce refuses a client batch with a lower one, which
+ * would fence or disorder the broker's sequences. */
+#define PIDSTATE_FIRST_CLIENT_PID 1000
 
 enum pidstate_verdict {
 	PIDSTATE_APPEND = 0,       /* new batch, in sequence: append it */

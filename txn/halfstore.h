@@ -133,7 +133,8 @@ enum halfstore_answer {
 #define HALFSTORE_F_OPERATOR 1u /* an operator resolves a DISCARDED txn */
 
 /* Commits are appended as idempotent batches of this producer id, which the
- * broker never hands out (InitProducerId allocates from 1000). */
+ * broker never hands out (InitProducerId allocates from 1000, and Produce
+ * refuses client batches below: PIDSTATE_FIRST_CLIENT_PID). */
 #define HALFSTORE_COMMIT_PID 1
 /* Sequences of one epoch: commit_seq packs (epoch, sequence) so that a
  * batch never wraps the int32 sequence; txn_seq skips to the next epoch

@@ -2,7 +2,8 @@
 """Idempotent producers: InitProducerId hands out unique producer ids, the
 broker deduplicates a retried batch (same producer id, epoch and sequence
 range) by answering with its original offset, rejects sequence gaps, and
-keeps that state across a clean restart and across kill -9.
+keeps that state across a clean restart and across kill -9.  Producer ids
+below 1000, the broker's own, are refused.
 
 Env: SLUICED.
 """
@@ -17,6 +18,7 @@ API_INIT_PRODUCER_ID = 22
 ERR_COORDINATOR_NOT_AVAILABLE = 15
 ERR_OUT_OF_ORDER_SEQUENCE = 45
 ERR_INVALID_PRODUCER_EPOCH = 47
+ERR_INVALID_PRODUCER_ID_MAPPING = 49
 ERR_UNKNOWN_PRODUCER_ID = 59
 
 
@@ -100,6 +102,29 @@ def test_dedup_and_sequence_errors():
         check_eq(len(values(b.addr, "idem")), 6, "records in the log")
 
 
+def test_reserved_producer_ids_refused():
+    """Producer ids below 1000 are the broker's own (transaction commits
+    use 1).  A client batch with one is refused (49) and appends nothing:
+    accepted, its epoch 7 fenced the commits' epoch 0, and every later
+    commit to the partition was answered COMMITTED and never appended."""
+    from harness import TXN_COMMIT, TXN_COMMITTED, txn_end, txn_prepare
+    b = Broker(name="idem-reserved")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("idem", 1)
+        for pid in (0, 1, 2, 999):
+            err, _ = c.produce1("idem", 0, batch(pid, 7, 0, 1, b"rogue"))
+            check_eq(err, ERR_INVALID_PRODUCER_ID_MAPPING,
+                     "a batch of reserved producer id %d" % pid)
+        check_eq(end_offset(c, "idem"), 0, "nothing appended")
+        err, _, txn, _ = txn_prepare(c, "g", "idem", 0, [(None, b"order")])
+        check_eq(err, ERR_NONE, "prepare")
+        err, msg, state, off = txn_end(c, "g", txn, TXN_COMMIT)
+        check_eq((err, state), (ERR_NONE, TXN_COMMITTED), "commit (%s)" % msg)
+        check(off >= 0, "the commit's offset: %d" % off)
+    check_eq(values(b.addr, "idem"), [b"order"], "the commit in the log")
+
+
 def restart_keeps_state(kill):
     b = Broker(name="idem-restart", sets={"log.flush.interval.ms": 100})
     b.start()
@@ -143,6 +168,8 @@ if __name__ == "__main__":
     run([
         ("init_producer_id", test_init_producer_id, 60),
         ("dedup_and_sequence_errors", test_dedup_and_sequence_errors, 60),
+        ("reserved_producer_ids_refused", test_reserved_producer_ids_refused,
+         60),
         ("restart_clean_keeps_producer_state", test_restart_clean, 90),
         ("restart_kill9_keeps_producer_state", test_restart_kill9, 90),
     ])
