@@ -259,6 +259,18 @@ static void produce_complete(produce_state *ps)
 
 /* True if every appended partition's high watermark covers our batches;
  * otherwise registers on those that do not. */
+/* The entries not synced yet fail with REQUEST_TIMED_OUT: their data is
+ * in the log, but its sync was not seen, so a retry is the client's call. */
+static void fail_unsynced(produce_state *ps)
+{
+	for (int i = 0; i < ps->nentries; i++) {
+		pentry *e = &ps->entries[i];
+
+		if (e->p && e->base >= 0 && !e->err && partlog_hw(e->p->log) < e->end)
+			e->err = KERR_REQUEST_TIMED_OUT;
+	}
+}
+
 static bool synced_or_wait(produce_state *ps)
 {
 	bool all = true;
@@ -271,8 +283,12 @@ static bool synced_or_wait(produce_state *ps)
 			if (!e->p || e->base < 0 || partlog_hw(e->p->log) >= e->end)
 				continue;
 			all = false;
-			if (pass == 0 && waitset_add(&ps->ws, e->p) < 0)
-				return true; /* no memory to wait: answer now */
+			if (pass == 0 && waitset_add(&ps->ws, e->p) < 0) {
+				/* no memory to wait: answer now, but not success for
+				 * what is not synced (an idempotent retry dedups) */
+				fail_unsynced(ps);
+				return true;
+			}
 		}
 		if (all)
 			break;
@@ -293,12 +309,7 @@ static void produce_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	produce_state *ps = t->data;
 
-	for (int i = 0; i < ps->nentries; i++) {
-		pentry *e = &ps->entries[i];
-
-		if (e->p && e->base >= 0 && !e->err && partlog_hw(e->p->log) < e->end)
-			e->err = KERR_REQUEST_TIMED_OUT;
-	}
+	fail_unsynced(ps);
 	produce_complete(ps);
 }
 

@@ -259,20 +259,33 @@ static int load_producers(partition *p, const char *dir)
 	char path[PATH_MAX];
 	int64_t from = partlog_start_offset(p->log), covered = -1;
 	uint8_t *buf = NULL;
+	pidstate *snap = pidstate_new();
 	struct stat st;
 	int fd;
 
-	if (snprintf(path, sizeof(path), "%s/" SNAPSHOT_NAME, dir) >= (int)sizeof(path))
+	if (!snap)
+		return -ENOMEM;
+	if (snprintf(path, sizeof(path), "%s/" SNAPSHOT_NAME, dir) >= (int)sizeof(path)) {
+		pidstate_free(snap);
 		return -ENAMETOOLONG;
+	}
 	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* decoded aside: a snapshot ahead of the recovered log (it was cut
+	 * below it) must leave nothing behind, or a retried batch past the
+	 * log's end would pass for a duplicate */
 	if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0 && st.st_size < (64 << 20) &&
 	    (buf = malloc((size_t)st.st_size)) &&
 	    pread(fd, buf, (size_t)st.st_size, 0) == st.st_size &&
-	    pidstate_decode(p->pids, buf, (size_t)st.st_size, &covered) == 0 &&
-	    covered <= partlog_end_offset(p->log) && covered >= from)
+	    pidstate_decode(snap, buf, (size_t)st.st_size, &covered) == 0 &&
+	    covered <= partlog_end_offset(p->log) && covered >= from) {
 		from = covered;
-	else if (covered >= 0)
+		pidstate_free(p->pids);
+		p->pids = snap;
+		snap = NULL;
+	} else if (covered >= 0) {
 		blog(BLOG_WARN, "%s: producer snapshot ahead of the log or unusable; rescanning", dir);
+	}
+	pidstate_free(snap);
 	free(buf);
 	if (fd >= 0)
 		close(fd);

@@ -294,6 +294,41 @@ static int run_resume(sqlite3 *db, txn_job *j, int64_t now)
 	return rc;
 }
 
+/* Coordinator thread, in the end's batch: a commit just sequenced whose
+ * batch is larger than its topic's segment.bytes (lowered since the
+ * prepare) is discarded in the same SQLite transaction, so its sequence is
+ * never seen taken and unwritten.  Were it discarded after the round's
+ * appends, a crash or power loss in between would leave it COMMITTING
+ * below a later commit's sequence in the log: "appended long ago",
+ * COMMITTED with nothing appended.  (segment.bytes lowered between this
+ * check and the append is still caught there.)  The halfstore outcome. */
+static int discard_if_too_large(sqlite3 *db, txn_job *j, int rc, int64_t now)
+{
+	topic_conf conf;
+	topic *t;
+	int hs;
+
+	if (rc < 0 || j->decision != DECIDE_COMMIT || j->txn.state != HALFSTORE_COMMITTING ||
+	    !j->txn.topic)
+		return rc;
+	t = topics_get(j->r->w->srv->topics, j->txn.topic, strlen(j->txn.topic));
+	if (!t)
+		return rc; /* the append says "topic deleted" */
+	topic_get_conf(t, &conf);
+	topic_unref(t);
+	if (j->txn.batch_len <= conf.log.segment_bytes)
+		return rc;
+	hs = halfstore_discard(db, j->txn_id, "batch larger than the topic's segment.bytes", now);
+	if (hs != HALFSTORE_OK)
+		return hs < 0 ? hs : rc;
+	j->txn.state = HALFSTORE_DISCARDED;
+	j->kerr = KERR_MESSAGE_TOO_LARGE;
+	snprintf(j->msg, sizeof(j->msg), "batch larger than the topic's segment.bytes: transaction "
+		 "discarded, nothing appended");
+	blog(BLOG_WARN, "txn %lld: %s", (long long)j->txn_id, j->msg);
+	return rc;
+}
+
 static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 {
 	enum halfstore_state st = (enum halfstore_state)-1;
@@ -310,6 +345,7 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 	default:
 		rc = halfstore_end_into(db, j->txn_id, (enum halfstore_decision)j->decision, j->flags,
 					now, &j->rowbuf, &j->txn);
+		rc = discard_if_too_large(db, j, rc, now);
 		/* the append follows the COMMIT at once, for every durability:
 		 * its marker makes the log copy enough (txn_marker.h), so it
 		 * need not wait for the WAL sync of COMMITTING.  A rollback

@@ -769,8 +769,11 @@ int halfstore_reattach(sqlite3 *db, int64_t txn_id, const char *topic, int32_t p
 		rc = HALFSTORE_E_STATE;
 	else if (t.state == HALFSTORE_COMMITTED && t.commit_seq == commit_seq)
 		rc = HALFSTORE_OK_ALREADY;
-	else if ((t.state != HALFSTORE_PENDING && t.state != HALFSTORE_DISCARDED) || t.commit_seq >= 0)
-		rc = HALFSTORE_E_STATE;
+	else if ((t.state != HALFSTORE_PENDING && t.state != HALFSTORE_DISCARDED &&
+		  t.state != HALFSTORE_COMMITTING) || t.commit_seq >= 0)
+		rc = HALFSTORE_E_STATE; /* COMMITTING without one: released, then
+					   re-sequenced by a retry the power
+					   loss took */
 	else
 		rc = prep(db,
 			  "UPDATE txn_half SET state = 'COMMITTED', commit_seq = ?2, log_offset = ?3,"
@@ -1580,14 +1583,18 @@ int64_t halfstore_purge(sqlite3 *db, int64_t before_ms, bool include_discarded, 
 	if (rc)
 		return rc;
 	/* "+state": walk txn_half_ended (only rows old enough), not every
-	 * COMMITTED row through txn_half_state. */
+	 * COMMITTED row through txn_half_state.  A COMMITTED row that keeps
+	 * its batch stays: it is the copy a power loss would need until the
+	 * log is synced past it (a retention shorter than that, or a log
+	 * whose syncs keep failing). */
 	rc = prep(db,
 		  include_discarded
 			  ? "DELETE FROM txn_half WHERE txn_id IN (SELECT txn_id FROM txn_half"
 			     " WHERE ended_ms < ?1 AND +state IN ('COMMITTED', 'ROLLED_BACK', 'DISCARDED')"
-			    " LIMIT ?2)"
+			     " AND NOT (state = 'COMMITTED' AND batch IS NOT NULL) LIMIT ?2)"
 			  : "DELETE FROM txn_half WHERE txn_id IN (SELECT txn_id FROM txn_half"
-			     " WHERE ended_ms < ?1 AND +state IN ('COMMITTED', 'ROLLED_BACK') LIMIT ?2)",
+			     " WHERE ended_ms < ?1 AND +state IN ('COMMITTED', 'ROLLED_BACK')"
+			     " AND NOT (state = 'COMMITTED' AND batch IS NOT NULL) LIMIT ?2)",
 		  &st);
 	if (rc == 0) {
 		sqlite3_bind_int64(st, 1, before_ms);

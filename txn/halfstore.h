@@ -313,7 +313,9 @@ int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64
 
 /* Start-up: a commit found in the log (its marker, broker/txn_marker.h,
  * followed by its batch at log_offset) whose row was lost with the WAL: the
- * txn, PENDING or DISCARDED without a commit_seq, becomes COMMITTED with
+ * txn, PENDING, DISCARDED or COMMITTING without a commit_seq (released
+ * after a failed append; the retry that sequenced it again was lost),
+ * becomes COMMITTED with
  * commit_seq, log_offset and ended_ms = now_ms, its batch dropped, as if
  * its end and mark had been kept.  HALFSTORE_OK; HALFSTORE_OK_ALREADY if it
  * is COMMITTED with that commit_seq already (a second start-up);

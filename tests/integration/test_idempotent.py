@@ -125,6 +125,41 @@ def test_reserved_producer_ids_refused():
     check_eq(values(b.addr, "idem"), [b"order"], "the commit in the log")
 
 
+def test_snapshot_ahead_of_a_cut_log():
+    """A clean stop writes the producer snapshot (covering offsets 0-9);
+    then a byte of batch 3 rots and the recovery checkpoint is gone, so
+    start-up cuts the log at offset 3.  The snapshot, ahead of the log, is
+    not used, not even in part: a retry of batch 8 is out of order (45),
+    not a "duplicate" at offset 8, past the log's end, with nothing
+    stored (as it was when the rejected snapshot stayed in memory)."""
+    b = Broker(name="idem-snapshot-cut")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("idem", 1)
+        _, pid, epoch = init_producer_id(c)
+        sent = [batch(pid, epoch, i, 1, b"s") for i in range(10)]
+        for i, bt in enumerate(sent):
+            check_eq(c.produce1("idem", 0, bt), (ERR_NONE, i), "batch %d" % i)
+    b.stop()
+    seg = b.segment_files("idem", 0)[0]
+    with open(seg, "r+b") as f:
+        data = f.read()
+        at = data.index(b"s-3")  # batch 3's value
+        f.seek(at)
+        f.write(b"X")
+    os.remove(os.path.join(b.partition_dir("idem", 0), "recovery.ckpt"))
+    b.start()
+    with Conn(b.addr) as c:
+        check_eq(end_offset(c, "idem"), 3, "the log cut at the rotten batch")
+        err, base = c.produce1("idem", 0, sent[8])
+        check_eq(err, ERR_OUT_OF_ORDER_SEQUENCE,
+                 "a retry of batch 8 (answered offset %d)" % base)
+        check_eq(c.produce1("idem", 0, sent[3]), (ERR_NONE, 3),
+                 "batch 3 again, in sequence")
+    check_eq(values(b.addr, "idem"), [b"s-%d" % i for i in range(4)],
+             "the log")
+
+
 def restart_keeps_state(kill):
     b = Broker(name="idem-restart", sets={"log.flush.interval.ms": 100})
     b.start()
@@ -170,6 +205,7 @@ if __name__ == "__main__":
         ("dedup_and_sequence_errors", test_dedup_and_sequence_errors, 60),
         ("reserved_producer_ids_refused", test_reserved_producer_ids_refused,
          60),
+        ("snapshot_ahead_of_a_cut_log", test_snapshot_ahead_of_a_cut_log, 60),
         ("restart_clean_keeps_producer_state", test_restart_clean, 90),
         ("restart_kill9_keeps_producer_state", test_restart_kill9, 90),
     ])

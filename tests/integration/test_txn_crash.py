@@ -353,6 +353,48 @@ def test_dead_letter_give_up_then_crash():
     b.stop()
 
 
+def test_too_large_commit_then_crash():
+    """Two ends in one round: a commit larger than segment.bytes (lowered
+    after its prepare), then a small one of the same partition; the broker
+    dies right after the small one's append.  The big one is discarded in
+    its end's own SQLite transaction, before anything is appended.  (It
+    was discarded after the round's appends: the crash left it COMMITTING
+    with a sequence below the small one's, start-up took it for "appended
+    long ago" and recorded it COMMITTED with nothing in the log.)"""
+    from harness import API_TXN_END, pipeline, ERR_MESSAGE_TOO_LARGE
+    b = Broker(name="txn-too-large-crash")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1, {"segment.bytes": 1 << 20})
+        big = txn_prepare(c, "g", "orders", 0, [(b"k", b"x" * 5000)])[2]
+        small = txn_prepare(c, "g", "orders", 0, [(b"k", b"small")])[2]
+        c.alter_configs("orders", {"segment.bytes": 4096})
+    b.stop()
+    b.env = {"SLUICED_CRASH_AT": "txn_commit_appended"}
+    b.start()
+    with Conn(b.addr) as c:
+        try:
+            pipeline(c, API_TXN_END, 0, [txn_end_body("g", big, TXN_COMMIT),
+                                         txn_end_body("g", small, TXN_COMMIT)])
+        except (ConnectionClosed, ConnectionResetError, BrokenPipeError):
+            pass
+    b.proc.wait(20)
+    check_eq(b.proc.returncode, 137, "the broker died after the append")
+    b.kill9()
+    b.env = {}
+    b.start()
+    with Conn(b.addr) as c:
+        check_eq(txn_describe(c, big)["state"], TXN_DISCARDED,
+                 "the big commit after the restart")
+        err, msg, state, _ = txn_end(c, "g", big, TXN_COMMIT)
+        check_eq(state, TXN_DISCARDED, "its retried end (%d, %s)" % (err, msg))
+        check(err != ERR_NONE, "its retried end answers an error")
+        err, msg, state, _ = txn_end(c, "g", small, TXN_COMMIT)
+        check_eq((err, state), (ERR_NONE, TXN_COMMITTED), "the small one (%s)" % msg)
+    check_eq(payloads(b.addr, "orders", 1), [b"small"], "only the small one, once")
+    b.stop()
+
+
 def batches_on_disk(b, topic, partitions):
     """How many record batches the topic's segment files hold (the broker
     stopped)."""
@@ -452,4 +494,5 @@ if __name__ == "__main__":
         ("dead_letter_topic_recreated", test_dead_letter_topic_recreated, 90),
         ("dead_letter_give_up_then_crash",
          test_dead_letter_give_up_then_crash, 60),
+        ("too_large_commit_then_crash", test_too_large_commit_then_crash, 60),
     ])
