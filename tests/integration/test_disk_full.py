@@ -819,6 +819,45 @@ def test_restart_after_disk_full():
     check_log(b, topic, expected, (), "at the end")
 
 
+def test_resequenced_commit_row_lost():
+    """A commit fails on the full disk (its sequence released, durably);
+    space is freed and the retry takes a new sequence, is appended behind
+    its marker and answered.  A power loss keeps the log and loses the
+    retry's row (simulated: the broker killed and sluice.db put back as it
+    was after the failure).  Start-up finds the marker and its batch:
+    the row, COMMITTING without a sequence, is recorded COMMITTED there.
+    (It was refused, sequenced anew and appended a second time.)"""
+    b = limited_broker("diskfull-reseq-lost")
+    topic = "orders"
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic(topic, 1, TOPIC_CONF)
+        fill(b, c, topic, free=24000)
+        room = LIMIT - log_file_bytes(b, topic)
+        v = value("reseq", 0, room + 4096)
+        t = prepare_ok(c, topic, v, "reseq")
+        commit_fails(c, t, "reseq")
+        time.sleep(0.5)
+        saved = os.path.join(b.workdir, "db-after-failure")
+        os.mkdir(saved)
+        for f in ("sluice.db", "sluice.db-wal"):
+            shutil.copy(os.path.join(b.data_dir, f), saved)
+        lift_limit(b)
+        commit_ok(c, b, topic, t, v, "reseq, retried after space was freed")
+    b.kill9()
+    for f in ("sluice.db", "sluice.db-wal"):
+        shutil.copy(os.path.join(saved, f), b.data_dir)
+    if os.path.exists(os.path.join(b.data_dir, "sluice.db-shm")):
+        os.remove(os.path.join(b.data_dir, "sluice.db-shm"))
+    b.max_file_bytes = None
+    b.start()
+    with Conn(b.addr, timeout=15) as c:
+        check_eq(txn_describe(c, t)["state"], TXN_COMMITTED,
+                 "the retried commit after the restart")
+        check_eq(copies(b, topic, v), 1, "the message once")
+        commit_ok(c, b, topic, t, v, "reseq, retried after the restart")
+    b.stop()
+
+
 def test_restart_after_other_commit():
     """A commit fails (disk full), space is freed, another transaction of
     the partition commits, and the broker is killed before the failed one
@@ -907,5 +946,6 @@ if __name__ == "__main__":
          test_txn_stale_retry_of_a_discarded_commit, 60),
         ("restart_after_disk_full", test_restart_after_disk_full, 60),
         ("restart_after_other_commit", test_restart_after_other_commit, 60),
+        ("resequenced_commit_row_lost", test_resequenced_commit_row_lost, 60),
         ("dead_letter_disk_full", test_dead_letter_disk_full, 60),
     ])
