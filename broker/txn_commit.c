@@ -685,6 +685,37 @@ static int scan_batch(void *arg, const uint8_t *b, size_t len, const recbatch_hd
 	return 0;
 }
 
+struct commit_probe {
+	int64_t offset, seq;
+	bool there;
+};
+
+static int probe_batch(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h)
+{
+	struct commit_probe *pr = arg;
+
+	(void)b;
+	(void)len;
+	pr->there = h->base_offset == pr->offset && h->producer_id == HALFSTORE_COMMIT_PID &&
+		    h->producer_epoch == halfstore_commit_epoch(pr->seq) &&
+		    h->base_sequence == halfstore_commit_base_seq(pr->seq);
+	return 1; /* the first batch only */
+}
+
+/* Start-up, main: whether p's log holds the commit numbered seq at offset.
+ * Not when the row is of a deleted topic of the same name (txn_seq
+ * continues across the deletion, so its commits are the highest-sequenced
+ * rows until the new topic's are recorded): its offset means nothing in
+ * this log, and searching from there would miss commits. */
+static bool commit_at(partition *p, int64_t offset, int64_t seq)
+{
+	struct commit_probe pr = { offset, seq, false };
+
+	if (offset >= partlog_end_offset(p->log))
+		return false;
+	return partition_each_batch(p, offset, probe_batch, &pr) >= 0 && pr.there;
+}
+
 /* Start-up, main: the commits of p whose rows a power loss took (the log
  * holds sequences at or above SQLite's next_seq) are found by their
  * markers and recorded COMMITTED (docs/transactions.md "Commit markers"):
@@ -693,15 +724,17 @@ static int scan_batch(void *arg, const uint8_t *b, size_t len, const recbatch_hd
 static int reattach_partition(sqlite3 *db, topic *tp, partition *p)
 {
 	struct marker_scan sc = { 0 };
-	int64_t last_off, from, log_next;
+	int64_t last_off, last_seq, from, log_next;
 	int rc;
 
 	if (!log_next_seq(p, &log_next))
 		return 0;
-	rc = halfstore_seq_state(db, tp->name, p->index, &sc.next_seq, &last_off);
+	rc = halfstore_seq_state(db, tp->name, p->index, &sc.next_seq, &last_off, &last_seq);
 	if (rc != 0 || log_next <= sc.next_seq)
 		return rc == 0 ? 0 : -1;
-	from = last_off > partlog_start_offset(p->log) ? last_off : partlog_start_offset(p->log);
+	from = partlog_start_offset(p->log);
+	if (last_off > from && commit_at(p, last_off, last_seq))
+		from = last_off;
 	rc = partition_each_batch(p, from, scan_batch, &sc);
 	for (size_t i = 0; rc == 0 && i < sc.n; i++) {
 		const struct found *f = &sc.v[i];

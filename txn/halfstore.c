@@ -742,18 +742,30 @@ int halfstore_state_seq(sqlite3 *db, int64_t txn_id, enum halfstore_state *state
 }
 
 int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64_t *next_seq,
-			int64_t *last_offset)
+			int64_t *last_offset, int64_t *last_seq)
 {
+	sqlite3_stmt *st;
 	int rc = part_i64(db, SQL_NEXT_SEQ, topic, partition, 0, next_seq);
 
 	if (rc)
 		return rc;
 	/* txn_half_commit walked down from the top: rows still COMMITTING
 	 * (offset not recorded yet) are the few most recent */
-	return part_i64(db,
-			"SELECT log_offset FROM txn_half WHERE topic = ?1 AND partition = ?2"
-			" AND commit_seq IS NOT NULL AND log_offset >= 0 ORDER BY commit_seq DESC LIMIT 1",
-			topic, partition, -1, last_offset);
+	rc = prep(db,
+		  "SELECT log_offset, commit_seq FROM txn_half WHERE topic = ?1 AND partition = ?2"
+		  " AND commit_seq IS NOT NULL AND log_offset >= 0 ORDER BY commit_seq DESC LIMIT 1",
+		  &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, partition);
+	rc = sqlite3_step(st);
+	*last_offset = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+	if (last_seq)
+		*last_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 1) : -1;
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlerr(rc);
+	stmtcache_release(st);
+	return rc;
 }
 
 int halfstore_reattach(sqlite3 *db, int64_t txn_id, const char *topic, int32_t partition,

@@ -305,11 +305,13 @@ int halfstore_state_seq(sqlite3 *db, int64_t txn_id, enum halfstore_state *state
 			int64_t *commit_seq);
 /* Start-up, after a power loss: the partition's next commit_seq as SQLite
  * has it (0: none taken yet) and the log offset of its highest-sequenced
- * commit whose offset is recorded (-1: none).  Commits the log holds at or
- * above *next_seq lost their rows; they were appended after *last_offset,
- * so the log is searched for their markers from there.  0 or -errno. */
+ * commit whose offset is recorded (-1: none), with that commit's sequence
+ * (*last_seq, if not NULL).  Commits the log holds at or above *next_seq
+ * lost their rows; they were appended after *last_offset, so the log is
+ * searched for their markers from there (if that commit is there: the
+ * row may be of a deleted topic of the same name).  0 or -errno. */
 int halfstore_seq_state(sqlite3 *db, const char *topic, int32_t partition, int64_t *next_seq,
-			int64_t *last_offset);
+			int64_t *last_offset, int64_t *last_seq);
 
 /* Start-up: a commit found in the log (its marker, broker/txn_marker.h,
  * followed by its batch at log_offset) whose row was lost with the WAL: the

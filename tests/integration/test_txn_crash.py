@@ -225,6 +225,54 @@ def discards_then_crash(name):
     return b, ids
 
 
+def test_recreated_topic_commit_row_lost():
+    """A topic with five commits (recorded at offsets up to 9) is deleted
+    and created again.  Its first commit there (offsets 0-1) is followed by
+    20 plain messages, and a power loss keeps the log but loses the
+    commit's row.  Start-up must find it by its marker: the highest
+    recorded commit of that name is the old topic's, whose offset 9 holds
+    a plain message now, so the search starts at the log's start.  (It
+    started at 9, found nothing, and the retried end appended the message
+    a second time.)"""
+    b = Broker(name="txn-recreated-lost")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        for i in range(5):
+            t = txn_prepare(c, "shop", "orders", 0, [(b"k", b"old%d" % i)])[2]
+            check_eq(txn_end(c, "shop", t, TXN_COMMIT)[0], ERR_NONE,
+                     "old commit %d" % i)
+        wait_for(lambda: txn_describe(c, t)["state"] == TXN_COMMITTED, 10,
+                 what="the old commits recorded")
+        check_eq(c.delete_topics(["orders"]), {"orders": ERR_NONE}, "delete")
+        wait_for(lambda: c.create_topics([("orders", 1, {})])["orders"][0]
+                 == ERR_NONE, 10, what="orders re-created")
+        new = txn_prepare(c, "shop", "orders", 0, [(b"k", b"new")])[2]
+
+    def commit():
+        with Conn(b.addr) as c:
+            err, msg, state, off = txn_end(c, "shop", new, TXN_COMMIT)
+            check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
+                     "the new commit (%s)" % msg)
+            for i in range(20):
+                check_eq(c.produce1("orders", 0,
+                                    build_batch([(None, b"plain%d" % i)]))[0],
+                         ERR_NONE, "plain %d" % i)
+
+    lose_db_after(b, commit)
+    b.start()
+    with Conn(b.addr) as c:
+        d = txn_describe(c, new)
+        check_eq((d["state"], d["log_offset"]), (TXN_COMMITTED, 1),
+                 "the new commit, found by its marker")
+        err, msg, state, off = txn_end(c, "shop", new, TXN_COMMIT)
+        check_eq((err, state, off), (ERR_NONE, TXN_COMMITTED, 1),
+                 "its retried end (%s)" % msg)
+    check_eq([v for v in payloads(b.addr, "orders", 1) if v == b"new"],
+             [b"new"], "the new commit once")
+    b.stop()
+
+
 def test_dead_letter_crash_exactly_once():
     """12 discards on a 2-partition dead-letter topic: the first step
     appends 5 copies per partition (at most a dedup window's worth) and
@@ -495,4 +543,6 @@ if __name__ == "__main__":
         ("dead_letter_give_up_then_crash",
          test_dead_letter_give_up_then_crash, 60),
         ("too_large_commit_then_crash", test_too_large_commit_then_crash, 60),
+        ("recreated_topic_commit_row_lost",
+         test_recreated_topic_commit_row_lost, 60),
     ])

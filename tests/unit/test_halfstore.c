@@ -820,7 +820,7 @@ static void test_halfstore_reattach(void **state)
 	halfstore_txn t;
 
 	(void)state;
-	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off, NULL), 0);
 	assert_int_equal(next, 0);
 	assert_int_equal(off, -1);
 	a = prepare1(db, "g", 1000);
@@ -829,7 +829,7 @@ static void test_halfstore_reattach(void **state)
 	other = prepare_n(db, "g", "orders", 1, 1, 11, 1003);
 	assert_int_equal(halfstore_end(db, a, HALFSTORE_COMMIT, 0, 1100, NULL), HALFSTORE_OK);
 	assert_int_equal(halfstore_mark_committed(db, a, 5), HALFSTORE_OK);
-	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off, NULL), 0);
 	assert_int_equal(next, 1);
 	assert_int_equal(off, 5);
 	/* a's row committed again would be a conflict: not PENDING */
@@ -847,7 +847,7 @@ static void test_halfstore_reattach(void **state)
 	halfstore_txn_clear(&t);
 	/* a second start-up finds it again */
 	assert_int_equal(halfstore_reattach(db, p, "orders", 0, 1, 7, 3000), HALFSTORE_OK_ALREADY);
-	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+	assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off, NULL), 0);
 	assert_int_equal(off, 7);
 	/* discarded by the check-back before its lost commit was found */
 	assert_int_equal(halfstore_discard(db, d, "too many checks", 1500), HALFSTORE_OK);
@@ -1675,7 +1675,7 @@ static void test_halfstore_queries_use_indexes(void **state)
 	{
 		int64_t next, off;
 
-		assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off), 0);
+		assert_int_equal(halfstore_seq_state(db, "orders", 0, &next, &off, NULL), 0);
 	}
 	assert_int_equal(pp.n, 2);
 	assert_plan_uses(db, pp.sql[0], "USING PRIMARY KEY");
