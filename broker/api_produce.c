@@ -153,7 +153,7 @@ static int append_idempotent(pentry *e, uint8_t *batch, size_t size, const recba
 			     int64_t max_ts, int64_t now, int64_t *base, int16_t *kerr)
 {
 	partition *p = e->p;
-	int32_t last_seq = h->base_sequence + h->last_offset_delta;
+	int32_t last_seq = pidstate_seq_add(h->base_sequence, h->last_offset_delta);
 	int verdict, rc;
 
 	pthread_mutex_lock(&p->pid_lock);

@@ -32,6 +32,16 @@
  * would fence or disorder the broker's sequences. */
 #define PIDSTATE_FIRST_CLIENT_PID 1000
 
+/* The sequence delta records after base, wrapping past INT32_MAX to 0 as
+ * Kafka's do (DefaultRecordBatch.incrementSequence): a batch's last
+ * sequence is pidstate_seq_add(baseSequence, lastOffsetDelta).  delta >= 0. */
+static inline int32_t pidstate_seq_add(int32_t base, int32_t delta)
+{
+	if (base > INT32_MAX - delta)
+		return delta - (INT32_MAX - base) - 1;
+	return base + delta;
+}
+
 enum pidstate_verdict {
 	PIDSTATE_APPEND = 0,       /* new batch, in sequence: append it */
 	PIDSTATE_DUPLICATE = 1,    /* already appended: answer with *dup_base */

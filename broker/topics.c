@@ -241,7 +241,7 @@ static int observe_producer(void *arg, const uint8_t *b, size_t len, const recba
 	(void)len;
 	if (h->producer_id >= 0)
 		pidstate_observe(p->pids, h->producer_id, h->producer_epoch, h->base_sequence,
-				 h->base_sequence + h->last_offset_delta, h->base_offset,
+				 pidstate_seq_add(h->base_sequence, h->last_offset_delta), h->base_offset,
 				 h->base_offset + h->last_offset_delta);
 	return 0;
 }

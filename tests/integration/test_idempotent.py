@@ -160,6 +160,39 @@ def test_snapshot_ahead_of_a_cut_log():
              "the log")
 
 
+def test_sequence_wraps():
+    """Sequences wrap from 2^31-1 to 0, as Kafka's do: after a batch of
+    2^31-2 records from 0, a 4-record batch at 2^31-2 ends at sequence 1
+    and the next starts at 2.  (The sum
+    overflowed: undefined behaviour, and the next batch was out of order,
+    which Kafka clients take as fatal for the producer.)  The first batch
+    claims 2^31-2 records to get there at once: compressed, so the broker
+    counts them without unpacking."""
+    big = 2 ** 31 - 2
+    b = Broker(name="idem-wrap")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("idem", 1)
+        _, pid, epoch = init_producer_id(c)
+        first = build_batch([(None, b"x")], attributes=1, record_count=big,
+                            last_offset_delta=big - 1, producer_id=pid,
+                            producer_epoch=epoch, base_sequence=0)
+        check_eq(c.produce1("idem", 0, first), (ERR_NONE, 0), "the big batch")
+        wrap = batch(pid, epoch, 2 ** 31 - 2, 4, b"w")
+        check_eq(c.produce1("idem", 0, wrap), (ERR_NONE, big),
+                 "the batch across the wrap")
+        check_eq(c.produce1("idem", 0, wrap), (ERR_NONE, big),
+                 "its retry: a duplicate")
+        check_eq(c.produce1("idem", 0, batch(pid, epoch, 2, 2, b"a")),
+                 (ERR_NONE, big + 4), "the next batch, at sequence 2")
+        err, _ = c.produce1("idem", 0, batch(pid, epoch, 0, 1, b"b"))
+        check_eq(err, ERR_OUT_OF_ORDER_SEQUENCE, "sequence 0 again")
+    b.restart()
+    with Conn(b.addr) as c:
+        check_eq(c.produce1("idem", 0, batch(pid, epoch, 4, 1, b"c")),
+                 (ERR_NONE, big + 6), "after a restart, sequence 4")
+
+
 def restart_keeps_state(kill):
     b = Broker(name="idem-restart", sets={"log.flush.interval.ms": 100})
     b.start()
@@ -206,6 +239,7 @@ if __name__ == "__main__":
         ("reserved_producer_ids_refused", test_reserved_producer_ids_refused,
          60),
         ("snapshot_ahead_of_a_cut_log", test_snapshot_ahead_of_a_cut_log, 60),
+        ("sequence_wraps", test_sequence_wraps, 60),
         ("restart_clean_keeps_producer_state", test_restart_clean, 90),
         ("restart_kill9_keeps_producer_state", test_restart_kill9, 90),
     ])
