@@ -127,6 +127,12 @@ struct partlog {
 				     stores, any thread reads) */
 	atomic_bool dirty;
 	atomic_bool dir_dirty;
+	/* The first failed sync's -errno, then for good: Linux reports a
+	 * writeback error once and may have dropped the pages it could not
+	 * write, so a later fdatasync that succeeds would vouch for bytes not
+	 * on disk.  Syncs and appends fail with it until a restart, whose
+	 * recovery rescans from the last good checkpoint. */
+	atomic_int sync_err;
 
 	/* Sync thread only. */
 	int64_t synced_base;
@@ -821,13 +827,18 @@ static int sync_files(partlog *pl, const struct sync_snap *sn, bool data_only)
 static int sync_log(partlog *pl, int64_t *synced_end, bool data_only)
 {
 	struct sync_snap sn;
-	int r = sync_snapshot(pl, &sn);
+	int r = atomic_load(&pl->sync_err);
 
+	if (r)
+		return r;
+	r = sync_snapshot(pl, &sn);
 	if (r)
 		return r;
 	r = sync_files(pl, &sn, data_only);
 	if (r) {
 		sync_finish(pl, &sn, false);
+		if (r < 0)
+			atomic_store(&pl->sync_err, r);
 		return r;
 	}
 	/* Segments first, then hw: a reader that sees the new hw (acquire)
@@ -1037,8 +1048,12 @@ int partlog_append_v(partlog *pl, partlog_batch *v, size_t n, int64_t now_ms,
 	uint32_t interval = atomic_load_explicit(&pl->index_interval, memory_order_relaxed);
 	struct run run;
 	size_t done = 0;
-	int r = 0;
+	int r = atomic_load(&pl->sync_err);
 
+	if (r) {
+		*nappended = 0;
+		return r;
+	}
 	pthread_mutex_lock(&pl->append_lock);
 	while (done < n) {
 		r = check_batch(&v[done], seg_bytes);

@@ -159,7 +159,11 @@ int partlog_offset_for_time(partlog *pl, int64_t ts, int64_t *offset, int64_t *f
 bool partlog_dirty(const partlog *pl);
 /* fdatasync()s every segment (and index) written since the last sync; in
  * synced mode publishes the synced end as the new high watermark.
- * *synced_end receives the end offset now durable.  Returns 0 or -errno. */
+ * *synced_end receives the end offset now durable.  Returns 0 or -errno.
+ * A failure is for good: this and every later sync and append return it
+ * (Linux reports a writeback error once and may drop the pages it could
+ * not write; a later sync that succeeded would vouch for bytes not on
+ * disk).  A restart's recovery rescans from the last good checkpoint. */
 int partlog_sync(partlog *pl, int64_t *synced_end);
 /* The same, but the active segment's index files are left for the next
  * partlog_checkpoint (rolled segments are synced whole): what an
