@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <time.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +85,8 @@ struct coord {
 	sqlite3 *db;               /* owned; main before start, then under dblock */
 	pthread_mutex_t dblock;    /* held by whoever uses db after start */
 	int wal_fd;                /* "<db>-wal", for fdatasync; -1: FULL sync in SQLite */
+	atomic_int wal_sync_err;   /* errno of the first failed WAL sync, then
+				      for good (sync_wal) */
 	pthread_t thread, sync_threads[SYNCERS];
 	int nsyncers;
 	bool started;
@@ -647,12 +650,23 @@ static void *coord_main(void *arg)
 }
 
 /* fdatasync of the WAL: everything committed before it is durable.
- * Returns 0 or an SQLite error code. */
+ * Returns 0 or an SQLite error code.  A failure is for good: Linux reports
+ * a writeback error once and may drop the pages it could not write, so a
+ * later sync that succeeded would vouch for WAL frames not on disk (and a
+ * hole in the WAL ends SQLite's recovery there, losing what follows).
+ * Every later batch then fails as not durable, until a restart. */
 static int sync_wal(coord *c)
 {
-	if (c->wal_fd < 0 || fdatasync(c->wal_fd) == 0)
+	int e = atomic_load(&c->wal_sync_err);
+
+	if (!e && (c->wal_fd < 0 || fdatasync(c->wal_fd) == 0))
 		return SQLITE_OK;
-	blog(BLOG_ERROR, "fdatasync of the sluice.db WAL: %s", strerror(errno));
+	if (!e) {
+		e = errno ? errno : EIO;
+		atomic_store(&c->wal_sync_err, e);
+		blog(BLOG_ERROR, "fdatasync of the sluice.db WAL: %s: every later write to sluice.db "
+				 "is answered as failed until a restart", strerror(e));
+	}
 	return SQLITE_IOERR;
 }
 
