@@ -707,6 +707,13 @@ class Conn:
         check(err == ERR_NONE, "CreateTopics %s: error %d (%s)"
               % (name, err, msg))
 
+    def recreate_topic(self, name, partitions=1, configs=None, timeout=10):
+        """CreateTopics of a name just deleted: TOPIC_ALREADY_EXISTS (36)
+        while the deletion finishes (as Kafka may answer), so retried."""
+        wait_for(lambda: self.create_topics([(name, partitions, configs or {})])
+                 [name][0] == ERR_NONE or None, timeout, 0.05,
+                 what="CreateTopics %s after its deletion" % name)
+
     # -- AlterConfigs v0 ---------------------------------------------------
 
     def alter_configs(self, topic, conf):

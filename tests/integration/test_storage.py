@@ -470,10 +470,7 @@ def test_delete_topic():
     # Re-create it (Kafka may answer TOPIC_ALREADY_EXISTS for a moment while
     # the deletion completes): it must be empty, the old data gone.
     with Conn(b.addr) as c:
-        def recreated():
-            res = c.create_topics([("gone", 1)])
-            return res["gone"][0] == ERR_NONE or None
-        wait_for(recreated, 10, 0.2, what="CreateTopics gone after delete")
+        c.recreate_topic("gone", 1)
         err, _, off = c.list_offset1("gone", 0, LATEST)
         check_eq((err, off), (0, 0), "latest offset of the re-created topic "
                  "(the deleted topic's data must not come back)")

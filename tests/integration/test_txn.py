@@ -1250,8 +1250,7 @@ def test_delete_topic_discards_half_messages():
                  "still discarded after a restart")
         # re-created: its commits continue the old topic's sequences, which
         # its new partitions accept; an operator commit appends t1 there
-        wait_for(lambda: c.create_topics([("gone", 2, {})])["gone"][0]
-                 == ERR_NONE, 10, what="gone re-created")
+        c.recreate_topic("gone", 2)
         t3 = txn_prepare(c, "g", "gone", 0, [(None, b"3")])[2]
         check_eq(txn_end(c, "g", t3, TXN_COMMIT)[0], ERR_NONE, "commit in the new topic")
         check_eq(txn_end(c, "g", t1, TXN_COMMIT, operator=True)[0], ERR_NONE,

@@ -245,8 +245,7 @@ def test_recreated_topic_commit_row_lost():
         wait_for(lambda: txn_describe(c, t)["state"] == TXN_COMMITTED, 10,
                  what="the old commits recorded")
         check_eq(c.delete_topics(["orders"]), {"orders": ERR_NONE}, "delete")
-        wait_for(lambda: c.create_topics([("orders", 1, {})])["orders"][0]
-                 == ERR_NONE, 10, what="orders re-created")
+        c.recreate_topic("orders", 1)
         new = txn_prepare(c, "shop", "orders", 0, [(b"k", b"new")])[2]
 
     def commit():
@@ -312,9 +311,7 @@ def restart_recreating_dlq(b, sets, partitions):
     b.start()
     with Conn(b.addr) as c:
         check_eq(c.delete_topics(["dlq"]), {"dlq": ERR_NONE}, "dlq deleted")
-        # 36 (TOPIC_ALREADY_EXISTS) until the deletion has finished
-        wait_for(lambda: c.create_topics([("dlq", partitions, {})])["dlq"][0]
-                 == ERR_NONE, 10, what="dlq re-created")
+        c.recreate_topic("dlq", partitions)
     b.stop()
     b.sets = dict(sets)
     b.start()
@@ -409,7 +406,7 @@ def test_too_large_commit_then_crash():
     was discarded after the round's appends: the crash left it COMMITTING
     with a sequence below the small one's, start-up took it for "appended
     long ago" and recorded it COMMITTED with nothing in the log.)"""
-    from harness import API_TXN_END, pipeline, ERR_MESSAGE_TOO_LARGE
+    from harness import API_TXN_END, pipeline
     b = Broker(name="txn-too-large-crash")
     b.start()
     with Conn(b.addr) as c:
