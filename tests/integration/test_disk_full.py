@@ -52,6 +52,11 @@ that runs into it.  `prlimit --pid PID --fsize=unlimited:unlimited`
 * resequenced_commit_row_lost: a commit that failed on the full disk is
   retried, re-sequenced and appended; a power loss takes its row (not
   the log): start-up finds it by its marker, and it is in the log once.
+* log_sync_failure_is_for_good / wal_sync_failure_is_for_good: a failed
+  fdatasync (slowsync's SLOWSYNC_FAIL_WHEN) of a segment / of the
+  sluice.db WAL: nothing waiting for it is acknowledged, and nothing
+  after it either once syncs work again, until a restart, which recovers
+  what was acknowledged before.
 * restart_after_disk_full: failed produces and a failed commit (COMMITTING)
   while full, then kill -9 with the limit still in force, and a restart
   without it: every batch of the log decodes (CRC), the acknowledged
@@ -84,7 +89,8 @@ from harness import (API_TXN_END, Broker,  # noqa: E402
                      Conn, ConnectionClosed, DecodeError,
                      dead_letter_records,
                      ERR_INVALID_TXN_STATE, ERR_KAFKA_STORAGE_ERROR,
-                     ERR_MESSAGE_TOO_LARGE, ERR_NONE, LIST_OFFSETS_LATEST,
+                     ERR_MESSAGE_TOO_LARGE, ERR_NONE, ERR_REQUEST_TIMED_OUT,
+                     LIST_OFFSETS_LATEST,
                      SkipTest, TXN_COMMIT, TXN_COMMITTED, TXN_COMMITTING,
                      TXN_DISCARDED,
                      TXN_PENDING, TestFailure, build_batch, check,
@@ -753,6 +759,80 @@ def test_txn_stale_retry_of_a_discarded_commit():
     b.stop()
 
 
+def failing_sync_env(b, suffix):
+    """slowsync without delay, failing the syncs of files ending with
+    suffix (EIO) while <workdir>/fail exists.  Returns (env, trigger)."""
+    trigger = os.path.join(b.workdir, "fail")
+    env = dict(slow_env(), SLOWSYNC_MS="0", SLOWSYNC_FAIL_WHEN=trigger,
+               SLOWSYNC_FAIL_SUFFIX=suffix)
+    return env, trigger
+
+
+def test_log_sync_failure_is_for_good():
+    """A segment's fdatasync fails (EIO) in fsync durability: the produce
+    waiting for it is not acknowledged (REQUEST_TIMED_OUT), and the
+    partition stays failed once the disk "recovers" (appends refused with
+    KAFKA_STORAGE_ERROR, high watermark unchanged): a later sync that
+    succeeded could vouch for pages the kernel dropped.  A restart
+    recovers: what was acknowledged is there, and produce works again."""
+    b = Broker(name="sync-fails-log", sets={"log.durability": "fsync"})
+    b.env, trigger = failing_sync_env(b, ".log")
+    b.start()
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic("t", 1)
+        check_eq(c.produce1("t", 0, build_batch([(None, b"before")])),
+                 (ERR_NONE, 0), "acknowledged before the failure")
+        open(trigger, "w").close()
+        res = c.produce([("t", 0, build_batch([(None, b"during")]))],
+                        timeout_ms=1000)
+        check_eq(res[("t", 0)][0], ERR_REQUEST_TIMED_OUT,
+                 "a produce whose sync failed")
+        os.remove(trigger)
+        time.sleep(0.3)
+        err, _ = c.produce1("t", 0, build_batch([(None, b"after")]))
+        check_eq(err, ERR_KAFKA_STORAGE_ERROR, "a produce after the failure")
+        check_eq(c.fetch1("t", 0, 0, max_wait_ms=0).high_watermark, 1,
+                 "the high watermark after the failure")
+    b.stop()
+    b.env = {}
+    b.start()
+    with Conn(b.addr, timeout=15) as c:
+        err, base = c.produce1("t", 0, build_batch([(None, b"restarted")]))
+        check_eq(err, ERR_NONE, "a produce after the restart")
+    vals = [r.value for r in read_log(b.addr, "t")[0]]
+    check_eq((vals[0], vals[-1]), (b"before", b"restarted"),
+             "the log after the restart: %r" % vals)
+    b.stop()
+
+
+def test_wal_sync_failure_is_for_good():
+    """The sluice.db WAL's fdatasync fails (EIO): the prepare waiting for
+    it is not acknowledged, and neither is any later one once the disk
+    "recovers", until a restart, after which the transaction prepared
+    before the failure is there and prepares work again."""
+    b = Broker(name="sync-fails-wal")
+    b.env, trigger = failing_sync_env(b, "-wal")
+    b.start()
+    with Conn(b.addr, timeout=15) as c:
+        c.create_topic("t", 1)
+        kept = prepare_ok(c, "t", b"kept", "before the failure")
+        open(trigger, "w").close()
+        err, msg, _, _ = txn_prepare(c, GROUP, "t", 0, [(None, b"during")])
+        check(err != ERR_NONE, "a prepare whose WAL sync failed (%s)" % msg)
+        os.remove(trigger)
+        err, msg, _, _ = txn_prepare(c, GROUP, "t", 0, [(None, b"after")])
+        check(err != ERR_NONE, "a prepare after the failure (%s)" % msg)
+    b.stop(expect_clean=False)
+    b.env = {}
+    b.start()
+    with Conn(b.addr, timeout=15) as c:
+        check_eq(txn_describe(c, kept)["state"], TXN_PENDING,
+                 "the transaction prepared before the failure")
+        prepare_ok(c, "t", b"restarted", "after the restart")
+        commit_ok(c, b, "t", kept, b"kept", "the kept one")
+    b.stop()
+
+
 # --------------------------------------------------------------------------
 # 3. kill -9 while full, restart without the limit.
 
@@ -942,5 +1022,7 @@ if __name__ == "__main__":
         ("restart_after_disk_full", test_restart_after_disk_full, 60),
         ("restart_after_other_commit", test_restart_after_other_commit, 60),
         ("resequenced_commit_row_lost", test_resequenced_commit_row_lost, 60),
+        ("log_sync_failure_is_for_good", test_log_sync_failure_is_for_good, 60),
+        ("wal_sync_failure_is_for_good", test_wal_sync_failure_is_for_good, 60),
         ("dead_letter_disk_full", test_dead_letter_disk_full, 60),
     ])
