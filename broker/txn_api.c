@@ -169,6 +169,7 @@ typedef struct txn_job {
 	int hs_rc;               /* halfstore outcome */
 	halfstore_txn txn;       /* end, describe: the row after the call */
 	int64_t offset;
+	bool check_out;          /* end: a check of it was out (txn_check_answered) */
 	int16_t kerr;
 	char msg[200];           /* the answer's error message when kerr is set */
 	halfstore_txn *list;
@@ -336,6 +337,19 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 
 	switch (j->decision) {
 	case DECIDE_UNKNOWN:
+		if (!j->check_out) {
+			/* no check out: a late answer (its lease ran out and was
+			 * counted as no answer), a retried one, or one nobody
+			 * asked for.  Counted, it would take the place of the
+			 * check out next and discard the transaction early. */
+			int64_t seq;
+
+			rc = halfstore_state_seq(db, j->txn_id, &st, &seq);
+			if (rc == HALFSTORE_OK)
+				rc = st == HALFSTORE_PENDING ? HALFSTORE_OK_ALREADY : HALFSTORE_E_STATE;
+			j->txn.state = st; /* -1 if not found */
+			break;
+		}
 		rc = halfstore_check_answer(db, j->txn_id, HALFSTORE_ANSWER_UNKNOWN, now, &policy, &st);
 		j->txn.state = st;
 		break;
@@ -814,7 +828,7 @@ int api_txn_end(req *r, wire_rd *rd)
 	j->offset = -1;
 	j->txn.log_offset = -1;
 	j->txn.state = (enum halfstore_state)-1;
-	txn_check_answered(txn_id);
+	j->check_out = txn_check_answered(txn_id);
 	req_ref(r);
 	/* a rollback, answered after its WAL sync, appends nothing: without
 	 * the hook it does not hold back the early completion of the commits

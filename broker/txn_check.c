@@ -332,12 +332,15 @@ int api_txn_check_poll(req *r, wire_rd *rd)
 	return API_OK;
 }
 
-void txn_check_answered(int64_t txn_id)
+bool txn_check_answered(int64_t txn_id)
 {
+	bool out = true;
+
 	pthread_mutex_lock(&lock);
 	if (cs)
-		checksched_answered(cs, txn_id, NULL);
+		out = checksched_answered(cs, txn_id, NULL) == CHECKSCHED_OK;
 	pthread_mutex_unlock(&lock);
+	return out;
 }
 
 void txn_check_mark_later(int64_t txn_id, int64_t offset, topic *t, partition *p, int64_t need)

@@ -133,7 +133,7 @@ def test_commit_rollback_exactly_once():
         ls = listing(c, "order-svc")
         check_eq(ls[t1][3], ST_COMMITTED, "listed committed")
         check_eq(ls[t2][3], ST_ROLLED_BACK, "listed rolled back")
-        check_eq(ls[t2][4], 1, "the unknown answer counted as a check")
+        check_eq(ls[t2][4], 0, "an unknown end nobody asked for: not a check")
     b.restart()
     with Conn(b.addr) as c:
         check_eq(end(c, "order-svc", t1, COMMIT)[2], 1,
@@ -234,6 +234,35 @@ def test_check_back():
         ls = listing(other, "shop")
         check_eq(ls[t_unknown][3:5], (ST_PENDING, 1), "unknown counted")
 
+
+
+def test_unknown_counts_once_per_check():
+    """An "unknown" answer counts as a check only while a check of the
+    transaction is out.  A retried or late one (or one nobody asked for)
+    counted too: with transaction.check.max 2, one check answered twice
+    discarded the transaction.  Now it stays PENDING with one check."""
+    b = Broker(name="txn-unknown-once",
+               sets={"transaction.timeout.ms": 300, "transaction.check.max": 2})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        t = prepare(c, "shop", "orders", 0, [(b"k", b"v")])
+        # unasked: not counted
+        check_eq(end(c, "shop", t, UNKNOWN)[:2], (ERR_NONE, ST_PENDING),
+                 "an unasked unknown")
+        got = []
+        for _ in range(20):
+            got = check_poll(c, "shop", 1000)
+            if got:
+                break
+        check_eq([x[0] for x in got], [t], "the check")
+        for k in range(2):
+            check_eq(end(c, "shop", t, UNKNOWN)[:2], (ERR_NONE, ST_PENDING),
+                     "unknown answer %d" % k)
+        d = txn_describe(c, t)
+        check_eq((d["state"], d["check_count"]), (TXN_PENDING, 1),
+                 "one check, answered twice")
+    b.stop()
 
 
 def test_busy_poller_gets_the_rest_soon():
@@ -1500,6 +1529,7 @@ if __name__ == "__main__":
         ("commit_rollback_exactly_once", test_commit_rollback_exactly_once, 60),
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
+        ("unknown_counts_once_per_check", test_unknown_counts_once_per_check, 60),
         ("busy_poller_gets_the_rest_soon", test_busy_poller_gets_the_rest_soon, 60),
         ("check_lease_and_backoff_keys", test_check_lease_and_backoff_keys, 60),
         ("commits_while_durability_flips", test_commits_while_durability_flips, 90),
