@@ -257,8 +257,6 @@ static void produce_complete(produce_state *ps)
 	req_finish(r);
 }
 
-/* True if every appended partition's high watermark covers our batches;
- * otherwise registers on those that do not. */
 /* The entries not synced yet fail with REQUEST_TIMED_OUT: their data is
  * in the log, but its sync was not seen, so a retry is the client's call. */
 static void fail_unsynced(produce_state *ps)
@@ -271,6 +269,8 @@ static void fail_unsynced(produce_state *ps)
 	}
 }
 
+/* True if every appended partition's high watermark covers our batches;
+ * otherwise registers on those that do not. */
 static bool synced_or_wait(produce_state *ps)
 {
 	bool all = true;

@@ -443,7 +443,8 @@ static void recheck(txn_commit **v, size_t n)
 			   (st != HALFSTORE_COMMITTING && st != HALFSTORE_COMMITTED);
 		if (c->stale)
 			blog(BLOG_WARN, "txn %lld: a retried end read commit sequence %lld, released "
-					"since (an earlier append failed): answered \"retry\"",
+					"since (its append failed, or it was discarded): answered "
+					"\"retry\"",
 			     (long long)c->txn->txn_id, (long long)c->txn->commit_seq);
 	}
 	if (db)

@@ -322,53 +322,53 @@ static int has_column(sqlite3 *db, const char *col)
 	return found;
 }
 
-int halfstore_schema_v3(sqlite3 *db)
+/* Runs migration SQL (no statement cache: once per database).  0 or
+ * -errno. */
+static int migrate_sql(sqlite3 *db, const char *sql)
 {
-	int has = has_column(db, "dead_letter_offset");
-	int rc = SQLITE_OK;
+	int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+}
+
+/* Adds the INTEGER column name to txn_half unless it has it.  0 or -errno. */
+static int add_column(sqlite3 *db, const char *name)
+{
+	char sql[96];
+	int has = has_column(db, name);
 
 	if (has < 0)
 		return sqlerr(-has);
-	if (!has)
-		rc = sqlite3_exec(db, "ALTER TABLE txn_half ADD COLUMN dead_letter_offset INTEGER", NULL,
-				  NULL, NULL);
-	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(db, HALFSTORE_DEAD_INDEX_SQL, NULL, NULL, NULL);
-	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+	if (has)
+		return 0;
+	snprintf(sql, sizeof(sql), "ALTER TABLE txn_half ADD COLUMN %s INTEGER", name);
+	return migrate_sql(db, sql);
+}
+
+int halfstore_schema_v3(sqlite3 *db)
+{
+	int rc = add_column(db, "dead_letter_offset");
+
+	return rc ? rc : migrate_sql(db, HALFSTORE_DEAD_INDEX_SQL);
 }
 
 int halfstore_schema_v4(sqlite3 *db)
 {
-	int rc = sqlite3_exec(db, HALFSTORE_UNSYNCED_INDEX_SQL, NULL, NULL, NULL);
-
-	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+	return migrate_sql(db, HALFSTORE_UNSYNCED_INDEX_SQL);
 }
 
 int halfstore_schema_v5(sqlite3 *db)
 {
-	static const char *const cols[] = { "dead_letter_seq", "dead_letter_partition" };
-	int rc = SQLITE_OK;
+	int rc = add_column(db, "dead_letter_seq");
 
-	for (size_t i = 0; i < 2 && rc == SQLITE_OK; i++) {
-		char sql[96];
-		int has = has_column(db, cols[i]);
-
-		if (has < 0)
-			return sqlerr(-has);
-		snprintf(sql, sizeof(sql), "ALTER TABLE txn_half ADD COLUMN %s INTEGER", cols[i]);
-		if (!has)
-			rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-	}
-	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(db, HALFSTORE_DEAD_SEQ_SQL, NULL, NULL, NULL);
-	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+	if (rc == 0)
+		rc = add_column(db, "dead_letter_partition");
+	return rc ? rc : migrate_sql(db, HALFSTORE_DEAD_SEQ_SQL);
 }
 
 int halfstore_schema_v6(sqlite3 *db)
 {
-	int rc = sqlite3_exec(db, HALFSTORE_DEAD_TOPIC_SQL, NULL, NULL, NULL);
-
-	return rc == SQLITE_OK ? 0 : sqlerr(rc);
+	return migrate_sql(db, HALFSTORE_DEAD_TOPIC_SQL);
 }
 
 /* ---- statement helpers ---- */
