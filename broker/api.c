@@ -33,7 +33,7 @@ static const api_def apis[] = {
 	{ 33, 0, 1, api_alter_configs, "AlterConfigs" },
 	{ 47, 0, 0, api_offset_delete, "OffsetDelete" },
 	{ API_TXN_PREPARE, 0, 1, api_txn_prepare, "TxnPrepare" },
-	{ API_TXN_END, 0, 0, api_txn_end, "TxnEnd" },
+	{ API_TXN_END, 0, 1, api_txn_end, "TxnEnd" },
 	{ API_TXN_CHECK_POLL, 0, 1, api_txn_check_poll, "TxnCheckPoll" },
 	{ API_TXN_LIST, 0, 1, api_txn_list, "TxnList" },
 	{ API_TXN_DESCRIBE, 0, 1, api_txn_describe, "TxnDescribe" },

@@ -338,10 +338,12 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 	switch (j->decision) {
 	case DECIDE_UNKNOWN:
 		if (!j->check_out) {
-			/* no check out: a late answer (its lease ran out and was
-			 * counted as no answer), a retried one, or one nobody
-			 * asked for.  Counted, it would take the place of the
-			 * check out next and discard the transaction early. */
+			/* not the check out: a late answer (its lease ran out
+			 * and was counted as no answer; v1 tells it from the
+			 * next check's by its number), a retried one, or one
+			 * nobody asked for.  Counted, it would take the place of
+			 * the check out now or next and discard the transaction
+			 * early. */
 			int64_t seq;
 
 			rc = halfstore_state_seq(db, j->txn_id, &st, &seq);
@@ -805,10 +807,17 @@ int api_txn_end(req *r, wire_rd *rd)
 	int64_t txn_id = wire_rd_i64(rd);
 	int8_t decision = wire_rd_i8(rd);
 	int8_t flags = wire_rd_i8(rd);
+	/* v1: which check an answer is for (its check_count as handed out),
+	 * -1 for an end that answers no check */
+	int32_t check_no = r->api_version >= 1 ? wire_rd_i32(rd) : CHECKSCHED_ANY_CHECK;
 	txn_job *j;
 
 	if (rd->err || group.len < 0)
 		return API_MALFORMED;
+	if (check_no < -1) {
+		end_reject(r, "check_count must be -1 (no check) or the check's check_count");
+		return API_OK;
+	}
 	if (decision < DECIDE_UNKNOWN || decision > DECIDE_RESUME) {
 		end_reject(r, "decision must be 0 (unknown), 1 (commit), 2 (rollback) or 3 (resume)");
 		return API_OK;
@@ -828,7 +837,13 @@ int api_txn_end(req *r, wire_rd *rd)
 	j->offset = -1;
 	j->txn.log_offset = -1;
 	j->txn.state = (enum halfstore_state)-1;
-	j->check_out = txn_check_answered(txn_id);
+	/* A v1 end that names no check never counts as a check's answer; a
+	 * decision ends the transaction, whichever check is out. */
+	if (decision == DECIDE_UNKNOWN && r->api_version >= 1 && check_no < 0)
+		j->check_out = false;
+	else
+		j->check_out = txn_check_answered(
+			txn_id, decision == DECIDE_UNKNOWN ? check_no : CHECKSCHED_ANY_CHECK);
 	req_ref(r);
 	/* a rollback, answered after its WAL sync, appends nothing: without
 	 * the hook it does not hold back the early completion of the commits

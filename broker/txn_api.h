@@ -75,10 +75,13 @@ int64_t txn_api_retention_ms(void);
  * stop after the loops and the coordinator have stopped. */
 int txn_check_start(server *srv, worker *w);
 void txn_check_stop(void);
-/* A TxnEnd answered txn_id (its check, if out, is done).  True if a check
- * of it was out (or checks are off): only then does an "unknown" answer
- * count as one of transaction.check.max. */
-bool txn_check_answered(int64_t txn_id);
+/* A TxnEnd answered txn_id's check numbered check_no (its check_count
+ * when handed out), or any check (CHECKSCHED_ANY_CHECK: TxnEnd v0, or a
+ * commit / rollback, which ends the transaction whichever check is out):
+ * that check, if out, is done.  True if it was out (or checks are off):
+ * only then does an "unknown" answer count as one of
+ * transaction.check.max. */
+bool txn_check_answered(int64_t txn_id, int32_t check_no);
 /* Any thread: txn_id's batch is appended to p (of t, whose reference this
  * takes over) at offset (-1: unknown) and nobody waits for the answer any
  * more (client gone, or answered "timed out"): the ticker marks it

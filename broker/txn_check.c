@@ -332,13 +332,13 @@ int api_txn_check_poll(req *r, wire_rd *rd)
 	return API_OK;
 }
 
-bool txn_check_answered(int64_t txn_id)
+bool txn_check_answered(int64_t txn_id, int32_t check_no)
 {
 	bool out = true;
 
 	pthread_mutex_lock(&lock);
 	if (cs)
-		out = checksched_answered(cs, txn_id, NULL) == CHECKSCHED_OK;
+		out = checksched_answered(cs, txn_id, check_no, NULL) == CHECKSCHED_OK;
 	pthread_mutex_unlock(&lock);
 	return out;
 }
@@ -503,7 +503,8 @@ static void hand_out(tick_job *t)
 	for (size_t i = 0; i < t->ndue; i++) {
 		halfstore_txn *x = &t->due[i];
 		uint64_t id = 0;
-		int rc = checksched_dispatch(cs, x->txn_id, x->producer_group, x->origin, now, &id);
+		int rc = checksched_dispatch(cs, x->txn_id, x->check_count, x->producer_group,
+					      x->origin, now, &id);
 		poll *p;
 
 		if (rc == CHECKSCHED_E_NO_PRODUCER) {

@@ -968,8 +968,8 @@ static sluice_err_t operator_end(sluice_admin_t *a, int64_t txn_id, int decision
 	pthread_mutex_lock(&a->lock);
 	v = prepare(a, API_TXN_END, 0, 0, "TxnEnd", timeout_ms, errstr, errstr_size);
 	err = v < 0 ? (sluice_err_t)v
-		    : txnwire_end(&a->conn, "", txn_id, decision, 1, timeout_ms, state, offset,
-				  errstr, errstr_size);
+		    : txnwire_end(&a->conn, "", txn_id, decision, 1, -1, timeout_ms, state,
+				  offset, errstr, errstr_size);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }

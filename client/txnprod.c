@@ -308,7 +308,7 @@ static sluice_err_t end_retry(struct sluice_txn_producer *p, int64_t txn_id, int
 		struct txconn *c = conn_get(p, &err, errstr, errstr_size);
 
 		if (c) {
-			err = txnwire_end(&c->kc, p->conf->txn_group, txn_id, decision, 0,
+			err = txnwire_end(&c->kc, p->conf->txn_group, txn_id, decision, 0, -1,
 					  p->conf->request_timeout_ms, NULL, offset, errstr,
 					  errstr_size);
 			conn_put(p, c);
@@ -528,8 +528,8 @@ static void aop_send(struct sluice_txn_producer *p, struct aop *op)
 
 		r = txnwire_prepare_req(kc, &a, &op->ver, op->errstr, sizeof(op->errstr));
 	} else {
-		r = txnwire_end_req(kc, p->conf->txn_group, op->txn_id, op->decision, 0, &op->ver,
-				    op->errstr, sizeof(op->errstr));
+		r = txnwire_end_req(kc, p->conf->txn_group, op->txn_id, op->decision, 0, -1,
+				    &op->ver, op->errstr, sizeof(op->errstr));
 	}
 	if (!r) {
 		aop_complete(p, op, (sluice_err_t)op->ver, -1, -1, -1);
@@ -780,8 +780,10 @@ static void answer_check(struct sluice_txn_producer *p, struct kconn *kc,
 	if (d < SLUICE_TXN_UNKNOWN || d > SLUICE_TXN_ROLLBACK)
 		d = SLUICE_TXN_UNKNOWN;
 	/* An error here (broker gone, txn already ended by someone else) needs
-	 * nothing: an unanswered check is asked again after its lease. */
-	(void)txnwire_end(kc, p->conf->txn_group, x->txn_id, (int)d, 0,
+	 * nothing: an unanswered check is asked again after its lease.  The
+	 * answer names its check (check_count), so the broker does not take
+	 * an "unknown" that arrives after the lease for the next check's. */
+	(void)txnwire_end(kc, p->conf->txn_group, x->txn_id, (int)d, 0, x->check_count,
 			  p->conf->request_timeout_ms, NULL, NULL, NULL, 0);
 }
 

@@ -130,11 +130,11 @@ sluice_err_t txnwire_prepare(struct kconn *c, const struct txnwire_prepare *a, i
 }
 
 struct kreq *txnwire_end_req(struct kconn *c, const char *group, int64_t txn_id, int decision,
-			     int flags, int *ver, char *errstr, size_t errstr_size)
+			     int flags, int32_t check_no, int *ver, char *errstr, size_t errstr_size)
 {
 	struct kreq *r;
 
-	*ver = txnwire_version(c, API_TXN_END, 0, errstr, errstr_size);
+	*ver = txnwire_version(c, API_TXN_END, 1, errstr, errstr_size);
 	if (*ver < 0)
 		return NULL;
 	if (!(r = kreq_new(c, API_TXN_END, (int16_t)*ver))) {
@@ -145,6 +145,8 @@ struct kreq *txnwire_end_req(struct kconn *c, const char *group, int64_t txn_id,
 	wire_w_i64(&r->wb, txn_id);
 	wire_w_i8(&r->wb, (int8_t)decision);
 	wire_w_i8(&r->wb, (int8_t)flags);
+	if (*ver >= 1)
+		wire_w_i32(&r->wb, check_no);
 	return r;
 }
 
@@ -179,8 +181,8 @@ sluice_err_t txnwire_end_resp(const struct kbuf *resp, int *state, int64_t *offs
 }
 
 sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int decision,
-			 int flags, int timeout_ms, int *state, int64_t *offset, char *errstr,
-			 size_t errstr_size)
+			 int flags, int32_t check_no, int timeout_ms, int *state, int64_t *offset,
+			 char *errstr, size_t errstr_size)
 {
 	struct kbuf *resp = NULL;
 	struct kreq *r;
@@ -188,7 +190,8 @@ sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int
 	int ver;
 	wire_rd rd;
 
-	if (!(r = txnwire_end_req(c, group, txn_id, decision, flags, &ver, errstr, errstr_size)))
+	if (!(r = txnwire_end_req(c, group, txn_id, decision, flags, check_no, &ver, errstr,
+				   errstr_size)))
 		return (sluice_err_t)ver;
 	err = call(c, r, timeout_ms, "TxnEnd", &resp, &rd, errstr, errstr_size);
 	if (err)

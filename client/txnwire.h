@@ -51,14 +51,18 @@ sluice_err_t txnwire_prepare_resp(const struct kbuf *resp, int ver, int32_t req_
 				  size_t errstr_size);
 
 /* TxnEnd.  decision 0 unknown, 1 commit, 2 rollback, 3 resume; flags bit 0
- * operator.  *state (may be NULL) and *offset (may be NULL) on success. */
+ * operator; check_no: the check_count of the check this answers (as
+ * TxnCheckPoll handed it out), -1 if it answers no check (sent from v1 on:
+ * the broker then counts an "unknown" only as that check's answer).
+ * *state (may be NULL) and *offset (may be NULL) on success. */
 sluice_err_t txnwire_end(struct kconn *c, const char *group, int64_t txn_id, int decision,
-			 int flags, int timeout_ms, int *state, int64_t *offset, char *errstr,
-			 size_t errstr_size);
+			 int flags, int32_t check_no, int timeout_ms, int *state, int64_t *offset,
+			 char *errstr, size_t errstr_size);
 
 /* The two halves of TxnEnd, as for TxnPrepare. */
 struct kreq *txnwire_end_req(struct kconn *c, const char *group, int64_t txn_id, int decision,
-			     int flags, int *ver, char *errstr, size_t errstr_size);
+			     int flags, int32_t check_no, int *ver, char *errstr,
+			     size_t errstr_size);
 sluice_err_t txnwire_end_resp(const struct kbuf *resp, int *state, int64_t *offset, char *errstr,
 			      size_t errstr_size);
 

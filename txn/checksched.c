@@ -26,6 +26,7 @@ typedef struct cconn {
 typedef struct outst {
 	int64_t txn;
 	uint64_t conn;
+	int32_t check_no;
 	int64_t until;  /* INT64_MIN: expired (connection went away) */
 } outst;
 
@@ -404,8 +405,8 @@ int64_t checksched_budget(const checksched *cs, int64_t now_ms)
 	return avail < 0 ? 0 : avail;
 }
 
-int checksched_dispatch(checksched *cs, int64_t txn_id, const char *group, uint64_t origin,
-			int64_t now_ms, uint64_t *conn)
+int checksched_dispatch(checksched *cs, int64_t txn_id, int32_t check_no, const char *group,
+			uint64_t origin, int64_t now_ms, uint64_t *conn)
 {
 	uint64_t who;
 	cconn *c;
@@ -430,18 +431,18 @@ int checksched_dispatch(checksched *cs, int64_t txn_id, const char *group, uint6
 	c = conn_find(cs, who);
 	c->slots--;
 	out_put_raw(cs->out, cs->capout,
-		    &(outst){ .txn = txn_id, .conn = who,
+		    &(outst){ .txn = txn_id, .conn = who, .check_no = check_no,
 			      .until = add_sat(now_ms, cs->pol.lease_ms) });
 	cs->nout++;
 	*conn = who;
 	return CHECKSCHED_OK;
 }
 
-int checksched_answered(checksched *cs, int64_t txn_id, uint64_t *conn)
+int checksched_answered(checksched *cs, int64_t txn_id, int32_t check_no, uint64_t *conn)
 {
 	outst *e = txn_id > 0 ? out_find(cs, txn_id) : NULL;
 
-	if (!e)
+	if (!e || (check_no != CHECKSCHED_ANY_CHECK && check_no != e->check_no))
 		return CHECKSCHED_E_NOT_FOUND;
 	if (conn)
 		*conn = e->conn;

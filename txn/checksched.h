@@ -152,18 +152,25 @@ int64_t checksched_budget(const checksched *cs, int64_t now_ms);
 
 /* Hands out the check of txn_id: pick (as above), then one token, then one
  * slot of the chosen connection's poll, and records it as outstanding until
- * now_ms + lease_ms.  Returns 0 with *conn, or (nothing changed, *conn
+ * now_ms + lease_ms, numbered check_no (the transaction's check_count when
+ * it is handed out: the producer sends it back with its answer, so a late
+ * answer to an earlier check is told from this one's).  Returns 0 with *conn, or (nothing changed, *conn
  * untouched) CHECKSCHED_E_OUTSTANDING, CHECKSCHED_E_FULL,
  * CHECKSCHED_E_NO_PRODUCER, CHECKSCHED_E_BUSY, CHECKSCHED_E_RATE, or
  * -ENOMEM. */
-int checksched_dispatch(checksched *cs, int64_t txn_id, const char *group, uint64_t origin,
-			int64_t now_ms, uint64_t *conn);
+int checksched_dispatch(checksched *cs, int64_t txn_id, int32_t check_no, const char *group,
+			uint64_t origin, int64_t now_ms, uint64_t *conn);
 
-/* The check of txn_id was answered (by any connection).  0 with *conn (who
- * was asked; conn may be NULL), or CHECKSCHED_E_NOT_FOUND (not out: never
- * handed out, already answered or expired — the answer is still valid for
- * the half store, whose operations are idempotent). */
-int checksched_answered(checksched *cs, int64_t txn_id, uint64_t *conn);
+/* check_no of an answer that does not say which check it answers. */
+#define CHECKSCHED_ANY_CHECK (-1)
+
+/* The check of txn_id numbered check_no (or whichever is out, for
+ * CHECKSCHED_ANY_CHECK) was answered (by any connection).  0 with *conn
+ * (who was asked; conn may be NULL), or CHECKSCHED_E_NOT_FOUND (not out:
+ * never handed out, already answered or expired, or the one out has
+ * another number — the answer is still valid for the half store, whose
+ * operations are idempotent, but must not count as this check's). */
+int checksched_answered(checksched *cs, int64_t txn_id, int32_t check_no, uint64_t *conn);
 
 /* Removes up to max outstanding checks whose lease ended at or before
  * now_ms (or whose connection was unregistered) and writes their txn ids to

@@ -184,7 +184,8 @@ def test_unknown_answer_then_own_check():
     rc, out, err = client(b, "unknown-then-check", TOPIC, "shop", "commit", timeout=60)
     check_eq(rc, 0, "unknown-then-check exit (%s %s)" % (out, err))
     txn = int(out.split()[1])
-    # the UNKNOWN answer of the local transaction counts as the first check
+    # the UNKNOWN answer of the local transaction is no check's answer:
+    # it changes nothing, and the check comes at transaction.timeout.ms
     check(re.search(r"check %d \d+ %s asked-later -> commit" % (txn, TOPIC), out),
           "own check callback asked with the message: %r" % out)
     wait_for(lambda: txn_rows(b)[txn]["state"] == "COMMITTED", 10, what="commit by check")
@@ -216,6 +217,29 @@ def test_dead_producer_resolved_by_group():
     check_eq(rows[ids[2]]["state"], "PENDING", "answered unknown: still pending")
     check(rows[ids[2]]["check_count"] >= 1, "unknown answers are counted")
     check_eq([v[3] for v in all_values(b)], [b"keep-me"], "log: only the committed one")
+
+
+def test_check_callback_unknowns_count():
+    """The check callback's "unknown" answers each count as their check
+    (libsluice names the check it answers, TxnEnd v1): with
+    transaction.check.max 2 the transaction is discarded after the second,
+    long before a 30 s lease would have counted it."""
+    b = start("txn-cb-unknown", sets={"transaction.timeout.ms": "300",
+                                      "transaction.check.backoff.ms": "300",
+                                      "transaction.check.max": "2"})
+    rc, out, err = client(b, "die", TOPIC, "shop", "undecided")
+    check_eq(rc, 0, "die exit (%s)" % err)
+    txn = int(out.split()[1])
+    rc, out, err = client(b, "checker", "shop", "/nonexistent-decisions", 4, timeout=60)
+    check_eq(rc, 0, "checker exit (%s)" % err)
+    for n in (0, 1):
+        check(re.search(r"^check %d %d %s undecided -> unknown$" % (txn, n, TOPIC), out,
+                        re.M), "check with check_count %d answered unknown: %r" % (n, out))
+    row = txn_rows(b)[txn]
+    check_eq((row["state"], row["check_count"]), ("DISCARDED", 2), "discarded after two")
+    check("last: unknown" in (row["discard_reason"] or ""),
+          "discarded by the answers, not by leases: %r" % row["discard_reason"])
+    check_eq(all_values(b), [], "nothing in the log")
 
 
 def test_cli_operator_commands():
@@ -422,6 +446,7 @@ if __name__ == "__main__":
         ("mark_without_other_traffic", test_mark_without_other_traffic),
         ("sync_api_errors", test_sync_api_errors),
         ("unknown_answer_then_own_check", test_unknown_answer_then_own_check),
+        ("check_callback_unknowns_count", test_check_callback_unknowns_count),
         ("dead_producer_resolved_by_group", test_dead_producer_resolved_by_group),
         ("cli_dead_letter_offset", test_cli_dead_letter_offset),
         ("cli_operator_commands", test_cli_operator_commands),

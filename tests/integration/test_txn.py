@@ -63,9 +63,13 @@ def prepare(c, group, topic, partition, records, timeout_ms=0):
     return txn
 
 
-def end(c, group, txn, decision, operator=False):
+def end(c, group, txn, decision, operator=False, check_no=None):
+    """TxnEnd v0, or v1 naming the check it answers (check_no: its
+    check_count as handed out, -1 for none)."""
     w = Writer().string(group).i64(txn).i8(decision).i8(1 if operator else 0)
-    r = c.request(API_TXN_END, 0, w.getvalue())
+    if check_no is not None:
+        w.i32(check_no)
+    r = c.request(API_TXN_END, 0 if check_no is None else 1, w.getvalue())
     err = r.i16()
     r.string()
     state = r.i8()
@@ -262,6 +266,45 @@ def test_unknown_counts_once_per_check():
         d = txn_describe(c, t)
         check_eq((d["state"], d["check_count"]), (TXN_PENDING, 1),
                  "one check, answered twice")
+    b.stop()
+
+
+def test_late_unknown_is_not_the_next_checks():
+    """TxnEnd v1 names the check it answers.  An "unknown" for check 1
+    that arrives after its lease ran out (counted as no answer) while
+    check 2 is out changes nothing; v0 took it for check 2's answer, so
+    check 2's own answer was then ignored.  A v1 "unknown" that names no
+    check (-1, as a local transaction's) never counts."""
+    b = Broker(name="txn-late-unknown", sets={
+        "transaction.timeout.ms": 200, "transaction.check.lease.ms": 500,
+        "transaction.check.backoff.ms": 300, "transaction.check.max": 5})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("orders", 1)
+        t = prepare(c, "late", "orders", 0, [(b"k", b"v")])
+        checks = []
+        t0 = time.monotonic()
+        while len(checks) < 2 and time.monotonic() - t0 < 15:
+            checks += [x[3] for x in check_poll(c, "late", 500) if x[0] == t]
+        check_eq(checks, [0, 1], "check 1 unanswered (its lease ran out), then "
+                 "check 2 (check_count as handed out)")
+        check_eq(end(c, "late", t, UNKNOWN, check_no=0)[:2], (ERR_NONE, ST_PENDING),
+                 "the late unknown of check 1")
+        check_eq(end(c, "late", t, UNKNOWN, check_no=-1)[:2], (ERR_NONE, ST_PENDING),
+                 "an unknown of no check")
+        check_eq(txn_describe(c, t)["check_count"], 1,
+                 "neither counted: only the lease of check 1 did")
+        check_eq(end(c, "late", t, UNKNOWN, check_no=1)[:2], (ERR_NONE, ST_PENDING),
+                 "check 2's own unknown")
+        check_eq(txn_describe(c, t)["check_count"], 2, "check 2 answered: counted")
+        check_eq(end(c, "late", t, UNKNOWN, check_no=1)[:2], (ERR_NONE, ST_PENDING),
+                 "check 2's unknown again")
+        check_eq(txn_describe(c, t)["check_count"], 2, "a retried answer is not counted")
+        check_eq(end(c, "late", t, UNKNOWN, check_no=-2)[0], ERR_INVALID_REQUEST,
+                 "check_count below -1")
+        check_eq(end(c, "late", t, COMMIT, check_no=0)[:2], (ERR_NONE, ST_COMMITTED),
+                 "a commit ends it, whatever check it names")
+    check_eq(values(b.addr, "orders"), [b"v"], "committed once")
     b.stop()
 
 
@@ -490,7 +533,7 @@ def test_prepare_v1_partition_and_origin():
     with Conn(b.addr) as c:
         _, ranges = c.api_versions(0)
         check_eq((ranges[1000], ranges[1001], ranges[1002], ranges[1003],
-                  ranges[1004]), ((0, 1), (0, 0), (0, 1), (0, 1), (0, 1)),
+                  ranges[1004]), ((0, 1), (0, 1), (0, 1), (0, 1), (0, 1)),
                  "ApiVersions of the transaction APIs")
         c.create_topic("rr", 3)
         got = []
@@ -1530,6 +1573,7 @@ if __name__ == "__main__":
         ("crash_between_commit_steps", test_crash_between_commit_steps, 60),
         ("check_back", test_check_back, 60),
         ("unknown_counts_once_per_check", test_unknown_counts_once_per_check, 60),
+        ("late_unknown_is_not_the_next_checks", test_late_unknown_is_not_the_next_checks, 60),
         ("busy_poller_gets_the_rest_soon", test_busy_poller_gets_the_rest_soon, 60),
         ("check_lease_and_backoff_keys", test_check_lease_and_backoff_keys, 60),
         ("commits_while_durability_flips", test_commits_while_durability_flips, 90),

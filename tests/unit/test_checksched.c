@@ -121,12 +121,12 @@ static void test_checksched_rate_limit_bounds_checks(void **state)
 
 		assert_int_equal(checksched_park(cs, 42, 1000), 0);
 		for (int k = 0; k < 3; k++) {
-			int rc = checksched_dispatch(cs, txn, "g", 42, now, &conn);
+			int rc = checksched_dispatch(cs, txn, 0, "g", 42, now, &conn);
 
 			if (rc == CHECKSCHED_OK) {
 				assert_int_equal(conn, 42);
 				assert_true(budget-- > 0); /* budget never understates */
-				assert_int_equal(checksched_answered(cs, txn, NULL), 0);
+				assert_int_equal(checksched_answered(cs, txn, CHECKSCHED_ANY_CHECK, NULL), 0);
 				sent++;
 				txn++;
 			} else {
@@ -228,6 +228,32 @@ static void test_checksched_register_moves_group(void **state)
 	checksched_free(cs);
 }
 
+/* An answer names its check: one for another check of the same
+ * transaction (a late answer to an earlier one) leaves the check out. */
+static void test_checksched_answer_names_its_check(void **state)
+{
+	checksched_policy p;
+	checksched *cs;
+	uint64_t conn = 0;
+
+	(void)state;
+	checksched_policy_default(&p);
+	cs = new_sched(&p, 0);
+	assert_int_equal(checksched_register(cs, "g", 7), 0);
+	assert_int_equal(checksched_park(cs, 7, 3), 0);
+	assert_int_equal(checksched_dispatch(cs, 100, 3, "g", 7, 0, &conn), 0);
+	assert_int_equal(checksched_answered(cs, 100, 2, &conn), CHECKSCHED_E_NOT_FOUND);
+	assert_int_equal(checksched_answered(cs, 100, 4, &conn), CHECKSCHED_E_NOT_FOUND);
+	assert_int_equal(checksched_outstanding(cs), 1);
+	assert_int_equal(checksched_answered(cs, 100, 3, &conn), 0);
+	assert_int_equal(checksched_answered(cs, 100, 3, &conn), CHECKSCHED_E_NOT_FOUND);
+	/* any check: whichever is out */
+	assert_int_equal(checksched_dispatch(cs, 100, 4, "g", 7, 0, &conn), 0);
+	assert_int_equal(checksched_answered(cs, 100, CHECKSCHED_ANY_CHECK, &conn), 0);
+	assert_int_equal(checksched_outstanding(cs), 0);
+	checksched_free(cs);
+}
+
 static void test_checksched_dispatch_consumes_slot_and_leases(void **state)
 {
 	checksched_policy p;
@@ -241,20 +267,20 @@ static void test_checksched_dispatch_consumes_slot_and_leases(void **state)
 	cs = new_sched(&p, 0);
 	assert_int_equal(checksched_register(cs, "g", 7), 0);
 	assert_int_equal(checksched_park(cs, 7, 2), 0);
-	assert_int_equal(checksched_dispatch(cs, 100, "g", 7, 0, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 100, 0, "g", 7, 0, &conn), 0);
 	assert_int_equal(conn, 7);
 	assert_int_equal(checksched_slots(cs, 7), 1);
 	/* the same txn is not handed out twice while out */
-	assert_int_equal(checksched_dispatch(cs, 100, "g", 7, 1, &conn), CHECKSCHED_E_OUTSTANDING);
-	assert_int_equal(checksched_dispatch(cs, 101, "g", 7, 1, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 100, 0, "g", 7, 1, &conn), CHECKSCHED_E_OUTSTANDING);
+	assert_int_equal(checksched_dispatch(cs, 101, 0, "g", 7, 1, &conn), 0);
 	assert_int_equal(checksched_slots(cs, 7), 0);
-	assert_int_equal(checksched_dispatch(cs, 102, "g", 7, 1, &conn), CHECKSCHED_E_BUSY);
+	assert_int_equal(checksched_dispatch(cs, 102, 0, "g", 7, 1, &conn), CHECKSCHED_E_BUSY);
 	assert_int_equal(checksched_outstanding(cs), 2);
 	/* answered: gone; a second answer is not found */
 	conn = 0;
-	assert_int_equal(checksched_answered(cs, 100, &conn), 0);
+	assert_int_equal(checksched_answered(cs, 100, CHECKSCHED_ANY_CHECK, &conn), 0);
 	assert_int_equal(conn, 7);
-	assert_int_equal(checksched_answered(cs, 100, &conn), CHECKSCHED_E_NOT_FOUND);
+	assert_int_equal(checksched_answered(cs, 100, CHECKSCHED_ANY_CHECK, &conn), CHECKSCHED_E_NOT_FOUND);
 	/* lease: not expired before, expired at its end */
 	assert_int_equal(checksched_expire(cs, 1000, ids, 8), 0);
 	assert_int_equal(checksched_expire(cs, 1001, ids, 8), 1);
@@ -277,14 +303,14 @@ static void test_checksched_unregister_expires_its_checks(void **state)
 	assert_int_equal(checksched_register(cs, "g", 2), 0);
 	assert_int_equal(checksched_park(cs, 1, 5), 0);
 	assert_int_equal(checksched_park(cs, 2, 5), 0);
-	assert_int_equal(checksched_dispatch(cs, 10, "g", 1, 0, &conn), 0);
-	assert_int_equal(checksched_dispatch(cs, 11, "g", 2, 0, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 10, 0, "g", 1, 0, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 11, 0, "g", 2, 0, &conn), 0);
 	assert_int_equal(checksched_unregister(cs, 1), 0);
 	assert_int_equal(checksched_expire(cs, 1, ids, 8), 1);
 	assert_int_equal(ids[0], 10);
 	assert_int_equal(checksched_outstanding(cs), 1);
 	/* the same txn can now go to the remaining connection */
-	assert_int_equal(checksched_dispatch(cs, 10, "g", 1, 1, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 10, 0, "g", 1, 1, &conn), 0);
 	assert_int_equal(conn, 2);
 	checksched_free(cs);
 }
@@ -309,18 +335,18 @@ static void test_checksched_instance_id_as_origin(void **state)
 	for (uint64_t id = 0; id < 3; id++)
 		assert_int_equal(checksched_park(cs, id == 0 ? c1 : id == 1 ? inst : c2, 10), 0);
 	for (int i = 0; i < 4; i++) {
-		assert_int_equal(checksched_dispatch(cs, 100 + i, "g", inst, 0, &conn), 0);
+		assert_int_equal(checksched_dispatch(cs, 100 + i, 0, "g", inst, 0, &conn), 0);
 		assert_int_equal(conn, inst);
 	}
 	/* its poll answered (slots 0): the others take its checks meanwhile */
 	assert_int_equal(checksched_park(cs, inst, 0), 0);
-	assert_int_equal(checksched_dispatch(cs, 200, "g", inst, 0, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 200, 0, "g", inst, 0, &conn), 0);
 	assert_true(conn == c1 || conn == c2);
 	/* gone and back (a new poll on another connection): preferred again */
 	assert_int_equal(checksched_unregister(cs, inst), 0);
 	assert_int_equal(checksched_register(cs, "g", inst), 0);
 	assert_int_equal(checksched_park(cs, inst, 10), 0);
-	assert_int_equal(checksched_dispatch(cs, 201, "g", inst, 0, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 201, 0, "g", inst, 0, &conn), 0);
 	assert_int_equal(conn, inst);
 	checksched_free(cs);
 }
@@ -339,11 +365,11 @@ static void test_checksched_outstanding_cap(void **state)
 	assert_int_equal(checksched_park(cs, 1, 100), 0);
 	assert_int_equal(checksched_budget(cs, 0), 3);
 	for (int64_t t = 1; t <= 3; t++)
-		assert_int_equal(checksched_dispatch(cs, t, "g", 0, 0, &conn), 0);
+		assert_int_equal(checksched_dispatch(cs, t, 0, "g", 0, 0, &conn), 0);
 	assert_int_equal(checksched_budget(cs, 0), 0);
-	assert_int_equal(checksched_dispatch(cs, 4, "g", 0, 0, &conn), CHECKSCHED_E_FULL);
-	assert_int_equal(checksched_answered(cs, 2, NULL), 0);
-	assert_int_equal(checksched_dispatch(cs, 4, "g", 0, 0, &conn), 0);
+	assert_int_equal(checksched_dispatch(cs, 4, 0, "g", 0, 0, &conn), CHECKSCHED_E_FULL);
+	assert_int_equal(checksched_answered(cs, 2, CHECKSCHED_ANY_CHECK, NULL), 0);
+	assert_int_equal(checksched_dispatch(cs, 4, 0, "g", 0, 0, &conn), 0);
 	checksched_free(cs);
 }
 
@@ -369,7 +395,7 @@ static void test_checksched_many_outstanding(void **state)
 	assert_int_equal(checksched_register(cs, "g", 1), 0);
 	assert_int_equal(checksched_park(cs, 1, N), 0);
 	for (int64_t t = 1; t <= N; t++)
-		assert_int_equal(checksched_dispatch(cs, t * 7919, "g", 0, 0, &conn), 0);
+		assert_int_equal(checksched_dispatch(cs, t * 7919, 0, "g", 0, 0, &conn), 0);
 	for (int i = 0; i < N / 2; i++) {
 		int64_t t;
 
@@ -378,7 +404,7 @@ static void test_checksched_many_outstanding(void **state)
 		if (answered[t])
 			continue;
 		answered[t] = true;
-		assert_int_equal(checksched_answered(cs, t * 7919, NULL), 0);
+		assert_int_equal(checksched_answered(cs, t * 7919, CHECKSCHED_ANY_CHECK, NULL), 0);
 		left--;
 	}
 	assert_int_equal(checksched_outstanding(cs), left);
@@ -405,6 +431,7 @@ int main(void)
 		cmocka_unit_test(test_checksched_pick_falls_back_round_robin),
 		cmocka_unit_test(test_checksched_register_moves_group),
 		cmocka_unit_test(test_checksched_dispatch_consumes_slot_and_leases),
+		cmocka_unit_test(test_checksched_answer_names_its_check),
 		cmocka_unit_test(test_checksched_unregister_expires_its_checks),
 		cmocka_unit_test(test_checksched_instance_id_as_origin),
 		cmocka_unit_test(test_checksched_outstanding_cap),
