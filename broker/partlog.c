@@ -863,6 +863,11 @@ static int sync_log(partlog *pl, int64_t *synced_end, bool data_only)
 	return 0;
 }
 
+bool partlog_sync_failed(partlog *pl)
+{
+	return atomic_load(&pl->sync_err) != 0;
+}
+
 int partlog_sync(partlog *pl, int64_t *synced_end)
 {
 	return sync_log(pl, synced_end, false);

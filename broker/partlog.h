@@ -171,6 +171,11 @@ int partlog_sync(partlog *pl, int64_t *synced_end);
  * the checkpoint are rebuilt from the log anyway.  One fdatasync instead
  * of three per sync of a busy partition. */
 int partlog_sync_data(partlog *pl, int64_t *synced_end);
+/* True once a sync of the log failed for good (the failure sticks until a
+ * restart: see partlog_sync); false after a passing failure such as no
+ * memory for the sync's snapshot, which the next sync retries.  Any
+ * thread. */
+bool partlog_sync_failed(partlog *pl);
 /* Synced mode: keeps the active segment's file written (with zeros) at
  * least bytes / 2 past its last batch, writing up to `bytes` past it
  * (never past segment_bytes) when less is left, so that the fdatasync after

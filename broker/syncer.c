@@ -37,10 +37,14 @@ static void sync_one(partition *p, uint64_t prealloc)
 		return;
 	rc = partlog_sync_data(p->log, NULL); /* indexes: at the checkpoint */
 	if (rc < 0) {
-		BLOG_RL(BLOG_ERROR, "fdatasync %s-%d: %s: appends to it are refused and its high "
-				    "watermark stays until a restart (recovery rescans the log from "
-				    "its last good checkpoint)",
-			p->topic->name, p->index, strerror(-rc));
+		if (partlog_sync_failed(p->log))
+			BLOG_RL(BLOG_ERROR, "fdatasync %s-%d: %s: appends to it are refused and its "
+					    "high watermark stays until a restart (recovery rescans the "
+					    "log from its last good checkpoint)",
+				p->topic->name, p->index, strerror(-rc));
+		else
+			BLOG_RL(BLOG_WARN, "syncing %s-%d: %s (retried with the next sync)",
+				p->topic->name, p->index, strerror(-rc));
 		return;
 	}
 	p->ckpt_stale = true;

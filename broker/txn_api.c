@@ -319,13 +319,13 @@ static int discard_if_too_large(sqlite3 *db, txn_job *j, int rc, int64_t now)
 	topic_unref(t);
 	if (j->txn.batch_len <= conf.log.segment_bytes)
 		return rc;
-	hs = halfstore_discard(db, j->txn_id, "batch larger than the topic's segment.bytes", now);
+	hs = halfstore_discard(db, j->txn_id, TXN_TOO_LARGE_REASON, now);
 	if (hs != HALFSTORE_OK)
 		return hs < 0 ? hs : rc;
 	j->txn.state = HALFSTORE_DISCARDED;
 	j->kerr = KERR_MESSAGE_TOO_LARGE;
-	snprintf(j->msg, sizeof(j->msg), "batch larger than the topic's segment.bytes: transaction "
-		 "discarded, nothing appended");
+	snprintf(j->msg, sizeof(j->msg), TXN_TOO_LARGE_REASON ": transaction discarded, nothing "
+		 "appended");
 	blog(BLOG_WARN, "txn %lld: %s", (long long)j->txn_id, j->msg);
 	return rc;
 }

@@ -344,13 +344,13 @@ static void append_failed(sqlite3 *db, txn_commit *c)
 				"offset, batch dropped (%s)",
 		     (long long)t->txn_id,
 		     c->rc == APPEND_E_GONE ? "topic or partition deleted"
-					    : "batch larger than the topic's segment.bytes",
+					    : TXN_TOO_LARGE_REASON,
 		     halfstore_strerror(hs));
 		return;
 	}
 	if (c->rc == APPEND_E_GONE || c->rc == APPEND_E_TOO_LARGE) {
 		const char *why = c->rc == APPEND_E_GONE ? "topic deleted"
-							 : "batch larger than the topic's segment.bytes";
+							 : TXN_TOO_LARGE_REASON;
 
 		hs = halfstore_discard(db, t->txn_id, why, now_ms());
 		if (hs == HALFSTORE_OK)

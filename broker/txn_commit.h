@@ -43,6 +43,10 @@
 #include "server.h"
 #include "topics.h"
 
+/* Why a commit larger than its topic's segment.bytes (lowered after its
+ * prepare) is discarded: the discard reason TxnDescribe shows. */
+#define TXN_TOO_LARGE_REASON "batch larger than the topic's segment.bytes"
+
 /* One commit to append.  The caller owns it (inside its end job) and keeps
  * it until the round is flushed. */
 typedef struct txn_commit {

@@ -793,6 +793,8 @@ def test_log_sync_failure_is_for_good():
         check_eq(err, ERR_KAFKA_STORAGE_ERROR, "a produce after the failure")
         check_eq(c.fetch1("t", 0, 0, max_wait_ms=0).high_watermark, 1,
                  "the high watermark after the failure")
+    check("appends to it are refused" in b.log_text(10000),
+          "the log says the failure is for good")
     b.stop()
     b.env = {}
     b.start()
