@@ -172,8 +172,10 @@ static int append_idempotent(pentry *e, uint8_t *batch, size_t size, const recba
 		return 0;
 	}
 	rc = partlog_append(p->log, batch, size, max_ts, now, base);
+	/* now (the broker's clock, not the batch's CreateTime): the
+	 * producer's last write, for producer.id.expiration.ms */
 	if (rc == 0 && pidstate_record(p->pids, h->producer_id, h->producer_epoch, h->base_sequence,
-				       last_seq, *base, *base + h->last_offset_delta) < 0)
+				       last_seq, *base, *base + h->last_offset_delta, now) < 0)
 		BLOG_RL(BLOG_ERROR, "out of memory recording producer state");
 	pthread_mutex_unlock(&p->pid_lock);
 	return rc;

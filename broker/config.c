@@ -86,6 +86,13 @@ static const struct key broker_keys[] = {
 	{ "transaction.dead.letter.topic", K_STR, C(transaction_dead_letter_topic), 0, 0, "",
 	  "topic that gets a copy of every discarded transaction's message, with headers naming "
 	  "the transaction (empty: none; the topic must exist)" },
+	{ "producer.id.expiration.ms", K_INT64, C(producer_id_expiration_ms), 1, INT64_MAX, "86400000",
+	  "an idempotent producer that has not written to a partition for this long is forgotten "
+	  "there (its next batch must start at sequence 0), as in Kafka" },
+	{ "producer.id.expiration.check.interval.ms", K_INT64,
+	  C(producer_id_expiration_check_interval_ms), 10, INT32_MAX, "600000",
+	  "how often idle partitions are checked for expired producers (written ones are checked "
+	  "at each log.flush.interval.ms)" },
 	{ "offsets.retention.minutes", K_INT64, C(offsets_retention_minutes), 1, INT32_MAX, "10080",
 	  "committed offsets of a group with no members are deleted this long after its last commit" },
 	/* Defaults of the topic-level keys. */

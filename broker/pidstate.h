@@ -7,13 +7,24 @@
  *
  * Durability: the state is rebuilt at start-up from a snapshot file
  * (<partition dir>/producers.snapshot, written by the syncer after each
- * recovery checkpoint) plus the batch headers of the log after the
- * snapshot's offset (pidstate_observe for each).  Snapshot format, version 1,
- * big-endian:  magic "SLPS" u32, version u32, covered_end i64, count u32,
- * then per producer: pid i64, epoch i16, nbatches u8, then nbatches x
- * (first_seq i32, last_seq i32, base_offset i64, last_offset i64), then
- * crc32c u32 of everything before.  A file that does not check out is
- * ignored (the caller then scans the whole log).
+ * recovery checkpoint and by each expiry pass that removed producers)
+ * plus the batch headers of the log after the snapshot's offset
+ * (pidstate_observe for each).  Snapshot format, version 2, big-endian:
+ * magic "SLPS" u32, version u32, covered_end i64, count u32, then per
+ * producer: pid i64, epoch i16, last_write_ms i64, nbatches u8, then
+ * nbatches x (first_seq i32, last_seq i32, base_offset i64, last_offset
+ * i64), then crc32c u32 of everything before.  Version 1 is the same
+ * without last_write_ms; it still loads, its producers taking the load
+ * time as their last write.  A file that does not check out is ignored
+ * (the caller then scans the whole log).  Changing the layout: bump the
+ * version, keep decoding the old ones (a snapshot outlives an upgrade),
+ * and update docs/storage.md.
+ *
+ * Expiry: each producer remembers when it last wrote (last_write_ms, the
+ * broker's wall clock, never a batch's timestamp: see pidstate_record).
+ * pidstate_expire forgets the client producers idle for
+ * producer.id.expiration.ms, as Kafka does; the broker's own (ids below
+ * PIDSTATE_FIRST_CLIENT_PID) are never forgotten.
  *
  * Threads: not thread-safe; the owner (struct partition) serializes calls
  * with its pid_lock.
@@ -60,22 +71,46 @@ void pidstate_free(pidstate *ps); /* accepts NULL */
  * *dup_base is the offset the batch got the first time. */
 int pidstate_check(const pidstate *ps, int64_t pid, int16_t epoch, int32_t first_seq,
 		   int32_t last_seq, int64_t *dup_base);
-/* Records an appended batch.  Returns 0 or -ENOMEM. */
+/* Records an appended batch.  now_ms is the broker's wall clock at the
+ * append and becomes pid's last write: a client's CreateTime can be
+ * anything (far future: the producer would never expire; ancient: it
+ * would expire as it writes).  Returns 0 or -ENOMEM. */
 int pidstate_record(pidstate *ps, int64_t pid, int16_t epoch, int32_t first_seq, int32_t last_seq,
-		    int64_t base_offset, int64_t last_offset);
+		    int64_t base_offset, int64_t last_offset, int64_t now_ms);
 /* Same as record, for batches replayed from the log at start-up (no
- * checks: the log is the truth). */
+ * checks: the log is the truth).  now_ms is the time of the recovery: the
+ * batch was written between the snapshot and the stop, so its producer is
+ * kept at least producer.id.expiration.ms from the restart (never less
+ * than it would have been kept without the restart). */
 int pidstate_observe(pidstate *ps, int64_t pid, int16_t epoch, int32_t first_seq, int32_t last_seq,
-		     int64_t base_offset, int64_t last_offset);
+		     int64_t base_offset, int64_t last_offset, int64_t now_ms);
+
+/* Forgets the producers whose last write is expiration_ms or more before
+ * now_ms, except
+ *  - the broker's own (pid < PIDSTATE_FIRST_CLIENT_PID): transaction
+ *    commits and dead-letter copies rely on their state to append each
+ *    commit exactly once, however long a partition goes without one;
+ *  - a producer with a batch at or above covered_end (the caller passes
+ *    the log's durable end): in fsync durability its acknowledgement may
+ *    still be waiting for that sync, and a retry of it must still be
+ *    recognised as a duplicate; it expires at a later pass.
+ * A last write ahead of now_ms (the wall clock stepped back) is pulled
+ * back to now_ms, so no producer outlives expiration_ms past the pass.
+ * A forgotten producer is unknown again: its next batch is accepted at
+ * sequence 0 and answered UNKNOWN_PRODUCER_ID otherwise (pidstate_check),
+ * as in Kafka.  Returns how many were removed. */
+size_t pidstate_expire(pidstate *ps, int64_t now_ms, int64_t expiration_ms, int64_t covered_end);
 
 /* Serializes the state as covering offsets below covered_end (batches at
  * or above it are left out).  *out is
  * malloc()ed; returns its length or -ENOMEM. */
 long pidstate_encode(const pidstate *ps, int64_t covered_end, uint8_t **out);
-/* Replaces the state with a decoded snapshot; returns 0 with
+/* Replaces the state with a decoded snapshot (version 1 or 2; now_ms is
+ * the last write of a version 1 file's producers); returns 0 with
  * *covered_end, or -EINVAL if the bytes are not a valid snapshot (state
  * unchanged). */
-int pidstate_decode(pidstate *ps, const uint8_t *buf, size_t len, int64_t *covered_end);
+int pidstate_decode(pidstate *ps, const uint8_t *buf, size_t len, int64_t now_ms,
+		    int64_t *covered_end);
 
 size_t pidstate_count(const pidstate *ps);
 /* Last sequence recorded for pid in epoch, or -1 (unknown pid or other
@@ -84,5 +119,7 @@ int32_t pidstate_last_seq(const pidstate *ps, int64_t pid, int16_t epoch);
 /* The epoch and last sequence of pid's latest batch: 0, or -ENOENT if pid
  * has none. */
 int pidstate_last(const pidstate *ps, int64_t pid, int16_t *epoch, int32_t *last_seq);
+/* pid's last write (ms): 0, or -ENOENT if pid is unknown. */
+int pidstate_last_write(const pidstate *ps, int64_t pid, int64_t *ms);
 
 #endif

@@ -18,7 +18,7 @@ struct syncer {
 	topic **reap;
 	int nreap, capreap;
 	bool stop;
-	int64_t next_flush, next_retention; /* monotonic ms; thread-owned */
+	int64_t next_flush, next_retention, next_expiry; /* monotonic ms; thread-owned */
 };
 
 static int64_t mono_ms(void)
@@ -118,7 +118,8 @@ static void flush_one(syncer *s, partition *p, int64_t now)
 		return;
 	}
 	p->ckpt_stale = false;
-	rc = partition_snapshot_producers(p);
+	/* the snapshot walks the producers anyway: expire them on the way */
+	rc = partition_snapshot_producers(p, now_ms(), s->srv->cfg->producer_id_expiration_ms, true);
 	if (rc < 0)
 		BLOG_RL(BLOG_WARN, "producer snapshot %s-%d: %s", p->topic->name, p->index, strerror(-rc));
 }
@@ -138,6 +139,23 @@ static void retain_one(syncer *s, partition *p, int64_t now)
 		     deleted);
 }
 
+/* Idle partitions get no snapshot from flush_one: their producers expire
+ * here (the snapshot is rewritten only if some did). */
+static void expire_one(syncer *s, partition *p, int64_t now)
+{
+	int rc;
+
+	serve_acks(s);
+	rc = partition_snapshot_producers(p, now, s->srv->cfg->producer_id_expiration_ms, false);
+	if (rc < 0)
+		BLOG_RL(BLOG_WARN, "producer snapshot %s-%d: %s", p->topic->name, p->index, strerror(-rc));
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+	return a < b ? a : b;
+}
+
 static void *syncer_main(void *arg)
 {
 	syncer *s = arg;
@@ -146,6 +164,7 @@ static void *syncer_main(void *arg)
 	pthread_setname_np(pthread_self(), "sl-logsync");
 	s->next_flush = mono_ms() + cfg->flush_interval_ms;
 	s->next_retention = mono_ms() + cfg->retention_check_interval_ms;
+	s->next_expiry = mono_ms() + cfg->producer_id_expiration_check_interval_ms;
 	for (;;) {
 		partition *dirty;
 		topic **reap;
@@ -155,8 +174,8 @@ static void *syncer_main(void *arg)
 
 		pthread_mutex_lock(&s->lock);
 		while (!s->dirty && !s->nreap && !s->stop && now < s->next_flush &&
-		       now < s->next_retention) {
-			int64_t until = s->next_flush < s->next_retention ? s->next_flush : s->next_retention;
+		       now < s->next_retention && now < s->next_expiry) {
+			int64_t until = min64(min64(s->next_flush, s->next_retention), s->next_expiry);
 			struct timespec ts = { until / 1000, (until % 1000) * 1000000 };
 
 			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
@@ -186,6 +205,10 @@ static void *syncer_main(void *arg)
 		if (now >= s->next_retention) {
 			for_each_partition(s, retain_one, now_ms());
 			s->next_retention = mono_ms() + cfg->retention_check_interval_ms;
+		}
+		if (now >= s->next_expiry) {
+			for_each_partition(s, expire_one, now_ms());
+			s->next_expiry = mono_ms() + cfg->producer_id_expiration_check_interval_ms;
 		}
 	}
 	return NULL;

@@ -9,6 +9,10 @@
  *    recovery checkpoints (pagecache durability relies on this to bound
  *    recovery).
  *  - every log.retention.check.interval.ms: retention.
+ *  - idempotent-producer expiry (producer.id.expiration.ms): with each
+ *    producer snapshot written after a checkpoint, and every
+ *    producer.id.expiration.check.interval.ms for all partitions (idle
+ *    ones write no snapshot).
  *  The periodic work syncs the partitions queued for acknowledgements
  *  between its steps (serve_acks), so an acknowledgement waits behind one
  *  step at most (one partition's index files).

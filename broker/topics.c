@@ -20,6 +20,7 @@
 
 #include "blog.h"
 #include "recbatch.h"
+#include "server.h"
 
 struct topics {
 	pthread_rwlock_t lock;      /* protects list, n, cap, deleting */
@@ -233,31 +234,42 @@ out:
 	return rc;
 }
 
+struct replay {
+	partition *p;
+	int64_t now; /* wall clock ms of the recovery */
+};
+
 static int observe_producer(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h)
 {
-	partition *p = arg;
+	struct replay *r = arg;
 
 	(void)b;
 	(void)len;
+	/* The time of the recovery, not the batch's max_timestamp: a client
+	 * sets that (CreateTime) to anything, and the append time is not in
+	 * the log.  The batch was written before now, so its producer is
+	 * kept at least as long as without the restart. */
 	if (h->producer_id >= 0)
-		pidstate_observe(p->pids, h->producer_id, h->producer_epoch, h->base_sequence,
+		pidstate_observe(r->p->pids, h->producer_id, h->producer_epoch, h->base_sequence,
 				 pidstate_seq_add(h->base_sequence, h->last_offset_delta), h->base_offset,
-				 h->base_offset + h->last_offset_delta);
+				 h->base_offset + h->last_offset_delta, r->now);
 	return 0;
 }
 
 /* Replays the idempotent-producer fields of every batch header from
  * `from` to the end of the log into p->pids. */
-static int replay_producers(partition *p, int64_t from)
+static int replay_producers(partition *p, int64_t from, int64_t now)
 {
-	return partition_each_batch(p, from, observe_producer, p);
+	struct replay r = { p, now };
+
+	return partition_each_batch(p, from, observe_producer, &r);
 }
 
 /* Snapshot (if valid and not ahead of the log) + replay of what follows. */
 static int load_producers(partition *p, const char *dir)
 {
 	char path[PATH_MAX];
-	int64_t from = partlog_start_offset(p->log), covered = -1;
+	int64_t from = partlog_start_offset(p->log), covered = -1, now = now_ms();
 	uint8_t *buf = NULL;
 	pidstate *snap = pidstate_new();
 	struct stat st;
@@ -276,7 +288,7 @@ static int load_producers(partition *p, const char *dir)
 	if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0 && st.st_size < (64 << 20) &&
 	    (buf = malloc((size_t)st.st_size)) &&
 	    pread(fd, buf, (size_t)st.st_size, 0) == st.st_size &&
-	    pidstate_decode(snap, buf, (size_t)st.st_size, &covered) == 0 &&
+	    pidstate_decode(snap, buf, (size_t)st.st_size, now, &covered) == 0 &&
 	    covered <= partlog_end_offset(p->log) && covered >= from) {
 		from = covered;
 		pidstate_free(p->pids);
@@ -289,13 +301,15 @@ static int load_producers(partition *p, const char *dir)
 	free(buf);
 	if (fd >= 0)
 		close(fd);
-	return replay_producers(p, from);
+	return replay_producers(p, from, now);
 }
 
-int partition_snapshot_producers(partition *p)
+int partition_snapshot_producers(partition *p, int64_t now, int64_t expiration_ms, bool always)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 8];
 	uint8_t *buf = NULL;
+	int64_t covered;
+	size_t expired;
 	long len;
 	int fd, rc = 0;
 
@@ -304,8 +318,20 @@ int partition_snapshot_producers(partition *p)
 	strcat(path, "/" SNAPSHOT_NAME);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	pthread_mutex_lock(&p->pid_lock);
-	len = pidstate_encode(p->pids, partlog_durable_end(p->log), &buf);
+	/* Expiry and encoding see the same covered end under one lock hold:
+	 * the snapshot leaves out exactly the producers memory forgot (why
+	 * that is safe: pidstate_expire in pidstate.c). */
+	covered = partlog_durable_end(p->log);
+	expired = pidstate_expire(p->pids, now, expiration_ms, covered);
+	if (!always && expired == 0) {
+		pthread_mutex_unlock(&p->pid_lock);
+		return 0;
+	}
+	len = pidstate_encode(p->pids, covered, &buf);
 	pthread_mutex_unlock(&p->pid_lock);
+	if (expired)
+		blog(BLOG_INFO, "producer state %s-%d: expired %zu producer id(s) idle for %lld ms or more",
+		     p->topic->name, p->index, expired, (long long)expiration_ms);
 	if (len < 0)
 		return (int)len;
 	/* No fsync: a lost or torn snapshot only costs a full header scan

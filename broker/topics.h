@@ -129,9 +129,12 @@ int topics_delete(topics *reg, const char *name);
 int partition_each_batch(partition *p, int64_t from,
 			 int (*fn)(void *arg, const uint8_t *b, size_t len, const recbatch_hdr *h),
 			 void *arg);
-/* Syncer: writes <dir>/producers.snapshot for p (idempotent producer state
- * of every batch below the durable end).  Returns 0 or -errno. */
-int partition_snapshot_producers(partition *p);
+/* Syncer: forgets p's client producers that have not written for
+ * expiration_ms (wall clock `now`, ms; pidstate_expire with the durable
+ * end), logging how many, then writes <dir>/producers.snapshot (idempotent
+ * producer state of every batch below the durable end): always if
+ * `always`, else only if some were forgotten.  Returns 0 or -errno. */
+int partition_snapshot_producers(partition *p, int64_t now, int64_t expiration_ms, bool always);
 
 /* Called by the reaper: deletes the files and frees t. */
 void topic_destroy(topic *t);

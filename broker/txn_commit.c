@@ -91,12 +91,13 @@ enum txn_seq_seen txn_seq_seen(partition *p, int64_t pid, int64_t seq, int32_t c
 	return TXN_SEQ_NEW;
 }
 
-void txn_seq_record(partition *p, int64_t pid, int64_t seq, int32_t count, int64_t base)
+void txn_seq_record(partition *p, int64_t pid, int64_t seq, int32_t count, int64_t base,
+		    int64_t now)
 {
 	int32_t first = halfstore_commit_base_seq(seq);
 
 	if (pidstate_record(p->pids, pid, halfstore_commit_epoch(seq), first, first + count - 1,
-			    base, base + count - 1) < 0)
+			    base, base + count - 1, now) < 0)
 		BLOG_RL(BLOG_WARN, "%s-%d: no memory to remember producer %lld's sequence %lld",
 			p->topic->name, p->index, (long long)pid, (long long)seq);
 }
@@ -186,7 +187,7 @@ static bool write_queued(partition *p, txn_commit **v, size_t m, int64_t now)
 			int64_t base = stage.pb[i].base_offset;
 
 			txn_seq_record(p, HALFSTORE_COMMIT_PID, c->txn->commit_seq,
-				       c->txn->record_count, base);
+				       c->txn->record_count, base, now);
 			set_ok(c, base, base + c->txn->record_count);
 			c->appended = true;
 			appended = true;

@@ -81,8 +81,11 @@ enum txn_seq_seen {
 };
 enum txn_seq_seen txn_seq_seen(partition *p, int64_t pid, int64_t seq, int32_t count,
 			       int64_t *base);
-/* p->pid_lock held: records pid's batch numbered seq, appended at base. */
-void txn_seq_record(partition *p, int64_t pid, int64_t seq, int32_t count, int64_t base);
+/* p->pid_lock held: records pid's batch numbered seq, appended at base at
+ * wall clock `now` (ms; the reserved producers never expire, the time is
+ * kept for the snapshot's sake). */
+void txn_seq_record(partition *p, int64_t pid, int64_t seq, int32_t count, int64_t base,
+		    int64_t now);
 /* Takes p->pid_lock: the last sequence of pid in p's log, or -1 if none. */
 int64_t txn_seq_last(partition *p, int64_t pid);
 

@@ -162,6 +162,7 @@ static int append_once(partition *p, const halfstore_txn *x, int64_t max_ts, int
 	int64_t base = -1;
 	enum txn_seq_seen seen = txn_seq_seen(p, HALFSTORE_DEAD_PID, x->dead_letter_seq,
 					      x->record_count, &base);
+	int64_t now;
 	int rc;
 
 	if (seen == TXN_SEQ_DUPLICATE) {
@@ -181,9 +182,11 @@ static int append_once(partition *p, const halfstore_txn *x, int64_t max_ts, int
 	}
 	/* new (gaps in the sequence are accepted: a copy given up, a resumed
 	 * transaction, keep their numbers) */
-	rc = partlog_append(p->log, out.data, out.len, max_ts, now_ms(), offset);
+	now = now_ms();
+	rc = partlog_append(p->log, out.data, out.len, max_ts, now, offset);
 	if (rc == 0)
-		txn_seq_record(p, HALFSTORE_DEAD_PID, x->dead_letter_seq, x->record_count, *offset);
+		txn_seq_record(p, HALFSTORE_DEAD_PID, x->dead_letter_seq, x->record_count, *offset,
+			       now);
 	return rc;
 }
 

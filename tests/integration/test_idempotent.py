@@ -3,12 +3,16 @@
 broker deduplicates a retried batch (same producer id, epoch and sequence
 range) by answering with its original offset, rejects sequence gaps, and
 keeps that state across a clean restart and across kill -9.  Producer ids
-below 1000, the broker's own, are refused.
+below 1000, the broker's own, are refused.  A producer idle for
+producer.id.expiration.ms is forgotten.
 
 Env: SLUICED.
 """
 import os
+import subprocess
 import sys
+import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Conn, ERR_NONE, Writer,  # noqa: E402
@@ -232,6 +236,70 @@ def test_restart_kill9():
     restart_keeps_state(kill=True)
 
 
+def test_idle_producer_expires():
+    """producer.id.expiration.ms (1 s here; checked every 100 ms): a
+    producer that has not written for that long is forgotten, as Kafka
+    does — its next sequence answers UNKNOWN_PRODUCER_ID (59), a batch at
+    sequence 0 starts it afresh — while one writing every 0.2 s is kept.
+    On "quiet", written to by nobody else, the periodic check finds it (no
+    snapshot is written there after a flush); on "idem" the snapshot after
+    each flush does.  Either pass rewrites the snapshot, so a restart does
+    not bring the forgotten producer back.  The key is validated (>= 1)
+    and listed."""
+    b = Broker(name="idem-expiry", sets={
+        "producer.id.expiration.ms": 1000,
+        "producer.id.expiration.check.interval.ms": 100,
+        "log.flush.interval.ms": 100})
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("idem", 1)
+        c.create_topic("quiet", 1)
+        _, idle, epoch = init_producer_id(c)
+        _, busy, bepoch = init_producer_id(c)
+        for t in ("idem", "quiet"):
+            check_eq(c.produce1(t, 0, batch(idle, epoch, 0, 2, b"i")),
+                     (ERR_NONE, 0), "the idle producer's batch to %s" % t)
+        seq = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:
+            err, _ = c.produce1("idem", 0, batch(busy, bepoch, seq, 1, b"b"))
+            check_eq(err, ERR_NONE, "busy producer, sequence %d" % seq)
+            seq += 1
+            time.sleep(0.2)
+        for t in ("idem", "quiet"):
+            check("%s-0: expired 1 producer id(s)" % t in b.log_text(),
+                  "the expiry is logged:\n%s" % b.log_text(20))
+            err, _ = c.produce1(t, 0, batch(idle, epoch, 2, 1, b"i"))
+            check_eq(err, ERR_UNKNOWN_PRODUCER_ID,
+                     "the idle producer's next sequence to %s" % t)
+        check_eq(c.produce1("idem", 0, batch(busy, bepoch, seq, 1, b"b")),
+                 (ERR_NONE, 2 + seq), "the busy producer goes on")
+        seq += 1
+    b.restart()
+    with Conn(b.addr) as c:
+        for t in ("idem", "quiet"):
+            err, _ = c.produce1(t, 0, batch(idle, epoch, 2, 1, b"i"))
+            check_eq(err, ERR_UNKNOWN_PRODUCER_ID,
+                     "after a restart, still forgotten on %s" % t)
+        check_eq(c.produce1("idem", 0, batch(idle, epoch, 0, 1, b"again")),
+                 (ERR_NONE, 2 + seq), "sequence 0: a new producer")
+        check_eq(c.produce1("idem", 0, batch(idle, epoch, 1, 1, b"again")),
+                 (ERR_NONE, 3 + seq), "and its next batch")
+        check_eq(c.produce1("idem", 0, batch(busy, bepoch, seq, 1, b"b")),
+                 (ERR_NONE, 4 + seq), "the busy producer, after the restart")
+    exe = os.environ["SLUICED"]
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True,
+                         timeout=10).stdout
+    check("producer.id.expiration.ms" in out, "the key in --help")
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([exe, "-d", d, "-l", "127.0.0.1:0",
+                            "--set", "producer.id.expiration.ms=0"],
+                           capture_output=True, text=True, timeout=20)
+        check(r.returncode != 0, "an expiration of 0 is refused")
+        check("producer.id.expiration.ms" in r.stderr,
+              "the error names the key: %r" % r.stderr[-300:])
+
+
 if __name__ == "__main__":
     run([
         ("init_producer_id", test_init_producer_id, 60),
@@ -242,4 +310,5 @@ if __name__ == "__main__":
         ("sequence_wraps", test_sequence_wraps, 60),
         ("restart_clean_keeps_producer_state", test_restart_clean, 90),
         ("restart_kill9_keeps_producer_state", test_restart_kill9, 90),
+        ("idle_producer_expires", test_idle_producer_expires, 60),
     ])
