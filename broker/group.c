@@ -25,6 +25,7 @@
 #include "blog.h"
 #include "coord.h"
 #include "kerr.h"
+#include "offmap.h"
 #include "stmtcache.h"
 #include "topics.h"
 
@@ -79,23 +80,14 @@ typedef struct group {
 	int npending;
 } group;
 
-typedef struct offent {
-	struct offent *next;
-	char *group;
-	char *topic;
-	int32_t part;
-	int64_t offset;
-	int32_t epoch;
-	char *meta;
-	int64_t commit_ms;
-} offent;
-
 struct groups {
 	server *srv;
+	/* Coordinator thread only (offjob_run), no lock: the last sequence
+	 * number stamped on an offjob. */
+	uint64_t seq;
 	pthread_mutex_t lock;   /* everything below */
 	group *list;
-	offent **buckets;
-	size_t nbuckets, count;
+	offmap *offs;           /* committed offsets (offmap.h) */
 	worker *w;              /* ticker's loop */
 	ev_timer tick;
 	int64_t next_expiry;
@@ -126,122 +118,6 @@ static char *dupn(const char *s, int32_t n)
 static char *dupstr(wire_str s)
 {
 	return s.len < 0 ? NULL : dupn(s.ptr, s.len);
-}
-
-/* ---- offsets map ---- */
-
-static uint64_t hash_key(const char *g, const char *t, int32_t p)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (const char *s = g; *s; s++)
-		h = (h ^ (uint8_t)*s) * 1099511628211ull;
-	h = (h ^ 0xff) * 1099511628211ull;
-	for (const char *s = t; *s; s++)
-		h = (h ^ (uint8_t)*s) * 1099511628211ull;
-	return (h ^ (uint32_t)p) * 1099511628211ull;
-}
-
-static offent **off_slot(groups *gs, const char *g, const char *t, int32_t p)
-{
-	offent **e = &gs->buckets[hash_key(g, t, p) % gs->nbuckets];
-
-	while (*e && !((*e)->part == p && !strcmp((*e)->group, g) && !strcmp((*e)->topic, t)))
-		e = &(*e)->next;
-	return e;
-}
-
-static void off_free(offent *e)
-{
-	free(e->group);
-	free(e->topic);
-	free(e->meta);
-	free(e);
-}
-
-static void off_grow(groups *gs)
-{
-	size_t n = gs->nbuckets * 2;
-	offent **b = calloc(n, sizeof(*b));
-
-	if (!b)
-		return; /* keep the old table: longer chains, still correct */
-	for (size_t i = 0; i < gs->nbuckets; i++) {
-		offent *e = gs->buckets[i], *next;
-
-		for (; e; e = next) {
-			size_t k = hash_key(e->group, e->topic, e->part) % n;
-
-			next = e->next;
-			e->next = b[k];
-			b[k] = e;
-		}
-	}
-	free(gs->buckets);
-	gs->buckets = b;
-	gs->nbuckets = n;
-}
-
-static int off_put(groups *gs, const char *g, const char *t, int32_t p, int64_t off, int32_t epoch,
-		   const char *meta, int64_t ms)
-{
-	offent **slot = off_slot(gs, g, t, p);
-	offent *e = *slot;
-	char *m = strdup(meta ? meta : "");
-
-	if (!m)
-		return -ENOMEM;
-	if (!e) {
-		e = calloc(1, sizeof(*e));
-		if (!e || !(e->group = strdup(g)) || !(e->topic = strdup(t))) {
-			if (e)
-				off_free(e);
-			free(m);
-			return -ENOMEM;
-		}
-		e->part = p;
-		*slot = e;
-		if (++gs->count > gs->nbuckets)
-			off_grow(gs);
-	}
-	free(e->meta);
-	e->meta = m;
-	e->offset = off;
-	e->epoch = epoch;
-	e->commit_ms = ms;
-	return 0;
-}
-
-static void off_del(groups *gs, const char *g, const char *t, int32_t p)
-{
-	offent **slot = off_slot(gs, g, t, p);
-	offent *e = *slot;
-
-	if (e) {
-		*slot = e->next;
-		off_free(e);
-		gs->count--;
-	}
-}
-
-/* Deletes every offset of group g (t == NULL) or of g's topic t. */
-static void off_del_group(groups *gs, const char *g)
-{
-	for (size_t i = 0; i < gs->nbuckets; i++) {
-		offent **e = &gs->buckets[i];
-
-		while (*e) {
-			if (!strcmp((*e)->group, g)) {
-				offent *x = *e;
-
-				*e = x->next;
-				off_free(x);
-				gs->count--;
-			} else {
-				e = &(*e)->next;
-			}
-		}
-	}
 }
 
 /* ---- groups and members ---- */
@@ -573,6 +449,11 @@ typedef struct offop {
 	int16_t err;            /* decided before the job, or by it */
 } offop;
 
+/* A change of group_offsets: its ops run in one coordinator job, then its
+ * done (on the submitter's loop) applies them to the offsets map and
+ * answers.  Ordering (offmap.h): offjob_begin counts it in the map under
+ * gs->lock before it is submitted, offjob_run stamps seq in SQLite order,
+ * offjob_done applies the ops with that seq and ends it. */
 typedef struct offjob {
 	coord_job job;
 	req *r;                 /* referenced, or NULL (expiry) */
@@ -580,6 +461,9 @@ typedef struct offjob {
 	offop *ops;
 	int16_t top_err;
 	void (*reply)(struct offjob *oj);
+	int ticket;             /* offmap_begin's, for offmap_end */
+	uint64_t seq;           /* written by offjob_run (coordinator thread),
+				   read by offjob_done once the job is posted */
 } offjob;
 
 static int offop_run(sqlite3 *db, offop *op)
@@ -615,6 +499,9 @@ static int offjob_run(coord_job *job, sqlite3 *db)
 {
 	offjob *oj = (offjob *)job;
 
+	/* coordinator thread: jobs run one at a time in the order SQLite
+	 * applies them, so this numbers them in that order */
+	oj->seq = ++G->seq;
 	for (int i = 0; i < oj->nops; i++) {
 		offop *op = &oj->ops[i];
 		int rc;
@@ -641,7 +528,9 @@ static void offjob_free(offjob *oj)
 	free(oj);
 }
 
-/* On the request's loop (or the ticker's) after the commit. */
+/* On the request's loop (or the ticker's) after the commit.  The dones of
+ * jobs submitted from different loops may run in any order: the seq rule
+ * of offmap.h makes the map end as SQLite does anyway. */
 static void offjob_done(loop_task *t)
 {
 	offjob *oj = (offjob *)((char *)t - offsetof(offjob, job.done));
@@ -650,6 +539,7 @@ static void offjob_done(loop_task *t)
 	pthread_mutex_lock(&gs->lock);
 	for (int i = 0; i < oj->nops; i++) {
 		offop *op = &oj->ops[i];
+		int rc;
 
 		if (op->err)
 			continue;
@@ -659,16 +549,20 @@ static void offjob_done(loop_task *t)
 		}
 		/* the map changes only once SQLite has it: a fetch never
 		 * returns an offset a restart would lose */
-		if (op->kind == OP_UPSERT) {
-			if (off_put(gs, op->group, op->topic, op->part, op->offset, op->epoch, op->meta,
-				    op->commit_ms) < 0)
-				op->err = KERR_UNKNOWN_SERVER_ERROR;
-		} else if (op->kind == OP_DEL_ONE) {
-			off_del(gs, op->group, op->topic, op->part);
-		} else {
-			off_del_group(gs, op->group);
+		if (op->kind == OP_UPSERT)
+			rc = offmap_put(gs->offs, oj->seq, op->group, op->topic, op->part, op->offset,
+					op->epoch, op->meta, op->commit_ms);
+		else if (op->kind == OP_DEL_ONE)
+			rc = offmap_del(gs->offs, oj->seq, op->group, op->topic, op->part);
+		else
+			rc = offmap_del_group(gs->offs, oj->seq, op->group);
+		if (rc < 0) {
+			BLOG_RL(BLOG_ERROR, "group %s: offsets map: out of memory", op->group);
+			op->err = KERR_UNKNOWN_SERVER_ERROR;
 		}
 	}
+	/* also after a failed job: it no longer holds tombstones back */
+	offmap_end(gs->offs, oj->ticket);
 	pthread_mutex_unlock(&gs->lock);
 	if (oj->r) {
 		if (oj->r->conn)
@@ -698,6 +592,16 @@ static offjob *offjob_new(req *r, int nops, void (*reply)(offjob *))
 	return oj;
 }
 
+/* gs->lock held: counts oj among the map's jobs in flight (offmap_begin):
+ * a tombstone made while it is in flight, which its change may be older
+ * than, stays until its done.  Call once, before offjob_submit (the lock
+ * may be dropped in between). */
+static void offjob_begin(groups *gs, offjob *oj)
+{
+	oj->ticket = offmap_begin(gs->offs);
+}
+
+/* After offjob_begin; any thread, lock held or not. */
 static void offjob_submit(groups *gs, offjob *oj, worker *w)
 {
 	oj->job.w = w;
@@ -707,6 +611,14 @@ static void offjob_submit(groups *gs, offjob *oj, worker *w)
 }
 
 /* ---- ticker ---- */
+
+static void newest_commit(const offmap_ent *e, void *arg)
+{
+	int64_t *newest = arg;
+
+	if (e->commit_ms > *newest)
+		*newest = e->commit_ms;
+}
 
 static void expire_offsets(groups *gs)
 {
@@ -720,10 +632,7 @@ static void expire_offsets(groups *gs)
 		next = g->next;
 		if (g->nmembers > 0)
 			continue;
-		for (size_t i = 0; i < gs->nbuckets; i++)
-			for (offent *e = gs->buckets[i]; e; e = e->next)
-				if (!strcmp(e->group, g->id) && e->commit_ms > newest)
-					newest = e->commit_ms;
+		offmap_each(gs->offs, g->id, newest_commit, &newest);
 		if (newest != INT64_MIN && newest >= cutoff)
 			continue;
 		if (newest != INT64_MIN) {
@@ -735,6 +644,7 @@ static void expire_offsets(groups *gs)
 			}
 			oj->ops[0].kind = OP_DEL_GROUP;
 			blog(BLOG_INFO, "group %s: offsets expired (offsets.retention.minutes)", g->id);
+			offjob_begin(gs, oj);
 			offjob_submit(gs, oj, gs->w);
 		}
 		if (g->state == G_EMPTY)
@@ -780,8 +690,10 @@ static int load_offsets(groups *gs, sqlite3 *db)
 		const char *t = (const char *)sqlite3_column_text(st, 1);
 		const char *m = (const char *)sqlite3_column_text(st, 5);
 
-		if (!g || !t || off_put(gs, g, t, sqlite3_column_int(st, 2), sqlite3_column_int64(st, 3),
-					sqlite3_column_int(st, 4), m, sqlite3_column_int64(st, 6)) < 0 ||
+		/* seq 0: older than every job */
+		if (!g || !t ||
+		    offmap_put(gs->offs, 0, g, t, sqlite3_column_int(st, 2), sqlite3_column_int64(st, 3),
+			       sqlite3_column_int(st, 4), m, sqlite3_column_int64(st, 6)) < 0 ||
 		    !group_get_or_create(gs, g)) {
 			sqlite3_finalize(st);
 			return -1;
@@ -800,10 +712,8 @@ int groups_new(server *srv, sqlite3 *db, groups **out)
 	if (!gs)
 		return -ENOMEM;
 	gs->srv = srv;
-	gs->nbuckets = 1024;
-	gs->buckets = calloc(gs->nbuckets, sizeof(*gs->buckets));
 	pthread_mutex_init(&gs->lock, NULL);
-	if (!gs->buckets || load_offsets(gs, db) < 0) {
+	if (offmap_new(&gs->offs) < 0 || load_offsets(gs, db) < 0) {
 		groups_free(gs);
 		return -1;
 	}
@@ -836,15 +746,7 @@ void groups_free(groups *gs)
 		}
 		group_unlink_free(gs, g);
 	}
-	for (size_t i = 0; gs->buckets && i < gs->nbuckets; i++) {
-		offent *e = gs->buckets[i], *next;
-
-		for (; e; e = next) {
-			next = e->next;
-			off_free(e);
-		}
-	}
-	free(gs->buckets);
+	offmap_free(gs->offs);
 	pthread_mutex_destroy(&gs->lock);
 	if (G == gs)
 		G = NULL;
@@ -1562,6 +1464,7 @@ int api_offset_commit(req *r, wire_rd *rd)
 		if (!oj->top_err && !g && !group_get_or_create(gs, g_id))
 			oj->top_err = KERR_UNKNOWN_SERVER_ERROR;
 	}
+	offjob_begin(gs, oj);
 	pthread_mutex_unlock(&gs->lock);
 	if (oj->top_err) {
 		for (int i = 0; i < oj->nops; i++)
@@ -1573,10 +1476,8 @@ int api_offset_commit(req *r, wire_rd *rd)
 
 /* ---- OffsetFetch ---- */
 
-static void fetch_one(groups *gs, wire_buf *b, int16_t ver, const char *g, const char *t, int32_t p)
+static void fetch_one(wire_buf *b, int16_t ver, int32_t p, const offmap_ent *e)
 {
-	offent *e = *off_slot(gs, g, t, p);
-
 	wire_w_i32(b, p);
 	wire_w_i64(b, e ? e->offset : -1);
 	if (ver >= 5)
@@ -1587,53 +1488,66 @@ static void fetch_one(groups *gs, wire_buf *b, int16_t ver, const char *g, const
 
 static int cmp_off(const void *a, const void *b)
 {
-	const offent *x = *(const offent *const *)a, *y = *(const offent *const *)b;
+	const offmap_ent *x = *(const offmap_ent *const *)a, *y = *(const offmap_ent *const *)b;
 	int c = strcmp(x->topic, y->topic);
 
 	return c ? c : (x->part > y->part) - (x->part < y->part);
 }
 
+typedef struct ent_list {
+	const offmap_ent **v;
+	size_t n, cap;
+	bool oom;
+} ent_list;
+
+static void collect(const offmap_ent *e, void *arg)
+{
+	ent_list *l = arg;
+
+	if (l->n == l->cap && !l->oom) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		const offmap_ent **v = realloc(l->v, sizeof(*v) * cap);
+
+		if (!v) {
+			l->oom = true;
+			return;
+		}
+		l->v = v;
+		l->cap = cap;
+	}
+	if (!l->oom)
+		l->v[l->n++] = e;
+}
+
 /* OffsetFetch with a null topic list: every committed offset of g. */
 static void fetch_all(groups *gs, wire_buf *b, int16_t ver, const char *g)
 {
-	offent **list = NULL;
-	size_t n = 0, cap = 0, at;
+	ent_list l = { 0 };
+	size_t at;
 	int32_t ntopics = 0;
 
-	for (size_t i = 0; i < gs->nbuckets; i++) {
-		for (offent *e = gs->buckets[i]; e; e = e->next) {
-			if (strcmp(e->group, g))
-				continue;
-			if (n == cap) {
-				offent **l = realloc(list, sizeof(*l) * (cap ? cap * 2 : 16));
-
-				if (!l) {
-					b->oom = true;
-					free(list);
-					return;
-				}
-				list = l;
-				cap = cap ? cap * 2 : 16;
-			}
-			list[n++] = e;
-		}
+	offmap_each(gs->offs, g, collect, &l);
+	if (l.oom) {
+		b->oom = true;
+		free(l.v);
+		return;
 	}
-	if (n)
-		qsort(list, n, sizeof(*list), cmp_off);
+	if (l.n)
+		qsort(l.v, l.n, sizeof(*l.v), cmp_off);
 	at = wire_w_placeholder32(b);
-	for (size_t i = 0; i < n;) {
+	for (size_t i = 0; i < l.n;) {
 		size_t j = i;
 
-		while (j < n && !strcmp(list[j]->topic, list[i]->topic))
+		while (j < l.n && !strcmp(l.v[j]->topic, l.v[i]->topic))
 			j++;
-		wire_w_str(b, list[i]->topic);
+		wire_w_str(b, l.v[i]->topic);
 		wire_w_i32(b, (int32_t)(j - i));
 		for (; i < j; i++)
-			fetch_one(gs, b, ver, g, list[i]->topic, list[i]->part);
+			fetch_one(b, ver, l.v[i]->part, l.v[i]);
 		ntopics++;
 	}
 	wire_patch32(b, at, ntopics);
-	free(list);
+	free(l.v);
 }
 
 int api_offset_fetch(req *r, wire_rd *rd)
@@ -1674,8 +1588,11 @@ int api_offset_fetch(req *r, wire_rd *rd)
 				t[0] = '\0';
 			wire_w_str(b, t);
 			wire_w_i32(b, np);
-			for (int32_t j = 0; j < np; j++)
-				fetch_one(gs, b, ver, g, t, wire_rd_i32(rd));
+			for (int32_t j = 0; j < np; j++) {
+				int32_t p = wire_rd_i32(rd);
+
+				fetch_one(b, ver, p, offmap_get(gs->offs, g, t, p));
+			}
 		}
 	}
 	pthread_mutex_unlock(&gs->lock);
@@ -1818,6 +1735,7 @@ int api_delete_groups(req *r, wire_rd *rd)
 			group_unlink_free(gs, g);
 		}
 	}
+	offjob_begin(gs, oj);
 	pthread_mutex_unlock(&gs->lock);
 	offjob_submit(gs, oj, r->w);
 	return API_OK;
@@ -1922,6 +1840,7 @@ int api_offset_delete(req *r, wire_rd *rd)
 				op->err = KERR_GROUP_SUBSCRIBED_TO_TOPIC;
 		}
 	}
+	offjob_begin(gs, oj);
 	pthread_mutex_unlock(&gs->lock);
 	offjob_submit(gs, oj, r->w);
 	return API_OK;

@@ -11,18 +11,22 @@
  * their identity across restarts; a new member id for a known instance id
  * fences the old one.
  *
- * Committed offsets live in an in-memory map for OffsetFetch and in SQLite
- * (table group_offsets) for restarts: an OffsetCommit is answered after the
- * coordinator thread's commit (batched with every other commit queued at
- * that moment).  Loaded at start-up.  Offsets of a group with no members
- * expire offsets.retention.minutes after its last commit.
+ * Committed offsets live in an in-memory map for OffsetFetch (offmap.h) and
+ * in SQLite (table group_offsets) for restarts: an OffsetCommit is answered
+ * after the coordinator thread's commit (batched with every other commit
+ * queued at that moment) and after its done has applied it to the map, in
+ * SQLite order whatever loop the done runs on (offmap.h).  Loaded at
+ * start-up.  Offsets of a group with no members expire
+ * offsets.retention.minutes after its last commit.
  *
  * Threads: every group and the offset map are guarded by one mutex (the
  * coordinator state lock); handlers run on any loop and take it briefly.  A
  * parked request belongs to its own loop; whoever completes it (another
  * loop, or the ticker) writes its response under the lock and hands it back
  * with req_post_finish().  The ticker (session and rebalance timeouts,
- * offset expiry) runs on worker 0's loop every 100 ms.
+ * offset expiry) runs on worker 0's loop every 100 ms.  The sequence
+ * counter of the offset jobs belongs to the coordinator thread (their
+ * run()); nothing on a loop touches SQLite.
  */
 #ifndef SLUICE_GROUP_H
 #define SLUICE_GROUP_H

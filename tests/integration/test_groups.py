@@ -6,12 +6,14 @@ with SIGKILL is evicted after its session timeout and its partitions move;
 committed offsets survive a broker restart (consumption resumes, nothing
 skipped); a rebalance storm loses nothing and commits only move forward.
 Also the admin side raw: ListGroups, DescribeGroups, OffsetFetch,
-DeleteGroups, OffsetDelete.
+DeleteGroups, OffsetDelete.  Commits and deletes of one offset racing from
+many connections: OffsetFetch then answers what sluice.db holds.
 
 Env: SLUICED, KCAT (producing), RDK_GROUP (the consumer program).
 """
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,10 +24,12 @@ from harness import (Broker, Conn, ERR_NONE, Writer, check,  # noqa: E402
                      check_eq, log, need_program, run, run_cmd, scratch_dir,
                      wait_for)
 
+API_OFFSET_COMMIT = 8
 API_OFFSET_FETCH = 9
 API_DESCRIBE_GROUPS = 15
 API_LIST_GROUPS = 16
 API_DELETE_GROUPS = 42
+API_OFFSET_DELETE = 47
 ERR_NON_EMPTY_GROUP = 68
 ERR_GROUP_ID_NOT_FOUND = 69
 
@@ -297,9 +301,91 @@ def test_rebalance_storm():
     log("  storm: %d messages, commits %s" % (produced[0], commits))
 
 
+def commit_one(c, group, topic, part, off):
+    w = (Writer().string(group).i32(-1).string("").i64(-1).i32(1)
+         .string(topic).i32(1).i32(part).i64(off).string(""))
+    r = c.request(API_OFFSET_COMMIT, 2, w.getvalue())
+    r.i32()
+    r.string()
+    r.i32()
+    r.i32()
+    check_eq(r.i16(), ERR_NONE, "OffsetCommit error")
+
+
+def offset_delete(c, group, topic, part):
+    w = Writer().string(group).i32(1).string(topic).i32(1).i32(part)
+    r = c.request(API_OFFSET_DELETE, 0, w.getvalue())
+    return r.i16()  # GROUP_ID_NOT_FOUND after a DeleteGroups: fine
+
+
+def test_racing_commits_fetch_what_sqlite_holds():
+    """Each round, 8 connections (spread over both loops) change one offset
+    at the same moment: 5 commit it, 2 delete it (OffsetDelete), 1 deletes
+    its group (DeleteGroups).  Their SQL runs in one order, their answers'
+    map updates run on two loops in any order; once all are answered,
+    OffsetFetch must answer what sluice.db holds.  Before the updates were
+    ordered by the SQLite order (broker/offmap.c) about a third of the
+    rounds differed."""
+    b = Broker(name="commit-race", sets={"num.network.threads": 2})
+    b.start()
+    n, rounds = 8, 300
+    Conn(b.addr).create_topic("race", 1)
+    conns = [Conn(b.addr) for _ in range(n)]
+    bar = threading.Barrier(n + 1, timeout=60)
+    failed = []
+
+    def member(i):
+        try:
+            for rnd in range(rounds):
+                bar.wait()
+                if i < 5:
+                    commit_one(conns[i], "race-g", "race", 0, rnd * 100 + i)
+                elif i < 7:
+                    offset_delete(conns[i], "race-g", "race", 0)
+                elif rnd % 4 == 0:
+                    delete_group(conns[i], "race-g")
+                bar.wait()
+        except Exception as e:  # noqa: BLE001 (reported by the main thread)
+            failed.append(e)
+            bar.abort()
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    db = sqlite3.connect("file:%s?mode=ro"
+                         % os.path.join(b.data_dir, "sluice.db"),
+                         uri=True, timeout=10)
+    differ = []
+    try:
+        for rnd in range(rounds):
+            bar.wait()
+            bar.wait()
+            got = offset_fetch(conns[0], "race-g", "race", 1)[0]
+            row = db.execute("SELECT committed_offset FROM group_offsets"
+                             " WHERE group_id = 'race-g'").fetchone()
+            want = row[0] if row else -1
+            if got != want:
+                differ.append((rnd, got, want))
+    except threading.BrokenBarrierError:
+        pass
+    finally:
+        db.close()
+        for t in threads:
+            t.join()
+        for c in conns:
+            c.close()
+    check(not failed, "a racing connection failed: %r" % failed[:1])
+    check(not differ, "%d of %d rounds: OffsetFetch differs from sluice.db "
+          "(round, fetched, in sluice.db): %s"
+          % (len(differ), rounds, differ[:5]))
+    b.stop()
+
+
 if __name__ == "__main__":
     run([
         ("group_spread_eviction_and_restart",
          test_group_spread_eviction_and_restart, 180),
         ("rebalance_storm", test_rebalance_storm, 150),
+        ("racing_commits_fetch_what_sqlite_holds",
+         test_racing_commits_fetch_what_sqlite_holds, 120),
     ])
