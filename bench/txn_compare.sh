@@ -19,12 +19,14 @@
 # the client's prepare / end latencies and the broker's "coordinator:" line
 # (batches and WAL syncs: jobs per batch, SQL time, a job's wait for its
 # batch, the wait for a syncer, sync and completion times) where the build
-# reports them.
+# reports them.  After each round: dd, and the ceiling of the round
+# (bench/txn_floor of the first build, if it has one: the same syncs in
+# series, with no broker).
 set -eu
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-[ $# -ge 2 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
 rounds=$1
 shift
 conc=${C:-32}
@@ -86,5 +88,15 @@ while [ "$r" -le "$rounds" ]; do
 	done
 	dd if=/dev/zero of="$dir/ddf" bs=16k count=1000 oflag=dsync conv=notrunc 2>&1 | tail -1 |
 		awk '{ printf "   dd 16 KiB O_DSYNC: %.0f us per write\n", $(NF-3) * 1e6 / 1000 }'
+	# the ceiling of the round: the same syncs with no broker at all
+	# (bench/txn_floor.c; fsync durability waits for two syncs in series,
+	# page cache for the prepare's only)
+	floor=$(realpath "${1%%:*}/bench/txn_floor" 2>/dev/null || true)
+	if [ -x "$floor" ]; then
+		one=
+		[ "$durability" = fsync ] || one=-1
+		# shellcheck disable=SC2086 # $one is empty or one word
+		(cd "$dir" && "$floor" -c "$conc" -d "$dur" $one | head -1 | sed 's/^/   /')
+	fi
 	r=$((r + 1))
 done
