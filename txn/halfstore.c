@@ -1019,21 +1019,28 @@ static int mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset, bool 
 		return HALFSTORE_E_INVALID;
 	/* no read first: this runs once per commit.  An unsynced COMMITTED
 	 * row (its batch kept) is re-marked by start-up recovery: at the
-	 * offset it was appended at again, or where it was. */
+	 * offset it was appended at again, or where it was.  A row marked
+	 * at -1 ("appended, offset unknown": a retried end that found its
+	 * sequence in the log) takes the real offset when the first end's
+	 * mark comes after it. */
 	rc = guarded_i64(db,
 			 keep_batch
 			 ? "UPDATE txn_half SET state = 'COMMITTED', log_offset = ?2"
-			   " WHERE txn_id = ?1 AND state = 'COMMITTING'"
+			   " WHERE txn_id = ?1 AND (state = 'COMMITTING'"
+			   "  OR (state = 'COMMITTED' AND log_offset = -1 AND ?2 >= 0))"
 			 : "UPDATE txn_half SET state = 'COMMITTED', batch = NULL,"
 			   "  log_offset = CASE WHEN ?2 < 0 AND state = 'COMMITTED' THEN log_offset"
 			   "  ELSE ?2 END"
 			   " WHERE txn_id = ?1 AND (state = 'COMMITTING'"
-			   "  OR (state = 'COMMITTED' AND batch IS NOT NULL))",
+			   "  OR (state = 'COMMITTED' AND batch IS NOT NULL)"
+			   "  OR (state = 'COMMITTED' AND log_offset = -1 AND ?2 >= 0))",
 			 txn_id, log_offset, &t);
 	if (rc == HALFSTORE_E_STATE) {
-		/* not COMMITTING: nothing changed; already COMMITTED? */
+		/* not COMMITTING: nothing changed; already COMMITTED?  An
+		 * offset-unknown mark (-1) agrees with any recorded offset. */
 		if (t.state == HALFSTORE_COMMITTED)
-			rc = t.log_offset == log_offset ? HALFSTORE_OK_ALREADY : HALFSTORE_E_CONFLICT;
+			rc = t.log_offset == log_offset || log_offset == -1 ? HALFSTORE_OK_ALREADY
+									    : HALFSTORE_E_CONFLICT;
 		halfstore_txn_clear(&t);
 	}
 	return rc;

@@ -258,9 +258,11 @@ int halfstore_end_into(sqlite3 *db, int64_t txn_id, enum halfstore_decision deci
 
 /* The append of a COMMITTING txn landed at log_offset (-1: it was appended
  * but its offset is no longer known, e.g. found by dedup after a crash): -> COMMITTED (the
- * batch is dropped).  HALFSTORE_OK; HALFSTORE_OK_ALREADY if already
- * COMMITTED at that offset; HALFSTORE_E_CONFLICT if COMMITTED at another
- * offset; HALFSTORE_E_STATE for other states; HALFSTORE_E_NOT_FOUND. */
+ * batch is dropped).  HALFSTORE_OK (also when a row COMMITTED at -1, the
+ * offset unknown, gets its real offset); HALFSTORE_OK_ALREADY if already
+ * COMMITTED at that offset, or log_offset is -1 and it is COMMITTED;
+ * HALFSTORE_E_CONFLICT if COMMITTED at another offset; HALFSTORE_E_STATE
+ * for other states; HALFSTORE_E_NOT_FOUND. */
 int halfstore_mark_committed(sqlite3 *db, int64_t txn_id, int64_t log_offset);
 /* As halfstore_mark_committed, for a commit whose log copy is not synced
  * yet (page-cache durability): the row is COMMITTED but keeps its batch,

@@ -186,6 +186,40 @@ static void test_halfstore_prepare_rejects_bad_batch(void **state)
 
 /* ---- end ---- */
 
+/* A retried end that found its commit in the log marks it at -1 (offset
+ * unknown); the first end's mark, coming later with the real offset,
+ * replaces the -1 — for both kinds of mark — and nothing else does. */
+static void test_halfstore_real_offset_replaces_unknown(void **state)
+{
+	sqlite3 *db = open_db();
+	halfstore_txn t;
+
+	(void)state;
+	for (int unsynced = 0; unsynced < 2; unsynced++) {
+		int64_t id = prepare1(db, "g", unsynced);
+
+		assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, 50, &t), HALFSTORE_OK);
+		halfstore_txn_clear(&t);
+		assert_int_equal(halfstore_mark_committed(db, id, -1), HALFSTORE_OK);
+		assert_int_equal(unsynced ? halfstore_mark_committed_unsynced(db, id, 9)
+					  : halfstore_mark_committed(db, id, 9),
+				 HALFSTORE_OK);
+		assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+		assert_int_equal(t.state, HALFSTORE_COMMITTED);
+		assert_int_equal(t.log_offset, 9);
+		assert_null(t.batch); /* the -1 mark dropped it: not kept again */
+		halfstore_txn_clear(&t);
+		/* a known offset is never replaced */
+		assert_int_equal(halfstore_mark_committed(db, id, 10), HALFSTORE_E_CONFLICT);
+		assert_int_equal(halfstore_mark_committed_unsynced(db, id, 10), HALFSTORE_E_CONFLICT);
+		assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+		assert_int_equal(t.log_offset, 9);
+		halfstore_txn_clear(&t);
+	}
+	stmtcache_forget(db);
+	sqlite3_close(db);
+}
+
 static void test_halfstore_commit_then_mark_committed(void **state)
 {
 	sqlite3 *db = open_db();
@@ -209,6 +243,11 @@ static void test_halfstore_commit_then_mark_committed(void **state)
 	halfstore_txn_clear(&t);
 	assert_int_equal(halfstore_mark_committed(db, id, 42), HALFSTORE_OK_ALREADY);
 	assert_int_equal(halfstore_mark_committed(db, id, 43), HALFSTORE_E_CONFLICT);
+	/* offset unknown (-1) agrees with the recorded one */
+	assert_int_equal(halfstore_mark_committed(db, id, -1), HALFSTORE_OK_ALREADY);
+	assert_int_equal(halfstore_get(db, id, &t), HALFSTORE_OK);
+	assert_int_equal(t.log_offset, 42);
+	halfstore_txn_clear(&t);
 	/* a PENDING txn cannot be marked */
 	assert_int_equal(halfstore_mark_committed(db, prepare1(db, "g", 1), 7), HALFSTORE_E_STATE);
 	stmtcache_forget(db);
@@ -1738,6 +1777,7 @@ int main(void)
 		cmocka_unit_test(test_halfstore_prepare_stores_pending),
 		cmocka_unit_test(test_halfstore_prepare_rejects_bad_batch),
 		cmocka_unit_test(test_halfstore_commit_then_mark_committed),
+		cmocka_unit_test(test_halfstore_real_offset_replaces_unknown),
 		cmocka_unit_test(test_halfstore_end_out_is_the_row),
 		cmocka_unit_test(test_halfstore_end_into_reuses_buf),
 		cmocka_unit_test(test_halfstore_double_commit_is_ok_already_same_seq),
