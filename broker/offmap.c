@@ -239,20 +239,29 @@ static uint64_t group_deleted(const offmap *m, const char *g)
 	return gt ? gt->seq : 0;
 }
 
-/* Changes of one job share its seq and apply in their SQL order: a change
- * is stale only if something strictly newer wrote its key. */
+/* The link of key (g, t, p) for a change numbered seq, or NULL if the
+ * change is stale.  Changes of one job share its seq and apply in their
+ * SQL order: a change is stale only if something strictly newer wrote its
+ * key or deleted its group. */
+static offmap_ent **fresh_slot(offmap *m, uint64_t seq, const char *g, const char *t, int32_t p)
+{
+	offmap_ent **s;
+
+	if (group_deleted(m, g) > seq)
+		return NULL;
+	s = slot(&m->keys, g, t, p);
+	return *s && (*s)->seq > seq ? NULL : s;
+}
+
 int offmap_put(offmap *m, uint64_t seq, const char *g, const char *t, int32_t p, int64_t off,
 	       int32_t epoch, const char *meta, int64_t commit_ms)
 {
-	offmap_ent **s, *e;
+	offmap_ent **s = fresh_slot(m, seq, g, t, p), *e;
 	char *mc;
 
-	if (group_deleted(m, g) > seq)
+	if (!s)
 		return OFFMAP_STALE;
-	s = slot(&m->keys, g, t, p);
 	e = *s;
-	if (e && e->seq > seq)
-		return OFFMAP_STALE;
 	mc = strdup(meta ? meta : "");
 	if (!mc)
 		return -ENOMEM;
@@ -277,14 +286,11 @@ int offmap_put(offmap *m, uint64_t seq, const char *g, const char *t, int32_t p,
 
 int offmap_del(offmap *m, uint64_t seq, const char *g, const char *t, int32_t p)
 {
-	offmap_ent **s, *e;
+	offmap_ent **s = fresh_slot(m, seq, g, t, p), *e;
 
-	if (group_deleted(m, g) > seq)
+	if (!s)
 		return OFFMAP_STALE;
-	s = slot(&m->keys, g, t, p);
 	e = *s;
-	if (e && e->seq > seq)
-		return OFFMAP_STALE;
 	if (!e) {
 		/* nothing to hide yet, but an older upsert may still come */
 		e = ent_new(g, t, p);

@@ -19,7 +19,10 @@
  *     a group tombstone, so that an older upsert arriving after them is
  *     dropped rather than bringing the offset back.  Tombstones are
  *     invisible to every reader (offmap_get, offmap_each).
- * The map then ends up as SQLite is once every done has run, and a change
+ * The map then ends up as SQLite is once every done has run — except
+ * for a change whose job is reported failed after SQLite committed it
+ * (the WAL sync failed: the client got an error, the change stays out of
+ * the map until a restart loads it) or that found no memory — and a change
  * is visible (or superseded by a newer one) as soon as its own done has
  * applied it: the reply to the request comes after that, so a client sees
  * its commit, or a newer one, on any connection (read-your-writes).

@@ -170,6 +170,7 @@ typedef struct txn_job {
 	halfstore_txn txn;       /* end, describe: the row after the call */
 	int64_t offset;
 	bool check_out;          /* end: a check of it was out (txn_check_answered) */
+	int32_t check_no;        /* end: the check it answers (v1), or HALFSTORE_ANY_CHECK */
 	int16_t kerr;
 	char msg[200];           /* the answer's error message when kerr is set */
 	halfstore_txn *list;
@@ -352,7 +353,8 @@ static int run_end(sqlite3 *db, txn_job *j, int64_t now)
 			j->txn.state = st; /* -1 if not found */
 			break;
 		}
-		rc = halfstore_check_answer(db, j->txn_id, HALFSTORE_ANSWER_UNKNOWN, now, &policy, &st);
+		rc = halfstore_check_answer(db, j->txn_id, HALFSTORE_ANSWER_UNKNOWN, j->check_no, now,
+					    &policy, &st);
 		j->txn.state = st;
 		break;
 	case DECIDE_RESUME:
@@ -834,6 +836,7 @@ int api_txn_end(req *r, wire_rd *rd)
 	j->txn_id = txn_id;
 	j->decision = decision;
 	j->flags = (flags & 1) ? HALFSTORE_F_OPERATOR : 0;
+	j->check_no = check_no; /* -1 = HALFSTORE_ANY_CHECK = CHECKSCHED_ANY_CHECK */
 	j->offset = -1;
 	j->txn.log_offset = -1;
 	j->txn.state = (enum halfstore_state)-1;

@@ -1210,7 +1210,7 @@ int halfstore_release_lease(sqlite3 *db, int64_t txn_id, int64_t next_check_ms)
 }
 
 int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer answer,
-			   int64_t now_ms, const checksched_policy *policy,
+			   int32_t check_no, int64_t now_ms, const checksched_policy *policy,
 			   enum halfstore_state *state)
 {
 	halfstore_txn t;
@@ -1231,6 +1231,12 @@ int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer an
 	if (t.state != HALFSTORE_PENDING) {
 		halfstore_txn_clear(&t);
 		return sp_end(db, HALFSTORE_E_STATE);
+	}
+	if (check_no != HALFSTORE_ANY_CHECK && check_no != t.check_count) {
+		halfstore_txn_clear(&t);
+		if (state)
+			*state = HALFSTORE_PENDING;
+		return sp_end(db, HALFSTORE_OK_ALREADY);
 	}
 	count = t.check_count + 1;
 	halfstore_txn_clear(&t);

@@ -354,14 +354,22 @@ int halfstore_due_checks(sqlite3 *db, int64_t now_ms, size_t limit, int64_t leas
  * changes), HALFSTORE_E_NOT_FOUND or -errno. */
 int halfstore_release_lease(sqlite3 *db, int64_t txn_id, int64_t next_check_ms);
 
+/* check_no of halfstore_check_answer for a check whatever its number. */
+#define HALFSTORE_ANY_CHECK (-1)
+
 /* A check of a PENDING txn got no decision: check_count + 1, lease
  * released; next_check_ms = checksched_next_check(policy, check_count,
  * now_ms), or, at policy->max_checks, -> DISCARDED with a reason.
+ * check_no >= 0: only if that is still the row's check_count (the check
+ * answered is the row's current one), else nothing changes and the
+ * answer is HALFSTORE_OK_ALREADY with *state PENDING — a second hand-out
+ * under the same number (the row's lease ran out just before the
+ * scheduler's) must not count twice.
  * HALFSTORE_OK with *state (PENDING or DISCARDED; state may be NULL),
  * HALFSTORE_E_STATE (it has ended meanwhile; nothing changes),
  * HALFSTORE_E_NOT_FOUND, HALFSTORE_E_INVALID (answer), or -errno. */
 int halfstore_check_answer(sqlite3 *db, int64_t txn_id, enum halfstore_answer answer,
-			   int64_t now_ms, const checksched_policy *policy,
+			   int32_t check_no, int64_t now_ms, const checksched_policy *policy,
 			   enum halfstore_state *state);
 
 /* Operator: DISCARDED -> PENDING with check_count 0, due at now_ms, reason,
