@@ -12,9 +12,10 @@
  * until a sync that started after it has ended, then the same with a
  * "commit" to the log syncer.  A syncer takes everything queued, writes
  * WAL_BYTES (default 2048) or LOG_BYTES (default 300) per item in one
- * pwrite (the WAL's at least 4 KiB, over blocks written before, as
- * SQLite rewrites its WAL; the log's appended to a file zero-filled
- * before the run, as the broker keeps its segments), then fdatasync, and
+ * pwrite (the WAL's at least 4 KiB), each file written front to back
+ * over blocks zero-filled before the run and starting over at its end
+ * (SQLite's WAL restarts from the front once checkpointed; the broker
+ * keeps its segments preallocated), then fdatasync, and
  * wakes the waiters.  -1: the prepare's sync only (page-cache durability,
  * where the commit waits for no sync).  -u: one syncer for both files,
  * one device flush per round: it writes what both queues hold, pushes the
@@ -56,7 +57,6 @@ struct stream {
 	bool stop;
 	int fd;
 	size_t per_item, min_write, file_bytes;
-	bool rewrite;         /* from offset 0 each time (WAL) or append (log) */
 	size_t pos;
 	char *buf;
 	size_t cap;
@@ -98,12 +98,11 @@ static int write_batch(struct stream *s, uint64_t n)
 		len = s->min_write;
 	if (len > s->cap)
 		len = s->cap;
-	if (s->rewrite || s->pos + len > s->file_bytes)
+	if (s->pos + len > s->file_bytes)
 		s->pos = 0;
 	if (pwrite(s->fd, s->buf, len, (off_t)s->pos) != (ssize_t)len)
 		return -1;
-	if (!s->rewrite)
-		s->pos += len;
+	s->pos += len;
 	return 0;
 }
 
@@ -145,7 +144,7 @@ static void *syncer_main(void *arg)
 	return NULL;
 }
 
-static struct stream wal = { .name = "WAL", .min_write = 4096, .rewrite = true,
+static struct stream wal = { .name = "WAL", .min_write = 4096,
 			     .file_bytes = WAL_FILE_BYTES };
 static struct stream logs = { .name = "log", .min_write = 1, .file_bytes = LOG_FILE_BYTES };
 
