@@ -460,8 +460,9 @@ static int tick_run(coord_job *job, sqlite3 *db)
 	for (size_t i = 0; i < t->nnone; i++) {
 		enum halfstore_state st;
 
-		if (halfstore_check_answer(db, t->none[i], HALFSTORE_ANSWER_NONE, HALFSTORE_ANY_CHECK, wall, &pol, &st) ==
-		    HALFSTORE_OK && st == HALFSTORE_DISCARDED)
+		if (halfstore_check_answer(db, t->none[i], HALFSTORE_ANSWER_NONE, HALFSTORE_ANY_CHECK,
+					   wall, &pol, &st) == HALFSTORE_OK &&
+		    st == HALFSTORE_DISCARDED)
 			blog(BLOG_WARN, "transaction %lld discarded after %d unanswered checks",
 			     (long long)t->none[i], pol.max_checks);
 	}

@@ -126,7 +126,8 @@ static void test_checksched_rate_limit_bounds_checks(void **state)
 			if (rc == CHECKSCHED_OK) {
 				assert_int_equal(conn, 42);
 				assert_true(budget-- > 0); /* budget never understates */
-				assert_int_equal(checksched_answered(cs, txn, CHECKSCHED_ANY_CHECK, NULL), 0);
+				assert_int_equal(checksched_answered(cs, txn, CHECKSCHED_ANY_CHECK,
+								NULL), 0);
 				sent++;
 				txn++;
 			} else {
@@ -280,7 +281,8 @@ static void test_checksched_dispatch_consumes_slot_and_leases(void **state)
 	conn = 0;
 	assert_int_equal(checksched_answered(cs, 100, CHECKSCHED_ANY_CHECK, &conn), 0);
 	assert_int_equal(conn, 7);
-	assert_int_equal(checksched_answered(cs, 100, CHECKSCHED_ANY_CHECK, &conn), CHECKSCHED_E_NOT_FOUND);
+	assert_int_equal(checksched_answered(cs, 100, CHECKSCHED_ANY_CHECK,
+					&conn), CHECKSCHED_E_NOT_FOUND);
 	/* lease: not expired before, expired at its end */
 	assert_int_equal(checksched_expire(cs, 1000, ids, 8), 0);
 	assert_int_equal(checksched_expire(cs, 1001, ids, 8), 1);

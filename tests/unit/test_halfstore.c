@@ -465,7 +465,8 @@ static void test_halfstore_unknown_txn_not_found(void **state)
 	assert_int_equal(halfstore_get(db, 99, &t), HALFSTORE_E_NOT_FOUND);
 	assert_int_equal(t.txn_id, 777);
 	assert_int_equal(halfstore_mark_committed(db, 99, 0), HALFSTORE_E_NOT_FOUND);
-	assert_int_equal(halfstore_check_answer(db, 99, HALFSTORE_ANSWER_UNKNOWN, HALFSTORE_ANY_CHECK, 0, &policy, &s),
+	assert_int_equal(halfstore_check_answer(db, 99, HALFSTORE_ANSWER_UNKNOWN, HALFSTORE_ANY_CHECK,
+					0, &policy, &s),
 			 HALFSTORE_E_NOT_FOUND);
 	assert_int_equal(s, HALFSTORE_COMMITTED);
 	assert_int_equal(halfstore_resume(db, 99, 0), HALFSTORE_E_NOT_FOUND);
@@ -677,7 +678,8 @@ static void test_halfstore_check_answer_backoff_then_discard(void **state)
 		now = t.next_check_ms;
 		halfstore_txn_clear(&t);
 	}
-	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_UNKNOWN, HALFSTORE_ANY_CHECK, now, &policy, &s), 0);
+	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_UNKNOWN, HALFSTORE_ANY_CHECK,
+					now, &policy, &s), 0);
 	assert_int_equal(s, HALFSTORE_DISCARDED);
 	assert_int_equal(halfstore_get(db, id, &t), 0);
 	assert_int_equal(t.state, HALFSTORE_DISCARDED);
@@ -690,7 +692,8 @@ static void test_halfstore_check_answer_backoff_then_discard(void **state)
 	/* not due any more; a late producer end is refused, an operator's is not */
 	assert_int_equal(halfstore_due_checks(db, INT64_MAX - 1, 10, 1000, &v, &n), 0);
 	assert_int_equal(n, 0);
-	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_UNKNOWN, HALFSTORE_ANY_CHECK, now, &policy, &s),
+	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_UNKNOWN, HALFSTORE_ANY_CHECK,
+					now, &policy, &s),
 			 HALFSTORE_E_STATE);
 	assert_int_equal(halfstore_end(db, id, HALFSTORE_COMMIT, 0, now, &t), HALFSTORE_E_DISCARDED);
 	assert_int_equal(t.state, HALFSTORE_DISCARDED);
@@ -712,13 +715,15 @@ static void test_halfstore_check_answer_after_end_changes_nothing(void **state)
 
 	(void)state;
 	assert_int_equal(halfstore_end(db, id, HALFSTORE_ROLLBACK, 0, 1, NULL), 0);
-	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_NONE, HALFSTORE_ANY_CHECK, 2, &policy, NULL),
+	assert_int_equal(halfstore_check_answer(db, id, HALFSTORE_ANSWER_NONE, HALFSTORE_ANY_CHECK,
+					2, &policy, NULL),
 			 HALFSTORE_E_STATE);
 	assert_int_equal(halfstore_get(db, id, &t), 0);
 	assert_int_equal(t.check_count, 0);
 	assert_int_equal(t.state, HALFSTORE_ROLLED_BACK);
 	halfstore_txn_clear(&t);
-	assert_int_equal(halfstore_check_answer(db, id, (enum halfstore_answer)0, HALFSTORE_ANY_CHECK, 2,
+	assert_int_equal(halfstore_check_answer(db, id, (enum halfstore_answer)0, HALFSTORE_ANY_CHECK,
+					2,
 						&policy, NULL),
 			 HALFSTORE_E_INVALID);
 	stmtcache_forget(db);
