@@ -386,9 +386,16 @@ void config_print(FILE *f, const config *c)
 
 void config_print_help(FILE *f)
 {
+	int w = 0;
+
+	/* the documentation column starts after the longest key */
 	for (size_t i = 0; i < NKEYS(broker_keys); i++)
-		fprintf(f, "  %-38s %s\n  %-38s (default: %s)\n", broker_keys[i].name,
-			broker_keys[i].doc, "", broker_keys[i].def[0] ? broker_keys[i].def : "\"\"");
+		if ((int)strlen(broker_keys[i].name) > w)
+			w = (int)strlen(broker_keys[i].name);
+	for (size_t i = 0; i < NKEYS(broker_keys); i++)
+		fprintf(f, "  %-*s %s\n  %-*s (default: %s)\n", w, broker_keys[i].name,
+			broker_keys[i].doc, w, "",
+			broker_keys[i].def[0] ? broker_keys[i].def : "\"\"");
 }
 
 int topic_conf_set(topic_conf *t, const char *key, const char *value, char *err, size_t errlen)
