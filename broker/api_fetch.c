@@ -155,6 +155,18 @@ static void fetch_respond(fetch_state *fs)
 			req_add_file(r, &e->range); /* takes the reference */
 		}
 	}
+	/* The answer holds its segments now (req_add_file), which outlive
+	 * their partition: the topics can go at once, so that a consumer
+	 * that does not read its answer cannot keep a deleted topic (and its
+	 * name, which could not be created again) for as long as it stays
+	 * connected. */
+	for (int i = 0; i < fs->ntopics; i++) {
+		if (fs->topics[i].t)
+			topic_unref(fs->topics[i].t);
+		fs->topics[i].t = NULL;
+	}
+	for (int k = 0; k < fs->nentries; k++)
+		fs->entries[k].p = NULL;
 	req_finish(r);
 }
 

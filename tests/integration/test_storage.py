@@ -7,14 +7,16 @@ earliest / latest / by timestamp, DeleteTopics.
 Env: SLUICED.
 """
 import os
+import socket
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Broker, Conn, ERR_NONE, ERR_OFFSET_OUT_OF_RANGE,  # noqa: E402
-                     ERR_UNKNOWN_TOPIC_OR_PARTITION, Record, build_batch,
-                     check, check_eq, fetch_all, log, run, wait_for)
+from harness import (API_FETCH, Broker, Conn, ERR_NONE,  # noqa: E402
+                     ERR_OFFSET_OUT_OF_RANGE, ERR_UNKNOWN_TOPIC_OR_PARTITION,
+                     Record, build_batch, check, check_eq, fetch_all,
+                     fetch_body, frame, log, request_header, run, wait_for)
 
 SEGMENT = 64 * 1024
 RECORD = 1024
@@ -489,6 +491,37 @@ def test_delete_topic():
                  "partitions of the re-created topic after restart")
 
 
+def test_delete_topic_under_unread_fetch():
+    """A consumer that does not read its Fetch answer (a large one, sent
+    from the segments) must not keep a deleted topic alive: the name can
+    be created again at once.  Before, the answer held its topic until it
+    was written out, so CreateTopics got TOPIC_ALREADY_EXISTS ("marked
+    for deletion") for as long as that consumer stayed connected."""
+    b = Broker(name="delete-unread")
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("slow", 1)
+        for _ in range(100):
+            err, _ = c.produce1("slow", 0, build_batch([(None, b"z" * 90000)]))
+            check_eq(err, ERR_NONE, "produce")
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", b.port))
+        try:
+            s.sendall(frame(request_header(API_FETCH, 4, 1) +
+                            fetch_body([("slow", 0, 0, 64 << 20)], max_wait_ms=0)))
+            time.sleep(0.5)  # answered, and stuck in the socket
+            check_eq(c.delete_topics(["slow"]).get("slow"), ERR_NONE, "DeleteTopics")
+            wait_for(lambda: c.create_topics([("slow", 1)])["slow"][0] == ERR_NONE, 10,
+                     interval=0.2, what="the name created again while the "
+                     "consumer still holds its unread answer")
+        finally:
+            s.close()
+        err, base = c.produce1("slow", 0, build_batch([(None, b"new")]))
+        check_eq((err, base), (ERR_NONE, 0), "the new topic starts empty")
+    b.stop()
+
+
 if __name__ == "__main__":
     run([
         ("storage_segments_roll", test_segments_roll, 120),
@@ -500,4 +533,5 @@ if __name__ == "__main__":
         ("storage_concurrent_appends", test_concurrent_appends, 120),
         ("storage_retention_under_load", test_retention_under_load, 60),
         ("storage_delete_topic", test_delete_topic, 60),
+        ("storage_delete_topic_under_unread_fetch", test_delete_topic_under_unread_fetch, 60),
     ])
