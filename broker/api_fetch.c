@@ -104,6 +104,15 @@ static size_t gather(fetch_state *fs, bool *any_error)
 			*any_error = true;
 			continue;
 		}
+		if (total > 0 && e->range.len > want) {
+			/* Only the first partition with data may pass the
+			 * limits with its first batch (KIP-74: so that a batch
+			 * larger than them still makes progress); after it they
+			 * hold, and this partition's first batch waits for the
+			 * next fetch. */
+			partlog_range_release(&e->range);
+			continue;
+		}
 		total += e->range.len;
 		budget -= (int32_t)(e->range.len < (size_t)budget ? e->range.len : (size_t)budget);
 	}

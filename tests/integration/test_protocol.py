@@ -265,6 +265,24 @@ def test_fetch_sizing_kip74():
         check(len(fp.records or b"") <= 30000 + 20100,
               "Fetch with partition_max_bytes=30000 returned %d bytes"
               % len(fp.records or b""))
+        # Only the first partition with data may pass the limits: after
+        # it, a partition whose first batch does not fit gets nothing.
+        c.create_topic("kip74b", 2)
+        check_eq(c.produce1("kip74b", 0, build_batch([(None, b"s" * 300)]))[0],
+                 ERR_NONE, "produce small")
+        check_eq(c.produce1("kip74b", 1, build_batch([(None, b"L" * 1000)]))[0],
+                 ERR_NONE, "produce large")
+        res = c.fetch([("kip74b", 0, 0, 1 << 20), ("kip74b", 1, 0, 1 << 20)], max_bytes=800)
+        check_eq([len(m.value) for m in res[("kip74b", 0)].messages()], [300],
+                 "max_bytes 800: the first partition's batch")
+        check_eq(res[("kip74b", 1)].messages(), [],
+                 "max_bytes 800: the second partition's 1 KB batch waits")
+        res = c.fetch([("kip74b", 0, 0, 1 << 20), ("kip74b", 1, 0, 100)])
+        check_eq(res[("kip74b", 1)].messages(), [],
+                 "partition_max_bytes 100 on the second partition with data")
+        res = c.fetch([("kip74b", 0, 1, 1 << 20), ("kip74b", 1, 0, 100)], max_bytes=800)
+        check_eq([len(m.value) for m in res[("kip74b", 1)].messages()], [1000],
+                 "the first partition with data passes both limits")
 
 
 def test_topic_max_message_bytes():
