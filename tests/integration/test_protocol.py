@@ -11,7 +11,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (API_API_VERSIONS, API_PRODUCE, Broker, Conn,  # noqa: E402
+from harness import (API_API_VERSIONS, API_CREATE_TOPICS, API_PRODUCE,  # noqa: E402
+                     Broker, Conn, Writer,
                      ERR_MESSAGE_TOO_LARGE, ERR_NONE,
                      ERR_TOPIC_ALREADY_EXISTS, ERR_UNKNOWN_TOPIC_OR_PARTITION,
                      build_batch, check, check_api_ranges, check_eq, log,
@@ -285,6 +286,32 @@ def test_fetch_sizing_kip74():
                  "the first partition with data passes both limits")
 
 
+def test_create_topics_repeated_names():
+    """A name given twice in one CreateTopics: the first is created, the
+    repeat answers INVALID_REQUEST (42).  40,000 names in one request
+    (validate_only) are checked at once: the pairwise check held the
+    connection's loop for seconds (8.6 s at 40,000 names), and every
+    other client on it."""
+    b = broker()
+
+    def create(names, validate_only):
+        w = Writer().array(names, lambda w_, n: w_.string(n).i32(1).i16(1).i32(0).i32(0))
+        w.i32(10000).boolean(validate_only)
+        with Conn(b.addr, timeout=5) as c:
+            r = c.request(API_CREATE_TOPICS, 2, w.getvalue())
+            r.i32()  # throttle
+            return r.array(lambda rr: (rr.string(), rr.i16(), rr.string()))
+
+    got = create(["rep-a", "rep-b", "rep-a"], False)
+    check_eq([(n, e) for n, e, _ in got], [("rep-a", ERR_NONE), ("rep-b", ERR_NONE),
+                                           ("rep-a", 42)], "a repeated name")
+    check("twice" in (got[2][2] or ""), "the message says why: %r" % (got[2][2],))
+    names = ["many-%05d" % i for i in range(40000)] + ["many-00007"]
+    got = create(names, True)
+    check_eq([i for i, x in enumerate(got) if x[1] != ERR_NONE], [40000],
+             "only the repeat fails, answered within the 5 s socket timeout")
+
+
 def test_topic_max_message_bytes():
     b = broker()
     with Conn(b.addr) as c:
@@ -340,6 +367,7 @@ if __name__ == "__main__":
          test_produce_fetch_versions, 30),
         ("multi_topic_produce_acks1", test_multi_topic_produce_and_acks1, 30),
         ("fetch_sizing_kip74", test_fetch_sizing_kip74, 30),
+        ("create_topics_repeated_names", test_create_topics_repeated_names, 60),
         ("topic_max_message_bytes", test_topic_max_message_bytes, 30),
         ("delete_topics_v0_v3", test_delete_topics_versions, 30),
         ("thread_names", test_thread_names, 30),
