@@ -6,6 +6,7 @@
  * survives a crash); the loop never calls SQLite itself.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,9 +34,12 @@ typedef struct cat_topic {
 	topic *t;          /* referenced, or NULL */
 	bool act;          /* created/deleted by this request: update the catalogue */
 	int16_t err;
-	char msg[400];
+	/* Owned, or NULL.  Kept out of line: a Metadata or CreateTopics
+	 * request names up to a few bytes per topic, and a struct of 1.5 KB
+	 * per name let 400 KB of names take 330 MB. */
+	char *msg;         /* the error's message (set_msg), or NULL */
 	int nconf;
-	char *keys[MAX_TOPIC_CONFIGS], *values[MAX_TOPIC_CONFIGS];
+	char **keys, **values; /* MAX_TOPIC_CONFIGS each once a config is given */
 } cat_topic;
 
 typedef struct cat_job {
@@ -57,13 +61,30 @@ static void cat_job_free(cat_job *cj)
 		if (ct->t)
 			topic_unref(ct->t);
 		free(ct->name);
+		free(ct->msg);
 		for (int k = 0; k < ct->nconf; k++) {
 			free(ct->keys[k]);
 			free(ct->values[k]);
 		}
+		free(ct->keys);
+		free(ct->values);
 	}
 	free(cj->topics);
 	free(cj);
+}
+
+/* The message of ct's error (no memory: none, the code still goes out). */
+static void set_msg(cat_topic *ct, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_msg(cat_topic *ct, const char *fmt, ...)
+{
+	char buf[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	free(ct->msg);
+	ct->msg = strdup(buf);
 }
 
 static int cat_run(coord_job *job, sqlite3 *db)
@@ -89,7 +110,7 @@ static int cat_run(coord_job *job, sqlite3 *db)
 			(void)txn_api_drop_topic(db, ct->name);
 		if (rc != SQLITE_OK) {
 			ct->err = KERR_KAFKA_STORAGE_ERROR;
-			snprintf(ct->msg, sizeof(ct->msg), "catalogue update failed: %s", sqlite3_errstr(rc));
+			set_msg(ct, "catalogue update failed: %s", sqlite3_errstr(rc));
 			blog(BLOG_ERROR, "%s topic %s in sluice.db: %s", cj->insert ? "insert" : "delete",
 			     ct->name, sqlite3_errstr(rc));
 		}
@@ -106,8 +127,7 @@ static void cat_done(loop_task *t)
 
 		if (cj->job.rc != SQLITE_OK && !ct->err && ct->act) {
 			ct->err = KERR_KAFKA_STORAGE_ERROR;
-			snprintf(ct->msg, sizeof(ct->msg), "catalogue commit failed: %s",
-				 sqlite3_errstr(cj->job.rc));
+			set_msg(ct, "catalogue commit failed: %s", sqlite3_errstr(cj->job.rc));
 		}
 		/* A created topic that could not be recorded is taken back, so
 		 * memory and catalogue agree. */
@@ -366,7 +386,7 @@ static void create_reply(cat_job *cj)
 static void fail_topic(cat_topic *ct, int16_t err, const char *fmt, const char *arg)
 {
 	ct->err = err;
-	snprintf(ct->msg, sizeof(ct->msg), fmt, arg);
+	set_msg(ct, fmt, arg);
 }
 
 /* Parses one CreatableTopic; validation problems go into ct, only framing
@@ -379,6 +399,7 @@ static void create_parse_topic(req *r, wire_rd *rd, cat_topic *ct, int32_t *npar
 	int16_t rf = wire_rd_i16(rd);
 	int32_t nassign = wire_rd_array(rd, 8);
 	int32_t nconf;
+	char cerr[400];
 
 	if (!set_name(ct, name))
 		fail_topic(ct, KERR_INVALID_TOPIC_EXCEPTION, "%s", "topic name is null");
@@ -412,6 +433,17 @@ static void create_parse_topic(req *r, wire_rd *rd, cat_topic *ct, int32_t *npar
 			fail_topic(ct, KERR_INVALID_CONFIG, "%s", "too many configs");
 			continue;
 		}
+		if (!ct->keys) {
+			ct->keys = calloc(MAX_TOPIC_CONFIGS, sizeof(*ct->keys));
+			ct->values = calloc(MAX_TOPIC_CONFIGS, sizeof(*ct->values));
+			if (!ct->keys || !ct->values) {
+				free(ct->keys);
+				free(ct->values);
+				ct->keys = ct->values = NULL;
+				r->resp.oom = true;
+				continue;
+			}
+		}
 		ct->keys[ct->nconf] = strdup(key);
 		ct->values[ct->nconf] = strdup(val);
 		ct->nconf++;
@@ -439,8 +471,8 @@ static void create_parse_topic(req *r, wire_rd *rd, cat_topic *ct, int32_t *npar
 			   "replication factor must be 1 (single broker)");
 		return;
 	}
-	if (!topic_conf_check(conf, ct->msg, sizeof(ct->msg))) {
-		ct->err = KERR_INVALID_CONFIG;
+	if (!topic_conf_check(conf, cerr, sizeof(cerr))) {
+		fail_topic(ct, KERR_INVALID_CONFIG, "%s", cerr);
 		return;
 	}
 	if (!topics_valid_name(name_of(ct), strlen(name_of(ct))))
@@ -535,7 +567,7 @@ int api_create_topics(req *r, wire_rd *rd)
 			ct->err = rc == TOPICS_E_EXISTS || rc == TOPICS_E_DELETING ? KERR_TOPIC_ALREADY_EXISTS
 				: rc == TOPICS_E_INVALID_NAME ? KERR_INVALID_TOPIC_EXCEPTION
 							      : KERR_KAFKA_STORAGE_ERROR;
-			snprintf(ct->msg, sizeof(ct->msg), "%s", err);
+			set_msg(ct, "%s", err);
 			continue;
 		}
 		blog(BLOG_INFO, "created topic %s with %d partition(s)", ct->name, nparts[i]);

@@ -16,7 +16,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (API_API_VERSIONS, API_FETCH, API_PRODUCE, Broker,  # noqa: E402
+from harness import (API_API_VERSIONS, API_FETCH, API_METADATA, API_PRODUCE,  # noqa: E402
+                     Broker, Writer,
                      Conn, ConnectionClosed, ERR_CORRUPT_MESSAGE,
                      ERR_INVALID_RECORD, ERR_MESSAGE_TOO_LARGE, ERR_NONE,
                      ERR_UNKNOWN_TOPIC_OR_PARTITION, ERR_UNSUPPORTED_VERSION,
@@ -615,7 +616,37 @@ def acks_zero_gets_no_answer(b):
                  "(must be the ApiVersions answer)")
 
 
+def _peak_rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@case
+def metadata_many_names_bounded_memory(b):
+    """Metadata naming 200,000 topics (empty names: 2 bytes each, a 400 KB
+    request) answers each UNKNOWN/INVALID and costs tens of MB, not the
+    330 MB a 1.5 KB struct per name took."""
+    with Conn(b.addr, timeout=30) as c:
+        before = _peak_rss_mb(b.proc.pid)
+        w = Writer().array([""] * 200000, lambda w_, n: w_.string(n)).boolean(False)
+        r = c.request(API_METADATA, 4, w.getvalue())
+        r.i32()  # throttle
+        r.array(lambda rr: (rr.i32(), rr.string(), rr.string(), rr.i32()))  # brokers
+        r.string()  # cluster id
+        r.i32()  # controller
+        errs = r.array(lambda rr: (rr.i16(), rr.string(), rr.boolean(),
+                                   rr.array(lambda p: None)))
+        check_eq(len(errs), 200000, "one answer per name")
+        check(all(e[0] != ERR_NONE for e in errs), "every empty name is an error")
+        grew = _peak_rss_mb(b.proc.pid) - before
+        check(grew < 150, "peak memory grew by %d MB for a 400 KB request" % grew)
+
+
 TESTS = [
+    metadata_many_names_bounded_memory,
     garbage_bytes, frame_length_minus_one, frame_length_2gib,
     truncated_frame_then_close, unknown_api_key, produce_v99,
     fetch_v99_and_api_versions_v99, api_versions_v3, produce_bad_crc,
