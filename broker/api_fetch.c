@@ -168,14 +168,20 @@ static void fetch_respond(fetch_state *fs)
 	 * their partition: the topics can go at once, so that a consumer
 	 * that does not read its answer cannot keep a deleted topic (and its
 	 * name, which could not be created again) for as long as it stays
-	 * connected. */
+	 * connected.  (The entries' ranges were moved into the answer.) */
 	for (int i = 0; i < fs->ntopics; i++) {
 		if (fs->topics[i].t)
 			topic_unref(fs->topics[i].t);
 		fs->topics[i].t = NULL;
 	}
-	for (int k = 0; k < fs->nentries; k++)
-		fs->entries[k].p = NULL;
+	/* Nor are the entries needed any more: an answer waiting for its
+	 * client to read it keeps only its bytes (conn.c counts them). */
+	free(fs->entries);
+	fs->entries = NULL;
+	fs->nentries = 0;
+	free(fs->topics);
+	fs->topics = NULL;
+	fs->ntopics = 0;
 	req_finish(r);
 }
 

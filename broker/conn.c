@@ -20,6 +20,12 @@
 #include "poison.h"
 
 #define RBUF_MIN (64 * 1024)
+/* Memory of finished answers a connection may have waiting for its
+ * client to read them before the broker stops reading its requests (as
+ * at max.inflight.requests.per.connection): a client that pipelines
+ * requests and never reads must not make the broker hold gigabytes.
+ * Segment bytes sent with sendfile do not count: they are not in memory. */
+#define CONN_MAX_QUEUED_MEM ((size_t)64 << 20)
 #define IOV_MAX_PARTS 64
 
 static void on_read(struct ev_loop *loop, ev_io *io, int revents);
@@ -37,6 +43,7 @@ struct conn_ext {
 	bool dead;
 	bool flush_queued;       /* on w->flush_list (holds a busy count) */
 	conn *flush_next;
+	size_t queued_mem;       /* resp bytes of finished requests still queued */
 };
 
 #define EXT(c) ((struct conn_ext *)(c))
@@ -330,11 +337,26 @@ void req_add_file(req *r, partlog_range *range)
 	range->seg = NULL;
 }
 
+/* Too many requests queued, or too many bytes of answers unread: stop
+ * reading requests. */
+static bool over_limits(const conn *c)
+{
+	return c->nreq >= c->w->srv->cfg->max_inflight_per_conn ||
+	       EXT(c)->queued_mem >= CONN_MAX_QUEUED_MEM;
+}
+
+static void pause_reading(conn *c)
+{
+	c->paused = true;
+	ev_io_stop(c->w->loop, &c->rio);
+}
+
 /* Resumes reading once the queue has room again (it paused at
- * max.inflight.requests.per.connection).  c is entered. */
+ * max.inflight.requests.per.connection or CONN_MAX_QUEUED_MEM).  c is
+ * entered. */
 static void maybe_resume(conn *c)
 {
-	if (c->paused && c->nreq < c->w->srv->cfg->max_inflight_per_conn) {
+	if (c->paused && !over_limits(c)) {
 		c->paused = false;
 		ev_io_start(c->w->loop, &c->rio);
 		conn_process(c);
@@ -362,7 +384,9 @@ static void flush_queued(worker *w)
 		EXT(c)->flush_queued = false;
 		if (!EXT(c)->dead) {
 			conn_flush(c);
-			if (!EXT(c)->dead)
+			if (!EXT(c)->dead && !c->paused && over_limits(c))
+				pause_reading(c);
+			else if (!EXT(c)->dead)
 				maybe_resume(c);
 		}
 		leave(c); /* frees c if it was closed meanwhile */
@@ -395,14 +419,21 @@ void req_finish(req *r)
 	}
 	wire_patch32(&r->resp, 0, (int32_t)(r->resp.len + r->file_bytes - 4));
 	r->done = true;
+	/* counted once, whatever calls this more than once */
+	EXT(c)->queued_mem += r->resp.len - r->queued_mem;
+	r->queued_mem = r->resp.len;
 	if (c->w->defer_flush > 0) {
 		queue_flush(c);
 		return;
 	}
 	enter(c);
 	conn_flush(c);
-	if (!EXT(c)->dead)
-		maybe_resume(c);
+	if (!EXT(c)->dead) {
+		if (!c->paused && over_limits(c))
+			pause_reading(c); /* the client does not read its answers */
+		else
+			maybe_resume(c);
+	}
 	leave(c);
 }
 
@@ -416,6 +447,7 @@ static void pop_head(conn *c)
 	if (!c->q_head)
 		c->q_tail = NULL;
 	c->nreq--;
+	EXT(c)->queued_mem -= r->queued_mem;
 	c->part_idx = 0;
 	c->part_off = 0;
 	req_unref(r);
@@ -641,10 +673,8 @@ static void conn_process(conn *c)
 			break;
 		handle_frame(c, c->rbuf + pos + 4, (size_t)size);
 		pos += 4 + (size_t)size;
-		if (c->nreq >= cfg->max_inflight_per_conn && !EXT(c)->dead) {
-			c->paused = true;
-			ev_io_stop(c->w->loop, &c->rio);
-		}
+		if (over_limits(c) && !EXT(c)->dead)
+			pause_reading(c);
 	}
 	if (EXT(c)->dead)
 		return;

@@ -57,6 +57,8 @@ typedef struct req {
 	out_part *parts;       /* NULL: the whole of resp is the response */
 	int nparts, cap_parts;
 	size_t file_bytes;     /* bytes of PART_FILE parts */
+	size_t queued_mem;     /* conn.c: resp bytes counted against the conn's
+				  unread answers since req_finish */
 	size_t mem_mark;       /* start of the resp bytes not yet in a part */
 	char client_id[128];   /* from the request header (truncated) */
 	loop_task post;        /* req_post_finish */

@@ -645,8 +645,61 @@ def metadata_many_names_bounded_memory(b):
         check(grew < 150, "peak memory grew by %d MB for a 400 KB request" % grew)
 
 
+def recv_exact(s, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(n - len(buf), 1 << 20))
+        check(chunk, "connection closed %d bytes short" % (n - len(buf)))
+        buf += chunk
+    return bytes(buf)
+
+
+@case
+def unread_answers_stop_reading(b):
+    """A client that pipelines Fetch requests with large answers (30,000
+    partitions of an unknown topic: ~0.9 MB of answer each) and reads
+    nothing: the broker stops reading its requests once 64 MB of answers
+    wait for it (the sender stalls well before its 150th request, which
+    max.inflight.requests.per.connection alone would have let through:
+    ~135 MB of answers held, plus the fetches' state), then serves every
+    answer, in order, once the client reads."""
+    n_req, n_parts = 150, 30000
+    body = fetch_body([("no-such-topic", p, 0, 1024) for p in range(n_parts)],
+                      max_wait_ms=0)
+    s = raw_socket(b, timeout=60)
+    sent = [0]
+
+    def send_all():
+        try:
+            for i in range(n_req):
+                s.sendall(frame(request_header(API_FETCH, 4, i + 1) + body))
+                sent[0] += 1
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 2.0:
+        check(sent[0] < n_req, "the broker read all %d requests while their "
+              "answers (~135 MB) went unread" % n_req)
+        if sent[0] != last:
+            last, since = sent[0], time.monotonic()
+        time.sleep(0.1)
+    log("sender stalled after %d requests" % sent[0])
+    got = 0
+    for _ in range(n_req):
+        size, corr = struct.unpack(">ii", recv_exact(s, 8))
+        check_eq(corr, got + 1, "answers in order")
+        recv_exact(s, size - 4)
+        got += 1
+    sender.join(10)
+    s.close()
+
+
 TESTS = [
     metadata_many_names_bounded_memory,
+    unread_answers_stop_reading,
     garbage_bytes, frame_length_minus_one, frame_length_2gib,
     truncated_frame_then_close, unknown_api_key, produce_v99,
     fetch_v99_and_api_versions_v99, api_versions_v3, produce_bad_crc,
