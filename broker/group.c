@@ -76,6 +76,7 @@ typedef struct group {
 	int nmembers;
 	int64_t deadline;       /* PREPARING: join ends; COMPLETING: sync due */
 	int64_t initial_until;  /* PREPARING from EMPTY: wait for more members */
+	int64_t empty_since;    /* wall ms: when it last became Empty (KIP-211) */
 	pending_id *pending;    /* ids handed out with MEMBER_ID_REQUIRED */
 	int npending;
 } group;
@@ -142,9 +143,17 @@ static group *group_get_or_create(groups *gs, const char *id)
 		return NULL;
 	}
 	g->state = G_EMPTY;
+	g->empty_since = now_ms();
 	g->next = gs->list;
 	gs->list = g;
 	return g;
+}
+
+/* The last member is gone: offsets.retention.minutes counts from now. */
+static void group_set_empty(group *g)
+{
+	g->state = G_EMPTY;
+	g->empty_since = now_ms();
 }
 
 static void group_unlink_free(groups *gs, group *g)
@@ -343,7 +352,7 @@ static void complete_join(groups *gs, group *g, int64_t now)
 	}
 	g->generation++;
 	if (g->nmembers == 0) {
-		g->state = G_EMPTY;
+		group_set_empty(g);
 		free(g->protocol);
 		g->protocol = NULL;
 		return;
@@ -406,7 +415,9 @@ static void tick_group(groups *gs, group *g, int64_t now)
 	}
 	for (m = g->members; m; m = next) {
 		next = m->next;
-		if (m->join_req || now - m->last_seen <= m->session_ms)
+		/* as Kafka: a member waiting for its join or sync answer is
+		 * alive; its session restarts when it gets the answer */
+		if (m->join_req || m->sync_req || now - m->last_seen <= m->session_ms)
 			continue;
 		blog(BLOG_INFO, "group %s: member %s missed its session timeout (%d ms); removed", g->id,
 		     m->id, m->session_ms);
@@ -426,7 +437,7 @@ static void tick_group(groups *gs, group *g, int64_t now)
 	}
 	if (lost && g->state != G_EMPTY) {
 		if (g->nmembers == 0 && g->state != G_PREPARING) {
-			g->state = G_EMPTY;
+			group_set_empty(g);
 			g->generation++;
 		} else {
 			prepare_rebalance(gs, g, now);
@@ -549,13 +560,20 @@ static void offjob_done(loop_task *t)
 		}
 		/* the map changes only once SQLite has it: a fetch never
 		 * returns an offset a restart would lose */
-		if (op->kind == OP_UPSERT)
+		if (op->kind == OP_UPSERT) {
 			rc = offmap_put(gs->offs, oj->seq, op->group, op->topic, op->part, op->offset,
 					op->epoch, op->meta, op->commit_ms);
-		else if (op->kind == OP_DEL_ONE)
+			/* its group may have gone while the job ran (an Empty
+			 * group without offsets yet, freed by expire_offsets
+			 * or DeleteGroups): an offset always has a group, as
+			 * after a restart (load_offsets) */
+			if (rc == 0 && !group_get_or_create(gs, op->group))
+				rc = -ENOMEM;
+		} else if (op->kind == OP_DEL_ONE) {
 			rc = offmap_del(gs->offs, oj->seq, op->group, op->topic, op->part);
-		else
+		} else {
 			rc = offmap_del_group(gs->offs, oj->seq, op->group);
+		}
 		if (rc < 0) {
 			BLOG_RL(BLOG_ERROR, "group %s: offsets map: out of memory", op->group);
 			op->err = KERR_UNKNOWN_SERVER_ERROR;
@@ -620,6 +638,10 @@ static void newest_commit(const offmap_ent *e, void *arg)
 		*newest = e->commit_ms;
 }
 
+/* KIP-211: the offsets of an Empty consumer group expire
+ * offsets.retention.minutes after its newest commit or after it became
+ * Empty, whichever is later; those of a group that never had members (or
+ * known only from sluice.db since a restart) after its newest commit. */
 static void expire_offsets(groups *gs)
 {
 	int64_t cutoff = now_ms() - gs->srv->cfg->offsets_retention_minutes * 60000;
@@ -633,6 +655,8 @@ static void expire_offsets(groups *gs)
 		if (g->nmembers > 0)
 			continue;
 		offmap_each(gs->offs, g->id, newest_commit, &newest);
+		if (newest != INT64_MIN && g->protocol_type && g->empty_since > newest)
+			newest = g->empty_since;
 		if (newest != INT64_MIN && newest >= cutoff)
 			continue;
 		if (newest != INT64_MIN) {
@@ -840,7 +864,8 @@ static int parse_join(req *r, wire_rd *rd, join_args *a)
 	a->nprotos = wire_rd_array(rd, 6);
 	a->protos_at = rd->p;
 	for (int32_t i = 0; i < a->nprotos; i++) {
-		(void)wire_rd_str(rd);
+		if (wire_rd_str(rd).len < 0)
+			return -1; /* a null name: not nullable, as a null group id */
 		(void)wire_rd_bytes(rd);
 	}
 	return rd->err || a->group_id.len < 0 || a->member_id.len < 0 || a->protocol_type.len < 0 ? -1 : 0;
@@ -941,7 +966,9 @@ static int add_pending(group *g, const char *id, int64_t expires)
 	return 0;
 }
 
-static member *member_new(group *g, char *id_owned, const char *instance, req *r)
+/* A member not yet in g (member_link adds it): takes id_owned, also on
+ * failure (NULL). */
+static member *member_new(char *id_owned, const char *instance, req *r)
 {
 	member *m = calloc(1, sizeof(*m));
 
@@ -962,10 +989,14 @@ static member *member_new(group *g, char *id_owned, const char *instance, req *r
 		if (colon)
 			*colon = '\0';
 	}
+	return m;
+}
+
+static void member_link(group *g, member *m)
+{
 	m->next = g->members;
 	g->members = m;
 	g->nmembers++;
-	return m;
 }
 
 /* Under the lock.  Returns 0 with the request parked, or a Kafka error to
@@ -976,6 +1007,7 @@ static int16_t join_locked(groups *gs, req *r, const join_args *a, int64_t now, 
 	char gid[MAX_ID + 1], mid[MAX_ID + 1], inst[MAX_ID + 1], type[MAX_ID + 1];
 	bool has_inst = a->instance_id.len >= 0;
 	member *m = NULL;
+	bool fresh = false; /* m is new: linked once its protocols are set */
 	group *g;
 
 	if (!wire_str_copy(a->group_id, gid, sizeof(gid)) || !gid[0])
@@ -1000,8 +1032,12 @@ static int16_t join_locked(groups *gs, req *r, const join_args *a, int64_t now, 
 			return KERR_FENCED_INSTANCE_ID;
 		if (!m && !take_pending(g, mid))
 			return KERR_UNKNOWN_MEMBER_ID;
-		if (!m && !(m = member_new(g, strdup(mid), has_inst ? inst : NULL, r)))
-			return KERR_UNKNOWN_SERVER_ERROR;
+		if (!m) {
+			m = member_new(strdup(mid), has_inst ? inst : NULL, r);
+			if (!m)
+				return KERR_UNKNOWN_SERVER_ERROR;
+			fresh = true;
+		}
 	} else {
 		char *id = new_member_id(r->client_id);
 		member *old = has_inst ? member_by_instance(g, inst) : NULL;
@@ -1020,12 +1056,18 @@ static int16_t join_locked(groups *gs, req *r, const join_args *a, int64_t now, 
 			blog(BLOG_INFO, "group %s: static member %s rejoined as %s", g->id, inst, id);
 			member_remove(g, old, KERR_FENCED_INSTANCE_ID);
 		}
-		m = member_new(g, id, has_inst ? inst : NULL, r);
+		m = member_new(id, has_inst ? inst : NULL, r);
 		if (!m)
 			return KERR_UNKNOWN_SERVER_ERROR;
+		fresh = true;
 	}
-	if (set_protos(m, a) < 0)
+	if (set_protos(m, a) < 0) {
+		if (fresh)
+			member_free(m, KERR_UNKNOWN_SERVER_ERROR);
 		return KERR_UNKNOWN_SERVER_ERROR;
+	}
+	if (fresh)
+		member_link(g, m);
 	if (!g->protocol_type || g->nmembers == 1) {
 		free(g->protocol_type);
 		g->protocol_type = strdup(type);
@@ -1087,7 +1129,7 @@ typedef struct sync_args {
 	const uint8_t *assign_at;
 } sync_args;
 
-static void deliver_syncs(group *g)
+static void deliver_syncs(group *g, int64_t now)
 {
 	for (member *m = g->members; m; m = m->next) {
 		req *r = m->sync_req;
@@ -1095,6 +1137,7 @@ static void deliver_syncs(group *g)
 		if (!r)
 			continue;
 		m->sync_req = NULL;
+		m->last_seen = now; /* its session starts again with the answer */
 		write_sync(r, KERR_NONE, m->assign, m->assign_len);
 		req_post_finish(r);
 	}
@@ -1153,7 +1196,7 @@ static int16_t sync_locked(groups *gs, req *r, const sync_args *a, int64_t now, 
 		if (err)
 			return KERR_NONE; /* parked; answered below with the error */
 		g->state = G_STABLE;
-		deliver_syncs(g);
+		deliver_syncs(g, now);
 		blog(BLOG_INFO, "group %s: generation %d stable", g->id, g->generation);
 	}
 	return KERR_NONE;
@@ -1233,24 +1276,32 @@ int api_heartbeat(req *r, wire_rd *rd)
 
 /* ---- LeaveGroup ---- */
 
+/* One member identity of a LeaveGroup, as Kafka's handleLeaveGroup: an
+ * empty member id with an instance id is an admin removal of whoever holds
+ * the instance; a member id whose instance now belongs to another member id
+ * is a fenced static member (FENCED_INSTANCE_ID: its replacement stays);
+ * otherwise the member id names the member. */
 static int16_t leave_one(groups *gs, group *g, wire_str mid, wire_str inst, int64_t now)
 {
 	member *m = NULL;
+	char id[MAX_ID + 1];
 
-	if (mid.len > 0)
+	if (mid.len <= 0) {
+		if (inst.len > 0 && wire_str_copy(inst, id, sizeof(id)))
+			m = member_by_instance(g, id);
+	} else if (wire_str_copy(mid, id, sizeof(id)) && take_pending(g, id)) {
+		return KERR_NONE; /* KIP-394: a member id handed out, never joined */
+	} else if (fenced(g, inst, mid)) {
+		return KERR_FENCED_INSTANCE_ID;
+	} else {
 		m = member_find(g, mid.ptr, (size_t)mid.len);
-	if (!m && inst.len > 0) {
-		char i[MAX_ID + 1];
-
-		if (wire_str_copy(inst, i, sizeof(i)))
-			m = member_by_instance(g, i);
 	}
 	if (!m)
 		return KERR_UNKNOWN_MEMBER_ID;
 	blog(BLOG_INFO, "group %s: member %s left", g->id, m->id);
 	member_remove(g, m, KERR_UNKNOWN_MEMBER_ID);
 	if (g->nmembers == 0 && g->state != G_PREPARING) {
-		g->state = G_EMPTY;
+		group_set_empty(g);
 		g->generation++;
 	} else {
 		prepare_rebalance(gs, g, now);
@@ -1313,15 +1364,19 @@ int api_leave_group(req *r, wire_rd *rd)
 
 /* ---- OffsetCommit ---- */
 
+/* As Kafka's GroupCoordinator (2.5+ order): a "simple" commit
+ * (generation < 0: assign()ed consumers, admin tools) is taken by an Empty
+ * or unknown group only; any other commit must come from a current member
+ * at the current generation.  A removed member's (a zombie's) commit is
+ * refused. */
 static int16_t check_commit(group *g, int32_t gen, wire_str mid)
 {
 	member *m;
 
-	if (!g || g->nmembers == 0) {
-		/* a group with no members takes "simple" commits (assign()ed
-		 * consumers, admin tools) at any generation */
+	if (!g)
+		return gen < 0 ? KERR_NONE : KERR_ILLEGAL_GENERATION;
+	if (gen < 0 && g->state == G_EMPTY)
 		return KERR_NONE;
-	}
 	m = mid.len > 0 ? member_find(g, mid.ptr, (size_t)mid.len) : NULL;
 	if (!m)
 		return KERR_UNKNOWN_MEMBER_ID;

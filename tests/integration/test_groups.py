@@ -7,7 +7,12 @@ committed offsets survive a broker restart (consumption resumes, nothing
 skipped); a rebalance storm loses nothing and commits only move forward.
 Also the admin side raw: ListGroups, DescribeGroups, OffsetFetch,
 DeleteGroups, OffsetDelete.  Commits and deletes of one offset racing from
-many connections: OffsetFetch then answers what sluice.db holds.
+many connections: OffsetFetch then answers what sluice.db holds.  The
+coordinator's edges, raw: a removed member's commit is refused; a fenced
+static member's LeaveGroup leaves its replacement alone; a member parked in
+SyncGroup outlives its session timeout; a JoinGroup with a null protocol
+name leaves no member behind; an Empty group's offsets expire
+offsets.retention.minutes after it emptied (KIP-211).
 
 Env: SLUICED, KCAT (producing), RDK_GROUP (the consumer program).
 """
@@ -26,12 +31,20 @@ from harness import (Broker, Conn, ERR_NONE, Writer, check,  # noqa: E402
 
 API_OFFSET_COMMIT = 8
 API_OFFSET_FETCH = 9
+API_JOIN_GROUP = 11
+API_HEARTBEAT = 12
+API_LEAVE_GROUP = 13
+API_SYNC_GROUP = 14
 API_DESCRIBE_GROUPS = 15
 API_LIST_GROUPS = 16
 API_DELETE_GROUPS = 42
 API_OFFSET_DELETE = 47
+ERR_ILLEGAL_GENERATION = 22
+ERR_UNKNOWN_MEMBER_ID = 25
+ERR_REBALANCE_IN_PROGRESS = 27
 ERR_NON_EMPTY_GROUP = 68
 ERR_GROUP_ID_NOT_FOUND = 69
+ERR_FENCED_INSTANCE_ID = 82
 
 SESSION_MS = 6000
 _tmp = scratch_dir("groups")
@@ -381,6 +394,231 @@ def test_racing_commits_fetch_what_sqlite_holds():
     b.stop()
 
 
+# ---- the coordinator's edges, raw (JoinGroup v3/v5, SyncGroup v3) ----
+
+def join_body(group, member="", instance=None, session_ms=10000,
+              protos=(("range", b"\0"),), ver=3):
+    w = Writer().string(group).i32(session_ms).i32(session_ms).string(member)
+    if ver >= 5:
+        w.string(instance)
+    w.string("consumer").i32(len(protos))
+    for name, meta in protos:
+        w.string(name).bytes_(meta)
+    return w.getvalue()
+
+
+def join_reply(r):
+    """(error, generation, member id, leader) of a JoinGroup v2+ answer."""
+    r.i32()
+    err, gen = r.i16(), r.i32()
+    r.string()
+    leader = r.string()
+    return err, gen, r.string(), leader
+
+
+def join(c, group, member="", instance=None, session_ms=10000):
+    ver = 5 if instance is not None else 3
+    return join_reply(c.request(API_JOIN_GROUP, ver, join_body(
+        group, member, instance, session_ms, ver=ver)))
+
+
+def sync_body(group, gen, member, instance=None, assign=()):
+    w = Writer().string(group).i32(gen).string(member).string(instance)
+    w.i32(len(assign))
+    for mid, data in assign:
+        w.string(mid).bytes_(data)
+    return w.getvalue()
+
+
+def sync_reply(r):
+    """(error, assignment) of a SyncGroup v1+ answer."""
+    r.i32()
+    return r.i16(), r.bytes_()
+
+
+def sync(c, group, gen, member, instance=None, assign=()):
+    return sync_reply(c.request(API_SYNC_GROUP, 3, sync_body(
+        group, gen, member, instance, assign)))
+
+
+def heartbeat(c, group, gen, member):
+    r = c.request(API_HEARTBEAT, 0, Writer().string(group).i32(gen)
+                  .string(member).getvalue())
+    return r.i16()
+
+
+def leave_v3(c, group, identities):
+    """LeaveGroup v3: (top error, [(member id, instance id, error)])."""
+    w = Writer().string(group).i32(len(identities))
+    for mid, inst in identities:
+        w.string(mid).string(inst)
+    r = c.request(API_LEAVE_GROUP, 3, w.getvalue())
+    r.i32()
+    err = r.i16()
+    return err, [(r.string(), r.string(), r.i16()) for _ in range(r.i32())]
+
+
+def commit_err(c, group, gen, member, topic, part, off):
+    w = (Writer().string(group).i32(gen).string(member).i64(-1).i32(1)
+         .string(topic).i32(1).i32(part).i64(off).string(""))
+    r = c.request(API_OFFSET_COMMIT, 2, w.getvalue())
+    r.i32()
+    r.string()
+    r.i32()
+    r.i32()
+    return r.i16()
+
+
+def edge_broker(name, delay_ms=0):
+    b = Broker(name=name, sets={"group.initial.rebalance.delay.ms": delay_ms})
+    b.start()
+    return b
+
+
+def test_removed_member_commit_refused():
+    """A member that left (a zombie) commits with its old generation and
+    member id: UNKNOWN_MEMBER_ID, nothing stored (it was taken: offset 99
+    stored).  A bogus member at generation 7: UNKNOWN_MEMBER_ID on an
+    Empty group, ILLEGAL_GENERATION on an unknown one.  Generation -1
+    ("simple", assign()ed consumers) commits still work."""
+    b = edge_broker("zombie-commit")
+    with Conn(b.addr) as c:
+        c.create_topic("zt", 1)
+        err, gen, mid, _ = join(c, "z1")
+        check_eq(err, ERR_NONE, "JoinGroup error")
+        check_eq(sync(c, "z1", gen, mid, assign=[(mid, b"")])[0], ERR_NONE,
+                 "SyncGroup error")
+        r = c.request(API_LEAVE_GROUP, 1, Writer().string("z1").string(mid)
+                      .getvalue())
+        r.i32()
+        check_eq(r.i16(), ERR_NONE, "LeaveGroup error")
+        check_eq(commit_err(c, "z1", gen, mid, "zt", 0, 99),
+                 ERR_UNKNOWN_MEMBER_ID, "the removed member's commit")
+        check_eq(offset_fetch(c, "z1", "zt", 1), {0: -1},
+                 "offsets after the refused commit")
+        check_eq(commit_err(c, "z1", 7, "bogus", "zt", 0, 98),
+                 ERR_UNKNOWN_MEMBER_ID, "a bogus member's commit (Empty group)")
+        check_eq(commit_err(c, "z-none", 7, "bogus", "zt", 0, 97),
+                 ERR_ILLEGAL_GENERATION, "a commit at generation 7 to an "
+                 "unknown group")
+        check("z-none" not in list_groups(c), "the refused commit made a group")
+        check_eq(commit_err(c, "z1", -1, "", "zt", 0, 5), ERR_NONE,
+                 "a simple commit to the Empty group")
+        check_eq(commit_err(c, "z-simple", -1, "", "zt", 0, 6), ERR_NONE,
+                 "a simple commit to a new group")
+        check_eq(offset_fetch(c, "z1", "zt", 1), {0: 5}, "z1 offsets")
+        check_eq(offset_fetch(c, "z-simple", "zt", 1), {0: 6},
+                 "z-simple offsets")
+    b.stop()
+
+
+def test_fenced_static_leave_keeps_replacement():
+    """Static member I1 joins as A; I1 joins again as B (A is fenced).  A's
+    LeaveGroup v3 (A, I1): FENCED_INSTANCE_ID for it, B stays (it was
+    removed).  An admin removal ("", I1) removes B."""
+    b = edge_broker("fenced-leave")
+    with Conn(b.addr) as ca, Conn(b.addr) as cb:
+        err, gen, a_id, _ = join(ca, "z2", instance="I1")
+        check_eq(err, ERR_NONE, "A's JoinGroup error")
+        check_eq(sync(ca, "z2", gen, a_id, "I1", [(a_id, b"")])[0], ERR_NONE,
+                 "A's SyncGroup error")
+        err, gen, b_id, _ = join(cb, "z2", instance="I1")
+        check_eq(err, ERR_NONE, "B's JoinGroup error")
+        check(b_id != a_id, "B got A's member id")
+        err, res = leave_v3(ca, "z2", [(a_id, "I1")])
+        check_eq(err, ERR_NONE, "LeaveGroup top-level error")
+        check_eq(res, [(a_id, "I1", ERR_FENCED_INSTANCE_ID)],
+                 "the fenced member's LeaveGroup result")
+        check_eq(describe_group(ca, "z2")[1], [b_id], "members after the "
+                 "fenced member's LeaveGroup")
+        err, res = leave_v3(ca, "z2", [("", "I1")])
+        check_eq(res, [("", "I1", ERR_NONE)], "admin removal by instance")
+        check_eq(describe_group(ca, "z2")[1], [], "members after it")
+    b.stop()
+
+
+def test_member_waiting_in_sync_outlives_session():
+    """Leader (session 20 s) and follower (session 1 s) join together; the
+    follower's SyncGroup waits 2.5 s for the leader's.  A member waiting
+    for its join or sync answer is alive (as Kafka): the follower gets its
+    assignment (it got UNKNOWN_MEMBER_ID, the leader REBALANCE_IN_PROGRESS),
+    and its session starts again with the answer."""
+    b = edge_broker("sync-wait", delay_ms=1000)
+    with Conn(b.addr) as c1, Conn(b.addr) as c2:
+        k1 = c1.send_request(API_JOIN_GROUP, 3, join_body("z3", session_ms=20000))
+        time.sleep(0.2)
+        k2 = c2.send_request(API_JOIN_GROUP, 3, join_body("z3", session_ms=1000))
+        j1, j2 = join_reply(c1.request_reply(k1)), join_reply(c2.request_reply(k2))
+        check_eq((j1[0], j2[0]), (ERR_NONE, ERR_NONE), "JoinGroup errors")
+        check_eq(j1[1], j2[1], "generations")
+        check_eq(j1[3], j1[2], "the first joiner leads")
+        gen, lead, fol = j1[1], j1[2], j2[2]
+        k2 = c2.send_request(API_SYNC_GROUP, 3, sync_body("z3", gen, fol))
+        time.sleep(2.5)
+        got = sync(c1, "z3", gen, lead, assign=[(lead, b"L"), (fol, b"F")])
+        check_eq(got, (ERR_NONE, b"L"), "the leader's SyncGroup")
+        check_eq(sync_reply(c2.request_reply(k2)), (ERR_NONE, b"F"),
+                 "the waiting follower's SyncGroup")
+        time.sleep(0.5)
+        check_eq(heartbeat(c2, "z3", gen, fol), ERR_NONE,
+                 "the follower's heartbeat 0.5 s after its assignment")
+        check_eq(heartbeat(c1, "z3", gen, lead), ERR_NONE,
+                 "the leader's heartbeat")
+    b.stop()
+
+
+def test_null_protocol_name_leaves_no_member():
+    """A JoinGroup whose protocol name is null is malformed (the name is
+    not nullable, as the group id): the connection is closed and no member
+    is left behind, so a valid JoinGroup right after succeeds (it got
+    INCONSISTENT_GROUP_PROTOCOL from a member without protocols)."""
+    b = edge_broker("null-proto")
+    with Conn(b.addr) as c:
+        c.send_request(API_JOIN_GROUP, 3, join_body(
+            "z4", protos=((None, b"\0"),)))
+        closed = c.wait_closed(5)
+    with Conn(b.addr) as c:
+        err, gen, mid, _ = join(c, "z4")
+        check_eq(err, ERR_NONE, "the valid JoinGroup after it")
+        check_eq(describe_group(c, "z4")[1], [mid], "members")
+    check(closed, "the broker kept the connection open")
+    b.stop()
+
+
+def test_offsets_expire_retention_after_group_empties():
+    """KIP-211: the offsets of a consumer group expire
+    offsets.retention.minutes (here 1) after the group became Empty, not
+    after the last commit.  The member commits at ~1 s and leaves at ~75 s;
+    the expiry check at ~120 s keeps them (it dropped them: the commit was
+    older than a minute), the one at ~180 s drops them."""
+    b = Broker(name="kip211", sets={"group.initial.rebalance.delay.ms": 0,
+                                    "offsets.retention.minutes": 1})
+    t0 = time.monotonic()  # the checks run every 60 s from the start
+    b.start()
+    with Conn(b.addr) as c:
+        c.create_topic("kt", 1)
+        err, gen, mid, _ = join(c, "z6")
+        check_eq(err, ERR_NONE, "JoinGroup error")
+        check_eq(sync(c, "z6", gen, mid, assign=[(mid, b"")])[0], ERR_NONE,
+                 "SyncGroup error")
+        check_eq(commit_err(c, "z6", gen, mid, "kt", 0, 42), ERR_NONE,
+                 "the member's commit")
+        while time.monotonic() - t0 < 75:
+            check_eq(heartbeat(c, "z6", gen, mid), ERR_NONE, "Heartbeat")
+            time.sleep(3)
+        r = c.request(API_LEAVE_GROUP, 1, Writer().string("z6").string(mid)
+                      .getvalue())
+        r.i32()
+        check_eq(r.i16(), ERR_NONE, "LeaveGroup error")
+        time.sleep(max(0, t0 + 128 - time.monotonic()))
+        check_eq(offset_fetch(c, "z6", "kt", 1), {0: 42}, "offsets ~50 s "
+                 "after the group became Empty (commit ~2 min old)")
+        time.sleep(max(0, t0 + 188 - time.monotonic()))
+        check_eq(offset_fetch(c, "z6", "kt", 1), {0: -1}, "offsets ~110 s "
+                 "after the group became Empty")
+    b.stop()
+
+
 if __name__ == "__main__":
     run([
         ("group_spread_eviction_and_restart",
@@ -388,4 +626,14 @@ if __name__ == "__main__":
         ("rebalance_storm", test_rebalance_storm, 150),
         ("racing_commits_fetch_what_sqlite_holds",
          test_racing_commits_fetch_what_sqlite_holds, 120),
+        ("removed_member_commit_refused",
+         test_removed_member_commit_refused, 60),
+        ("fenced_static_leave_keeps_replacement",
+         test_fenced_static_leave_keeps_replacement, 60),
+        ("member_waiting_in_sync_outlives_session",
+         test_member_waiting_in_sync_outlives_session, 60),
+        ("null_protocol_name_leaves_no_member",
+         test_null_protocol_name_leaves_no_member, 60),
+        ("offsets_expire_retention_after_group_empties",
+         test_offsets_expire_retention_after_group_empties, 240),
     ])
