@@ -94,7 +94,12 @@ static const struct key broker_keys[] = {
 	  "how often idle partitions are checked for expired producers (written ones are checked "
 	  "at each log.flush.interval.ms)" },
 	{ "offsets.retention.minutes", K_INT64, C(offsets_retention_minutes), 1, INT32_MAX, "10080",
-	  "committed offsets of a group with no members are deleted this long after its last commit" },
+	  "committed offsets of a group with no members are deleted this long after its last commit "
+	  "or after it became empty, whichever is later (KIP-211)" },
+	{ "offsets.retention.check.interval.ms", K_INT64, C(offsets_retention_check_interval_ms), 100,
+	  INT32_MAX, "60000",
+	  "how often the offsets of groups with no members are checked against "
+	  "offsets.retention.minutes" },
 	/* Defaults of the topic-level keys. */
 	{ "message.max.bytes", K_INT32, TD(max_message_bytes), 64, INT32_MAX, "1048588",
 	  "largest record batch accepted (topic key max.message.bytes)" },

@@ -59,6 +59,7 @@ typedef struct config {
 	int32_t group_max_session_timeout_ms;
 	int32_t group_initial_rebalance_delay_ms;
 	int64_t offsets_retention_minutes;
+	int64_t offsets_retention_check_interval_ms;
 	int64_t producer_id_expiration_ms;  /* idle idempotent producers are forgotten */
 	int64_t producer_id_expiration_check_interval_ms;
 	int64_t transaction_timeout_ms;

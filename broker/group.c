@@ -689,7 +689,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 	if (now >= gs->next_expiry) {
 		expire_offsets(gs);
-		gs->next_expiry = now + 60000;
+		gs->next_expiry = now + gs->srv->cfg->offsets_retention_check_interval_ms;
 	}
 	pthread_mutex_unlock(&gs->lock);
 }
@@ -749,7 +749,7 @@ int groups_new(server *srv, sqlite3 *db, groups **out)
 void groups_start(groups *gs, worker *w)
 {
 	gs->w = w;
-	gs->next_expiry = mono_ms() + 60000;
+	gs->next_expiry = mono_ms() + gs->srv->cfg->offsets_retention_check_interval_ms;
 	ev_timer_init(&gs->tick, on_tick, TICK_S, TICK_S);
 	gs->tick.data = gs;
 	ev_timer_start(w->loop, &gs->tick);

@@ -588,13 +588,16 @@ def test_null_protocol_name_leaves_no_member():
 def test_offsets_expire_retention_after_group_empties():
     """KIP-211: the offsets of a consumer group expire
     offsets.retention.minutes (here 1) after the group became Empty, not
-    after the last commit.  The member commits at ~1 s and leaves at ~75 s;
-    the expiry check at ~120 s keeps them (it dropped them: the commit was
-    older than a minute), the one at ~180 s drops them."""
+    after the last commit.  The member commits at ~1 s and leaves at ~62 s;
+    with the retention checked every 0.5 s
+    (offsets.retention.check.interval.ms) they are still there at ~64 s
+    (before, the first check after the leave dropped them: the commit was
+    older than a minute) and gone by ~125 s."""
     b = Broker(name="kip211", sets={"group.initial.rebalance.delay.ms": 0,
-                                    "offsets.retention.minutes": 1})
-    t0 = time.monotonic()  # the checks run every 60 s from the start
+                                    "offsets.retention.minutes": 1,
+                                    "offsets.retention.check.interval.ms": 500})
     b.start()
+    t0 = time.monotonic()
     with Conn(b.addr) as c:
         c.create_topic("kt", 1)
         err, gen, mid, _ = join(c, "z6")
@@ -603,18 +606,19 @@ def test_offsets_expire_retention_after_group_empties():
                  "SyncGroup error")
         check_eq(commit_err(c, "z6", gen, mid, "kt", 0, 42), ERR_NONE,
                  "the member's commit")
-        while time.monotonic() - t0 < 75:
+        while time.monotonic() - t0 < 62:
             check_eq(heartbeat(c, "z6", gen, mid), ERR_NONE, "Heartbeat")
-            time.sleep(3)
+            time.sleep(2)
         r = c.request(API_LEAVE_GROUP, 1, Writer().string("z6").string(mid)
                       .getvalue())
         r.i32()
         check_eq(r.i16(), ERR_NONE, "LeaveGroup error")
-        time.sleep(max(0, t0 + 128 - time.monotonic()))
-        check_eq(offset_fetch(c, "z6", "kt", 1), {0: 42}, "offsets ~50 s "
-                 "after the group became Empty (commit ~2 min old)")
-        time.sleep(max(0, t0 + 188 - time.monotonic()))
-        check_eq(offset_fetch(c, "z6", "kt", 1), {0: -1}, "offsets ~110 s "
+        left = time.monotonic()
+        time.sleep(2)
+        check_eq(offset_fetch(c, "z6", "kt", 1), {0: 42}, "offsets 2 s after "
+                 "the group became Empty (the commit is over a minute old)")
+        time.sleep(max(0, left + 63 - time.monotonic()))
+        check_eq(offset_fetch(c, "z6", "kt", 1), {0: -1}, "offsets 63 s "
                  "after the group became Empty")
     b.stop()
 
@@ -635,5 +639,5 @@ if __name__ == "__main__":
         ("null_protocol_name_leaves_no_member",
          test_null_protocol_name_leaves_no_member, 60),
         ("offsets_expire_retention_after_group_empties",
-         test_offsets_expire_retention_after_group_empties, 240),
+         test_offsets_expire_retention_after_group_empties, 180),
     ])
