@@ -315,14 +315,9 @@ def test_rebalance_storm():
 
 
 def commit_one(c, group, topic, part, off):
-    w = (Writer().string(group).i32(-1).string("").i64(-1).i32(1)
-         .string(topic).i32(1).i32(part).i64(off).string(""))
-    r = c.request(API_OFFSET_COMMIT, 2, w.getvalue())
-    r.i32()
-    r.string()
-    r.i32()
-    r.i32()
-    check_eq(r.i16(), ERR_NONE, "OffsetCommit error")
+    """A simple (generation -1) commit that must succeed."""
+    check_eq(commit_err(c, group, -1, "", topic, part, off), ERR_NONE,
+             "OffsetCommit error")
 
 
 def offset_delete(c, group, topic, part):
