@@ -612,14 +612,19 @@ def test_offsets_expire_retention_after_group_empties():
         time.sleep(2)
         check_eq(offset_fetch(c, "z6", "kt", 1), {0: 42}, "offsets 2 s after "
                  "the group became Empty (the commit is over a minute old)")
-        time.sleep(max(0, left + 63 - time.monotonic()))
-        check_eq(offset_fetch(c, "z6", "kt", 1), {0: -1}, "offsets 63 s "
-                 "after the group became Empty")
+        time.sleep(max(0, left + 60 - time.monotonic()))
+        wait_for(lambda: offset_fetch(c, "z6", "kt", 1) == {0: -1}, 15, interval=0.5,
+                 what="the offsets expired a minute after the group became Empty")
     b.stop()
 
 
+# Two minutes of waiting and no timing bound a neighbour's load could
+# break: meson runs it on its own (groups_retention, beside other tests),
+# and a run of the whole file without names leaves it out.
+SLOW = "offsets_expire_retention_after_group_empties"
+
 if __name__ == "__main__":
-    run([
+    run([t for t in [
         ("group_spread_eviction_and_restart",
          test_group_spread_eviction_and_restart, 180),
         ("rebalance_storm", test_rebalance_storm, 150),
@@ -633,6 +638,5 @@ if __name__ == "__main__":
          test_member_waiting_in_sync_outlives_session, 60),
         ("null_protocol_name_leaves_no_member",
          test_null_protocol_name_leaves_no_member, 60),
-        ("offsets_expire_retention_after_group_empties",
-         test_offsets_expire_retention_after_group_empties, 180),
-    ])
+        (SLOW, test_offsets_expire_retention_after_group_empties, 180),
+    ] if sys.argv[1:] or t[0] != SLOW])
