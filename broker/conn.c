@@ -351,12 +351,16 @@ static void pause_reading(conn *c)
 	ev_io_stop(c->w->loop, &c->rio);
 }
 
-/* Resumes reading once the queue has room again (it paused at
- * max.inflight.requests.per.connection or CONN_MAX_QUEUED_MEM).  c is
- * entered. */
-static void maybe_resume(conn *c)
+/* Stops reading requests while over the limits (a request finished
+ * whose answer the client does not read), resumes once the queue has room
+ * again (it paused at max.inflight.requests.per.connection or
+ * CONN_MAX_QUEUED_MEM).  c is entered. */
+static void update_reading(conn *c)
 {
-	if (c->paused && !over_limits(c)) {
+	if (!c->paused) {
+		if (over_limits(c))
+			pause_reading(c);
+	} else if (!over_limits(c)) {
 		c->paused = false;
 		ev_io_start(c->w->loop, &c->rio);
 		conn_process(c);
@@ -384,10 +388,8 @@ static void flush_queued(worker *w)
 		EXT(c)->flush_queued = false;
 		if (!EXT(c)->dead) {
 			conn_flush(c);
-			if (!EXT(c)->dead && !c->paused && over_limits(c))
-				pause_reading(c);
-			else if (!EXT(c)->dead)
-				maybe_resume(c);
+			if (!EXT(c)->dead)
+				update_reading(c);
 		}
 		leave(c); /* frees c if it was closed meanwhile */
 	}
@@ -428,12 +430,8 @@ void req_finish(req *r)
 	}
 	enter(c);
 	conn_flush(c);
-	if (!EXT(c)->dead) {
-		if (!c->paused && over_limits(c))
-			pause_reading(c); /* the client does not read its answers */
-		else
-			maybe_resume(c);
-	}
+	if (!EXT(c)->dead)
+		update_reading(c);
 	leave(c);
 }
 
@@ -574,7 +572,7 @@ static void on_write(struct ev_loop *loop, ev_io *io, int revents)
 	enter(c);
 	conn_flush(c);
 	if (!EXT(c)->dead)
-		maybe_resume(c);
+		update_reading(c);
 	leave(c);
 }
 

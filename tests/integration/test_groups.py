@@ -453,6 +453,21 @@ def leave_v3(c, group, identities):
     return err, [(r.string(), r.string(), r.i16()) for _ in range(r.i32())]
 
 
+def sole_member(c, group):
+    """Joins and syncs group as its only member: (generation, member id)."""
+    err, gen, mid, _ = join(c, group)
+    check_eq(err, ERR_NONE, "JoinGroup error")
+    check_eq(sync(c, group, gen, mid, assign=[(mid, b"")])[0], ERR_NONE,
+             "SyncGroup error")
+    return gen, mid
+
+
+def leave_v1(c, group, mid):
+    r = c.request(API_LEAVE_GROUP, 1, Writer().string(group).string(mid).getvalue())
+    r.i32()
+    check_eq(r.i16(), ERR_NONE, "LeaveGroup error")
+
+
 def commit_err(c, group, gen, member, topic, part, off):
     w = (Writer().string(group).i32(gen).string(member).i64(-1).i32(1)
          .string(topic).i32(1).i32(part).i64(off).string(""))
@@ -479,14 +494,8 @@ def test_removed_member_commit_refused():
     b = edge_broker("zombie-commit")
     with Conn(b.addr) as c:
         c.create_topic("zt", 1)
-        err, gen, mid, _ = join(c, "z1")
-        check_eq(err, ERR_NONE, "JoinGroup error")
-        check_eq(sync(c, "z1", gen, mid, assign=[(mid, b"")])[0], ERR_NONE,
-                 "SyncGroup error")
-        r = c.request(API_LEAVE_GROUP, 1, Writer().string("z1").string(mid)
-                      .getvalue())
-        r.i32()
-        check_eq(r.i16(), ERR_NONE, "LeaveGroup error")
+        gen, mid = sole_member(c, "z1")
+        leave_v1(c, "z1", mid)
         check_eq(commit_err(c, "z1", gen, mid, "zt", 0, 99),
                  ERR_UNKNOWN_MEMBER_ID, "the removed member's commit")
         check_eq(offset_fetch(c, "z1", "zt", 1), {0: -1},
@@ -595,19 +604,13 @@ def test_offsets_expire_retention_after_group_empties():
     t0 = time.monotonic()
     with Conn(b.addr) as c:
         c.create_topic("kt", 1)
-        err, gen, mid, _ = join(c, "z6")
-        check_eq(err, ERR_NONE, "JoinGroup error")
-        check_eq(sync(c, "z6", gen, mid, assign=[(mid, b"")])[0], ERR_NONE,
-                 "SyncGroup error")
+        gen, mid = sole_member(c, "z6")
         check_eq(commit_err(c, "z6", gen, mid, "kt", 0, 42), ERR_NONE,
                  "the member's commit")
         while time.monotonic() - t0 < 62:
             check_eq(heartbeat(c, "z6", gen, mid), ERR_NONE, "Heartbeat")
             time.sleep(2)
-        r = c.request(API_LEAVE_GROUP, 1, Writer().string("z6").string(mid)
-                      .getvalue())
-        r.i32()
-        check_eq(r.i16(), ERR_NONE, "LeaveGroup error")
+        leave_v1(c, "z6", mid)
         left = time.monotonic()
         time.sleep(2)
         check_eq(offset_fetch(c, "z6", "kt", 1), {0: 42}, "offsets 2 s after "
